@@ -1,0 +1,328 @@
+"""Safe DeepIS checkpoints.
+
+A checkpoint is a plain dict saved with :func:`torch.save` and loaded **only**
+with ``torch.load(weights_only=True)``, so loading never unpickles arbitrary
+objects: a file that holds anything else is refused and nothing in it runs.
+
+Layout (format version 1)::
+
+    {
+      "format": "deepis-rt-checkpoint",
+      "format_version": 1,
+      "config": {...},            # ModelConfig.to_dict()
+      "preset": "deepis-lite",    # or None for a custom architecture
+      "state_dict": {...},        # tensors only
+      "meta": {...},              # voxel_size_um, ri_normalization, tile_zyx, training, metrics
+      "checksum": "sha256:...",   # over config, preset, meta and every tensor's bytes
+    }
+
+``meta`` holds only JSON-like values (str, int, float, bool, None, lists, dicts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from deepis_rt.errors import CheckpointError, ConfigError, UnsafeCheckpointError
+from deepis_rt.model import DeepIS, ModelConfig, PRESETS, TILE_ZYX
+
+__all__ = [
+    "Checkpoint",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "DEFAULT_META",
+    "load_checkpoint",
+    "save_checkpoint",
+    "file_sha256",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "deepis-rt-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+#: Metadata every checkpoint carries; values a caller does not give come from here.
+DEFAULT_META: dict[str, Any] = {
+    # Voxel size (Z, Y, X) in um the model was trained at; inputs are resampled to it.
+    "voxel_size_um": [0.5, 0.25, 0.25],
+    # Input normalisation: x = (ri - offset) / scale.
+    "ri_normalization": {"offset": 1.337, "scale": 0.02},
+    # Medium refractive index assumed when an input carries none.
+    "medium_ri": 1.337,
+    # Tile (Z, Y, X) the model is run on.
+    "tile_zyx": list(TILE_ZYX),
+    "training": {},
+    "metrics": {},
+    "description": "",
+}
+
+_MAX_CHECKPOINT_BYTES = 4 * 1024**3  # absurdly large files are refused before reading
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: architecture, weights and metadata."""
+
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = None
+    path: Path | None = None
+    sha256: str | None = None
+
+    def build(self) -> DeepIS:
+        """The network with these weights, in eval mode on the CPU."""
+        model = DeepIS(self.config)
+        model.load_state_dict(self.state_dict, strict=True)
+        return model.eval()
+
+    @property
+    def voxel_size_um(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.meta["voxel_size_um"])  # type: ignore[return-value]
+
+    @property
+    def tile_zyx(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.meta["tile_zyx"])  # type: ignore[return-value]
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Meta must be JSON-like so that it survives ``weights_only`` loading and JSON export."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CheckpointError(f"checkpoint meta {where}: non-finite float {value!r}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"checkpoint meta {where}: key {k!r} is not a string")
+            _check_plain(v, f"{where}.{k}")
+        return
+    raise CheckpointError(
+        f"checkpoint meta {where}: {type(value).__name__} is not a plain value "
+        "(use str, int, float, bool, None, lists and dicts)"
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _checksum(config: dict, preset: str | None, meta: dict, state_dict: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"config": config, "preset": preset, "meta": meta}, sort_keys=True).encode())
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        # view as bytes: works for every dtype, including bfloat16
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept state dicts saved from ``nn.DataParallel`` / DDP (``module.`` prefix)."""
+    keys = list(state_dict)
+    if keys and all(k.startswith("module.") for k in keys):
+        log.info("checkpoint: stripping the 'module.' prefix of a DataParallel state dict")
+        return {k[len("module."):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: DeepIS | Mapping[str, torch.Tensor],
+    config: ModelConfig | None = None,
+    meta: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+) -> Path:
+    """Write a checkpoint atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination (``.pt``); parent folders are created.
+    model : DeepIS or state dict
+        The network (its config is used) or a bare state dict (then give ``config``).
+        ``nn.DataParallel``-wrapped models are unwrapped.
+    config : ModelConfig, optional
+        Required when ``model`` is a state dict.
+    meta : mapping, optional
+        Metadata; missing keys are filled from :data:`DEFAULT_META`.
+    preset : str, optional
+        Preset name; inferred when the config equals a preset.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    if isinstance(model, torch.nn.DataParallel):
+        model = model.module
+    if isinstance(model, DeepIS):
+        config = model.config if config is None else config
+        state_dict = model.state_dict()
+    else:
+        if config is None:
+            raise ConfigError("save_checkpoint: give config= when saving a bare state dict")
+        state_dict = dict(model)
+    state_dict = {k: v.detach().cpu().clone() for k, v in _strip_prefix(state_dict).items()}
+    if preset is None:
+        preset = next((name for name, cfg in PRESETS.items() if cfg == config), None)
+    full_meta = {k: (dict(v) if isinstance(v, dict) else (list(v) if isinstance(v, list) else v)) for k, v in DEFAULT_META.items()}
+    full_meta.update(_jsonable(dict(meta or {})))
+    full_meta = _jsonable(full_meta)
+    _check_plain(full_meta, "meta")
+    cfg = config.to_dict()
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "config": cfg,
+        "preset": preset,
+        "state_dict": state_dict,
+        "meta": full_meta,
+        "checksum": _checksum(cfg, preset, full_meta, state_dict),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    log.info("checkpoint: wrote %s", path)
+    return path
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _migrate(payload: dict, where: str) -> dict:
+    """Bring older formats up to the current one (only version 1 exists so far)."""
+    version = payload.get("format_version")
+    if version == CHECKPOINT_FORMAT_VERSION:
+        return payload
+    raise CheckpointError(
+        f"{where}: checkpoint format version {version!r} is not supported by this deepis-rt "
+        f"(supports {CHECKPOINT_FORMAT_VERSION}); upgrade deepis-rt or re-save the checkpoint"
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
+    """Load a checkpoint safely (``torch.load(weights_only=True)`` only).
+
+    Parameters
+    ----------
+    path : path-like
+        A file written by :func:`save_checkpoint` (or of the same layout).
+    verify : bool
+        Check the stored checksum against the content (default True).
+
+    Raises
+    ------
+    UnsafeCheckpointError
+        The file holds objects other than tensors and plain containers; nothing ran.
+    CheckpointError
+        Missing, truncated, tampered, of an unknown format, or not matching its config.
+    """
+    path = Path(path)
+    where = f"checkpoint | {path}"
+    if not path.is_file():
+        raise CheckpointError(f"{where}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{where}: empty file")
+    if size > _MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{where}: {size / 1e9:.1f} GB is too large for a DeepIS checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{where}: not a PyTorch checkpoint (expected the zip format written by torch.save)"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{where}: refused — the file holds objects other than tensors and plain "
+            f"containers, and checkpoints are only loaded with weights_only=True; "
+            f"nothing in it was run. Detail: {str(exc).splitlines()[0]}"
+        ) from None
+    except Exception as exc:  # truncated / corrupt zip, bad records, ...
+        raise CheckpointError(f"{where}: corrupt or truncated file ({type(exc).__name__}: {exc})") from None
+
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+            raise CheckpointError(
+                f"{where}: a bare state dict without architecture or metadata; wrap it with "
+                "deepis_rt.save_checkpoint(path, state_dict, config=...)"
+            )
+        raise CheckpointError(f"{where}: not a deepis-rt checkpoint (format field missing or wrong)")
+    payload = _migrate(payload, where)
+    for key in ("config", "state_dict", "meta"):
+        if key not in payload:
+            raise CheckpointError(f"{where}: missing required field {key!r}")
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: invalid config: {exc}") from None
+    state_dict = payload["state_dict"]
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{where}: state_dict must map names to tensors")
+    state_dict = _strip_prefix(state_dict)
+    meta = dict(DEFAULT_META)
+    meta.update(payload["meta"] or {})
+    preset = payload.get("preset")
+
+    stored = payload.get("checksum")
+    if verify:
+        if stored is None:
+            log.warning("%s: no checksum stored; content cannot be verified", where)
+        elif stored != _checksum(payload["config"], preset, payload["meta"], state_dict):
+            raise CheckpointError(
+                f"{where}: checksum mismatch — the file was modified after it was written "
+                "(tampered or corrupted); refusing to use it"
+            )
+    ckpt = Checkpoint(config=config, state_dict=state_dict, meta=meta, preset=preset, path=path,
+                      sha256=file_sha256(path))
+    # Fail now, with a clear message, if weights and architecture disagree.
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in DeepIS(config).state_dict().items()}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = sorted(k for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{where}: weights do not match the config (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, wrong shape {wrong[:3]})"
+        )
+    return ckpt

@@ -1,0 +1,73 @@
+"""Exceptions raised by deepis-rt.
+
+Every error the package raises on purpose derives from :class:`DeepisError`
+and also from the matching built-in exception, so callers may catch either
+``DeepisError`` (everything from this package) or e.g. ``ValueError``.
+
+Messages say where, what, and what to do, e.g.::
+
+    stream | frame_0042.tif: 2-D image, expected a 3-D volume (Z, Y, X); skipped
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeepisError",
+    "ConfigError",
+    "InputError",
+    "ShapeError",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "MissingDependencyError",
+    "BackendError",
+    "ExportError",
+    "ParityError",
+    "EngineCacheError",
+]
+
+
+class DeepisError(Exception):
+    """Root of every error raised on purpose by deepis-rt."""
+
+
+class ConfigError(DeepisError, ValueError):
+    """A configuration object or option has an invalid or unknown value."""
+
+
+class InputError(DeepisError, ValueError):
+    """An input volume or file is not usable (dimensions, dtype, NaN/Inf, size)."""
+
+
+class ShapeError(InputError):
+    """A spatial size the network cannot process (e.g. not a multiple of 16)."""
+
+
+class CheckpointError(DeepisError, ValueError):
+    """A checkpoint file is missing, malformed, tampered with or of an unknown format."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds something other than tensors and plain containers.
+
+    Such a file is refused without running any of its content.
+    """
+
+
+class MissingDependencyError(DeepisError, ImportError):
+    """An optional dependency (TensorRT, CUDA, ...) is not installed."""
+
+
+class BackendError(DeepisError, RuntimeError):
+    """An inference backend cannot be used or failed at run time."""
+
+
+class ExportError(DeepisError, RuntimeError):
+    """Export to ONNX or TensorRT failed."""
+
+
+class ParityError(ExportError):
+    """An exported model disagrees with PyTorch beyond the documented tolerance."""
+
+
+class EngineCacheError(DeepisError, RuntimeError):
+    """A cached TensorRT engine or its manifest does not match or is corrupt."""

@@ -1,0 +1,75 @@
+"""Describe deepis-rt artefacts (checkpoints, and more as they are added) as plain dicts.
+
+:func:`describe` picks a describer by what the path is. Other modules register
+theirs with :func:`register` (ONNX files, export folders, engines, result folders).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from deepis_rt.errors import InputError
+
+__all__ = ["describe", "register", "describe_checkpoint"]
+
+# (predicate, describer) in priority order
+_DESCRIBERS: list[tuple[str, Callable[[Path], bool], Callable[[Path], dict[str, Any]]]] = []
+
+
+def register(kind: str, matches: Callable[[Path], bool], describer: Callable[[Path], dict[str, Any]]) -> None:
+    """Add a describer for paths where ``matches(path)`` is true (checked in order of registration)."""
+    _DESCRIBERS.append((kind, matches, describer))
+
+
+def describe_checkpoint(path: Path) -> dict[str, Any]:
+    """Preset, config, parameters, FLOPs per tile, voxel size and training metadata."""
+    from deepis_rt.checkpoint import load_checkpoint
+    from deepis_rt.model import complexity
+
+    ckpt = load_checkpoint(path)
+    cx = complexity(ckpt.config, ckpt.tile_zyx)
+    meta = ckpt.meta
+    return {
+        "kind": "checkpoint",
+        "path": str(path),
+        "sha256": ckpt.sha256,
+        "preset": ckpt.preset or "custom",
+        "config": ckpt.config.to_dict(),
+        "parameters": cx.parameters,
+        "tile_zyx": list(ckpt.tile_zyx),
+        "gflops_per_tile": round(cx.gflops_per_tile, 1),
+        "voxel_size_um": list(ckpt.voxel_size_um),
+        "ri_normalization": meta.get("ri_normalization"),
+        "medium_ri": meta.get("medium_ri"),
+        "description": meta.get("description", ""),
+        "training": meta.get("training", {}),
+        "metrics": meta.get("metrics", {}),
+    }
+
+
+register("checkpoint", lambda p: p.is_file() and p.suffix in {".pt", ".pth", ".ckpt"}, describe_checkpoint)
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Describe ``path``; raises :class:`InputError` for paths nothing recognises."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"info | {path}: no such file or folder")
+    # Import modules that register describers of their own (optional parts are skipped).
+    for module in _EXTRA_DESCRIBER_MODULES:
+        try:
+            __import__(module)
+        except ImportError:
+            pass
+    for _kind, matches, describer in _DESCRIBERS:
+        if matches(path):
+            return describer(path)
+    raise InputError(
+        f"info | {path}: not a file deepis-rt can describe (checkpoint .pt, ONNX .onnx, "
+        "export folder, engine .plan or results folder)"
+    )
+
+
+#: Modules that register further describers when imported.
+_EXTRA_DESCRIBER_MODULES: list[str] = []

@@ -1,0 +1,154 @@
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from deepis_rt.checkpoint import load_checkpoint, save_checkpoint
+from deepis_rt.errors import CheckpointError, UnsafeCheckpointError
+from deepis_rt.model import build_model
+
+
+@pytest.fixture
+def tiny_model(tiny_overrides):
+    torch.manual_seed(1)
+    model = build_model("deepis-lite", **tiny_overrides)
+    # make BN running stats non-trivial so that they must round-trip too
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 1, 16, 16, 16))
+    return model.eval()
+
+
+def test_round_trip_bit_identical(tmp_path, tiny_model):
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model, meta={"voxel_size_um": (0.4, 0.2, 0.2)})
+    ckpt = load_checkpoint(path)
+    assert ckpt.config == tiny_model.config
+    assert ckpt.voxel_size_um == (0.4, 0.2, 0.2)
+    x = torch.randn(1, 1, 16, 32, 32)
+    with torch.no_grad():
+        a = tiny_model(x)
+        b = ckpt.build()(x)
+    assert torch.equal(a, b)
+
+
+def test_dataparallel_prefix_accepted(tmp_path, tiny_model):
+    sd = {f"module.{k}": v for k, v in tiny_model.state_dict().items()}
+    path = save_checkpoint(tmp_path / "dp.pt", sd, config=tiny_model.config)
+    # also a file whose stored state dict still has the prefix (written by other code)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = sd
+    payload.pop("checksum")
+    torch.save(payload, tmp_path / "raw.pt")
+    for p in (path, tmp_path / "raw.pt"):
+        model = load_checkpoint(p).build()
+        x = torch.randn(1, 1, 16, 16, 16)
+        with torch.no_grad():
+            assert torch.equal(model(x), tiny_model(x))
+    wrapped = torch.nn.DataParallel(tiny_model)
+    load_checkpoint(save_checkpoint(tmp_path / "w.pt", wrapped))
+
+
+class _Evil:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        # unpickling this would create a file
+        return (open, (self.target, "w"))
+
+
+def test_malicious_pickle_refused_and_nothing_runs(tmp_path, tiny_model):
+    target = tmp_path / "pwned.txt"
+    payload = {
+        "format": "deepis-rt-checkpoint",
+        "format_version": 1,
+        "config": tiny_model.config.to_dict(),
+        "state_dict": tiny_model.state_dict(),
+        "meta": {"evil": _Evil(str(target))},
+    }
+    path = tmp_path / "evil.pt"
+    torch.save(payload, path)
+    assert not target.exists()
+    with pytest.raises(UnsafeCheckpointError, match="weights_only"):
+        load_checkpoint(path)
+    assert not target.exists()
+
+
+def test_plain_pickle_file_refused(tmp_path):
+    target = tmp_path / "pwned2.txt"
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump(_Evil(str(target)), f)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+    assert not target.exists()
+
+
+def test_tampered_weights_detected(tmp_path, tiny_model):
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model)
+    payload = torch.load(path, weights_only=True)
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name] = payload["state_dict"][name] + 1.0
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(path)
+
+
+def test_truncated_file_detected(tmp_path, tiny_model):
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_byte_flip_in_tensor_data_detected(tmp_path, tiny_model):
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model)
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if "/data/" in n and not n.endswith(".pkl")]
+        largest = max(names, key=lambda n: zf.getinfo(n).file_size)
+        info = zf.getinfo(largest)
+        offset = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw = bytearray(path.read_bytes())
+    raw[offset + info.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_wrong_format_and_versions(tmp_path, tiny_model):
+    torch.save({"hello": 1}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="not a deepis-rt checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+    torch.save(tiny_model.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(CheckpointError, match="bare state dict"):
+        load_checkpoint(tmp_path / "sd.pt")
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="zip"):
+        load_checkpoint(tmp_path / "text.pt")
+
+
+def test_weights_not_matching_config(tmp_path, tiny_model):
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["skip_width"] = 8
+    payload.pop("checksum")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="do not match the config"):
+        load_checkpoint(path)
+
+
+def test_meta_must_be_plain(tmp_path, tiny_model):
+    with pytest.raises(CheckpointError, match="not a plain value"):
+        save_checkpoint(tmp_path / "c.pt", tiny_model, meta={"bad": object()})
+    assert not os.path.exists(tmp_path / "c.pt")

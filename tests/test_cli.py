@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from deepis_rt.cli import main
+
+
+def test_help_and_version_without_heavy_imports():
+    # --help must not need TensorRT/CUDA; it should not even import torch
+    code = (
+        "import sys; sys.modules['tensorrt'] = None;"
+        "from deepis_rt.cli import main;"
+        "import pytest;"
+        "\ntry:\n  main(['--help'])\nexcept SystemExit as e:\n  assert e.code == 0\n"
+        "assert 'torch' not in sys.modules, 'torch imported by --help'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    res = CliRunner().invoke(main, ["--version"])
+    assert res.exit_code == 0 and "deepis-rt" in res.output
+
+
+@pytest.mark.parametrize("preset, params_m, gflops", [("deepis-lite", 0.64, 89.2), ("deepis", 4.41, 1206.2)])
+def test_info_describes_fresh_checkpoint(tmp_path, preset, params_m, gflops):
+    runner = CliRunner()
+    out = tmp_path / f"{preset}.pt"
+    res = runner.invoke(main, ["init", "--preset", preset, str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["info", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    desc = json.loads(res.output)
+    assert desc["preset"] == preset
+    assert round(desc["parameters"] / 1e6, 2) == params_m
+    assert desc["gflops_per_tile"] == pytest.approx(gflops, abs=0.1)
+    assert desc["voxel_size_um"] == [0.5, 0.25, 0.25]
+    assert desc["training"]["status"] == "untrained"
+    res = runner.invoke(main, ["info", str(out)])
+    assert "parameters:" in res.output and "gflops_per_tile" in res.output
+
+
+def test_info_on_missing_or_unknown_path_is_one_clear_line(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["info", str(tmp_path / "nope.pt")])
+    assert res.exit_code == 2
+    assert "no such file" in res.output and "Traceback" not in res.output
+    (tmp_path / "x.txt").write_text("hi")
+    res = runner.invoke(main, ["info", str(tmp_path / "x.txt")])
+    assert res.exit_code == 2 and "not a file deepis-rt can describe" in res.output
+
+
+def test_missing_dependency_names_extra(monkeypatch):
+    from deepis_rt._optional import import_optional
+    from deepis_rt.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'deepis-rt\[tensorrt\]'"):
+        import_optional("tensorrt")
