@@ -18,11 +18,15 @@ from deepis_rt.errors import (
     DeepisError,
     EngineCacheError,
     ExportError,
+    FileFormatError,
+    InputDtypeError,
     InputError,
     MissingDependencyError,
+    NonFiniteInputError,
     ParityError,
     ShapeError,
     UnsafeCheckpointError,
+    VolumeTooLargeError,
 )
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -36,6 +40,10 @@ _LAZY: dict[str, str] = {
     "Checkpoint": "deepis_rt.checkpoint",
     "load_checkpoint": "deepis_rt.checkpoint",
     "save_checkpoint": "deepis_rt.checkpoint",
+    "SynapseTracker": "deepis_rt.analysis",
+    "load": "deepis_rt.runtime",
+    "Segmenter": "deepis_rt.runtime",
+    "FrameResult": "deepis_rt.runtime",
 }
 
 __all__ = [
@@ -48,11 +56,21 @@ __all__ = [
     "Checkpoint",
     "load_checkpoint",
     "save_checkpoint",
+    # analysis
+    "SynapseTracker",
+    # runtime
+    "load",
+    "Segmenter",
+    "FrameResult",
     # errors
     "DeepisError",
     "ConfigError",
     "InputError",
     "ShapeError",
+    "FileFormatError",
+    "InputDtypeError",
+    "NonFiniteInputError",
+    "VolumeTooLargeError",
     "CheckpointError",
     "UnsafeCheckpointError",
     "MissingDependencyError",

@@ -47,6 +47,8 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "file_sha256",
+    "bundled_checkpoint_path",
+    "BUNDLED_CHECKPOINT_NAME",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,29 @@ DEFAULT_META: dict[str, Any] = {
 }
 
 _MAX_CHECKPOINT_BYTES = 4 * 1024**3  # absurdly large files are refused before reading
+
+#: File name of the demo checkpoint shipped in ``deepis_rt/data/`` (see docs/model_card.md).
+BUNDLED_CHECKPOINT_NAME = "deepis-lite-synthetic.pt"
+
+
+def bundled_checkpoint_path() -> Path:
+    """Path of the bundled demo checkpoint (``deepis-lite`` trained on synthetic data).
+
+    It is for demos and tests, not for real microscope data (docs/model_card.md).
+
+    Raises
+    ------
+    CheckpointError
+        The file is not in the installed package.
+    """
+    path = Path(__file__).resolve().parent / "data" / BUNDLED_CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint | {path}: the bundled demo checkpoint is missing from this installation; "
+            "reinstall deepis-rt, or train one with 'deepis-rt train --synthetic --out ckpt.pt' "
+            "and pass its path"
+        )
+    return path
 
 
 @dataclass

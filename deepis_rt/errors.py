@@ -16,6 +16,10 @@ __all__ = [
     "ConfigError",
     "InputError",
     "ShapeError",
+    "FileFormatError",
+    "InputDtypeError",
+    "NonFiniteInputError",
+    "VolumeTooLargeError",
     "CheckpointError",
     "UnsafeCheckpointError",
     "MissingDependencyError",
@@ -38,8 +42,24 @@ class InputError(DeepisError, ValueError):
     """An input volume or file is not usable (dimensions, dtype, NaN/Inf, size)."""
 
 
+class FileFormatError(InputError):
+    """A file cannot be read: unsupported type, corrupt, truncated or of an unexpected layout."""
+
+
 class ShapeError(InputError):
     """A spatial size the network cannot process (e.g. not a multiple of 16)."""
+
+
+class InputDtypeError(InputError, TypeError):
+    """An input volume of a non-numeric dtype (bool, complex, object, strings)."""
+
+
+class NonFiniteInputError(InputError):
+    """An input volume holding NaN or infinite values."""
+
+
+class VolumeTooLargeError(InputError):
+    """An input volume too large to process (over the runtime's voxel limit)."""
 
 
 class CheckpointError(DeepisError, ValueError):

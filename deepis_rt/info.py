@@ -72,4 +72,4 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 
 #: Modules that register further describers when imported.
-_EXTRA_DESCRIBER_MODULES: list[str] = []
+_EXTRA_DESCRIBER_MODULES: list[str] = ["deepis_rt.export.describe"]

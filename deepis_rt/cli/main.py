@@ -56,6 +56,17 @@ def _register_commands() -> None:
 
     main.add_command(_info.info)
     main.add_command(_info.init)
+    from deepis_rt.cli import export as _export
+
+    main.add_command(_export.export)
+    from deepis_rt.cli import batch as _batch
+
+    main.add_command(_batch.batch)
+    from deepis_rt.cli import synth as _synth
+    from deepis_rt.cli import train as _train
+
+    main.add_command(_synth.synth)
+    main.add_command(_train.train)
 
 
 _register_commands()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from deepis_rt.errors import ExportError
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "META_KEY", "export_onnx", "read_onnx_meta"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "META_KEY", "export_onnx", "read_onnx_meta", "set_onnx_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,13 @@ def export_onnx(
     dims: dict[int, Any] = {0: batch}
     if dynamic_shape:
         # sizes are 16 * k, so the graph's shape arithmetic stays exact
-        for axis, name in zip((2, 3, 4), ("z", "y", "x")):
+        for axis, name in zip((2, 3, 4), ("z", "y", "x"), strict=True):
             dims[axis] = 16 * torch.export.Dim(f"{name}16", min=1, max=256)
     tmp = path.with_name(path.name + ".tmp")
+    # torch's exporter logs one warning per torchvision op it cannot register; none is used here
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    old_level = registration_log.level
+    registration_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -84,15 +89,15 @@ def export_onnx(
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise ExportError(f"export | ONNX export of the model failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        registration_log.setLevel(old_level)
     proto = onnx.load(str(tmp))
     if meta is not None:
-        entry = proto.metadata_props.add()
-        entry.key = META_KEY
-        entry.value = json.dumps(meta, sort_keys=True)
+        set_onnx_meta(proto, meta)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(tmp))
     tmp.replace(path)
-    log.info("export: wrote %s", path)
+    log.debug("export: wrote %s", path)
     return path
 
 
@@ -105,3 +110,12 @@ def read_onnx_meta(path: str | Path) -> dict[str, Any]:
         if prop.key == META_KEY:
             return json.loads(prop.value)
     return {}
+
+
+def set_onnx_meta(proto: Any, meta: Mapping[str, Any]) -> None:
+    """Store ``meta`` (JSON) in ``proto.metadata_props`` under :data:`META_KEY`, replacing any earlier one."""
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != META_KEY]
+    del proto.metadata_props[:]
+    for key, value in kept:
+        proto.metadata_props.add(key=key, value=value)
+    proto.metadata_props.add(key=META_KEY, value=json.dumps(dict(meta), sort_keys=True))

@@ -1,0 +1,126 @@
+"""Synapse kinetics: the saturation law A(t) = A_max * t / (t + tau_half).
+
+The paper fits the IS area from the onset of contact with this form
+(A_max ~ 106 um^2, tau_half ~ 40 s) and uses the same form for the CAR-T
+centroid displacement. :func:`fit_saturation` never raises on bad data: it
+returns a :class:`KineticFit` with ``success=False`` and a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.optimize import OptimizeWarning, curve_fit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KineticFit", "fit_saturation", "saturation"]
+
+#: fewer points than this cannot constrain two parameters with an uncertainty
+MIN_POINTS = 3
+
+
+def saturation(t_s: np.ndarray, a_max: float, tau_half_s: float) -> np.ndarray:
+    """A(t) = a_max * t / (t + tau_half_s) (t >= 0, measured from onset)."""
+    t = np.asarray(t_s, dtype=float)
+    return a_max * t / (t + tau_half_s)
+
+
+@dataclass(frozen=True)
+class KineticFit:
+    """Result of :func:`fit_saturation`.
+
+    ``a_max`` is in the unit of the fitted quantity (um^2 for IS area, um for
+    displacement); ``*_err`` are one-sigma uncertainties from the covariance
+    matrix; ``r_squared`` is the coefficient of determination. On failure the
+    numbers are NaN, ``success`` is False and ``message`` says why.
+    """
+
+    a_max: float = math.nan
+    a_max_err: float = math.nan
+    tau_half_s: float = math.nan
+    tau_half_err_s: float = math.nan
+    r_squared: float = math.nan
+    n_points: int = 0
+    success: bool = False
+    message: str = ""
+
+    def predict(self, t_s: np.ndarray) -> np.ndarray:
+        """The fitted curve at times ``t_s`` from onset (NaN when the fit failed)."""
+        if not self.success:
+            return np.full(np.shape(t_s), np.nan)
+        return saturation(t_s, self.a_max, self.tau_half_s)
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict (NaN becomes None)."""
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
+        }
+
+
+def fit_saturation(t_s: Sequence[float], y: Sequence[float]) -> KineticFit:
+    """Fit y(t) = A_max * t / (t + tau_half) by non-linear least squares.
+
+    Parameters
+    ----------
+    t_s : sequence of float
+        Times in seconds from onset (t = 0 at contact); NaN pairs are ignored.
+    y : sequence of float
+        Observed values (IS area in um^2, displacement in um, ...).
+
+    Returns
+    -------
+    KineticFit
+        With ``success=False`` (not an exception) for fewer than 3 usable
+        points, no time span, or a fit that does not converge.
+    """
+    t = np.asarray(t_s, dtype=float).ravel()
+    v = np.asarray(y, dtype=float).ravel()
+    if t.shape != v.shape:
+        return KineticFit(message=f"t_s has {t.size} values but y has {v.size}")
+    ok = np.isfinite(t) & np.isfinite(v)
+    t, v = t[ok], v[ok]
+    n = int(t.size)
+    if n < MIN_POINTS:
+        return KineticFit(n_points=n, message=f"only {n} usable point(s); need at least {MIN_POINTS}")
+    span = float(t.max() - t.min())
+    if span <= 0:
+        return KineticFit(n_points=n, message="all samples at the same time")
+    t_pos = t[t > 0]
+    tau0 = float(np.median(t_pos)) if t_pos.size else span / 2
+    a0 = max(float(np.max(v)) * 1.2, 1e-9)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            popt, pcov = curve_fit(
+                saturation,
+                t,
+                v,
+                p0=(a0, tau0),
+                bounds=([0.0, 1e-6 * max(span, 1.0)], [np.inf, np.inf]),
+                maxfev=5000,
+            )
+    except (RuntimeError, ValueError) as exc:
+        return KineticFit(n_points=n, message=f"fit did not converge: {exc}")
+    residual = v - saturation(t, *popt)
+    ss_res = float(np.sum(residual**2))
+    ss_tot = float(np.sum((v - v.mean()) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
+    with np.errstate(invalid="ignore"):
+        err = np.sqrt(np.diag(pcov)) if n > 2 else np.array([math.nan, math.nan])
+    err = [float(e) if np.isfinite(e) else math.nan for e in err]
+    return KineticFit(
+        a_max=float(popt[0]),
+        a_max_err=err[0],
+        tau_half_s=float(popt[1]),
+        tau_half_err_s=err[1],
+        r_squared=r2,
+        n_points=n,
+        success=True,
+        message="ok",
+    )

@@ -1,0 +1,388 @@
+"""Online tracking of cells and synapses across frames.
+
+How it works (online, stable ids)
+---------------------------------
+Cells are linked by their centroids (um) with laptrack's LAP tracker
+(Jaqaman et al. 2008: frame-to-frame linking, then gap closing), CAR-T cells
+and target cells separately. At every :meth:`SynapseTracker.update` the LAP
+problem is re-solved over a sliding window of the last ``window_frames``
+frames; links between detections that already carry a track id are passed to
+laptrack as known edges, so history is never rewritten. A new detection takes
+the track id of the detection laptrack links it to (possibly across up to
+``max_gap_frames`` missing frames), otherwise a fresh id. Ids once issued never
+change.
+
+A synapse's identity is the pair (CAR-T track, target track). Events:
+``formed`` (first contact of the pair), ``lost`` (the pair was in contact in
+the previous frame and is not now), ``re-formed`` (contact again after a loss),
+``area_threshold_crossed`` (IS area crossed ``area_threshold_um2``, up or down).
+A cell missing for a frame (gap-closed) therefore shows as lost + re-formed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deepis_rt.analysis.frame import Cell, FrameAnalysis, Synapse
+from deepis_rt.analysis.kinetics import KineticFit, fit_saturation
+from deepis_rt.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SynapseEvent", "TrackedFrame", "SynapseHistory", "SynapseSummary", "SynapseTracker"]
+
+EVENT_KINDS = ("formed", "lost", "re-formed", "area_threshold_crossed")
+
+
+@dataclass(frozen=True)
+class SynapseEvent:
+    """Something that happened to a synapse (CAR-T track, target track) at a frame."""
+
+    kind: str  # one of EVENT_KINDS
+    frame: int
+    time_s: float
+    tcell_track: int
+    target_track: int
+    is_area_um2: float
+    direction: str | None = None  # "up" | "down" for area_threshold_crossed
+    threshold_um2: float | None = None
+
+
+@dataclass
+class TrackedFrame:
+    """One frame after tracking: the analysis with track ids filled in, and its events."""
+
+    frame: int
+    time_s: float
+    analysis: FrameAnalysis
+    cell_tracks: dict[int, int] = field(default_factory=dict)  # cell_id -> track_id
+    events: list[SynapseEvent] = field(default_factory=list)
+
+    @property
+    def cells(self) -> list[Cell]:
+        return self.analysis.cells
+
+    @property
+    def synapses(self) -> list[Synapse]:
+        return self.analysis.synapses
+
+
+@dataclass
+class SynapseHistory:
+    """Time course of one synapse (only frames where it exists)."""
+
+    tcell_track: int
+    target_track: int
+    frame: list[int] = field(default_factory=list)
+    time_s: list[float] = field(default_factory=list)
+    is_area_um2: list[float] = field(default_factory=list)
+    is_dry_mass_pg: list[float] = field(default_factory=list)
+    is_density_fg_um2: list[float] = field(default_factory=list)
+    tcell_volume_um3: list[float] = field(default_factory=list)
+    target_volume_um3: list[float] = field(default_factory=list)
+    tcell_centroid_um: list[tuple[float, float, float]] = field(default_factory=list)
+
+    @property
+    def onset_s(self) -> float:
+        return self.time_s[0] if self.time_s else math.nan
+
+    def displacement_um(self) -> np.ndarray:
+        """CAR-T centroid displacement from its position at onset, per observation."""
+        if not self.tcell_centroid_um:
+            return np.zeros(0)
+        c = np.asarray(self.tcell_centroid_um, dtype=float)
+        return np.linalg.norm(c - c[0], axis=1)
+
+
+@dataclass
+class SynapseSummary:
+    """Per-synapse kinetics: onset, duration, saturation fits of IS area and displacement."""
+
+    tcell_track: int
+    target_track: int
+    onset_s: float
+    duration_s: float
+    n_frames: int
+    max_is_area_um2: float
+    area_fit: KineticFit
+    displacement_fit: KineticFit
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict for ``summary.json`` (NaN becomes None)."""
+
+        def clean(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+
+        return {
+            "tcell_track": self.tcell_track,
+            "target_track": self.target_track,
+            "onset_s": clean(self.onset_s),
+            "duration_s": clean(self.duration_s),
+            "n_frames": self.n_frames,
+            "max_is_area_um2": clean(self.max_is_area_um2),
+            "A_max_um2": clean(self.area_fit.a_max),
+            "A_max_err_um2": clean(self.area_fit.a_max_err),
+            "tau_half_s": clean(self.area_fit.tau_half_s),
+            "tau_half_err_s": clean(self.area_fit.tau_half_err_s),
+            "r_squared": clean(self.area_fit.r_squared),
+            "area_fit": self.area_fit.to_dict(),
+            "displacement_fit": self.displacement_fit.to_dict(),
+        }
+
+
+@dataclass
+class _WindowFrame:
+    coords: dict[str, np.ndarray]  # kind -> (n, 3) centroids in um
+    ids: dict[str, np.ndarray]  # kind -> (n,) track ids
+
+
+def _as_analysis(frame: object) -> FrameAnalysis:
+    if isinstance(frame, FrameAnalysis):
+        return frame
+    analysis = getattr(frame, "analysis", None)
+    if isinstance(analysis, FrameAnalysis):
+        return analysis
+    if hasattr(frame, "analysis") and analysis is None:
+        raise InputError(
+            f"tracker | {type(frame).__name__}.analysis is None (the analysis failed or was switched "
+            "off for this frame); skip the frame or run deepis_rt.analysis.analyze() on its distance map"
+        )
+    raise InputError(
+        f"tracker | got {type(frame).__name__}: expected a FrameAnalysis or an object with an "
+        "'.analysis' FrameAnalysis (a FrameResult); run deepis_rt.analysis.analyze() first"
+    )
+
+
+class SynapseTracker:
+    """Link cells and synapses across frames; emit events; fit kinetics.
+
+    Parameters
+    ----------
+    max_link_distance_um : float
+        Largest centroid displacement (um) linked between consecutive frames
+        (and across a gap).
+    max_gap_frames : int
+        Missing frames bridged by gap closing (>= 1).
+    window_frames : int
+        Frames re-solved by the LAP at each update (> max_gap_frames + 1).
+    area_threshold_um2 : float, optional
+        Emit ``area_threshold_crossed`` when the IS area crosses it.
+    on_event : callable, optional
+        Called with each :class:`SynapseEvent` as it happens.
+    """
+
+    def __init__(
+        self,
+        max_link_distance_um: float = 8.0,
+        max_gap_frames: int = 2,
+        window_frames: int = 8,
+        area_threshold_um2: float | None = None,
+        on_event: Callable[[SynapseEvent], None] | None = None,
+    ) -> None:
+        if not (max_link_distance_um > 0):
+            raise ConfigError(f"tracker | max_link_distance_um={max_link_distance_um!r}: must be > 0")
+        if int(max_gap_frames) < 1:
+            raise ConfigError(f"tracker | max_gap_frames={max_gap_frames!r}: must be >= 1")
+        if int(window_frames) < int(max_gap_frames) + 2:
+            raise ConfigError(
+                f"tracker | window_frames={window_frames!r}: must be at least max_gap_frames + 2 "
+                f"= {int(max_gap_frames) + 2}"
+            )
+        self.max_link_distance_um = float(max_link_distance_um)
+        self.max_gap_frames = int(max_gap_frames)
+        self.window_frames = int(window_frames)
+        self.area_threshold_um2 = area_threshold_um2
+        self.on_event = on_event
+        self._window: list[_WindowFrame] = []
+        self._next_id = 1
+        self._frame = 0
+        self._active: set[tuple[int, int]] = set()
+        self._seen: set[tuple[int, int]] = set()
+        self._above: dict[tuple[int, int], bool] = {}
+        self._histories: dict[tuple[int, int], SynapseHistory] = {}
+        self._lap = None
+
+    # -- linking -----------------------------------------------------------------------------
+    def _laptrack(self):
+        if self._lap is None:
+            from laptrack import LapTrack
+
+            cutoff = self.max_link_distance_um**2
+            self._lap = LapTrack(
+                metric="sqeuclidean",
+                cutoff=cutoff,
+                gap_closing_metric="sqeuclidean",
+                gap_closing_cutoff=cutoff,
+                gap_closing_max_frame_count=self.max_gap_frames + 1,
+                splitting_cutoff=False,
+                merging_cutoff=False,
+                # laptrack's default alternative costs (1.05 x the 90th-percentile link cost) make
+                # nearly static cells start new tracks after a small extra step; here the
+                # cutoff alone gates a link, so any link within it beats ending + starting tracks
+                track_start_cost=cutoff,
+                track_end_cost=cutoff,
+                segment_start_cost=cutoff,
+                segment_end_cost=cutoff,
+            )
+        return self._lap
+
+    def _new_id(self) -> int:
+        tid = self._next_id
+        self._next_id += 1
+        return tid
+
+    def _assign(self, kind: str, coords: np.ndarray) -> np.ndarray:
+        """Track ids for the newest frame's detections of one kind."""
+        ids = np.full(len(coords), -1, dtype=np.int64)
+        if len(coords) == 0:
+            return ids
+        past = self._window[-(self.window_frames - 1) :] if self.window_frames > 1 else []
+        if any(len(w.coords[kind]) for w in past):
+            coord_list = [w.coords[kind] for w in past] + [coords]
+            known: list[tuple[tuple[int, int], tuple[int, int]]] = []
+            last_seen: dict[int, tuple[int, int]] = {}
+            for f, w in enumerate(past):
+                for k, tid in enumerate(w.ids[kind]):
+                    if tid in last_seen:
+                        known.append((last_seen[tid], (f, k)))
+                    last_seen[int(tid)] = (f, k)
+            graph = self._laptrack().predict(coord_list, connected_edges=known or None)
+            newest = len(past)
+            used: set[int] = set()
+            for k in range(len(coords)):
+                node = (newest, k)
+                if node not in graph:
+                    continue
+                preds = [p for p in graph.predecessors(node) if p[0] < newest]
+                if not preds:
+                    continue
+                f, idx = max(preds)
+                tid = int(past[f].ids[kind][idx])
+                if tid not in used:
+                    ids[k] = tid
+                    used.add(tid)
+        for k in range(len(coords)):
+            if ids[k] < 0:
+                ids[k] = self._new_id()
+        return ids
+
+    # -- public API -------------------------------------------------------------------------
+    def update(self, frame: object, time_s: float | None = None) -> TrackedFrame:
+        """Add one frame; fill ``track_id`` / ``tcell_track`` / ``target_track`` in place.
+
+        Parameters
+        ----------
+        frame : FrameAnalysis or object with ``.analysis``
+            The analysed frame (e.g. the runtime's ``FrameResult``).
+        time_s : float, optional
+            Acquisition time; default ``frame.time_s`` if present, else the frame index.
+
+        Returns
+        -------
+        TrackedFrame
+            With the events of this frame (also sent to ``on_event``).
+        """
+        analysis = _as_analysis(frame)
+        if time_s is None:
+            time_s = getattr(frame, "time_s", None)
+        t = float(self._frame if time_s is None else time_s)
+        coords: dict[str, np.ndarray] = {}
+        ids: dict[str, np.ndarray] = {}
+        by_kind: dict[str, list[Cell]] = {"tcell": [], "target": []}
+        for c in analysis.cells:
+            by_kind.setdefault(c.kind, []).append(c)
+        cell_tracks: dict[int, int] = {}
+        for kind, cells in by_kind.items():
+            xyz = np.array([[c.z_um, c.y_um, c.x_um] for c in cells], dtype=float).reshape(-1, 3)
+            kind_ids = self._assign(kind, xyz)
+            for c, tid in zip(cells, kind_ids, strict=True):
+                c.track_id = int(tid)
+                cell_tracks[c.cell_id] = int(tid)
+            coords[kind], ids[kind] = xyz, kind_ids
+        for kind in ("tcell", "target"):
+            coords.setdefault(kind, np.zeros((0, 3)))
+            ids.setdefault(kind, np.zeros(0, dtype=np.int64))
+        self._window.append(_WindowFrame(coords, ids))
+        del self._window[: -self.window_frames]
+
+        events = self._synapse_events(analysis, cell_tracks, t)
+        tracked = TrackedFrame(self._frame, t, analysis, cell_tracks, events)
+        self._frame += 1
+        for ev in events:
+            if self.on_event is not None:
+                self.on_event(ev)
+        return tracked
+
+    def _synapse_events(
+        self, analysis: FrameAnalysis, cell_tracks: dict[int, int], t: float
+    ) -> list[SynapseEvent]:
+        events: list[SynapseEvent] = []
+        cells = {c.cell_id: c for c in analysis.cells}
+        now: dict[tuple[int, int], Synapse] = {}
+        for s in analysis.synapses:
+            s.tcell_track = cell_tracks.get(s.tcell_id)
+            s.target_track = cell_tracks.get(s.target_id)
+            if s.tcell_track is None or s.target_track is None:
+                continue
+            key = (s.tcell_track, s.target_track)
+            now[key] = s
+            tc, tg = cells.get(s.tcell_id), cells.get(s.target_id)
+            h = self._histories.setdefault(key, SynapseHistory(*key))
+            h.frame.append(self._frame)
+            h.time_s.append(t)
+            h.is_area_um2.append(s.is_area_um2)
+            h.is_dry_mass_pg.append(s.is_dry_mass_pg)
+            h.is_density_fg_um2.append(s.is_density_fg_um2)
+            h.tcell_volume_um3.append(tc.volume_um3 if tc else math.nan)
+            h.target_volume_um3.append(tg.volume_um3 if tg else math.nan)
+            h.tcell_centroid_um.append((tc.z_um, tc.y_um, tc.x_um) if tc else (math.nan,) * 3)
+
+        def emit(kind: str, key: tuple[int, int], area: float, direction: str | None = None) -> None:
+            thr = self.area_threshold_um2 if kind == "area_threshold_crossed" else None
+            events.append(SynapseEvent(kind, self._frame, t, key[0], key[1], area, direction, thr))
+
+        for key in sorted(self._active - set(now)):
+            emit("lost", key, 0.0)
+            self._above[key] = False
+        for key, s in sorted(now.items()):
+            if key not in self._seen:
+                emit("formed", key, s.is_area_um2)
+            elif key not in self._active:
+                emit("re-formed", key, s.is_area_um2)
+            if self.area_threshold_um2 is not None:
+                above = s.is_area_um2 >= self.area_threshold_um2
+                if above != self._above.get(key, False):
+                    emit("area_threshold_crossed", key, s.is_area_um2, "up" if above else "down")
+                self._above[key] = above
+        self._seen |= set(now)
+        self._active = set(now)
+        return events
+
+    @property
+    def histories(self) -> dict[tuple[int, int], SynapseHistory]:
+        """Time courses per synapse key (CAR-T track, target track)."""
+        return dict(self._histories)
+
+    def summary(self) -> list[SynapseSummary]:
+        """Per synapse: onset, duration, saturation fits of IS area and CAR-T displacement."""
+        out = []
+        for key, h in sorted(self._histories.items()):
+            t_rel = np.asarray(h.time_s) - h.onset_s
+            out.append(
+                SynapseSummary(
+                    tcell_track=key[0],
+                    target_track=key[1],
+                    onset_s=h.onset_s,
+                    duration_s=float(h.time_s[-1] - h.time_s[0]),
+                    n_frames=len(h.time_s),
+                    max_is_area_um2=float(np.nanmax(h.is_area_um2)),
+                    area_fit=fit_saturation(t_rel, h.is_area_um2),
+                    displacement_fit=fit_saturation(t_rel, h.displacement_um()),
+                )
+            )
+        return out

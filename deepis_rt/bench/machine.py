@@ -1,0 +1,84 @@
+"""What a benchmark ran on: CPU, GPU, memory, library versions, load."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+from typing import Any
+
+__all__ = ["describe_machine", "library_versions"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return None
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide the numbers ('-' when absent)."""
+    out: dict[str, str] = {}
+    for name in ("deepis_rt", "torch", "onnxruntime", "onnx", "tensorrt", "numpy", "scipy"):
+        try:
+            mod = importlib.import_module(name)
+            out[name] = str(getattr(mod, "__version__", "?"))
+        except Exception:
+            out[name] = "-"
+    try:
+        import torch
+
+        out["cuda"] = str(torch.version.cuda or "-")
+        out["torch_threads"] = str(torch.get_num_threads())
+    except Exception:
+        pass
+    try:
+        import onnxruntime as ort
+
+        out["onnxruntime_providers"] = ",".join(ort.get_available_providers())
+    except Exception:
+        pass
+    return out
+
+
+def describe_machine() -> dict[str, Any]:
+    """A plain dict describing this machine, for every benchmark report."""
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "gpu": None,
+        "gpu_compute_capability": None,
+        "gpu_memory_gib": None,
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            info["gpu"] = props.name
+            info["gpu_compute_capability"] = f"{props.major}.{props.minor}"
+            info["gpu_memory_gib"] = round(props.total_memory / 1024**3, 1)
+    except Exception:
+        pass
+    info["libraries"] = library_versions()
+    return info

@@ -1,0 +1,73 @@
+"""``deepis-rt batch``: re-analyse an archive of time-lapses, on a Ray cluster or on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("archive", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Results: OUT/<item>/ per time-lapse, OUT/synapses_all.csv, OUT/batch_report.json.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run on Ray: 'local' (start Ray here), 'auto' (the cluster of `ray start`), or "
+                   "ray://HOST:10001. Without it: one item after the other in this process.")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint); "
+                   "every worker must see it at this path.")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch", "triton"]),
+              default="auto", show_default=True)
+@click.option("--url", default=None, metavar="HOST:PORT",
+              help="Triton server for --backend triton [default: $DEEPIS_TRITON_URL].")
+@click.option("--model-name", default="deepis", show_default=True, help="Model name on the Triton server.")
+@click.option("--retries", type=click.IntRange(0, 100), default=1, show_default=True,
+              help="Further attempts of an item that failed.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Ray actors, one Segmenter each [default: one per GPU, else one per --cpus-per-worker CPUs].")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+              help="[default: 1 where the cluster has GPUs, 0 with --backend triton or without GPUs].")
+@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
+              help="Voxel size in um for files that carry none.")
+@click.option("--frame-interval", type=float, default=None, metavar="S",
+              help="Seconds between frames for files without time stamps (default: file times).")
+@click.option("--medium-ri", type=float, default=None, help="Medium RI (default: from the file or 1.337).")
+@click.option("--max-batch", type=int, default=4, show_default=True, help="Frames inferred together.")
+@click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def batch(archive, out, ray_address, model, backend, url, model_name, retries, workers, cpus_per_worker,
+          gpus_per_worker, voxel_size, frame_interval, medium_ri, max_batch, no_masks, no_progress) -> None:
+    """Segment, measure and track every time-lapse in ARCHIVE.
+
+    \b
+    A time-lapse is a folder of frame files (at any depth) or a multi-time-point file in
+    ARCHIVE itself. Results per time-lapse are exactly those of `deepis-rt stream`.
+    Finished items are skipped when the command runs again; failed ones are tried again.
+    Exit status 1 when an item failed (see OUT/batch_report.json).
+    """
+    from deepis_rt.cluster.ray_batch import run_batch
+
+    load_options = {"url": url, "model_name": model_name} if backend == "triton" else {}
+    stream_settings = {
+        "voxel_size_um": tuple(voxel_size) if voxel_size else None,
+        "frame_interval_s": frame_interval,
+        "medium_ri": medium_ri,
+        "max_batch": max_batch,
+        "write_masks": not no_masks,
+    }
+    report = run_batch(
+        archive, out, model, backend, ray_address=ray_address, retries=retries, num_workers=workers,
+        cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, load_options=load_options,
+        stream_settings=stream_settings, progress=False if no_progress else None,
+    )
+    c = report.counts
+    click.echo(f"items: {c['ok']} ok, {c['partial']} with failed frames, {c['failed']} failed, "
+               f"{c['skipped']} already done ({report.settings.get('workers', 'nothing to run')})")
+    for item in report.items:
+        if item["status"] != "ok" and not item.get("skipped"):
+            click.echo(f"  {item['item']}: {item['status']} after {item['attempts']} attempt(s): {item['error']}")
+    click.echo(f"results: {out}/<item>/, {out}/synapses_all.csv, {out}/batch_report.json")
+    if report.failed:
+        raise SystemExit(1)

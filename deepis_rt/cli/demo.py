@@ -1,0 +1,85 @@
+"""``deepis-rt demo``: synthetic video -> live stream with the bundled checkpoint -> results + plots."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+
+_MARKER = ".deepis-demo"
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists():
+        if not (out / _MARKER).exists() and any(out.iterdir()):
+            raise click.UsageError(
+                f"{out} exists and was not made by 'deepis-rt demo'; choose another --out"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / _MARKER).write_text("results of 'deepis-rt demo'; safe to delete\n")
+
+
+@click.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deepis-demo"),
+              show_default=True, help="Where results and plots are left.")
+@click.option("--frames", type=int, default=24, show_default=True, help="Frames of the synthetic video.")
+@click.option("--seed", type=int, default=2026, show_default=True, help="Seed of the synthetic video.")
+@click.option("--pace", type=float, default=1.0, show_default=True, metavar="S",
+              help="Seconds between two frames written into the camera folder (the microscope's pace, sped up).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
+              show_default=True)
+def demo(out: Path, frames: int, seed: int, pace: float, backend: str) -> None:
+    """Stream a synthetic CAR-T / target-cell video through the bundled checkpoint.
+
+    A writer thread plays the microscope: it writes one tomogram after another into a
+    temporary camera folder. deepis-rt watches that folder, segments each frame as it is
+    complete, tracks the synapse, and leaves tables, masks and plots in OUT.
+    """
+    import deepis_rt
+    from deepis_rt.cli.stream import print_summary, run_stream
+    from deepis_rt.io import write_tomogram
+    from deepis_rt.stream import Stream
+    from deepis_rt.synth import SynthConfig, generate_timelapse
+
+    t_start = time.time()
+    _prepare_out(out)
+    segmenter = deepis_rt.load(None, backend=backend)
+    cfg = SynthConfig()
+    interval_s = cfg.frame_interval_s
+    camera = Path(tempfile.mkdtemp(prefix="deepis-camera-"))
+    click.echo(
+        f"demo: a synthetic {frames}-frame video (one tomogram every {interval_s:g} s of acquisition time, "
+        f"played at one per {pace:g} s) -> {camera}", err=True
+    )
+    click.echo(f"demo: model {segmenter.model_info.get('name', 'bundled')} on {segmenter.backend}", err=True)
+    writer_error: list[BaseException] = []
+
+    def _microscope() -> None:
+        try:
+            for i, frame in enumerate(generate_timelapse(frames, seed=seed, config=cfg)):
+                t0 = time.time()
+                write_tomogram(camera / f"frame_{i:04d}.tif", frame.ri, frame.voxel_size_um)
+                time.sleep(max(0.0, pace - (time.time() - t0)))
+        except BaseException as exc:  # surfaced after the stream ends
+            writer_error.append(exc)
+
+    writer = threading.Thread(target=_microscope, name="demo-microscope", daemon=True)
+    stream = Stream(camera, out, segmenter, frame_interval_s=interval_s, settle_s=0.3,
+                    idle_timeout_s=max(10.0, 4 * pace), max_frames=frames)
+    stream.start()
+    writer.start()
+    try:
+        summary = run_stream(stream)
+    finally:
+        writer.join(timeout=5)
+        shutil.rmtree(camera, ignore_errors=True)
+    if writer_error:
+        raise click.ClickException(f"the synthetic microscope failed: {writer_error[0]}")
+    click.echo("")
+    print_summary(summary, out)
+    click.echo(f"demo finished in {time.time() - t_start:.0f} s; plots: {out / 'plots'}/")

@@ -1,0 +1,19 @@
+"""Reading and writing tomograms and label volumes (TIFF/OME-TIFF, NumPy, Tomocube TCF, MATLAB)."""
+
+from deepis_rt.io.readers import SUFFIXES, iter_tomograms, read_labels, read_sidecar, read_tomogram
+from deepis_rt.io.tomogram import MAX_VOLUME_BYTES, Tomogram
+from deepis_rt.io.writers import FORMATS, suffix_for, write_labels, write_tomogram
+
+__all__ = [
+    "Tomogram",
+    "MAX_VOLUME_BYTES",
+    "SUFFIXES",
+    "FORMATS",
+    "read_tomogram",
+    "iter_tomograms",
+    "read_labels",
+    "read_sidecar",
+    "write_tomogram",
+    "write_labels",
+    "suffix_for",
+]

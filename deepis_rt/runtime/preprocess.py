@@ -1,0 +1,164 @@
+"""Input checks, RI normalisation and resampling between the input grid and the model's grid."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deepis_rt.errors import InputDtypeError, InputError, NonFiniteInputError, ShapeError, VolumeTooLargeError
+
+__all__ = [
+    "MAX_VOXELS",
+    "Normalization",
+    "validate_volume",
+    "validate_voxel_size",
+    "model_grid_shape",
+    "resample",
+    "needs_resampling",
+]
+
+log = logging.getLogger(__name__)
+
+#: Volumes with more voxels than this are refused (2**34 voxels = 64 GiB as float32).
+MAX_VOXELS = 2**34
+
+#: Checks run on slabs of this many voxels, so that checking a huge volume allocates little.
+_CHECK_CHUNK_VOXELS = 1 << 24
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``x = (ri - offset) / scale``, as stored in the checkpoint's ``meta["ri_normalization"]``."""
+
+    offset: float = 1.337
+    scale: float = 0.02
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Normalization:
+        norm = meta.get("ri_normalization") or {}
+        offset, scale = float(norm.get("offset", cls.offset)), float(norm.get("scale", cls.scale))
+        if not (math.isfinite(offset) and math.isfinite(scale)) or scale == 0:
+            raise InputError(f"model meta: invalid ri_normalization {dict(norm)!r} (scale must be finite and non-zero)")
+        return cls(offset, scale)
+
+    def apply(self, ri: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Normalised float32 copy of ``ri`` (or written into ``out``)."""
+        out = np.subtract(ri, self.offset, out=out, dtype=np.float32, casting="unsafe")
+        out *= np.float32(1.0 / self.scale)
+        return out
+
+
+def validate_volume(volume: Any, where: str = "segment", max_voxels: int = MAX_VOXELS) -> np.ndarray:
+    """Check an input tomogram before any heavy work; return it as a NumPy array (no copy if possible).
+
+    Raises
+    ------
+    InputDtypeError
+        Non-numeric dtype (bool, complex, strings, objects).
+    ShapeError
+        Not 3-D (Z, Y, X), or empty.
+    VolumeTooLargeError
+        More than ``max_voxels`` voxels.
+    NonFiniteInputError
+        NaN or infinite values (reports how many and the first position).
+    """
+    if hasattr(volume, "detach") and hasattr(volume, "cpu"):  # torch tensor
+        volume = volume.detach().cpu().numpy()
+    if not isinstance(volume, np.ndarray):
+        try:
+            volume = np.asarray(volume)
+        except Exception as exc:
+            raise InputError(f"{where}: cannot read the volume as an array ({type(exc).__name__}: {exc})") from None
+    dtype = volume.dtype
+    if dtype.kind == "b" or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InputDtypeError(
+            f"{where}: volume of dtype {dtype} is not a refractive-index map; expected a real numeric "
+            "array (float32 RI values)"
+        )
+    if volume.ndim != 3:
+        hint = " (a single channel? pass volume[0])" if volume.ndim == 4 and 1 in volume.shape[:1] else ""
+        raise ShapeError(
+            f"{where}: {volume.ndim}-D array of shape {volume.shape}, expected a 3-D volume (Z, Y, X){hint}"
+        )
+    if volume.size == 0:
+        raise ShapeError(f"{where}: empty volume of shape {volume.shape}")
+    if volume.size > max_voxels:
+        raise VolumeTooLargeError(
+            f"{where}: volume of shape {volume.shape} has {volume.size:,} voxels, more than the limit "
+            f"{max_voxels:,}; split the field of view or raise max_voxels"
+        )
+    if np.issubdtype(dtype, np.floating):
+        _check_finite(volume, where)
+    return volume
+
+
+def _check_finite(volume: np.ndarray, where: str) -> None:
+    slab = max(1, _CHECK_CHUNK_VOXELS // max(1, volume.shape[1] * volume.shape[2]))
+    bad_total, first = 0, None
+    for z in range(0, volume.shape[0], slab):
+        finite = np.isfinite(volume[z : z + slab])
+        if not finite.all():
+            bad = np.argwhere(~finite)
+            bad_total += len(bad)
+            if first is None:
+                first = (int(bad[0][0]) + z, int(bad[0][1]), int(bad[0][2]))
+    if bad_total:
+        raise NonFiniteInputError(
+            f"{where}: volume holds {bad_total:,} NaN/Inf voxel(s) (first at (z, y, x) = {first}); "
+            "replace them (e.g. with the medium RI) before segmenting"
+        )
+
+
+def validate_voxel_size(voxel_size_um: Any, where: str = "segment") -> tuple[float, float, float]:
+    """Three positive finite numbers (Z, Y, X) in um; a single number means isotropic voxels."""
+    if voxel_size_um is None:
+        raise InputError(f"{where}: voxel_size_um is missing")
+    if np.isscalar(voxel_size_um):
+        voxel_size_um = (voxel_size_um,) * 3
+    try:
+        values = tuple(float(v) for v in voxel_size_um)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: voxel_size_um {voxel_size_um!r} is not three numbers (Z, Y, X) in um") from None
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"{where}: voxel_size_um {voxel_size_um!r} must be three positive numbers (Z, Y, X) in um")
+    if any(v > 1000 or v < 1e-4 for v in values):
+        raise InputError(f"{where}: voxel_size_um {values} is outside 0.0001-1000 um; is the unit um?")
+    return values  # type: ignore[return-value]
+
+
+def needs_resampling(voxel_size_um: Sequence[float], model_voxel_size_um: Sequence[float], rtol: float = 1e-3) -> bool:
+    """True unless the voxel sizes agree within ``rtol`` on every axis."""
+    return any(abs(a - b) > rtol * b for a, b in zip(voxel_size_um, model_voxel_size_um, strict=False))
+
+
+def model_grid_shape(
+    shape: Sequence[int], voxel_size_um: Sequence[float], model_voxel_size_um: Sequence[float]
+) -> tuple[int, int, int]:
+    """Shape of the same physical extent sampled at the model's voxel size (at least 1 voxel)."""
+    return tuple(
+        max(1, int(round(n * v / m))) for n, v, m in zip(shape, voxel_size_um, model_voxel_size_um, strict=False)
+    )  # type: ignore[return-value]
+
+
+def resample(volume: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:
+    """Resample ``volume`` to exactly ``shape`` (float32), voxel edges aligned (``grid_mode=True``).
+
+    Linear interpolation (``order=1``) keeps distances and RI values within their input range.
+    """
+    from scipy import ndimage
+
+    shape = tuple(int(s) for s in shape)
+    if tuple(volume.shape) == shape:
+        return np.asarray(volume, dtype=np.float32)
+    zoom = [s / n for s, n in zip(shape, volume.shape, strict=False)]
+    out = ndimage.zoom(
+        np.asarray(volume, dtype=np.float32), zoom, output=np.float32, order=order, mode="nearest", grid_mode=True
+    )
+    if out.shape != shape:  # zoom rounds; make sure the caller gets what it asked for
+        raise InputError(f"resample: got shape {out.shape}, expected {shape}")
+    return out

@@ -1,0 +1,113 @@
+"""What :meth:`Segmenter.segment` returns, and the paper's labels when the analysis is absent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FrameResult", "labels_from_distance", "LABEL_BACKGROUND", "LABEL_TCELL", "LABEL_TARGET", "LABEL_SYNAPSE"]
+
+LABEL_BACKGROUND, LABEL_TCELL, LABEL_TARGET, LABEL_SYNAPSE = 0, 1, 2, 3
+
+
+@dataclass
+class FrameResult:
+    """One segmented tomogram.
+
+    Attributes
+    ----------
+    distance : numpy.ndarray
+        (Z, Y, X) float32 signed distance in um on the input grid: > 0 inside the CAR-T cell,
+        < 0 inside the target cell, ~0 in background and at the synapse.
+    labels : numpy.ndarray
+        (Z, Y, X) uint8: 0 background, 1 CAR-T, 2 target, 3 immunological synapse.
+    voxel_size_um : tuple of float
+        (Z, Y, X) voxel size of ``distance`` and ``labels``.
+    analysis : FrameAnalysis or None
+        Cells, synapses and measurements (:func:`deepis_rt.analysis.analyze`), when available.
+    timings_ms : dict
+        Wall time per stage (``validate``, ``resample``, ``infer``, ``resample_back``, ``analyze``,
+        ``total``) in milliseconds.
+    backend : str
+        The runner that produced ``distance`` (e.g. ``"onnxruntime-cpu"``).
+    frame, time_s, source : optional
+        Where the frame came from (filled by streams; None for plain calls).
+    status : str
+        ``"ok"``, or ``"failed"`` for a frame a stream could not process (see :meth:`failed`).
+    error : str or None
+        Why the frame failed.
+    latency_ms : float or None
+        Arrival-to-result latency (filled by streams).
+    tracked : object or None
+        The tracker's view of this frame (filled by streams).
+    """
+
+    distance: np.ndarray
+    labels: np.ndarray
+    voxel_size_um: tuple[float, float, float]
+    analysis: Any = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    backend: str = ""
+    frame: int | None = None
+    time_s: float | None = None
+    source: str | None = None
+    status: str = "ok"
+    error: str | None = None
+    latency_ms: float | None = None
+    tracked: Any = None
+
+    @classmethod
+    def failed(cls, error: str, **fields: Any) -> FrameResult:
+        """A result for a frame that could not be segmented: empty volumes, ``status="failed"``."""
+        return cls(distance=np.zeros((0, 0, 0), np.float32), labels=np.zeros((0, 0, 0), np.uint8),
+                   voxel_size_um=(float("nan"),) * 3, status="failed", error=str(error), **fields)
+
+    @property
+    def ok(self) -> bool:
+        """True unless the frame failed."""
+        return self.status == "ok"
+
+    @property
+    def cells(self) -> tuple:
+        """Cells of the analysis (empty when no analysis ran)."""
+        return tuple(getattr(self.analysis, "cells", ()) or ()) if self.analysis is not None else ()
+
+    @property
+    def synapses(self) -> tuple:
+        """Synapses of the analysis (empty when no analysis ran)."""
+        return tuple(getattr(self.analysis, "synapses", ()) or ()) if self.analysis is not None else ()
+
+    def __repr__(self) -> str:
+        if not self.ok:
+            return f"FrameResult(status='failed', frame={self.frame!r}, error={self.error!r})"
+        return (
+            f"FrameResult(shape={tuple(self.distance.shape)}, voxel_size_um={self.voxel_size_um}, "
+            f"backend={self.backend!r}, cells={len(self.cells)}, synapses={len(self.synapses)}, "
+            f"total_ms={self.timings_ms.get('total', float('nan')):.1f})"
+        )
+
+
+def labels_from_distance(distance: np.ndarray, voxel_size_um: Sequence[float], dilation_voxels: int = 2) -> np.ndarray:
+    """The paper's labels from a signed distance map (used when :mod:`deepis_rt.analysis` is absent).
+
+    CAR-T = distance > half the voxel pitch, target = distance < minus half the pitch (the pitch is
+    the finest voxel size), IS = overlap of both masks each dilated by ``dilation_voxels`` voxels
+    (a 6-connected structuring element, iterated).
+    """
+    from scipy import ndimage
+
+    half_pitch = 0.5 * float(min(voxel_size_um))
+    tcell = distance > half_pitch
+    target = distance < -half_pitch
+    labels = np.zeros(distance.shape, np.uint8)
+    labels[tcell] = LABEL_TCELL
+    labels[target] = LABEL_TARGET
+    if tcell.any() and target.any():
+        structure = ndimage.generate_binary_structure(3, 1)
+        synapse = ndimage.binary_dilation(tcell, structure, iterations=dilation_voxels)
+        synapse &= ndimage.binary_dilation(target, structure, iterations=dilation_voxels)
+        labels[synapse] = LABEL_SYNAPSE
+    return labels

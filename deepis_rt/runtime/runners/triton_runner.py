@@ -1,0 +1,377 @@
+"""Triton Inference Server runner: the network runs on a (remote) Triton server over HTTP/REST.
+
+The server holds a model repository written by ``deepis-rt export --triton REPO``
+(:func:`deepis_rt.cluster.write_triton_repository`); this runner sends each batch of normalised
+tiles as the named tensor ``tomogram`` and reads back ``distance`` with ``tritonclient.http``
+(KServe v2 protocol, binary tensor extension by default). Pre- and post-processing stay on the
+client, so ``stream`` / ``batch`` behave exactly as with a local backend.
+
+Model metadata (voxel size, RI normalisation, tile) comes from the server: the
+``deepis_rt.meta`` parameter of the model's ``config.pbtxt``. A local copy of the model
+(``load(path, backend="triton")``) is needed only for repositories not written by deepis-rt; when
+both exist they must agree.
+
+``tritonclient.http`` is built on gevent, whose connections belong to the OS thread that made
+them, so the runner keeps one client per thread (the stream's inference thread gets its own).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from deepis_rt._optional import import_optional
+from deepis_rt.errors import BackendError, ConfigError
+from deepis_rt.runtime.runners.base import Runner, as_numpy_batch
+
+__all__ = ["TritonRunner", "load_triton", "TRITON_URL_ENV", "parse_triton_url"]
+
+log = logging.getLogger(__name__)
+
+#: Environment variable read when no ``url`` is given.
+TRITON_URL_ENV = "DEEPIS_TRITON_URL"
+META_PARAMETER = "deepis_rt.meta"  # same as deepis_rt.cluster.triton_repo.META_PARAMETER
+INPUT_NAME, OUTPUT_NAME = "tomogram", "distance"
+
+
+def parse_triton_url(url: str | None) -> tuple[str, bool]:
+    """``(host:port[/path], ssl)`` from ``host:port``, ``http://host:port`` or ``https://...``.
+
+    None reads :data:`TRITON_URL_ENV`.
+    """
+    url = url or os.environ.get(TRITON_URL_ENV)
+    if not url:
+        raise ConfigError(
+            f"triton | no server URL: pass url='host:8000' (CLI: --url host:8000) or set {TRITON_URL_ENV}"
+        )
+    ssl = url.startswith("https://")
+    for scheme in ("http://", "https://"):
+        if url.startswith(scheme):
+            url = url[len(scheme):]
+    url = url.rstrip("/")
+    if not url or "://" in url:
+        raise ConfigError(f"triton | {url!r} is not a server address (host:port)")
+    return url, ssl
+
+
+def _int_list(values: Any) -> list[int]:
+    return [int(v) for v in (values or [])]
+
+
+class TritonRunner(Runner):
+    """Run the DeepIS network on a Triton Inference Server.
+
+    Parameters
+    ----------
+    url : str, optional
+        ``host:port`` of the server's HTTP endpoint (default port 8000); ``http://`` or
+        ``https://`` prefixes are accepted. Default: ``$DEEPIS_TRITON_URL``.
+    model_name : str
+        Model name in the server's repository.
+    model_version : str
+        Version to use; ``""`` lets the server choose (its version policy).
+    binary_data : bool
+        Send and receive tensors with Triton's binary tensor extension (else JSON lists: slow,
+        for debugging).
+    compression : {None, "gzip", "deflate"}
+        Compress request bodies (helps on slow links; costs CPU).
+    connection_timeout_s, network_timeout_s : float
+        Time to connect, and to wait for one response.
+    headers : dict, optional
+        Extra HTTP headers (e.g. an authorisation token of a proxy in front of the server).
+    """
+
+    name = "triton"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        model_name: str = "deepis",
+        model_version: str = "",
+        *,
+        binary_data: bool = True,
+        compression: str | None = None,
+        connection_timeout_s: float = 10.0,
+        network_timeout_s: float = 300.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.url, self.ssl = parse_triton_url(url)
+        if compression not in (None, "gzip", "deflate"):
+            raise ConfigError(f"triton | compression must be None, 'gzip' or 'deflate', got {compression!r}")
+        self.model_name = str(model_name)
+        self.model_version = str(model_version)
+        self.binary_data = bool(binary_data)
+        self.compression = compression
+        self.connection_timeout_s = float(connection_timeout_s)
+        self.network_timeout_s = float(network_timeout_s)
+        self.headers = dict(headers or {})
+        self.max_batch_size: int = 0
+        self.model_config: dict[str, Any] = {}
+        self.model_meta: dict[str, Any] = {}
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
+
+    @property
+    def where(self) -> str:
+        return f"triton | {self.url} model {self.model_name!r}"
+
+    # -- connections ---------------------------------------------------------------------------
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            triton_http = import_optional("tritonclient.http", "serving from Triton Inference Server")
+            client = triton_http.InferenceServerClient(
+                self.url, ssl=self.ssl, connection_timeout=self.connection_timeout_s,
+                network_timeout=self.network_timeout_s,
+            )
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def _drop_client(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            with self._clients_lock:
+                if client in self._clients:
+                    self._clients.remove(client)
+            try:
+                client.close()
+            except Exception:  # a broken connection may fail to close; it is dropped anyway
+                pass
+
+    def _call(self, what: str, fn: Any, retry: bool = True) -> Any:
+        """Run ``fn(client)``; one reconnect on a dropped connection; errors say what to do."""
+        utils = import_optional("tritonclient.utils", "serving from Triton Inference Server")
+        try:
+            return fn(self._client())
+        except utils.InferenceServerException as exc:
+            raise BackendError(f"{self.where}: {what} failed: {exc.message() or exc}") from None
+        except (OSError, EOFError, http.client.HTTPException) as exc:  # refused, reset, timed out, closed
+            self._drop_client()
+            if retry:
+                log.info("%s: %s: %s; reconnecting once", self.where, what, exc)
+                return self._call(what, fn, retry=False)
+            raise BackendError(
+                f"{self.where}: {what} failed: cannot reach the server ({type(exc).__name__}: {exc}); is "
+                f"tritonserver running there (tritonserver --model-repository REPO) and port {self.url} open?"
+            ) from None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def activate_impl(self) -> None:
+        import_optional("tritonclient.http", "serving from Triton Inference Server")
+        headers = self.headers or None
+        if not self._call("readiness check", lambda c: c.is_server_ready(headers=headers)):
+            raise BackendError(f"{self.where}: the server is up but not ready (still loading models?); retry later")
+        if not self._call("model check", lambda c: c.is_model_ready(self.model_name, self.model_version,
+                                                                       headers=headers)):
+            names = ""
+            try:
+                index = self._call("repository index", lambda c: c.get_model_repository_index(headers=headers))
+                names = ", ".join(sorted(f"{m.get('name')} ({m.get('state', '?')})" for m in index))
+            except BackendError:
+                pass
+            raise BackendError(
+                f"{self.where}: model not ready on the server"
+                + (f"; its repository holds: {names}" if names else "")
+                + "; write it with `deepis-rt export CKPT --triton REPO` and check the server's log"
+            )
+        metadata = self._call("model metadata", lambda c: c.get_model_metadata(
+            self.model_name, self.model_version, headers=headers))
+        ins = {t["name"]: t for t in metadata.get("inputs", [])}
+        outs = {t["name"]: t for t in metadata.get("outputs", [])}
+        if INPUT_NAME not in ins or OUTPUT_NAME not in outs:
+            raise BackendError(
+                f"{self.where}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, the model has "
+                f"{sorted(ins)} -> {sorted(outs)}; is this a deepis-rt model?"
+            )
+        for tensor in (ins[INPUT_NAME], outs[OUTPUT_NAME]):
+            if tensor.get("datatype") != "FP32":
+                raise BackendError(f"{self.where}: tensor {tensor['name']!r} is {tensor.get('datatype')}, expected FP32")
+        config = self._call("model config", lambda c: c.get_model_config(
+            self.model_name, self.model_version, headers=headers))
+        self.model_config = dict(config)
+        self.max_batch_size = int(config.get("max_batch_size", 0) or 0)
+        dims = next((_int_list(t.get("dims")) for t in config.get("input", []) if t.get("name") == INPUT_NAME), [])
+        if not dims:
+            dims = _int_list(ins[INPUT_NAME].get("shape"))[1:]
+        elif self.max_batch_size == 0:
+            dims = dims[1:]  # no batching: the batch axis is part of dims
+        spatial = dims[-3:]
+        if len(spatial) == 3 and all(d > 0 for d in spatial):
+            self.fixed_spatial_zyx = tuple(spatial)  # type: ignore[assignment]
+        params = config.get("parameters") or {}
+        raw = (params.get(META_PARAMETER) or {}).get("string_value")
+        self.model_meta = {}
+        if raw:
+            try:
+                self.model_meta = json.loads(raw)
+            except ValueError:
+                log.warning("%s: the %s parameter is not JSON; ignored", self.where, META_PARAMETER)
+        log.info("%s: ready (%s, max batch %d, tile %s)", self.where, config.get("platform") or config.get("backend"),
+                 self.max_batch_size, self.fixed_spatial_zyx)
+
+    def deactivate_impl(self) -> None:
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:
+                pass
+        self._local = threading.local()
+
+    # -- inference -----------------------------------------------------------------------------
+    def _infer_chunk(self, x: np.ndarray) -> np.ndarray:
+        triton_http = import_optional("tritonclient.http", "serving from Triton Inference Server")
+
+        def run(client: Any) -> np.ndarray:
+            inp = triton_http.InferInput(INPUT_NAME, list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=self.binary_data)
+            out = triton_http.InferRequestedOutput(OUTPUT_NAME, binary_data=self.binary_data)
+            result = client.infer(
+                self.model_name, [inp], model_version=self.model_version, outputs=[out],
+                headers=self.headers or None, request_compression_algorithm=self.compression,
+            )
+            y = result.as_numpy(OUTPUT_NAME)
+            if y is None:
+                raise BackendError(f"{self.where}: the response holds no {OUTPUT_NAME!r} tensor")
+            return y
+
+        y = self._call(f"inference on a batch of {x.shape[0]}", run)
+        return np.asarray(y, dtype=np.float32).reshape(x.shape) if y.size == x.size else y
+
+    def infer_impl(self, batch: Any) -> np.ndarray:
+        x = as_numpy_batch(batch)
+        step = self.max_batch_size if self.max_batch_size > 0 else (1 if self._fixed_batch_one() else x.shape[0])
+        if x.shape[0] <= step:
+            return self._infer_chunk(x)
+        return np.concatenate([self._infer_chunk(x[i:i + step]) for i in range(0, x.shape[0], step)], axis=0)
+
+    def _fixed_batch_one(self) -> bool:
+        dims = next((_int_list(t.get("dims")) for t in self.model_config.get("input", [])
+                     if t.get("name") == INPUT_NAME), [])
+        return bool(dims) and dims[0] == 1
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "device": f"remote ({self.url})",
+            "url": self.url,
+            "model": self.model_name,
+            "model_version": self.model_version or "server default",
+            "platform": self.model_config.get("platform") or self.model_config.get("backend"),
+            "max_batch_size": self.max_batch_size,
+            "binary_data": self.binary_data,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# load(..., backend="triton")
+# --------------------------------------------------------------------------------------------
+
+_META_KEYS = ("voxel_size_um", "ri_normalization", "tile_zyx")
+
+
+def _flat_meta(raw: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """(meta with DEFAULT_META filled in, size multiple or None) from an ONNX-style meta dict."""
+    from deepis_rt.checkpoint import DEFAULT_META
+
+    inner = raw.get("meta") if isinstance(raw.get("meta"), dict) else raw
+    meta = {**DEFAULT_META, **{k: v for k, v in inner.items() if k not in ("meta",)}}
+    size_multiple = None
+    cfg = raw.get("config") if isinstance(raw.get("config"), dict) else inner.get("config")
+    if isinstance(cfg, dict):
+        try:
+            from deepis_rt.model import ModelConfig
+
+            size_multiple = int(ModelConfig.from_dict(cfg).size_multiple)
+        except Exception as exc:
+            log.debug("triton | embedded model config not understood: %s", exc)
+    return meta, size_multiple
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=1e-6))
+    except (TypeError, ValueError):
+        if isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b):
+            return all(_same(a[k], b[k]) for k in a)
+        return a == b
+
+
+def load_triton(
+    path: Any = None,
+    url: str | None = None,
+    model_name: str = "deepis",
+    model_version: str = "",
+    device: str | None = None,
+    segmenter_options: dict[str, Any] | None = None,
+    **runner_options: Any,
+) -> Any:
+    """A :class:`~deepis_rt.runtime.Segmenter` whose network runs on a Triton server.
+
+    What ``deepis_rt.load(path, backend="triton", url=..., model_name=...)`` calls.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        A local copy of the model (checkpoint, ONNX or export folder); needed only when the
+        server's model config carries no ``deepis_rt.meta`` parameter. When both exist, voxel size,
+        RI normalisation and tile must agree.
+    url, model_name, model_version, **runner_options
+        See :class:`TritonRunner`.
+    device : str, optional
+        Ignored except that a CUDA device is refused: the server picks its own GPUs.
+    segmenter_options : dict, optional
+        Keyword arguments of :class:`~deepis_rt.runtime.Segmenter` (overlap, batch_size, ...).
+    """
+    from deepis_rt.runtime.backends import BackendChoice
+    from deepis_rt.runtime.segmenter import Segmenter
+
+    if device is not None and str(device).startswith("cuda"):
+        raise ConfigError(
+            f"triton | device={device!r}: the Triton server chooses its GPUs (instance_group in config.pbtxt); "
+            "leave device unset"
+        )
+    runner = TritonRunner(url, model_name, model_version, **runner_options)
+    runner.activate()
+    try:
+        server_meta, size_multiple = _flat_meta(runner.model_meta) if runner.model_meta else ({}, None)
+        local_meta: dict[str, Any] = {}
+        if path is not None:
+            from deepis_rt.runtime.source import resolve_source
+
+            source = resolve_source(path)
+            local_meta = dict(source.meta)
+            size_multiple = size_multiple or source.size_multiple
+        if server_meta and local_meta:
+            differ = [k for k in _META_KEYS if k in local_meta and not _same(server_meta.get(k), local_meta[k])]
+            if differ:
+                raise BackendError(
+                    f"{runner.where}: the server's model and the local model {path} differ in {differ} "
+                    f"(server {[server_meta.get(k) for k in differ]}, local {[local_meta[k] for k in differ]}); "
+                    "write the repository again from this export (deepis-rt export --triton REPO)"
+                )
+        meta = server_meta or local_meta
+        if not meta:
+            raise BackendError(
+                f"{runner.where}: the server's model config has no {META_PARAMETER!r} parameter (was the repository "
+                "written by `deepis-rt export --triton`?); pass the local model too: load(path, backend='triton', url=...)"
+            )
+        if runner.fixed_spatial_zyx is not None and "tile_zyx" in meta:
+            meta["tile_zyx"] = list(runner.fixed_spatial_zyx)
+        report = [BackendChoice("triton", "chosen", f"backend='triton' at {runner.url}, model {model_name!r}")]
+        return Segmenter(runner, meta, report, size_multiple=size_multiple, **(segmenter_options or {}))
+    except BaseException:
+        runner.deactivate()
+        raise

@@ -1,0 +1,410 @@
+"""The embedding API: ``load()`` a model, ``Segmenter.segment()`` tomograms.
+
+Thread-safety: a :class:`Segmenter` may be shared between threads (e.g. a microscope control loop
+calling :meth:`Segmenter.segment` while another thread streams frames). Inference is serialised
+by the runner's lock; validation, resampling, blending and analysis run concurrently. Results do
+not depend on how calls interleave. For parallel inference on several GPU streams, load one
+Segmenter per thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepis_rt.errors import InputError
+from deepis_rt.runtime import preprocess
+from deepis_rt.runtime.backends import BackendChoice, select_runner
+from deepis_rt.runtime.result import FrameResult, labels_from_distance
+from deepis_rt.runtime.runners import Runner
+from deepis_rt.runtime.source import resolve_source
+from deepis_rt.runtime.tiling import make_output, plan_tiles, sliding_window_inference
+
+__all__ = ["Segmenter", "PreparedFrame", "load"]
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class PreparedFrame:
+    """A validated frame on the model's grid (between :meth:`Segmenter.preprocess` and inference)."""
+
+    volume: np.ndarray  # the input, on its own grid
+    voxel_size_um: tuple[float, float, float]
+    model_volume: np.ndarray  # resampled to the model's voxel size (the input itself when equal)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0  # perf_counter() when preprocessing began
+
+
+_ANALYZE_MISSING = object()
+_analyze_fn: Any = None
+_analyze_lock = threading.Lock()
+
+
+def _get_analyze() -> Any:
+    """``deepis_rt.analysis.analyze`` if that part is installed, else None (looked up once)."""
+    global _analyze_fn
+    with _analyze_lock:
+        if _analyze_fn is None:
+            try:
+                from deepis_rt.analysis import analyze as fn
+            except ImportError as exc:
+                log.info("segment | deepis_rt.analysis not available (%s); labels come from the paper's "
+                         "thresholds and FrameResult.analysis is None", exc)
+                fn = _ANALYZE_MISSING
+            _analyze_fn = fn
+        return None if _analyze_fn is _ANALYZE_MISSING else _analyze_fn
+
+
+class Segmenter:
+    """A model behind a runner, with the pre- and post-processing that turn RI volumes into results.
+
+    Usually made by :func:`load`. Parameters mirror its keyword arguments.
+
+    Parameters
+    ----------
+    runner : Runner
+        An (active or inactive) runner; activated here.
+    meta : dict
+        Model metadata: ``voxel_size_um``, ``ri_normalization``, ``medium_ri``, ``tile_zyx``.
+    backend_report : list of BackendChoice, optional
+        How the backend was chosen.
+    overlap : float
+        Tile overlap fraction for volumes larger than a tile.
+    batch_size : int
+        Tiles per runner call.
+    blend : str
+        Tile blending window (``"cosine"``, ``"gaussian"``, ``"constant"``).
+    analyze : bool
+        Run :func:`deepis_rt.analysis.analyze` on every frame (when installed).
+    stitch_on_disk : bool or path
+        Blend tiles into a ``numpy.memmap`` on disk instead of memory (huge fields of view).
+    max_voxels : int
+        Larger inputs are refused with :class:`~deepis_rt.errors.VolumeTooLargeError`.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        meta: dict[str, Any],
+        backend_report: Sequence[BackendChoice] = (),
+        overlap: float = 0.25,
+        batch_size: int = 1,
+        blend: str = "cosine",
+        analyze: bool = True,
+        stitch_on_disk: bool | str | Path = False,
+        max_voxels: int = preprocess.MAX_VOXELS,
+        size_multiple: int | None = None,
+        model_info: dict[str, Any] | None = None,
+    ) -> None:
+        self.runner = runner.activate()
+        self.meta = dict(meta)
+        self.backend_report: list[BackendChoice] = list(backend_report)
+        self.model_info: dict[str, Any] = dict(model_info or {})
+        # the defaults of deepis_rt.checkpoint.DEFAULT_META, for metas that lack a key
+        self.model_voxel_size_um = preprocess.validate_voxel_size(
+            self.meta.get("voxel_size_um", (0.5, 0.25, 0.25)), "model meta")
+        self.tile_zyx = tuple(int(v) for v in self.meta.get("tile_zyx", (64, 128, 128)))
+        fixed = runner.fixed_spatial_zyx
+        if fixed is not None and tuple(fixed) != self.tile_zyx:
+            log.info("segment | the model takes tiles of %s only (meta says %s); using %s", fixed, self.tile_zyx, fixed)
+            self.tile_zyx = tuple(int(v) for v in fixed)
+        self.normalization = preprocess.Normalization.from_meta(self.meta)
+        self.medium_ri = float(self.meta.get("medium_ri", 1.337))
+        self.overlap = float(overlap)
+        self.batch_size = int(batch_size)
+        self.blend = blend
+        self.analyze = bool(analyze)
+        self.stitch_on_disk = stitch_on_disk
+        self.max_voxels = int(max_voxels)
+        self.size_multiple = int(size_multiple or runner.size_multiple)
+        plan_tiles(self.tile_zyx, self.tile_zyx, self.overlap, self.size_multiple)  # validates the settings
+
+    # -- properties --------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """Name of the runner in use, e.g. ``"onnxruntime-cpu"``."""
+        return self.runner.name
+
+    @property
+    def device(self) -> str:
+        """Where inference runs: ``"cpu"`` or ``"cuda:N"``."""
+        info = self.runner.describe()
+        return str(info.get("device") or ("cpu" if "cpu" in self.backend or self.backend == "fake" else "cuda"))
+
+    def describe(self) -> dict[str, Any]:
+        """Backend facts, model voxel size and tile, and the selection report."""
+        return {
+            **self.runner.describe(),
+            "device": self.device,
+            "model": dict(self.model_info),
+            "model_voxel_size_um": list(self.model_voxel_size_um),
+            "tile_zyx": list(self.tile_zyx),
+            "backend_report": [str(c) for c in self.backend_report],
+        }
+
+    # -- stages (used by deepis_rt.stream; segment() chains them) -----------------------------------
+    def check_volume(self, volume: Any, source: Any = None) -> np.ndarray:
+        """Validate a tomogram before any heavy work (see :func:`~deepis_rt.runtime.preprocess.validate_volume`)."""
+        return preprocess.validate_volume(volume, f"segment | {source}" if source else "segment", self.max_voxels)
+
+    def preprocess(self, volume: Any, voxel_size_um: Any = None, where: str = "segment") -> PreparedFrame:
+        """Stage 1: validate, and resample to the model's voxel size when needed."""
+        t0 = time.perf_counter()
+        volume = preprocess.validate_volume(volume, where, self.max_voxels)
+        vs = self.model_voxel_size_um if voxel_size_um is None else preprocess.validate_voxel_size(voxel_size_um, where)
+        t1 = time.perf_counter()
+        if preprocess.needs_resampling(vs, self.model_voxel_size_um):
+            shape = preprocess.model_grid_shape(volume.shape, vs, self.model_voxel_size_um)
+            model_volume = preprocess.resample(volume, shape)
+        else:
+            model_volume = volume
+        t2 = time.perf_counter()
+        return PreparedFrame(volume, tuple(vs), model_volume,  # type: ignore[arg-type]
+                             {"validate": (t1 - t0) * 1e3, "resample": (t2 - t1) * 1e3}, t0)
+
+    def _pad_value(self) -> float:
+        norm = self.normalization
+        return float(np.float32((self.medium_ri - norm.offset) / norm.scale))
+
+    def _plan(self, shape: tuple[int, ...]) -> Any:
+        return plan_tiles(shape, self.tile_zyx, self.overlap, self.size_multiple,
+                          self.runner.fixed_spatial_zyx is not None, self.blend)
+
+    def _tile(self, model_volume: np.ndarray) -> np.ndarray:
+        norm = self.normalization
+        out = make_output(model_volume.shape, self.stitch_on_disk) if self.stitch_on_disk else None
+        return sliding_window_inference(
+            model_volume, self.runner, self.tile_zyx, overlap=self.overlap, batch_size=self.batch_size,
+            transform=lambda src, dst: norm.apply(src, out=dst), pad_value=self._pad_value(), blend=self.blend,
+            multiple=self.size_multiple, fixed_tile=self.runner.fixed_spatial_zyx is not None, out=out,
+        )
+
+    def infer_prepared(self, prepared: Sequence[PreparedFrame]) -> list[np.ndarray]:
+        """Stage 2: the distance map on the model grid for each prepared frame.
+
+        Frames that fit one tile and share a shape go through the runner together, ``batch_size``
+        per call, in one stream (on a GPU, copies overlap compute); larger frames are tiled.
+        """
+        prepared = list(prepared)
+        if not prepared:
+            return []
+        t0 = time.perf_counter()
+        shapes = {p.model_volume.shape for p in prepared}
+        plan = self._plan(next(iter(shapes))) if len(shapes) == 1 else None
+        if plan is None or plan.n_tiles != 1:
+            outputs = []
+            for p in prepared:
+                t1 = time.perf_counter()
+                outputs.append(self._tile(p.model_volume))
+                p.timings_ms["infer"] = (time.perf_counter() - t1) * 1e3
+            return outputs
+        norm, tile, shape, pad = self.normalization, plan.tile_zyx, plan.shape, self._pad_value()
+
+        def batches():
+            for first in range(0, len(prepared), self.batch_size):
+                group = prepared[first : first + self.batch_size]
+                batch = np.full((len(group), 1, *tile), pad, np.float32)
+                for i, p in enumerate(group):
+                    norm.apply(p.model_volume, out=batch[i, 0, : shape[0], : shape[1], : shape[2]])
+                yield batch
+
+        outputs = []
+        for out in self.runner.infer_stream(batches()):
+            outputs.extend(np.ascontiguousarray(o[0, : shape[0], : shape[1], : shape[2]]) for o in out)
+        per_frame_ms = (time.perf_counter() - t0) * 1e3 / len(prepared)
+        for p in prepared:
+            p.timings_ms["infer"] = per_frame_ms
+        return outputs
+
+    def postprocess(self, prepared: PreparedFrame, output: np.ndarray) -> FrameResult:
+        """Stage 3: the distance back on the input grid, as a :class:`FrameResult`.
+
+        Labels come from :meth:`analyze_result` (the analysis, or the paper's thresholds); they
+        are filled here already when no analysis will run.
+        """
+        t0 = time.perf_counter()
+        volume = prepared.volume
+        distance = preprocess.resample(output, volume.shape) if output.shape != volume.shape else output
+        timings = dict(prepared.timings_ms)
+        timings["resample_back"] = (time.perf_counter() - t0) * 1e3
+        result = FrameResult(distance=distance, labels=None, voxel_size_um=prepared.voxel_size_um,  # type: ignore[arg-type]
+                             analysis=None, timings_ms=timings, backend=self.backend)
+        if not self.analyze or _get_analyze() is None:
+            t1 = time.perf_counter()
+            result.labels = labels_from_distance(distance, prepared.voxel_size_um)
+            timings["analyze"] = (time.perf_counter() - t1) * 1e3
+        return result
+
+    def analyze_result(self, result: FrameResult, volume: Any = None, medium_ri: float | None = None,
+                       analyze: bool | None = None) -> FrameResult:
+        """Stage 4: cells, synapses and measurements (:func:`deepis_rt.analysis.analyze`), and the labels.
+
+        ``volume`` is the RI on the input grid (for mean RI and dry mass); ``medium_ri`` overrides
+        the model's. Without the analysis part (or with ``analyze=False``) labels come from the
+        paper's thresholds and ``result.analysis`` stays None.
+        """
+        t0 = time.perf_counter()
+        do_analyze = self.analyze if analyze is None else analyze
+        analyze_fn = _get_analyze() if do_analyze else None
+        if analyze_fn is not None:
+            ri = None if volume is None else np.asarray(volume)
+            try:
+                result.analysis = analyze_fn(result.distance, ri, result.voxel_size_um,
+                                             medium_ri=float(medium_ri or self.medium_ri))
+                result.labels = np.asarray(result.analysis.labels, dtype=np.uint8)
+            except InputError:
+                raise
+            except Exception as exc:  # a failed analysis must not cost the control loop its distance map
+                log.warning("segment | analysis failed (%s: %s); labels from thresholds only",
+                            type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        if result.labels is None:
+            result.labels = labels_from_distance(result.distance, result.voxel_size_um)
+        if analyze_fn is not None or "analyze" not in result.timings_ms:
+            result.timings_ms["analyze"] = (time.perf_counter() - t0) * 1e3
+        return result
+
+    # -- segmentation ------------------------------------------------------------------------------
+    def segment(self, volume: Any, voxel_size_um: Any = None, *, analyze: bool | None = None) -> FrameResult:
+        """Segment one tomogram.
+
+        Parameters
+        ----------
+        volume : (Z, Y, X) array
+            Refractive index (float32 preferred; any real dtype is accepted).
+        voxel_size_um : (Z, Y, X) or float, optional
+            Voxel size of ``volume``; default: the model's (no resampling).
+        analyze : bool, optional
+            Override the Segmenter's ``analyze`` setting for this call.
+
+        Returns
+        -------
+        FrameResult
+            Distance (um) and labels on the input grid, analysis, per-stage timings.
+
+        Raises
+        ------
+        InputError
+            (and its subclasses) for unusable input, before any heavy work.
+        """
+        return self._run([volume], [voxel_size_um], analyze)[0]
+
+    def segment_batch(self, volumes: Sequence[Any], voxel_size_um: Any = None, *,
+                      analyze: bool | None = None) -> list[FrameResult]:
+        """Segment several tomograms; frames that fit one tile share runner calls (throughput).
+
+        ``voxel_size_um`` is one voxel size for all volumes, or a list with one per volume.
+        Every volume is validated before any inference runs.
+        """
+        volumes = list(volumes)
+        per_volume = (
+            isinstance(voxel_size_um, (list, tuple)) and len(voxel_size_um) > 0
+            and (voxel_size_um[0] is None or not np.isscalar(voxel_size_um[0]))
+        )
+        if per_volume and len(voxel_size_um) != len(volumes):
+            raise InputError(
+                f"segment_batch: {len(voxel_size_um)} voxel sizes for {len(volumes)} volumes; give one for all or one each"
+            )
+        sizes = list(voxel_size_um) if per_volume else [voxel_size_um] * len(volumes)
+        return self._run(volumes, sizes, analyze)
+
+    def _run(self, volumes: list[Any], sizes: list[Any], analyze: bool | None) -> list[FrameResult]:
+        where = "segment" if len(volumes) == 1 else "segment_batch[{}]"
+        prepared = [self.preprocess(v, s, where.format(i)) for i, (v, s) in enumerate(zip(volumes, sizes, strict=True))]
+        outputs = self.infer_prepared(prepared)
+        results = []
+        for p, out in zip(prepared, outputs, strict=True):
+            result = self.postprocess(p, out)
+            self.analyze_result(result, p.volume, analyze=analyze)
+            result.timings_ms["total"] = (time.perf_counter() - p.started) * 1e3
+            results.append(result)
+        return results
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend (sessions, engines, GPU memory)."""
+        self.runner.deactivate()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Segmenter backend={self.backend!r} model_voxel_size_um={self.model_voxel_size_um} tile={self.tile_zyx}>"
+
+
+def load(
+    path: str | Path | None = None,
+    backend: str = "auto",
+    device: str | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    engines_dir: str | Path = "engines",
+    overlap: float = 0.25,
+    batch_size: int = 1,
+    blend: str = "cosine",
+    analyze: bool = True,
+    stitch_on_disk: bool | str | Path = False,
+    **runner_options: Any,
+) -> Segmenter:
+    """Load a model and pick the fastest backend that works here.
+
+    Parameters
+    ----------
+    path : path, optional
+        A checkpoint (``.pt``), an ONNX file, or an export folder; None: the bundled checkpoint.
+    backend : {"auto", "tensorrt", "onnxruntime", "torch"} or a specific one
+        ``"auto"`` tries TensorRT > ONNX Runtime GPU > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU;
+        the specific names are ``"onnxruntime-cpu"``, ``"onnxruntime-gpu"``, ``"torch-cpu"``,
+        ``"torch-cuda"``. Why each faster one was skipped is logged and kept in
+        :attr:`Segmenter.backend_report`. ``"triton"``: the network runs on a Triton Inference
+        Server (``url="host:8000"``, ``model_name="deepis"``; see ``runners/triton_runner.py``).
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None: any.
+    cache_dir : path, optional
+        Where ONNX exports of checkpoints are cached (keyed by the checkpoint's sha256); default
+        ``$DEEPIS_RT_CACHE`` or ``~/.cache/deepis-rt/onnx``.
+    engines_dir : path
+        TensorRT engines and timing caches.
+    overlap, batch_size, blend, analyze, stitch_on_disk
+        See :class:`Segmenter`.
+    **runner_options
+        Backend options: ``precision`` ("fp32"/"fp16" on GPUs), ``cuda_graphs``, ``num_threads``,
+        ``execution_mode`` (ONNX Runtime), ``ort_tensorrt`` (use ONNX Runtime's TensorRT EP).
+
+    Raises
+    ------
+    CheckpointError
+        No usable model at ``path`` (or no bundled checkpoint when ``path`` is None).
+    BackendError
+        No requested backend can run here; the message lists why each was rejected.
+    """
+    if backend == "triton":  # remote inference on a Triton server (issue 9: runners/triton_runner.py)
+        from deepis_rt.runtime.runners.triton_runner import load_triton
+
+        return load_triton(path, device=device, segmenter_options=dict(
+            overlap=overlap, batch_size=batch_size, blend=blend, analyze=analyze, stitch_on_disk=stitch_on_disk),
+            **runner_options)
+    source = resolve_source(path)
+    runner, report = select_runner(source, backend, device, cache_dir, engines_dir, batch_size=batch_size,
+                                   **runner_options)
+    model_info = {
+        "name": source.path.stem if source.kind != "export" else source.path.name,
+        "path": str(source.path),
+        "kind": source.kind,
+        "sha256": source.sha256,
+        "preset": getattr(source.checkpoint, "preset", None) or source.meta.get("preset"),
+        "voxel_size_um": list(source.meta.get("voxel_size_um", [])),
+        "tile_zyx": list(source.meta.get("tile_zyx", [])),
+    }
+    return Segmenter(runner, source.meta, report, overlap=overlap, batch_size=batch_size, blend=blend,
+                     analyze=analyze, stitch_on_disk=stitch_on_disk, size_multiple=source.size_multiple,
+                     model_info=model_info)

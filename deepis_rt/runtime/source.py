@@ -1,0 +1,165 @@
+"""What ``load(path)`` was given: a checkpoint, an ONNX file or an export folder, with its meta."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepis_rt.errors import CheckpointError
+
+__all__ = ["ModelSource", "resolve_source", "default_cache_dir", "bundled_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """``$DEEPIS_RT_CACHE``, else ``$XDG_CACHE_HOME/deepis-rt``, else ``~/.cache/deepis-rt``."""
+    if os.environ.get("DEEPIS_RT_CACHE"):
+        return Path(os.environ["DEEPIS_RT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "deepis-rt"
+
+
+@dataclass
+class ModelSource:
+    """A resolved model: where it lives, which forms exist (checkpoint, ONNX FP32/FP16, engine), its meta."""
+
+    path: Path
+    kind: str  # "checkpoint" | "onnx" | "export"
+    meta: dict[str, Any]
+    checkpoint: Any = None  # deepis_rt.checkpoint.Checkpoint
+    onnx_fp32: Path | None = None
+    onnx_fp16: Path | None = None
+    engine: Path | None = None
+    config: Any = None  # ModelConfig
+    sha256: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_onnx(self) -> bool:
+        return self.onnx_fp32 is not None or self.onnx_fp16 is not None
+
+    @property
+    def size_multiple(self) -> int:
+        return int(getattr(self.config, "size_multiple", 16))
+
+
+def bundled_checkpoint() -> Path:
+    """The checkpoint shipped with the package, or :class:`CheckpointError` saying what to do."""
+    try:
+        from deepis_rt import checkpoint as _ckpt
+
+        finder = getattr(_ckpt, "bundled_checkpoint_path", None)
+        path = finder() if finder is not None else None
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a missing data file may surface as several error types
+        log.debug("bundled checkpoint lookup failed: %s", exc)
+        path = None
+    if path is None or not Path(path).is_file():
+        raise CheckpointError(
+            "load | no path given and this install has no bundled checkpoint; pass a checkpoint "
+            "(.pt), an ONNX file or an export folder, e.g. deepis_rt.load('model.pt') "
+            "(make one with: deepis-rt init --preset deepis-lite model.pt)"
+        )
+    return Path(path)
+
+
+def _meta_from_onnx(path: Path) -> tuple[dict[str, Any], Any]:
+    """(meta, ModelConfig or None) from an ONNX file's embedded JSON (flat or {"meta", "config"})."""
+    from deepis_rt.checkpoint import DEFAULT_META
+    from deepis_rt.export import read_onnx_meta
+    from deepis_rt.model import ModelConfig
+
+    try:
+        raw = read_onnx_meta(path)
+    except Exception as exc:
+        raise CheckpointError(f"load | {path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+    inner = raw.get("meta") if isinstance(raw.get("meta"), dict) else raw
+    meta = dict(DEFAULT_META)
+    meta.update({k: v for k, v in inner.items() if k in DEFAULT_META or k not in ("config", "meta")})
+    if not raw:
+        log.warning("load | %s: no deepis-rt metadata in the ONNX file; using the default voxel size, "
+                    "normalisation and tile", path)
+    config = None
+    cfg = raw.get("config") if isinstance(raw.get("config"), dict) else inner.get("config")
+    if isinstance(cfg, dict):
+        try:
+            config = ModelConfig.from_dict(cfg)
+        except Exception as exc:
+            log.warning("load | %s: embedded config not understood (%s)", path, exc)
+    return meta, config
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    """The export manifest, its ONNX checksums verified by ``deepis_rt.export.read_manifest``; {} if none."""
+    if not (folder / "manifest.json").is_file():
+        return {}
+    from deepis_rt.export import pipeline
+
+    return dict(pipeline.read_manifest(folder))
+
+
+def _manifest_paths(folder: Path, manifest: dict[str, Any]) -> list[Path]:
+    """The model files a manifest lists: ``files[].path`` (relative to the folder) and ``engine.path``."""
+    found: list[Path] = []
+    for entry in manifest.get("files", []) or []:
+        name = entry.get("path") if isinstance(entry, dict) else entry
+        if isinstance(name, str) and (folder / name).is_file():
+            found.append(folder / name)
+    engine = manifest.get("engine")
+    if isinstance(engine, dict) and isinstance(engine.get("path"), str):
+        # written relative to the working directory of the export (engines/<key>.plan)
+        for candidate in (Path(engine["path"]), folder / engine["path"]):
+            if candidate.is_file():
+                found.append(candidate)
+                break
+    return found
+
+
+def resolve_source(path: str | os.PathLike | None) -> ModelSource:
+    """Resolve ``load()``'s path (None: the bundled checkpoint)."""
+    path = bundled_checkpoint() if path is None else Path(path)
+    if not path.exists():
+        raise CheckpointError(f"load | {path}: no such file or folder")
+    if path.is_dir():
+        manifest = _read_manifest(path)
+        files = _manifest_paths(path, manifest) or sorted(path.iterdir())
+        onnx = [p for p in files if p.suffix == ".onnx"]
+        fp16 = [p for p in onnx if "fp16" in p.name.lower()]
+        fp32 = [p for p in onnx if p not in fp16]
+        engines = [p for p in files if p.suffix in (".plan", ".engine")]
+        ckpts = [p for p in files if p.suffix == ".pt"]
+        if not onnx and not ckpts:
+            raise CheckpointError(f"load | {path}: folder holds no .onnx or .pt model (is it an export folder?)")
+        src = ModelSource(path=path, kind="export", meta={}, manifest=manifest,
+                          onnx_fp32=fp32[0] if fp32 else None, onnx_fp16=fp16[0] if fp16 else None,
+                          engine=engines[0] if engines else None)
+        if ckpts:
+            _attach_checkpoint(src, ckpts[0])
+        if onnx:
+            meta, config = _meta_from_onnx(src.onnx_fp32 or src.onnx_fp16)  # type: ignore[arg-type]
+            if src.checkpoint is None:
+                src.meta, src.config = meta, config
+        ckpt_info = manifest.get("checkpoint") if isinstance(manifest.get("checkpoint"), dict) else {}
+        src.sha256 = src.sha256 or ckpt_info.get("sha256") or src.meta.get("checkpoint_sha256")
+        return src
+    if path.suffix == ".onnx":
+        from deepis_rt.checkpoint import file_sha256
+
+        meta, config = _meta_from_onnx(path)
+        return ModelSource(path=path, kind="onnx", meta=meta, onnx_fp32=path, config=config,
+                           sha256=file_sha256(path))
+    src = ModelSource(path=path, kind="checkpoint", meta={})
+    _attach_checkpoint(src, path)
+    return src
+
+
+def _attach_checkpoint(src: ModelSource, path: Path) -> None:
+    from deepis_rt.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    src.checkpoint, src.meta, src.config, src.sha256 = ckpt, dict(ckpt.meta), ckpt.config, ckpt.sha256

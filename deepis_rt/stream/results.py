@@ -1,0 +1,221 @@
+"""The results folder of a stream: incremental, atomic and restart-safe.
+
+Layout (DESIGN.md section 3): ``frames.csv``, ``cells.csv``, ``synapses.csv``,
+``summary.json``, ``masks/``, ``plots/``, ``errors.log``.
+
+How the guarantees are kept:
+
+* **No torn rows.** Every frame's rows for one table are written with a single
+  ``os.write`` on a file opened with ``O_APPEND``; a reader sees all of them or
+  none. A run killed inside that call can at worst leave a partial last line,
+  which the next run cuts off before appending.
+* **Restart without duplicates or losses.** A frame is *committed* by its row in
+  ``frames.csv``, written last (after its mask, cell and synapse rows). On open,
+  rows of ``cells.csv`` / ``synapses.csv`` whose frame has no committed row are
+  dropped (the file is rewritten atomically), and committed sources are skipped
+  by the watcher, so a frame killed mid-way is processed again exactly once.
+* **Whole-file outputs** (``summary.json``, masks, plots) are written to a temporary
+  name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = ["FRAME_COLUMNS", "STAGES", "CsvTable", "ResultsFolder", "atomic_write_bytes", "atomic_write_json"]
+
+log = logging.getLogger(__name__)
+
+#: Pipeline stages timed per frame (``<stage>_ms`` columns of frames.csv).
+STAGES = ("read", "preprocess", "infer", "postprocess", "analyze", "track", "write")
+
+#: Columns of frames.csv.
+FRAME_COLUMNS = [
+    "frame",
+    "source",
+    "time_s",
+    "status",
+    "error",
+    "latency_ms",
+    *[f"{s}_ms" for s in STAGES],
+]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(_clean(obj), indent=2) + "\n").encode())
+
+
+def _clean(obj: Any) -> Any:
+    """JSON without NaN/Inf (written as null), numpy scalars as Python numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return _clean(obj.item())
+        except (TypeError, ValueError):
+            pass
+    return obj
+
+
+def _fmt(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""
+        return f"{value:.6g}"
+    if hasattr(value, "item"):
+        return _fmt(value.item())
+    return value
+
+
+class CsvTable:
+    """An append-only CSV file whose rows for one frame land in one ``write`` call."""
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = path
+        self.columns = list(columns)
+
+    def _encode(self, rows: Iterable[Mapping[str, Any]], header: bool = False) -> bytes:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="raise", lineterminator="\n")
+        if header:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+        return buf.getvalue().encode()
+
+    def read(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def repair(self, keep_frames: set[int] | None = None) -> list[dict[str, str]]:
+        """Cut a torn last line; with ``keep_frames``, drop rows of uncommitted frames.
+
+        Returns the rows kept. A header that does not match ``columns`` is an error
+        (the folder belongs to another version or another program).
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            atomic_write_bytes(self.path, self._encode([], header=True))
+            return []
+        raw = self.path.read_bytes()
+        if not raw.endswith(b"\n"):
+            raw = raw[: raw.rfind(b"\n") + 1]
+            log.warning("results | %s: cut a partial last line left by an interrupted run", self.path.name)
+        text = raw.decode()
+        lines = text.splitlines()
+        header = next(csv.reader([lines[0]])) if lines else []
+        if header != self.columns:
+            from deepis_rt.errors import InputError
+
+            raise InputError(
+                f"results | {self.path}: columns {header} differ from this version's {self.columns}; "
+                "use another --out folder"
+            )
+        rows = list(csv.DictReader(io.StringIO(text)))
+        kept = rows
+        if keep_frames is not None:
+            kept = [r for r in rows if int(r["frame"]) in keep_frames]
+            if len(kept) != len(rows):
+                log.warning(
+                    "results | %s: dropped %d row(s) of frames that were not committed",
+                    self.path.name,
+                    len(rows) - len(kept),
+                )
+        if len(kept) != len(rows) or len(raw) != self.path.stat().st_size:
+            atomic_write_bytes(self.path, self._encode(kept, header=True))
+        return kept
+
+    def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        data = self._encode(rows)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # pragma: no cover - only on a full disk
+                raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+        finally:
+            os.close(fd)
+
+
+class ResultsFolder:
+    """Owns a stream's ``--out`` folder: opening (and repairing) it, writing frames, summaries."""
+
+    def __init__(self, out: str | os.PathLike, cell_columns: Sequence[str], synapse_columns: Sequence[str]) -> None:
+        self.root = Path(out)
+        self.masks = self.root / "masks"
+        self.plots = self.root / "plots"
+        self.frames = CsvTable(self.root / "frames.csv", FRAME_COLUMNS)
+        self.cells = CsvTable(self.root / "cells.csv", cell_columns)
+        self.synapses = CsvTable(self.root / "synapses.csv", synapse_columns)
+        self.errors_log = self.root / "errors.log"
+        self._lock = threading.Lock()
+        self.committed: list[dict[str, str]] = []
+
+    def open(self) -> list[dict[str, str]]:
+        """Create or repair the folder; returns the committed frame rows of earlier runs."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.masks.mkdir(exist_ok=True)
+        self.plots.mkdir(exist_ok=True)
+        self.committed = self.frames.repair()
+        done = {int(r["frame"]) for r in self.committed}
+        self.cell_rows = self.cells.repair(done)
+        self.synapse_rows = self.synapses.repair(done)
+        # masks of uncommitted frames are left to be overwritten when the frame is redone
+        return self.committed
+
+    @property
+    def next_frame(self) -> int:
+        return max((int(r["frame"]) for r in self.committed), default=-1) + 1
+
+    @property
+    def done_sources(self) -> set[str]:
+        return {r["source"] for r in self.committed}
+
+    def commit_frame(
+        self,
+        frame_row: Mapping[str, Any],
+        cell_rows: Sequence[Mapping[str, Any]] = (),
+        synapse_rows: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Write a frame's cell and synapse rows, then its frames.csv row (the commit)."""
+        with self._lock:
+            self.cells.append(cell_rows)
+            self.synapses.append(synapse_rows)
+            self.frames.append([frame_row])
+            self.committed.append({k: str(v) for k, v in frame_row.items()})
+
+    def log_error(self, source: str, reason: str) -> None:
+        line = f"{source}: {reason}".replace("\n", " ") + "\n"
+        with self._lock:
+            fd = os.open(self.errors_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write_json(self.root / "summary.json", summary)

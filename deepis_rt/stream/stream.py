@@ -1,0 +1,617 @@
+"""``deepis_rt.stream.Stream``: segment, measure and track tomograms as they arrive.
+
+Wiring (one thread per stage, bounded queues in between)::
+
+    watch + read -> preprocess -> infer (batched when frames queue up) -> analyse -> track + write
+    submit()    --^
+
+Use it as an iterator of :class:`~deepis_rt.runtime.FrameResult` objects, with
+callbacks, or both::
+
+    seg = deepis_rt.load()
+    with Stream("camera_dir/", "results/", seg, on_synapse_event=print) as stream:
+        for result in stream:
+            print(result.frame, len(result.synapses))
+
+Stopping conditions: ``once`` (what is in the folder now), ``idle_timeout_s``,
+``max_frames``, or :meth:`Stream.stop` (Ctrl-C in the CLI): frames in flight are
+finished and written before the iteration ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from deepis_rt.stream.pipeline import STOP, BatchStageThread, FrameTask, Stage, StageThread, run_callbacks
+from deepis_rt.stream.results import STAGES, ResultsFolder
+from deepis_rt.stream.watch import FolderWatcher
+
+__all__ = ["Stream", "StreamSettings"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamSettings:
+    """Options of a :class:`Stream`; every field is documented where it is declared."""
+
+    #: voxel size (Z, Y, X) um for inputs that do not carry one (npy without sidecar, ...)
+    voxel_size_um: tuple[float, float, float] | None = None
+    #: medium RI for dry mass, when a file does not carry one (default: the model's meta)
+    medium_ri: float | None = None
+    #: seconds between frames, for files without a time stamp (default: file modification times)
+    frame_interval_s: float | None = None
+    #: process what is in the folder now, then stop
+    once: bool = False
+    #: stop after this many seconds without a new frame (None: run until stopped)
+    idle_timeout_s: float | None = None
+    #: stop after this many frames (None: no limit)
+    max_frames: int | None = None
+    #: a file is complete when unchanged this long (s)
+    settle_s: float = 1.0
+    #: longest pause between two scans of the folder (s)
+    poll_s: float = 0.25
+    #: use file-system events to notice new files early (polling still decides)
+    use_events: bool = True
+    #: most frames inferred together when they queue up
+    max_batch: int = 4
+    #: capacity of each queue between stages (frames); bounds memory
+    queue_size: int = 4
+    #: write masks/ label volumes (OME-TIFF)
+    write_masks: bool = True
+    #: seconds between refreshes of summary.json and plots/ during a run
+    refresh_s: float = 10.0
+    #: IS area (um^2) whose crossing is reported as an event
+    area_threshold_um2: float = 20.0
+
+    def __post_init__(self) -> None:
+        from deepis_rt.errors import ConfigError
+
+        if self.max_batch < 1 or self.queue_size < 1:
+            raise ConfigError("stream: max_batch and queue_size must be >= 1")
+        if self.settle_s < 0 or self.poll_s <= 0:
+            raise ConfigError("stream: settle_s must be >= 0 and poll_s > 0")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError("stream: max_frames must be >= 1")
+        if self.voxel_size_um is not None:
+            self.voxel_size_um = tuple(float(v) for v in self.voxel_size_um)  # type: ignore[assignment]
+            if len(self.voxel_size_um) != 3 or min(self.voxel_size_um) <= 0:
+                raise ConfigError(f"stream: voxel_size_um must be 3 positive numbers, got {self.voxel_size_um}")
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------
+
+
+class PreprocessStage(Stage):
+    name = "preprocess"
+
+    def __init__(self, segmenter: Any) -> None:
+        self.segmenter = segmenter
+
+    def process(self, task: FrameTask) -> FrameTask:
+        task.prepared = self.segmenter.preprocess(task.volume, task.voxel_size_um)
+        return task
+
+
+class InferStage(Stage):
+    name = "infer"
+
+    def __init__(self, segmenter: Any) -> None:
+        self.segmenter = segmenter
+
+    def process_batch(self, tasks: Sequence[FrameTask]) -> None:
+        outputs = self.segmenter.infer_prepared([t.prepared for t in tasks])
+        for task, out in zip(tasks, outputs):
+            task.output = out
+
+
+class AnalyseStage(Stage):
+    name = "analyze"
+
+    def __init__(self, segmenter: Any, medium_ri: float | None) -> None:
+        self.segmenter = segmenter
+        self.medium_ri = medium_ri
+
+    def process(self, task: FrameTask) -> FrameTask:
+        t0 = time.perf_counter()
+        result = self.segmenter.postprocess(task.prepared, task.output)
+        task.timings_ms["postprocess"] = (time.perf_counter() - t0) * 1e3
+        task.prepared = task.output = None  # free memory early
+        medium = task.medium_ri or self.medium_ri
+        result = self.segmenter.analyze_result(result, task.volume, medium_ri=medium)
+        task.result = result
+        return task
+
+
+# --------------------------------------------------------------------------------------------
+# the stream
+# --------------------------------------------------------------------------------------------
+
+
+class Stream:
+    """Segment, measure and track a live series of tomograms.
+
+    Parameters
+    ----------
+    source : path-like or None
+        Camera folder to watch; None for frames given only through :meth:`submit`.
+    out : path-like or None
+        Results folder (DESIGN.md section 3); None keeps results in memory only.
+    segmenter : Segmenter
+        From :func:`deepis_rt.load`.
+    on_frame : callable, optional
+        ``on_frame(result)`` for every completed frame (also failed ones: ``result.status``).
+    on_synapse_event : callable, optional
+        ``on_synapse_event(event)`` for formed / lost / re-formed / area-threshold events.
+    **settings
+        Fields of :class:`StreamSettings`.
+    """
+
+    def __init__(
+        self,
+        source: str | Path | None,
+        out: str | Path | None,
+        segmenter: Any,
+        on_frame: Callable[[Any], None] | None = None,
+        on_synapse_event: Callable[[Any], None] | None = None,
+        **settings: Any,
+    ) -> None:
+        from deepis_rt.analysis import SynapseTracker
+        from deepis_rt.analysis.tables import CELL_COLUMNS, SYNAPSE_COLUMNS
+        from deepis_rt.errors import ConfigError, InputError
+
+        unknown = set(settings) - set(StreamSettings.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"stream: unknown setting(s) {sorted(unknown)}")
+        self.settings = StreamSettings(**settings)
+        self.segmenter = segmenter
+        self.source = Path(source) if source is not None else None
+        if self.source is not None and not self.source.is_dir():
+            raise InputError(f"stream | {self.source}: no such folder")
+        self._frame_callbacks = [on_frame] if on_frame else []
+        self._event_callbacks = [on_synapse_event] if on_synapse_event else []
+        self.results = ResultsFolder(out, CELL_COLUMNS, SYNAPSE_COLUMNS) if out is not None else None
+        self.tracker = SynapseTracker(area_threshold_um2=self.settings.area_threshold_um2,
+                                      on_event=self._on_event)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._input_closed = threading.Event()
+        self._started = False
+        self._finished = False
+        self._next_frame = 0
+        self._frames_read = 0
+        self._t0_mtime: float | None = None
+        self._latencies_ms: list[float] = []
+        self._n_ok = 0
+        self._n_failed = 0
+        self._run_started = time.time()
+        self._last_refresh = 0.0
+        self._events: list[Any] = []
+        self._out_q: queue.Queue = queue.Queue(maxsize=max(8, 2 * self.settings.queue_size))
+        self._read_q: queue.Queue = queue.Queue(maxsize=self.settings.queue_size)
+        self._threads: list[threading.Thread] = []
+        self._producer: threading.Thread | None = None
+        self._watcher: FolderWatcher | None = None
+        self._previous_summary: dict[str, Any] = {}
+
+    # -- public API -----------------------------------------------------------------------------
+    def start(self) -> "Stream":
+        """Open the results folder (continuing an earlier run there) and start the threads."""
+        if self._started:
+            return self
+        self._started = True
+        done_sources: set[str] = set()
+        if self.results is not None:
+            committed = self.results.open()
+            done_sources = self.results.done_sources
+            self._next_frame = self.results.next_frame
+            self._previous_summary = self._read_previous_summary()
+            self._t0_mtime = self._previous_summary.get("t0_mtime")
+            if committed:
+                log.info("stream: continuing %s after %d committed frame(s)", self.results.root, len(committed))
+                self._replay(committed)
+        self._done_sources = done_sources
+        s = self.settings
+        q_pre: queue.Queue = queue.Queue(maxsize=s.queue_size)
+        q_inf: queue.Queue = queue.Queue(maxsize=s.queue_size)
+        q_an: queue.Queue = queue.Queue(maxsize=s.queue_size)
+        self._threads = [
+            StageThread(PreprocessStage(self.segmenter), self._read_q, q_pre),
+            BatchStageThread(InferStage(self.segmenter), q_pre, q_inf, s.max_batch),
+            StageThread(AnalyseStage(self.segmenter, s.medium_ri), q_inf, q_an),
+            threading.Thread(target=self._writer_loop, args=(q_an,), name="deepis-write", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        if self.source is not None:
+            self._watcher = FolderWatcher(
+                self.source, settle_s=s.settle_s, poll_s=s.poll_s, use_events=s.use_events,
+                skip={src for src in done_sources if ":t" not in src},
+            )
+            self._producer = threading.Thread(target=self._producer_loop, name="deepis-read", daemon=True)
+            self._producer.start()
+        return self
+
+    def submit(self, volume: np.ndarray, time_s: float, voxel_size_um: Sequence[float] | None = None,
+               medium_ri: float | None = None) -> int:
+        """Queue an in-memory volume (e.g. from a camera SDK); returns its frame number.
+
+        Blocks while the pipeline is full (back-pressure).
+        """
+        if not self._started:
+            self.start()
+        with self._lock:
+            frame = self._next_frame
+            self._next_frame += 1
+        vox = tuple(float(v) for v in voxel_size_um) if voxel_size_um is not None else self.settings.voxel_size_um
+        task = FrameTask(frame=frame, source=f"memory:{frame:06d}", time_s=float(time_s),
+                         volume=volume, voxel_size_um=vox, medium_ri=medium_ri)
+        t0 = time.perf_counter()
+        try:
+            self._check_volume(task)
+        except Exception as exc:
+            task.error = str(exc)
+        task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
+        self._read_q.put(task)
+        return frame
+
+    def end_input(self) -> None:
+        """No more frames will come: finish those in flight, then end the iteration."""
+        self._input_closed.set()
+        if self._producer is None and self._started:
+            self._close_pipeline_input()
+
+    def stop(self) -> None:
+        """Stop taking new frames (Ctrl-C); frames in flight are finished and written."""
+        self._stop.set()
+        self.end_input()
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self._started:
+            self.start()
+        if self.source is None and not self._input_closed.is_set():
+            pass  # results of submit()ted frames come as they complete; end with end_input()
+        while True:
+            item = self._out_q.get()
+            if item is STOP:
+                self._finished = True
+                break
+            yield item
+
+    def run(self) -> dict[str, Any]:
+        """Process until a stop condition; returns the summary."""
+        for _ in self:
+            pass
+        return self.summary()
+
+    def close(self) -> None:
+        """Stop, wait for the threads, write the final summary and plots."""
+        if not self._started:
+            return
+        self.stop()
+        if not self._finished:
+            for _ in self:
+                pass
+        for t in self._threads:
+            t.join(timeout=60)
+        if self._watcher is not None:
+            self._watcher.close()
+
+    def __enter__(self) -> "Stream":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- producer --------------------------------------------------------------------------------
+    def _close_pipeline_input(self) -> None:
+        with self._lock:
+            if getattr(self, "_input_stop_sent", False):
+                return
+            self._input_stop_sent = True
+        self._read_q.put(STOP)
+
+    def _limit_reached(self) -> bool:
+        return self.settings.max_frames is not None and self._frames_read >= self.settings.max_frames
+
+    def _producer_loop(self) -> None:
+        s = self.settings
+        watcher = self._watcher
+        assert watcher is not None
+        last_new = time.monotonic()
+        try:
+            while not self._stop.is_set() and not self._limit_reached():
+                files = watcher.scan()
+                for ff in files:
+                    if self._stop.is_set() or self._limit_reached():
+                        break
+                    self._read_file(ff)
+                    last_new = time.monotonic()
+                if files:
+                    continue
+                if s.once and not watcher.has_pending:
+                    break
+                if s.idle_timeout_s is not None and time.monotonic() - last_new >= s.idle_timeout_s:
+                    log.info("stream: no new frame for %.1f s; stopping", s.idle_timeout_s)
+                    break
+                if self._input_closed.is_set():
+                    break
+                watcher.wait()
+        except Exception:
+            log.exception("stream: the folder reader failed; stopping")
+        finally:
+            self._close_pipeline_input()
+
+    def _read_file(self, ff: Any) -> None:
+        from deepis_rt.io import iter_tomograms
+
+        name = ff.path.name
+        t0 = time.perf_counter()
+        try:
+            produced = 0
+            for index, tomo in enumerate(iter_tomograms(ff.path, voxel_size_um=self.settings.voxel_size_um)):
+                multi = tomo.frame_index is not None
+                source = f"{name}:t{index:04d}" if multi else name
+                if source in self._done_sources:
+                    continue
+                if self._limit_reached() or self._stop.is_set():
+                    return
+                task = self._new_task(source, ff, tomo)
+                task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
+                self._check_volume(task)
+                self._read_q.put(task)
+                produced += 1
+                t0 = time.perf_counter()
+        except Exception as exc:
+            from deepis_rt.stream.pipeline import _fail
+
+            if self._limit_reached():
+                return
+            task = self._new_task(name, ff, None)
+            _fail(task, "read", exc)
+            task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
+            self._read_q.put(task)
+
+    def _new_task(self, source: str, ff: Any, tomo: Any) -> FrameTask:
+        with self._lock:
+            frame = self._next_frame
+            self._next_frame += 1
+            self._frames_read += 1
+        if self._t0_mtime is None:
+            self._t0_mtime = ff.mtime
+        time_s = None
+        if tomo is not None and tomo.time_s is not None:
+            time_s = float(tomo.time_s)
+        elif self.settings.frame_interval_s is not None:
+            time_s = frame * self.settings.frame_interval_s
+        else:
+            time_s = max(0.0, ff.mtime - self._t0_mtime)
+        return FrameTask(
+            frame=frame,
+            source=source,
+            path=ff.path,
+            time_s=time_s,
+            complete_at=ff.complete_at,
+            volume=None if tomo is None else tomo.ri,
+            voxel_size_um=(None if tomo is None else tomo.voxel_size_um) or self.settings.voxel_size_um,
+            medium_ri=None if tomo is None else tomo.medium_ri,
+        )
+
+    def _check_volume(self, task: FrameTask) -> None:
+        from deepis_rt.errors import InputError
+
+        if task.voxel_size_um is None:
+            raise InputError(
+                f"stream | {task.source}: the file carries no voxel size; pass --voxel-size Z Y X "
+                "(or write a <name>.json sidecar with voxel_size_um)"
+            )
+        self.segmenter.check_volume(task.volume, task.source)
+
+    # -- writer ----------------------------------------------------------------------------------
+    def _writer_loop(self, inbox: queue.Queue) -> None:
+        try:
+            while True:
+                task = inbox.get()
+                if task is STOP:
+                    break
+                result = self._finish(task)
+                self._out_q.put(result)
+        finally:
+            self._refresh(final=True)
+            self._out_q.put(STOP)
+
+    def _finish(self, task: FrameTask) -> Any:
+        from deepis_rt.analysis.tables import cell_rows, synapse_rows
+        from deepis_rt.runtime import FrameResult
+
+        result = task.result
+        if task.ok:
+            t0 = time.perf_counter()
+            try:
+                task.tracked = self.tracker.update(result, task.time_s)
+            except Exception as exc:
+                from deepis_rt.stream.pipeline import _fail
+
+                _fail(task, "track", exc)
+            task.timings_ms["track"] = (time.perf_counter() - t0) * 1e3
+        if result is None:
+            result = FrameResult.failed(task.error or "unknown error")
+        result.frame = task.frame
+        result.source = task.source
+        result.time_s = task.time_s
+        result.tracked = task.tracked
+        t0 = time.perf_counter()
+        cells: list[dict] = []
+        syns: list[dict] = []
+        if task.ok:
+            cells = cell_rows(task.frame, task.time_s, task.tracked)
+            syns = synapse_rows(task.frame, task.time_s, task.tracked)
+            if self.results is not None and self.settings.write_masks:
+                try:
+                    self._write_mask(task.frame, result)
+                except Exception as exc:
+                    log.warning("stream | %s: mask not written: %s", task.source, exc)
+        else:
+            log.warning("stream | %s: %s; skipped", task.source, task.error)
+            if self.results is not None:
+                self.results.log_error(task.source, task.error or "")
+        latency_ms = (time.time() - task.complete_at) * 1e3 + (time.perf_counter() - t0) * 1e3
+        task.timings_ms["write"] = (time.perf_counter() - t0) * 1e3
+        row = {
+            "frame": task.frame,
+            "source": task.source,
+            "time_s": task.time_s,
+            "status": "ok" if task.ok else "failed",
+            "error": task.error or "",
+            "latency_ms": latency_ms,
+            **{f"{st}_ms": task.timings_ms.get(st) for st in STAGES},
+        }
+        if self.results is not None:
+            self.results.commit_frame(row, cells, syns)
+        result.status = row["status"]
+        result.error = task.error
+        result.latency_ms = latency_ms
+        result.timings_ms.update(task.timings_ms)
+        if task.ok:
+            self._n_ok += 1
+            self._latencies_ms.append(latency_ms)
+        else:
+            self._n_failed += 1
+        run_callbacks(self._frame_callbacks, result)
+        if time.time() - self._last_refresh >= self.settings.refresh_s:
+            self._refresh(final=False)
+        return result
+
+    def _write_mask(self, frame: int, result: Any) -> None:
+        import tifffile
+
+        from deepis_rt.stream.results import atomic_write_bytes  # noqa: F401 - same tmp+rename idea
+
+        assert self.results is not None
+        path = self.results.masks / f"frame_{frame:06d}.ome.tif"
+        tmp = path.with_name(f".{path.name}.tmp")
+        vz, vy, vx = result.voxel_size_um
+        tifffile.imwrite(
+            tmp, np.ascontiguousarray(result.labels, dtype=np.uint8), ome=True, compression="zlib",
+            metadata={"axes": "ZYX", "PhysicalSizeZ": vz, "PhysicalSizeY": vy, "PhysicalSizeX": vx,
+                      "PhysicalSizeZUnit": "µm", "PhysicalSizeYUnit": "µm", "PhysicalSizeXUnit": "µm"},
+        )
+        tmp.replace(path)
+
+    def _on_event(self, event: Any) -> None:
+        self._events.append(event)
+        run_callbacks(self._event_callbacks, event)
+
+    # -- summaries ---------------------------------------------------------------------------
+    def _read_previous_summary(self) -> dict[str, Any]:
+        import json
+
+        assert self.results is not None
+        path = self.results.root / "summary.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _replay(self, committed: list[dict[str, str]]) -> None:
+        """Rebuild the tracker from the tables of an earlier run (restart).
+
+        The tracker is deterministic, so feeding it the committed frames' cells again
+        re-issues the same track ids; callbacks are not called for these old frames.
+        """
+        from deepis_rt.analysis import Cell, FrameAnalysis, Synapse
+
+        assert self.results is not None
+        cells_by_frame: dict[int, list[dict[str, str]]] = {}
+        for row in self.results.cell_rows:
+            cells_by_frame.setdefault(int(row["frame"]), []).append(row)
+        syn_by_frame: dict[int, list[dict[str, str]]] = {}
+        for row in self.results.synapse_rows:
+            syn_by_frame.setdefault(int(row["frame"]), []).append(row)
+
+        def num(value: str) -> float:
+            return float(value) if value not in ("", None) else float("nan")
+
+        on_event, self.tracker.on_event = self.tracker.on_event, None
+        try:
+            for frame_row in sorted(committed, key=lambda r: int(r["frame"])):
+                if frame_row["status"] != "ok":
+                    continue
+                frame = int(frame_row["frame"])
+                cells = [
+                    Cell(cell_id=int(r["cell_id"]), kind=r["kind"], volume_um3=num(r["volume_um3"]),
+                         surface_um2=num(r["surface_um2"]), mean_ri=num(r["mean_ri"]),
+                         dry_mass_pg=num(r["dry_mass_pg"]), z_um=num(r["z_um"]), y_um=num(r["y_um"]),
+                         x_um=num(r["x_um"]))
+                    for r in cells_by_frame.get(frame, [])
+                ]
+                cell_of_track = {(r["kind"], r["track_id"]): int(r["cell_id"]) for r in cells_by_frame.get(frame, [])}
+                synapses = []
+                for r in syn_by_frame.get(frame, []):
+                    tcell = cell_of_track.get(("tcell", r["tcell_track"]))
+                    target = cell_of_track.get(("target", r["target_track"]))
+                    if tcell is None or target is None:
+                        continue
+                    synapses.append(Synapse(
+                        synapse_id=int(r["synapse_id"]), tcell_id=tcell, target_id=target,
+                        is_area_um2=num(r["is_area_um2"]), is_mean_ri=num(r["is_mean_ri"]),
+                        is_dry_mass_pg=num(r["is_dry_mass_pg"]), is_density_fg_um2=num(r["is_density_fg_um2"])))
+                analysis = FrameAnalysis(labels=np.zeros((0, 0, 0), np.uint8), cell_labels=np.zeros((0, 0, 0), np.int32),
+                                         cells=cells, synapses=synapses)
+                self.tracker.update(analysis, num(frame_row["time_s"]))
+        finally:
+            self.tracker.on_event = on_event
+
+    def summary(self) -> dict[str, Any]:
+        """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""
+        from deepis_rt.bench.stats import latency_stats
+
+        elapsed = max(time.time() - self._run_started, 1e-9)
+        lat = latency_stats(self._latencies_ms)
+        total_ok = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "ok")
+        total_failed = sum(1 for r in (self.results.committed if self.results else []) if r["status"] != "ok")
+        seg = self.segmenter
+        return {
+            "backend": getattr(seg, "backend", None),
+            "device": getattr(seg, "device", None),
+            "model": getattr(seg, "model_info", {}),
+            "source": str(self.source) if self.source else None,
+            "t0_mtime": self._t0_mtime,
+            "frames_ok": total_ok if self.results else self._n_ok,
+            "frames_failed": total_failed if self.results else self._n_failed,
+            "run": {
+                "frames_ok": self._n_ok,
+                "frames_failed": self._n_failed,
+                "wall_s": elapsed,
+                "throughput_fps": (self._n_ok + self._n_failed) / elapsed,
+                "latency_ms": {"p50": lat.p50_ms, "p95": lat.p95_ms, "p99": lat.p99_ms, "mean": lat.mean_ms,
+                               "max": lat.max_ms, "n": lat.n},
+            },
+            "synapses": [{"synapse_id": i + 1, **s.to_dict()} for i, s in enumerate(self.tracker.summary())],
+            "events": [getattr(e, "to_dict", lambda e=e: repr(e))() for e in self._events[-200:]],
+        }
+
+    def _refresh(self, final: bool) -> None:
+        self._last_refresh = time.time()
+        if self.results is None:
+            return
+        try:
+            self.results.write_summary(self.summary())
+        except Exception:
+            log.exception("stream: summary.json not written")
+        try:
+            from deepis_rt.analysis.plots import plot_synapses
+
+            plot_synapses(self.tracker, self.results.plots)
+        except Exception:
+            log.exception("stream: plots not written")

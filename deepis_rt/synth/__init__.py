@@ -1,0 +1,23 @@
+"""Physically-motivated synthetic RI time-lapses of a CAR-T cell meeting a target cell, with ground truth."""
+
+from deepis_rt.synth.scene import MEDIUM_RI
+from deepis_rt.synth.timelapse import (
+    DEFAULT_SHAPE,
+    DEFAULT_VOXEL_SIZE_UM,
+    TRUTH_COLUMNS,
+    SynthFrame,
+    generate_timelapse,
+    iter_timelapse,
+    write_timelapse,
+)
+
+__all__ = [
+    "SynthFrame",
+    "generate_timelapse",
+    "iter_timelapse",
+    "write_timelapse",
+    "TRUTH_COLUMNS",
+    "DEFAULT_SHAPE",
+    "DEFAULT_VOXEL_SIZE_UM",
+    "MEDIUM_RI",
+]

@@ -1,0 +1,197 @@
+"""Evaluate a checkpoint on held-out synthetic videos and draw the model-card figure.
+
+Held-out videos use seeds ``HELDOUT_SEED_BASE + i`` (9,000,000 + i), never drawn in
+training (training seeds are < 8,000,000) nor used for validation (8,000,000 + i).
+
+Run as a module::
+
+    python -m deepis_rt.train.evaluate deepis_rt/data/deepis-lite-synthetic.pt \\
+        --videos 6 --frames 5 20 35 50 --json heldout.json --figure docs/model_card_example.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepis_rt.train.data import HELDOUT_SEED_BASE
+from deepis_rt.train.loop import predict_distance
+from deepis_rt.train.metrics import frame_metrics, masks_from_distance, summarize
+
+__all__ = ["evaluate_checkpoint", "labels_from_distance", "draw_figure", "write_bundle", "HELDOUT_FRAMES"]
+
+log = logging.getLogger(__name__)
+
+#: Frames of each 60-frame held-out video that are evaluated (early, mid, late).
+HELDOUT_FRAMES: tuple[int, ...] = (5, 20, 35, 50)
+_VIDEO_FRAMES = 60
+
+
+def labels_from_distance(distance_um: np.ndarray, voxel_size_um: Sequence[float]) -> np.ndarray:
+    """Labels by the paper's rule: 1 CAR-T, 2 target, 3 IS (overlap of both masks dilated by 2 voxels)."""
+    from scipy import ndimage as ndi
+
+    cart, target = masks_from_distance(distance_um, voxel_size_um)
+    cross = ndi.generate_binary_structure(3, 1)
+    lab = np.zeros(distance_um.shape, np.uint8)
+    lab[cart] = 1
+    lab[target] = 2
+    if cart.any() and target.any():
+        syn = ndi.binary_dilation(cart, cross, iterations=2) & ndi.binary_dilation(target, cross, iterations=2)
+        lab[syn] = 3
+    return lab
+
+
+def evaluate_checkpoint(path: str | Path, videos: int = 6, frames: Sequence[int] = HELDOUT_FRAMES,
+                        seed_base: int = HELDOUT_SEED_BASE) -> dict[str, Any]:
+    """Metrics of a checkpoint on held-out synthetic frames.
+
+    Returns
+    -------
+    dict
+        ``summary`` (see :func:`deepis_rt.train.metrics.summarize`), ``rows`` (one per frame),
+        ``seeds``, ``frames``, ``seconds``.
+    """
+    from deepis_rt.checkpoint import load_checkpoint
+    from deepis_rt.synth import generate_timelapse
+
+    ck = load_checkpoint(path)
+    model = ck.build()
+    tile = ck.tile_zyx
+    vs = ck.voxel_size_um
+    rows = []
+    t0 = time.perf_counter()
+    seeds = [seed_base + i for i in range(videos)]
+    for seed in seeds:
+        for f in generate_timelapse(_VIDEO_FRAMES, seed, tile, vs, frames=list(frames)):
+            pred = predict_distance(model, f.ri)
+            m = frame_metrics(pred, f.distance_um, vs,
+                              true_is_area_um2=f.truth["is_area_um2"] if f.contact else None)
+            m.update(seed=seed, frame=int(f.truth["frame"]), contact=f.contact)
+            rows.append(m)
+            log.info("held-out seed %d frame %d: %s", seed, f.truth["frame"],
+                     {k: round(v, 3) for k, v in m.items() if isinstance(v, float)})
+    return {"summary": summarize(rows), "rows": rows, "seeds": seeds, "frames": list(frames),
+            "seconds": time.perf_counter() - t0, "checkpoint_sha256": ck.sha256}
+
+
+def draw_figure(path: str | Path, out_png: str | Path, seed: int = HELDOUT_SEED_BASE, frame: int = 35) -> Path:
+    """PNG: an XY slice through the IS and an XZ slice of one held-out frame.
+
+    Columns: tomogram (RI) | truth labels | predicted labels (paper's rule) | truth distance |
+    predicted distance.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from deepis_rt.checkpoint import load_checkpoint
+    from deepis_rt.synth import generate_timelapse
+
+    ck = load_checkpoint(path)
+    model = ck.build()
+    vs = ck.voxel_size_um
+    f = generate_timelapse(_VIDEO_FRAMES, seed, ck.tile_zyx, vs, frames=[frame])[0]
+    pred = predict_distance(model, f.ri)
+    true_lab = labels_from_distance(f.distance_um, vs)
+    pred_lab = labels_from_distance(pred, vs)
+    syn = np.argwhere(true_lab == 3)
+    zc, yc, _ = (syn.mean(axis=0).round().astype(int) if len(syn) else np.array(f.ri.shape) // 2)
+    cmap = ListedColormap(["black", "tab:red", "tab:cyan", "yellow"])
+    vmax = float(np.abs(f.distance_um).max())
+    fig, axes = plt.subplots(2, 5, figsize=(17, 6.2), gridspec_kw={"height_ratios": [1, 0.55]})
+    aspect_xz = vs[0] / vs[2]
+    for row, (sl, aspect, name) in enumerate((((zc, slice(None), slice(None)), 1.0, f"XY, z={zc}"),
+                                              ((slice(None), yc, slice(None)), aspect_xz, f"XZ, y={yc}"))):
+        panels = [
+            (f.ri[sl], dict(cmap="gray", vmin=1.335, vmax=1.38), "tomogram (RI)"),
+            (true_lab[sl], dict(cmap=cmap, vmin=0, vmax=3, interpolation="nearest"), "truth labels"),
+            (pred_lab[sl], dict(cmap=cmap, vmin=0, vmax=3, interpolation="nearest"), "predicted labels"),
+            (f.distance_um[sl], dict(cmap="RdBu_r", vmin=-vmax, vmax=vmax), "truth distance (um)"),
+            (pred[sl], dict(cmap="RdBu_r", vmin=-vmax, vmax=vmax), "predicted distance (um)"),
+        ]
+        for ax, (img, kw, title) in zip(axes[row], panels, strict=False):
+            im = ax.imshow(img, aspect=aspect, **kw)
+            ax.set_title(f"{title}\n{name}" if row == 0 else name, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if "distance" in title and row == 0:
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(f"held-out synthetic video seed {seed}, frame {frame} (t = {f.time_s:.0f} s); "
+                 "labels: red CAR-T, cyan target, yellow IS", fontsize=10)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--videos", type=int, default=6)
+    p.add_argument("--frames", type=int, nargs="+", default=list(HELDOUT_FRAMES))
+    p.add_argument("--json", dest="json_out")
+    p.add_argument("--figure")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--bundle", help="write a copy of the checkpoint here with the held-out metrics in its meta, "
+                                    "and <bundle>.json (sha256, metrics) next to it")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.figure:
+        draw_figure(args.checkpoint, args.figure)
+    res = evaluate_checkpoint(args.checkpoint, args.videos, args.frames)
+    print(json.dumps(res["summary"], indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(res, indent=2, default=float))
+    if args.bundle:
+        write_bundle(args.checkpoint, args.bundle, res)
+
+
+def write_bundle(checkpoint: str | Path, out: str | Path, result: dict[str, Any]) -> Path:
+    """Copy ``checkpoint`` to ``out`` with ``meta.metrics.heldout`` set, plus ``<out>.json``."""
+    import math
+
+    from deepis_rt.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result["summary"].items()}
+    heldout = {**clean, "video_seeds": result["seeds"], "frames_per_video": result["frames"],
+               "definition": "Dice per class (paper's masks at +-half pitch) and relative IS-area error "
+                             "(deepis_rt.train.metrics) on held-out synthetic videos"}
+    meta = dict(ck.meta)
+    meta["metrics"] = {**dict(meta.get("metrics") or {}), "heldout": heldout}
+    out = Path(out)
+    save_checkpoint(out, ck.state_dict, config=ck.config, meta=meta, preset=ck.preset)
+    final = load_checkpoint(out)
+    card = {
+        "file": out.name,
+        "sha256": final.sha256,
+        "preset": final.preset,
+        "description": meta.get("description"),
+        "for": "demos and tests only, not for real microscope data (docs/model_card.md)",
+        "voxel_size_um": meta["voxel_size_um"],
+        "tile_zyx": meta["tile_zyx"],
+        "training": {k: meta["training"].get(k) for k in ("command", "steps", "wall_time_s", "data", "seeds")},
+        "metrics": meta["metrics"],
+    }
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()

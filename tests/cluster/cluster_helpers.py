@@ -1,0 +1,45 @@
+"""Helpers of the cluster tests: a tiny point-wise ONNX model and what it computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TILE = (16, 32, 32)
+META = {
+    "voxel_size_um": [0.5, 0.25, 0.25],
+    "ri_normalization": {"offset": 1.337, "scale": 0.02},
+    "medium_ri": 1.337,
+    "tile_zyx": list(TILE),
+}
+
+
+def pointwise_onnx(path: Path, tile=TILE, dynamic: bool = False, meta=META) -> Path:
+    """distance = 2 * tanh(tomogram): the FakeRunner's function, as an ONNX graph (named tensors, meta)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deepis_rt.export.onnx_export import set_onnx_meta
+
+    spatial = ["z", "y", "x"] if dynamic else list(tile)
+    shape = ["N", 1, *spatial]
+    x = helper.make_tensor_value_info("tomogram", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("distance", TensorProto.FLOAT, shape)
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Tanh", ["tomogram"], ["t"]), helper.make_node("Mul", ["t", "two"], ["distance"])],
+        "pointwise", [x], [y], initializer=[two],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    if meta is not None:
+        set_onnx_meta(model, meta)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def reference_distance(x: np.ndarray) -> np.ndarray:
+    return (2.0 * np.tanh(x)).astype(np.float32)

@@ -1,0 +1,144 @@
+"""Readers and writers: round trips, voxel sizes, time series and rejections."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+from deepis_rt.errors import FileFormatError, InputError, NonFiniteInputError, VolumeTooLargeError
+from deepis_rt.io import iter_tomograms, read_labels, read_tomogram, write_labels, write_tomogram
+
+VS = (0.5, 0.25, 0.25)
+
+
+@pytest.fixture
+def ri():
+    rng = np.random.default_rng(0)
+    return (1.337 + 0.03 * rng.random((6, 10, 12))).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("tiff", ".tif"), ("npy", ".npy"), ("tcf", ".tcf")])
+def test_round_trip(tmp_path, ri, fmt, suffix):
+    path = write_tomogram(tmp_path / f"frame_000001{suffix}", ri, VS, fmt, time_s=4.5, medium_ri=1.337)
+    tomo = read_tomogram(path)
+    np.testing.assert_array_equal(tomo.ri, ri)
+    assert tomo.ri.dtype == np.float32
+    assert tomo.voxel_size_um == pytest.approx(VS)
+    assert tomo.shape == ri.shape
+    if fmt != "tiff":
+        assert tomo.time_s == pytest.approx(4.5)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial files left
+
+
+def test_ome_tiff_has_physical_size(tmp_path, ri):
+    path = write_tomogram(tmp_path / "a.tif", ri, VS)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome
+        assert 'PhysicalSizeZ="0.5"' in tif.ome_metadata
+        assert 'PhysicalSizeX="0.25"' in tif.ome_metadata
+
+
+def test_imagej_spacing(tmp_path, ri):
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, ri, imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={"spacing": 0.6, "unit": "um"})
+    assert read_tomogram(path).voxel_size_um == pytest.approx((0.6, 0.2, 0.2))
+
+
+def test_voxel_size_argument_overrides_and_npy_without_sidecar(tmp_path, ri):
+    np.save(tmp_path / "bare.npy", ri)
+    assert read_tomogram(tmp_path / "bare.npy").voxel_size_um is None
+    assert read_tomogram(tmp_path / "bare.npy", voxel_size_um=(1, 0.5, 0.5)).voxel_size_um == (1.0, 0.5, 0.5)
+
+
+def test_npz_picks_named_array(tmp_path, ri):
+    np.savez(tmp_path / "v.npz", other=np.zeros(3), ri=ri)
+    (tmp_path / "v.json").write_text(json.dumps({"voxel_size_um": list(VS)}))
+    tomo = read_tomogram(tmp_path / "v.npz")
+    np.testing.assert_array_equal(tomo.ri, ri)
+    assert tomo.voxel_size_um == pytest.approx(VS)
+
+
+def test_tcf_time_series_and_integer_scaling(tmp_path, ri):
+    path = tmp_path / "series.tcf"
+    with h5py.File(path, "w") as f:
+        f.attrs["FormatVersion"] = "1.4.1"
+        grp = f.create_group("Data/3D")
+        for ax, v in zip("ZYX", VS, strict=False):
+            grp.attrs[f"Resolution{ax}"] = v
+        grp.attrs["TimeInterval"] = 3.0
+        for i in range(3):
+            grp.create_dataset(f"{i:06d}", data=np.round(ri * 10000).astype(np.uint16) + i)
+    frames = list(iter_tomograms(path))
+    assert [t.frame_index for t in frames] == [0, 1, 2]
+    assert [t.time_s for t in frames] == pytest.approx([0.0, 3.0, 6.0])
+    assert frames[0].voxel_size_um == pytest.approx(VS)
+    np.testing.assert_allclose(frames[0].ri, ri, atol=1e-4)
+    assert read_tomogram(path).frame_index == 0
+
+
+def test_mat_files_become_zyx(tmp_path):
+    import scipy.io
+
+    matlab = np.zeros((16, 20, 8))  # MATLAB order (Y, X, Z)
+    matlab[3, 5, 7] = 1.4
+    scipy.io.savemat(tmp_path / "old.mat", {"input": matlab})
+    old = read_tomogram(tmp_path / "old.mat")
+    assert old.shape == (8, 16, 20) and old.ri[7, 3, 5] == pytest.approx(1.4)
+    with h5py.File(tmp_path / "v73.mat", "w") as f:  # HDF5 holds the column-major array reversed
+        f["input"] = matlab.T
+    new = read_tomogram(tmp_path / "v73.mat")
+    assert new.shape == (8, 16, 20) and new.ri[7, 3, 5] == pytest.approx(1.4)
+
+
+def test_labels_round_trip(tmp_path):
+    labels = np.random.default_rng(1).integers(0, 4, size=(6, 10, 12)).astype(np.uint8)
+    path = write_labels(tmp_path / "l.tif", labels, VS)
+    np.testing.assert_array_equal(read_labels(path), labels)
+    np.save(tmp_path / "frac.npy", labels.astype(np.float32) + 0.5)
+    with pytest.raises(InputError, match="whole numbers"):
+        read_labels(tmp_path / "frac.npy")
+
+
+@pytest.mark.parametrize("shape", [(10, 12), (2, 3, 4, 5, 6)])
+def test_rejects_wrong_dimensions(tmp_path, shape):
+    np.save(tmp_path / "bad.npy", np.zeros(shape, np.float32))
+    with pytest.raises(InputError, match="expected a 3-D volume"):
+        read_tomogram(tmp_path / "bad.npy")
+
+
+def test_rejects_nan(tmp_path, ri):
+    ri[1, 2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", ri)
+    with pytest.raises(NonFiniteInputError, match="NaN or Inf"):
+        read_tomogram(tmp_path / "nan.npy")
+
+
+def test_rejects_declared_size_before_reading(tmp_path):
+    # a header that declares 4096^3 float32 with no data behind it: refused from the header alone
+    path = tmp_path / "huge.npy"
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_2_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (4096, 4096, 4096)})
+    with pytest.raises(VolumeTooLargeError, match="GiB"):
+        read_tomogram(path)
+
+
+def test_rejects_non_numeric_and_unknown_and_corrupt(tmp_path, ri):
+    np.save(tmp_path / "c.npy", ri.astype(np.complex64))
+    with pytest.raises(InputError, match="not numeric"):
+        read_tomogram(tmp_path / "c.npy")
+    (tmp_path / "x.png").write_bytes(b"png")
+    with pytest.raises(FileFormatError, match="unsupported"):
+        read_tomogram(tmp_path / "x.png")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(FileFormatError):
+        read_tomogram(tmp_path / "broken.tif")
+    with h5py.File(tmp_path / "empty.h5", "w") as f:
+        f.create_group("Other")
+    with pytest.raises(FileFormatError, match="/Data/3D"):
+        read_tomogram(tmp_path / "empty.h5")
+    with pytest.raises(InputError, match="no such file"):
+        read_tomogram(tmp_path / "missing.tif")

@@ -1,0 +1,49 @@
+"""The bundled demo checkpoint: present, safe to load, and good on a held-out synthetic frame."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deepis_rt.checkpoint import bundled_checkpoint_path, load_checkpoint
+from deepis_rt.errors import CheckpointError
+
+
+def test_bundled_checkpoint_is_shipped_and_small():
+    path = bundled_checkpoint_path()
+    assert path.stat().st_size < 8 * 1024**2
+    ck = load_checkpoint(path)
+    assert ck.preset == "deepis-lite"
+    assert ck.meta["voxel_size_um"] == [0.5, 0.25, 0.25]
+    assert ck.meta["tile_zyx"] == [64, 128, 128]
+    assert ck.meta["training"]["command"].startswith("deepis-rt train --synthetic")
+    assert "heldout" in ck.meta["metrics"] or "validation" in ck.meta["metrics"]
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["sha256"] == ck.sha256
+
+
+def test_missing_bundled_checkpoint_is_a_clear_error(monkeypatch):
+    import deepis_rt.checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "BUNDLED_CHECKPOINT_NAME", "no-such-file.pt")
+    with pytest.raises(CheckpointError, match="bundled demo checkpoint is missing"):
+        ckpt.bundled_checkpoint_path()
+
+
+@pytest.mark.slow
+def test_bundled_checkpoint_quality_floor_on_a_heldout_frame():
+    import torch
+
+    from deepis_rt.synth import generate_timelapse
+    from deepis_rt.train import HELDOUT_SEED_BASE, frame_metrics, predict_distance
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    ck = load_checkpoint(bundled_checkpoint_path())
+    frame = generate_timelapse(60, HELDOUT_SEED_BASE + 1, ck.tile_zyx, ck.voxel_size_um, frames=[40])[0]
+    assert frame.contact
+    m = frame_metrics(predict_distance(ck.build(), frame.ri), frame.distance_um, ck.voxel_size_um)
+    # a floor well below the model card's held-out figures, so that it only catches real breakage
+    assert m["dice_cart"] >= 0.75
+    assert m["dice_target"] >= 0.75
+    assert m["is_area_pred_um2"] > 0

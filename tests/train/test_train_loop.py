@@ -1,0 +1,142 @@
+"""Training: loss weights, metrics, a few steps lower the loss, resume, checkpoint metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import deepis_rt.train.loop as loop
+from deepis_rt.checkpoint import load_checkpoint
+from deepis_rt.train import (
+    FolderSource,
+    dice,
+    distance_from_labels,
+    edge_weight,
+    is_area_from_masks,
+    masks_from_distance,
+    random_crop_batch,
+    state_path,
+    train,
+)
+
+VS = (0.5, 0.25, 0.25)
+
+
+def _tiny(tiny_overrides, **kw):
+    base = dict(model_overrides=dict(tiny_overrides), tile_zyx=(16, 32, 32), crop_zyx=(16, 32, 32), batch=1,
+                val_frames=0, pool_size=1, refresh_every=10**6, save_every=2, threads=1, seed=3)
+    base.update(kw)
+    return base
+
+
+def test_edge_weight_band():
+    d = np.zeros((12, 12, 12), np.float32)
+    d[:, :, :6] = 1.0  # a flat border between x=5 and x=6
+    w = edge_weight(d)
+    assert set(np.unique(w)) == {1.0, 11.0}
+    heavy_x = np.unique(np.nonzero(w[6, 6] == 11.0)[0])
+    assert list(heavy_x) == [3, 4, 5, 6, 7, 8]  # 3 voxels on each side
+
+
+def test_metrics_on_two_touching_boxes():
+    d = np.zeros((20, 40, 40), np.float32)
+    d[5:15, 10:30, 5:20] = 1.0  # CAR-T
+    d[5:15, 10:30, 20:35] = -1.0  # target; interface x=19.5, 10 x 20 voxels = 5 um x 5 um
+    cart, target = masks_from_distance(d, VS)
+    assert dice(cart, cart) == 1.0 and dice(cart, target) == 0.0
+    area = is_area_from_masks(cart, target, VS)
+    assert area == pytest.approx(25.0, rel=0.15)
+    apart = d.copy()
+    apart[:, :, 19:22] = 0.0
+    assert is_area_from_masks(*masks_from_distance(apart, VS), VS) == 0.0
+
+
+def test_distance_from_labels_assigns_is_voxels():
+    lab = np.zeros((8, 16, 16), np.uint8)
+    lab[2:6, 4:12, 2:8] = 1
+    lab[2:6, 4:12, 8:14] = 2
+    lab[2:6, 4:12, 7:9] = 3
+    d = distance_from_labels(lab, VS)
+    assert (d[2:6, 4:12, 2:8] > 0).all() and (d[2:6, 4:12, 8:14] < 0).all()
+    assert (d[lab == 0] == 0).all()
+
+
+def test_crops_are_augmented_consistently(tiny_overrides):
+    from deepis_rt.train.data import SyntheticSource
+
+    rng = np.random.default_rng(0)
+    src = SyntheticSource(rng, (32, 64, 64), VS, pool_size=1)
+    ri, d, w = random_crop_batch(src.samples(), 4, (16, 32, 32), rng)
+    assert ri.shape == d.shape == w.shape == (4, 16, 32, 32)
+    # the loss weight still marks the borders of the (flipped / rotated) distance map
+    inner = (slice(3, -3),) * 3  # the crop edge cuts the band of borders outside the crop
+    for i in range(4):
+        np.testing.assert_array_equal(w[i][inner], edge_weight(d[i])[inner])
+
+
+def test_a_few_steps_lower_the_loss(tmp_path, tiny_overrides):
+    res = train(tmp_path / "m.pt", steps=24, lr=1e-2, focus_fraction=0.0, **_tiny(tiny_overrides, save_every=0))
+    hist = res["history"]
+    assert len(hist) == 24
+    assert np.mean(hist[-6:]) < 0.8 * np.mean(hist[:3])
+
+
+def test_resume_continues_from_saved_step(tmp_path, tiny_overrides, monkeypatch):
+    out = tmp_path / "r.pt"
+    real = loop.random_crop_batch
+    calls = {"n": 0}
+
+    def interrupt_at_step_5(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "random_crop_batch", interrupt_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(out, steps=8, **_tiny(tiny_overrides))
+    state = torch.load(state_path(out), weights_only=True)
+    assert state["step"] == 5 and len(state["history"]) == 5
+    assert not out.exists()
+
+    monkeypatch.setattr(loop, "random_crop_batch", real)
+    res = train(out, steps=8, resume=True, **_tiny(tiny_overrides))
+    assert res["steps"] == 8
+    assert res["history"][:5] == pytest.approx(state["history"])
+    assert len(res["history"]) == 8
+    ck = load_checkpoint(out)
+    assert ck.meta["training"]["steps"] == 8
+    assert ck.meta["voxel_size_um"] == list(VS)
+    assert ck.meta["ri_normalization"] == {"offset": 1.337, "scale": 0.02}
+
+
+def test_validation_metrics_in_checkpoint(tmp_path, tiny_overrides):
+    res = train(tmp_path / "v.pt", steps=1, command="deepis-rt train --synthetic", **_tiny(
+        tiny_overrides, tile_zyx=(32, 64, 64), val_frames=1))
+    ck = load_checkpoint(tmp_path / "v.pt")
+    val = ck.meta["metrics"]["validation"]
+    assert val["frames"] == 1 and 0.0 <= val["dice_cart_mean"] <= 1.0
+    assert ck.meta["training"]["command"] == "deepis-rt train --synthetic"
+    assert ck.meta["training"]["seeds"]["validation_video_seeds"] == [8_000_000]
+    assert res["metrics"] == val
+
+
+def test_folder_source_reads_synth_layout(tmp_path):
+    from deepis_rt.synth import write_timelapse
+
+    write_timelapse(tmp_path / "d", 2, 4, shape=(16, 32, 32), voxel_size_um=VS, fmt="npy", progress=False)
+    src = FolderSource(tmp_path / "d", VS)
+    assert len(src.items) == 2
+    assert src.items[0].ri.shape == (16, 32, 32)
+    with pytest.raises(Exception, match="voxel size"):
+        FolderSource(tmp_path / "d", (1.0, 0.5, 0.5))
+
+
+def test_cli_train_needs_a_data_source():
+    from click.testing import CliRunner
+
+    from deepis_rt.cli.main import main
+
+    res = CliRunner().invoke(main, ["train", "--out", "x.pt"])
+    assert res.exit_code != 0 and "--synthetic" in res.output
