@@ -33,7 +33,9 @@ def _prepare_out(out: Path) -> None:
               help="Seconds between two frames written into the camera folder (the microscope's pace, sped up).")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
               show_default=True)
-def demo(out: Path, frames: int, seed: int, pace: float, backend: str) -> None:
+@click.option("--model", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint).")
+def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Path | None) -> None:
     """Stream a synthetic CAR-T / target-cell video through the bundled checkpoint.
 
     A writer thread plays the microscope: it writes one tomogram after another into a
@@ -44,13 +46,14 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str) -> None:
     from deepis_rt.cli.stream import print_summary, run_stream
     from deepis_rt.io import write_tomogram
     from deepis_rt.stream import Stream
-    from deepis_rt.synth import SynthConfig, generate_timelapse
+    from deepis_rt.synth import iter_timelapse
+    from deepis_rt.synth.scene import make_video
+    from deepis_rt.synth.timelapse import DEFAULT_SHAPE, DEFAULT_VOXEL_SIZE_UM
 
     t_start = time.time()
     _prepare_out(out)
-    segmenter = deepis_rt.load(None, backend=backend)
-    cfg = SynthConfig()
-    interval_s = cfg.frame_interval_s
+    segmenter = deepis_rt.load(model, backend=backend)
+    interval_s = make_video(seed, DEFAULT_SHAPE, DEFAULT_VOXEL_SIZE_UM, frames).frame_interval_s
     camera = Path(tempfile.mkdtemp(prefix="deepis-camera-"))
     click.echo(
         f"demo: a synthetic {frames}-frame video (one tomogram every {interval_s:g} s of acquisition time, "
@@ -61,7 +64,7 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str) -> None:
 
     def _microscope() -> None:
         try:
-            for i, frame in enumerate(generate_timelapse(frames, seed=seed, config=cfg)):
+            for i, frame in enumerate(iter_timelapse(frames, seed=seed)):
                 t0 = time.time()
                 write_tomogram(camera / f"frame_{i:04d}.tif", frame.ri, frame.voxel_size_um)
                 time.sleep(max(0.0, pace - (time.time() - t0)))

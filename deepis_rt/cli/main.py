@@ -56,6 +56,11 @@ def _register_commands() -> None:
 
     main.add_command(_info.info)
     main.add_command(_info.init)
+    from deepis_rt.cli import demo as _demo
+    from deepis_rt.cli import stream as _stream
+
+    main.add_command(_demo.demo)
+    main.add_command(_stream.stream)
     from deepis_rt.cli import export as _export
 
     main.add_command(_export.export)
@@ -67,6 +72,9 @@ def _register_commands() -> None:
 
     main.add_command(_synth.synth)
     main.add_command(_train.train)
+    from deepis_rt.cli import bench as _bench
+
+    main.add_command(_bench.bench)
 
 
 _register_commands()

@@ -133,6 +133,13 @@ class AnalyseStage(Stage):
         return task
 
 
+def _warm_imports() -> None:
+    try:
+        import laptrack  # noqa: F401
+    except Exception:  # the tracker reports a missing laptrack itself
+        pass
+
+
 # --------------------------------------------------------------------------------------------
 # the stream
 # --------------------------------------------------------------------------------------------
@@ -221,6 +228,8 @@ class Stream:
                 log.info("stream: continuing %s after %d committed frame(s)", self.results.root, len(committed))
                 self._replay(committed)
         self._done_sources = done_sources
+        # laptrack (pandas, scikit-learn) takes seconds to import: do it now, not on the first frame
+        threading.Thread(target=_warm_imports, name="deepis-warmup", daemon=True).start()
         s = self.settings
         q_pre: queue.Queue = queue.Queue(maxsize=s.queue_size)
         q_inf: queue.Queue = queue.Queue(maxsize=s.queue_size)

@@ -347,6 +347,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             "optimizer": f"Adam lr {cfg.lr} betas (0.5, 0.99), halved every {cfg.lr_halve_epochs} epochs "
                          f"of {epoch_steps} steps",
             "final_loss_mean_last_50": float(np.mean(tail)) if tail else None,
+            "synthetic_frames_generated": getattr(source, "generated", None),
             "torch": str(torch.__version__),
             "threads": torch.get_num_threads(),
         },

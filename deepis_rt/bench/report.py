@@ -1,0 +1,301 @@
+"""The benchmark report: derived figures (speed-up, TFLOP/s, fraction of peak, targets) and its renderings.
+
+Structure (JSON)::
+
+    {benchmark, format_version, deepis_rt, date_utc, command, machine{...libraries},
+     load_average_before, load_average_after, settings{...}, elapsed_s,
+     peaks: [{device, precision, tflops, size, ...}],
+     models: [{model{name, preset, parameters, flops_per_tile, tile_zyx, ...}, baseline,
+               rows: [{backend, precision, device, batch, status, reason, throughput_fps,
+                       latency_ms{n, mean_ms, p50_ms, p95_ms, p99_ms, min_ms, max_ms}, samples_ms,
+                       host_peak_rss_mib, device_peak_mib, speedup_vs_baseline, achieved_tflops,
+                       fraction_of_peak, accuracy{max_abs_um, p99_abs_um, dice_tcell, dice_target},
+                       breakdown_ms{h2d_ms, compute_ms, d2h_ms} | null, setup_s}],
+               pipeline: [{backend, precision, batch, status, throughput_fps, compute_throughput_fps,
+                           ratio_vs_compute, latency_ms, stages_ms{read_ms, ...}}],
+               targets: [{name, target, measured, met, note}]}]}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["finish_model", "format_table", "to_markdown", "write_json", "merge_reports", "TARGETS"]
+
+#: The figures the runtime is judged by (reported, not asserted).
+TARGETS = {
+    "ort_cpu_vs_torch": 1.8,      # ONNX Runtime CPU vs PyTorch eager FP32 (CPU)
+    "pipeline_vs_compute": 0.9,   # whole pipeline vs compute-only throughput
+    "torch_fp16_vs_fp32": 3.0,    # PyTorch FP16 vs FP32 on a GPU
+    "gpu_fraction_of_peak": 0.25,  # best GPU backend vs the FP16 matrix-product peak (paper preset)
+}
+
+
+def _peak(peaks: Sequence[dict[str, Any]], device: str, precision: str) -> dict[str, Any] | None:
+    dev = "cuda" if device.startswith("cuda") else "cpu"
+    prec = precision if dev == "cuda" else "fp32"
+    for p in peaks:
+        if p["device"] == dev and p["precision"] == prec and p.get("tflops"):
+            return p
+    return None
+
+
+def _ok(rows: Sequence[dict[str, Any]], backend: str | None = None, precision: str | None = None,
+        device_prefix: str | None = None) -> list[dict[str, Any]]:
+    return [r for r in rows if r["status"] == "ok" and (backend is None or r["backend"] == backend)
+            and (precision is None or r["precision"] == precision)
+            and (device_prefix is None or r["device"].startswith(device_prefix))]
+
+
+def _best(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    return max(rows, key=lambda r: r["throughput_fps"]) if rows else None
+
+
+def _target(name: str, target: float, measured: float | None, note: str) -> dict[str, Any]:
+    met = None if measured is None or not math.isfinite(measured) else bool(measured >= target)
+    return {"name": name, "target": target, "measured": measured,
+            "met": met, "note": note}
+
+
+def finish_model(model: dict[str, Any], rows: list[dict[str, Any]], pipeline: list[dict[str, Any]],
+                 peaks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Add speed-ups, achieved TFLOP/s, fractions of peak, pipeline ratios and targets to a model's rows."""
+    gpu_rows = _ok(rows, device_prefix="cuda")
+    base_backend = "torch-cuda" if _ok(rows, "torch-cuda", "fp32") else "torch-cpu"
+    base = {r["batch"]: r for r in _ok(rows, base_backend, "fp32")}
+    base_best = _best(list(base.values()))
+    flops = float(model["flops_per_tile"])
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        ref = base.get(r["batch"], base_best)
+        r["speedup_vs_baseline"] = r["throughput_fps"] / ref["throughput_fps"] if ref else None
+        r["achieved_tflops"] = flops * r["throughput_fps"] / 1e12
+        peak = _peak(peaks, r["device"], r["precision"])
+        r["peak_tflops"] = peak["tflops"] if peak else None
+        r["fraction_of_peak"] = r["achieved_tflops"] / peak["tflops"] if peak else None
+    for p in pipeline:
+        same = [r for r in _ok(rows, p["backend"], p["precision"]) if r["batch"] == p["batch"]]
+        compute = same[0]["throughput_fps"] if same else None
+        p["compute_throughput_fps"] = compute
+        ok = p.get("status") in ("ok", "partial") and compute
+        p["ratio_vs_compute"] = p["throughput_fps"] / compute if ok else None
+
+    targets = []
+    torch_cpu, ort_cpu = _best(_ok(rows, "torch-cpu", "fp32")), _best(_ok(rows, "onnxruntime-cpu", "fp32"))
+    if torch_cpu and ort_cpu:
+        targets.append(_target(
+            "ONNX Runtime CPU vs PyTorch eager FP32 (CPU)", TARGETS["ort_cpu_vs_torch"],
+            ort_cpu["throughput_fps"] / torch_cpu["throughput_fps"],
+            f"best batch of each: onnxruntime-cpu b{ort_cpu['batch']} vs torch-cpu b{torch_cpu['batch']}"))
+    ran = [p for p in pipeline if p.get("ratio_vs_compute") is not None]
+    if ran:
+        fastest = max(ran, key=lambda p: p["throughput_fps"])
+        targets.append(_target(
+            "whole pipeline vs compute-only throughput", TARGETS["pipeline_vs_compute"],
+            fastest["ratio_vs_compute"],
+            f"{fastest['backend']} {fastest['precision']} b{fastest['batch']} (the fastest pipeline)"))
+    t32, t16 = _best(_ok(rows, "torch-cuda", "fp32")), _best(_ok(rows, "torch-cuda", "fp16"))
+    if t32 and t16:
+        targets.append(_target("PyTorch FP16 vs FP32 (GPU)", TARGETS["torch_fp16_vs_fp32"],
+                               t16["throughput_fps"] / t32["throughput_fps"], "best batch of each"))
+    best_gpu = _best(gpu_rows)
+    fp16_peak = _peak(peaks, "cuda", "fp16")
+    if best_gpu and fp16_peak:
+        targets.append(_target(
+            "best GPU backend vs FP16 matrix-product peak", TARGETS["gpu_fraction_of_peak"],
+            best_gpu["achieved_tflops"] / fp16_peak["tflops"],
+            f"{best_gpu['backend']} {best_gpu['precision']} b{best_gpu['batch']}; the target is stated "
+            f"for the paper preset (this model: {model.get('preset') or model['name']})"))
+    return {"model": model, "baseline": f"{base_backend} fp32", "rows": rows, "pipeline": pipeline,
+            "targets": targets}
+
+
+# -- renderings ---------------------------------------------------------------------------------
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) < 10 ** -digits or abs(value) >= 1e5):
+            return f"{value:.2e}"
+        return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+_COLUMNS = ("backend", "precision", "batch", "tiles/s", "p50 ms", "p95 ms", "p99 ms", "speed-up",
+            "TFLOP/s", "of peak", "host MiB", "dev MiB", "max err um", "p99 err um", "Dice T/tgt", "status")
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    if r["status"] != "ok":
+        return [r["backend"], r["precision"], str(r["batch"])] + ["-"] * (len(_COLUMNS) - 4) + \
+               [f"{r['status']}: {r['reason']}"]
+    lat, acc = r["latency_ms"], r.get("accuracy") or {}
+    dice = f"{_f(acc.get('dice_tcell'), 4)}/{_f(acc.get('dice_target'), 4)}" if acc else "-"
+    frac = r.get("fraction_of_peak")
+    return [r["backend"], r["precision"], str(r["batch"]), _f(r["throughput_fps"], 4), _f(lat["p50_ms"], 1),
+            _f(lat["p95_ms"], 1), _f(lat["p99_ms"], 1), _f(r.get("speedup_vs_baseline"), 2),
+            _f(r.get("achieved_tflops"), 3), "-" if frac is None else f"{100 * frac:.1f}%",
+            _f(r.get("host_peak_rss_mib"), 0), _f(r.get("device_peak_mib"), 0), _f(acc.get("max_abs_um"), 2),
+            _f(acc.get("p99_abs_um"), 2), dice, "ok"]
+
+
+def _context_lines(report: dict[str, Any]) -> list[str]:
+    m = report["machine"]
+    libs = m.get("libraries", {})
+    gpu = f"{m['gpu']} (cc {m['gpu_compute_capability']}, {m['gpu_memory_gib']} GiB)" if m.get("gpu") else "none"
+    peaks = ", ".join(f"{p['device']} {p['precision']} {_f(p['tflops'], 3)} TFLOP/s"
+                      + (f" ({p['size']}^2)" if p.get("size") else "") for p in report["peaks"]) or "-"
+    s = report["settings"]
+    return [
+        f"machine: {m['cpu']}, {m['cpu_cores']} CPUs, {m['memory_gib']} GiB; GPU: {gpu}; {m['os']}, Python {m['python']}",
+        "libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items() if k != "onnxruntime_providers")
+        + (f"; ORT providers: {libs['onnxruntime_providers']}" if libs.get("onnxruntime_providers") else ""),
+        f"matrix-product peak (measured in this run): {peaks}",
+        f"settings: batches {s['batches']}, {s['frames']} tiles timed per row after {s['warmup_calls']} warm-up "
+        f"call(s), CPU threads {s['cpu_threads']}, pipeline {'on' if s['pipeline'] else 'off'}",
+        f"load average (1/5/15 min) before {report.get('load_average_before')}, after "
+        f"{report.get('load_average_after')}; date {report['date_utc']}; elapsed {report.get('elapsed_s')} s",
+    ]
+
+
+def _model_line(mr: dict[str, Any]) -> str:
+    md = mr["model"]
+    return (f"{md['name']} ({md['source']}): {md['parameters']:,} parameters, tile {tuple(md['tile_zyx'])}, "
+            f"{md['gflops_per_tile']} GFLOP per tile; baseline {mr['baseline']}")
+
+
+def _pipeline_cells(p: dict[str, Any]) -> list[str]:
+    st = p.get("stages_ms", {})
+    stages = ", ".join(f"{k[:-3]} {_f(v, 1)}" for k, v in st.items()) or "-"
+    return [p["backend"], p["precision"], str(p["batch"]), _f(p.get("throughput_fps"), 4),
+            _f(p.get("compute_throughput_fps"), 4), _f(p.get("ratio_vs_compute"), 3),
+            _f((p.get("latency_ms") or {}).get("p50_ms"), 1), stages,
+            p.get("status", "?") + (f": {p['reason']}" if p.get("reason") else "")]
+
+
+_PIPE_COLUMNS = ("backend", "precision", "batch", "pipeline frames/s", "compute tiles/s", "ratio",
+                 "latency p50 ms", "median per-frame stage ms", "status")
+
+
+def _gpu_split_rows(mr: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for r in mr["rows"]:
+        b = r.get("breakdown_ms")
+        if r["status"] == "ok" and b:
+            out.append([r["backend"], r["precision"], str(r["batch"]), _f(b["h2d_ms"], 2), _f(b["compute_ms"], 2),
+                        _f(b["d2h_ms"], 2)])
+    return out
+
+
+def _targets_lines(mr: dict[str, Any]) -> list[str]:
+    lines = []
+    for t in mr["targets"]:
+        verdict = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
+        if "peak" in t["name"]:
+            measured = "-" if t["measured"] is None else f"{100 * t['measured']:.1f}%"
+            wanted = f"{100 * t['target']:.0f}%"
+        else:
+            measured, wanted = f"{_f(t['measured'], 3)}x", f"{t['target']}x"
+        lines.append(f"{t['name']}: measured {measured} vs target >= {wanted} -> {verdict} ({t['note']})")
+    return lines
+
+
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in rows)]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as plain text for a terminal."""
+    lines = _context_lines(report)
+    for mr in report["models"]:
+        lines += ["", "== " + _model_line(mr)]
+        lines += _text_table(_COLUMNS, [_cells(r) for r in mr["rows"]])
+        split = _gpu_split_rows(mr)
+        if split:
+            lines += ["", "GPU split (median ms per batch, CUDA events):"]
+            lines += _text_table(("backend", "precision", "batch", "H2D", "compute", "D2H"), split)
+        if mr["pipeline"]:
+            lines += ["", "whole pipeline (files -> read -> preprocess -> infer -> analyze -> track -> write):"]
+            lines += _text_table(_PIPE_COLUMNS, [_pipeline_cells(p) for p in mr["pipeline"]])
+        if mr["targets"]:
+            lines += ["", "targets:"] + ["  " + t for t in _targets_lines(mr)]
+    return "\n".join(lines)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(esc(c) for c in r) + " |" for r in rows)]
+
+
+def to_markdown(report: dict[str, Any], title: str = "deepis-rt bench") -> str:
+    """The report as Markdown (context, one table per model, GPU split, pipeline, targets)."""
+    lines = [f"# {title}", ""] + [f"- {line}" for line in _context_lines(report)]
+    if report.get("command"):
+        lines.append(f"- command: `{report['command']}`")
+    lines += ["", "Columns: tiles/s = throughput (one tile = one frame of the model's tile size); latency "
+              "percentiles per call (one batch); speed-up vs the baseline at the same batch; TFLOP/s = FLOPs "
+              "per tile x tiles/s; of peak = that over the matrix-product peak of the same device and "
+              "precision; host MiB = peak resident memory of the process during the row; errors and Dice "
+              "vs the baseline's output on a synthetic conjugate (masks: distance beyond +-half the voxel pitch)."]
+    for mr in report["models"]:
+        lines += ["", f"## {mr['model']['name']}", "", _model_line(mr), ""]
+        lines += _md_table(_COLUMNS, [_cells(r) for r in mr["rows"]])
+        split = _gpu_split_rows(mr)
+        if split:
+            lines += ["", "GPU split, median ms per batch (CUDA events): host-to-device copy, compute, device-to-host copy.", ""]
+            lines += _md_table(("backend", "precision", "batch", "H2D", "compute", "D2H"), split)
+        if mr["pipeline"]:
+            lines += ["", "Whole pipeline: frames from OME-TIFF files on disk through `deepis_rt.stream.Stream` "
+                      "(read, pre-process, infer, post-process, analyse, track, write masks and tables); "
+                      "stage times are per-frame medians from its frames.csv.", ""]
+            lines += _md_table(_PIPE_COLUMNS, [_pipeline_cells(p) for p in mr["pipeline"]])
+        if mr["targets"]:
+            lines += ["", "Targets (measured figures, not pass/fail tests):", ""]
+            lines += [f"- {t}" for t in _targets_lines(mr)]
+    return "\n".join(lines) + "\n"
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _clean(obj.item())
+    return obj
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> Path:
+    """Write the report as JSON (non-finite numbers become null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(report), indent=2) + "\n")
+    return path
+
+
+def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several runs on the same machine (e.g. one per preset): models and peaks
+    concatenated; context from the first, load averages from the first and the last."""
+    if not reports:
+        raise ValueError("merge_reports: no reports")
+    merged = json.loads(json.dumps(_clean(reports[0])))
+    for extra in reports[1:]:
+        merged["models"] += extra["models"]
+        merged["peaks"] += [p for p in extra["peaks"] if p not in merged["peaks"]]
+        merged["elapsed_s"] = (merged.get("elapsed_s") or 0) + (extra.get("elapsed_s") or 0)
+        merged["load_average_after"] = extra.get("load_average_after")
+    merged["merged_from"] = len(reports)
+    return merged

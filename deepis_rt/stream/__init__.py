@@ -1,0 +1,5 @@
+"""Streaming: watch a camera folder (or take frames in memory), segment, track, write results."""
+
+from deepis_rt.stream.stream import Stream, StreamSettings
+
+__all__ = ["Stream", "StreamSettings"]
