@@ -51,7 +51,7 @@ for preset in deepis-lite deepis; do
   case "$preset" in deepis-lite) limit=90 ;; *) limit=140 ;; esac
   log "bench $preset (timeout ${limit}s) -> bench-$preset.{txt,json,md,png}"
   timeout "$limit" python -m deepis_rt -v bench --preset "$preset" --backends gpu --precision fp32,fp16 \
-    --batch 1,4,8 --frames 16 --pipeline --engines "$OUT/engines" \
+    --batch 1,4,8 --frames 16 --pipeline --pipeline-frames 8 --engines "$OUT/engines" \
     --json "$OUT/bench-$preset.json" --markdown "$OUT/bench-$preset.md" --plot "$OUT/bench-$preset.png" \
     > "$OUT/bench-$preset.txt" 2>&1
   log "bench $preset exit code $?"

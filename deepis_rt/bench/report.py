@@ -160,7 +160,8 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
         + (f"; ORT providers: {libs['onnxruntime_providers']}" if libs.get("onnxruntime_providers") else ""),
         f"matrix-product peak (measured in this run): {peaks}",
         f"settings: batches {s['batches']}, {s['frames']} tiles timed per row after {s['warmup_calls']} warm-up "
-        f"call(s), CPU threads {s['cpu_threads']}, pipeline {'on' if s['pipeline'] else 'off'}",
+        f"call(s), CPU threads {s['cpu_threads']}, pipeline "
+        + (f"on ({s.get('pipeline_frames') or s['frames']} frames)" if s["pipeline"] else "off"),
         f"load average (1/5/15 min) before {report.get('load_average_before')}, after "
         f"{report.get('load_average_after')}; date {report['date_utc']}; elapsed {report.get('elapsed_s')} s",
     ]

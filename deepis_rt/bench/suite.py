@@ -36,6 +36,14 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+def _command_line() -> str | None:
+    """The ``deepis-rt ...`` command that made this report (None when called from Python)."""
+    prog = Path(sys.argv[0]).name if sys.argv else ""
+    if prog.startswith("deepis") or prog == "__main__.py":
+        return "deepis-rt " + " ".join(sys.argv[1:])
+    return None
+
+
 def measure_peaks(variants: Sequence[Variant], quick: bool = False) -> list[dict[str, Any]]:
     """Matrix-product peaks for the (device, precision) pairs the variants use."""
     import torch
@@ -199,11 +207,12 @@ def run_benchmark(
         "format_version": 1,
         "deepis_rt": __version__,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "command": "deepis-rt " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name.startswith("deepis") else None,
+        "command": _command_line(),
         "machine": describe_machine(),
         "load_average_before": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "settings": {"backends": [v.label for v in variants], "batches": batches, "frames": frames,
-                     "warmup_calls": warmup, "pipeline": pipeline, "cpu_threads": threads, "quick": quick},
+                     "warmup_calls": warmup, "pipeline": pipeline,
+                     "pipeline_frames": (pipeline_frames or frames) if pipeline else None, "cpu_threads": threads, "quick": quick},
         "peaks": [],
         "models": [],
     }
