@@ -51,6 +51,43 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
 register("checkpoint", lambda p: p.is_file() and p.suffix in {".pt", ".pth", ".ckpt"}, describe_checkpoint)
 
 
+def describe_results(path: Path) -> dict[str, Any]:
+    """A stream's results folder: frames, failures, backend, latency, synapse kinetics."""
+    import csv
+    import json
+
+    summary: dict[str, Any] = {}
+    if (path / "summary.json").is_file():
+        summary = json.loads((path / "summary.json").read_text())
+    with open(path / "frames.csv", newline="") as f:
+        frames = list(csv.DictReader(f))
+    n_cells = n_syn = 0
+    for name in ("cells.csv", "synapses.csv"):
+        if (path / name).is_file():
+            with open(path / name, newline="") as f:
+                rows = sum(1 for _ in csv.DictReader(f))
+            n_cells, n_syn = (rows, n_syn) if name == "cells.csv" else (n_cells, rows)
+    return {
+        "kind": "results",
+        "path": str(path),
+        "frames_ok": sum(1 for r in frames if r["status"] == "ok"),
+        "frames_failed": sum(1 for r in frames if r["status"] != "ok"),
+        "cell_rows": n_cells,
+        "synapse_rows": n_syn,
+        "backend": summary.get("backend"),
+        "model": summary.get("model", {}),
+        "last_run": summary.get("run", {}),
+        "synapses": [
+            {k: s.get(k) for k in ("synapse_id", "tcell_track", "target_track", "onset_s", "n_frames",
+                                   "max_is_area_um2", "A_max_um2", "tau_half_s", "r_squared")}
+            for s in summary.get("synapses", [])
+        ],
+    }
+
+
+register("results", lambda p: p.is_dir() and (p / "frames.csv").is_file(), describe_results)
+
+
 def describe(path: str | Path) -> dict[str, Any]:
     """Describe ``path``; raises :class:`InputError` for paths nothing recognises."""
     path = Path(path)

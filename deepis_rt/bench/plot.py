@@ -22,21 +22,23 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
         labels = [f"{r['backend']}\n{r['precision']} b{r['batch']}" for r in ok]
         xs = list(range(len(ok)))
         colors = ["tab:gray" if r["backend"].startswith("torch") else "tab:blue" for r in ok]
-        ax_tp.bar(xs, [r["throughput_fps"] for r in ok], color=colors, label="compute only")
+        ax_tp.bar([x - 0.2 for x in xs], [r["throughput_fps"] for r in ok], width=0.4, color=colors,
+                  label="compute only (gray: PyTorch)")
         pipes = {(p["backend"], p["precision"], p["batch"]): p for p in mr["pipeline"]
                  if p.get("throughput_fps") is not None}
         px = [i for i, r in enumerate(ok) if (r["backend"], r["precision"], r["batch"]) in pipes]
         if px:
-            ax_tp.bar([i + 0.3 for i in px],
-                      [pipes[(ok[i]["backend"], ok[i]["precision"], ok[i]["batch"])]["throughput_fps"] for i in px],
-                      width=0.35, color="tab:orange", label="whole pipeline")
+            heights = [pipes[(ok[i]["backend"], ok[i]["precision"], ok[i]["batch"])]["throughput_fps"] for i in px]
+            ax_tp.bar([i + 0.2 for i in px], heights, width=0.4, color="tab:orange", label="whole pipeline")
+            for i, h in zip(px, heights, strict=True):
+                ax_tp.annotate(f"{h:.3g}", (i + 0.2, h), ha="center", va="bottom", fontsize=7)
         for i, r in enumerate(ok):
-            ax_tp.annotate(f"{r['throughput_fps']:.3g}", (i, r["throughput_fps"]), ha="center", va="bottom",
+            ax_tp.annotate(f"{r['throughput_fps']:.3g}", (i - 0.2, r["throughput_fps"]), ha="center", va="bottom",
                            fontsize=7)
         ax_tp.set_xticks(xs, labels, fontsize=7)
         ax_tp.set_ylabel("tiles / s")
         md = mr["model"]
-        ax_tp.set_title(f"{md['name']}: throughput ({md['gflops_per_tile']:.3g} GFLOP/tile, tile "
+        ax_tp.set_title(f"{md['name']}: throughput ({md['gflops_per_tile']:.1f} GFLOP/tile, tile "
                         f"{'x'.join(map(str, md['tile_zyx']))})", fontsize=9)
         ax_tp.legend(fontsize=7)
         failed = [r for r in mr["rows"] if r["status"] != "ok"]

@@ -84,6 +84,11 @@ def finish_model(model: dict[str, Any], rows: list[dict[str, Any]], pipeline: li
         p["compute_throughput_fps"] = compute
         ok = p.get("status") in ("ok", "partial") and compute
         p["ratio_vs_compute"] = p["throughput_fps"] / compute if ok else None
+        # the same ratio against the inference rate *inside* the pipeline run (1000 / infer ms per
+        # frame): not moved by a change of machine load between the two measurements
+        infer_ms = (p.get("stages_ms") or {}).get("infer_ms")
+        ok_stage = p.get("status") in ("ok", "partial") and infer_ms
+        p["ratio_vs_infer_stage"] = p["throughput_fps"] * infer_ms / 1000.0 if ok_stage else None
 
     targets = []
     torch_cpu, ort_cpu = _best(_ok(rows, "torch-cpu", "fp32")), _best(_ok(rows, "onnxruntime-cpu", "fp32"))
@@ -95,10 +100,12 @@ def finish_model(model: dict[str, Any], rows: list[dict[str, Any]], pipeline: li
     ran = [p for p in pipeline if p.get("ratio_vs_compute") is not None]
     if ran:
         fastest = max(ran, key=lambda p: p["throughput_fps"])
+        stage = fastest.get("ratio_vs_infer_stage")
         targets.append(_target(
             "whole pipeline vs compute-only throughput", TARGETS["pipeline_vs_compute"],
             fastest["ratio_vs_compute"],
-            f"{fastest['backend']} {fastest['precision']} b{fastest['batch']} (the fastest pipeline)"))
+            f"{fastest['backend']} {fastest['precision']} b{fastest['batch']} (the fastest pipeline); vs the "
+            f"inference rate inside the same run: {_f(stage, 3)}x"))
     t32, t16 = _best(_ok(rows, "torch-cuda", "fp32")), _best(_ok(rows, "torch-cuda", "fp16"))
     if t32 and t16:
         targets.append(_target("PyTorch FP16 vs FP32 (GPU)", TARGETS["torch_fp16_vs_fp32"],
@@ -138,7 +145,11 @@ def _cells(r: dict[str, Any]) -> list[str]:
         return [r["backend"], r["precision"], str(r["batch"])] + ["-"] * (len(_COLUMNS) - 4) + \
                [f"{r['status']}: {r['reason']}"]
     lat, acc = r["latency_ms"], r.get("accuracy") or {}
-    dice = f"{_f(acc.get('dice_tcell'), 4)}/{_f(acc.get('dice_target'), 4)}" if acc else "-"
+
+    def _dice(kind: str) -> str:  # a Dice of two empty masks says nothing
+        return "empty" if acc.get(f"reference_{kind}_voxels") == 0 else _f(acc.get(f"dice_{kind}"), 4)
+
+    dice = f"{_dice('tcell')}/{_dice('target')}" if acc else "-"
     frac = r.get("fraction_of_peak")
     return [r["backend"], r["precision"], str(r["batch"]), _f(r["throughput_fps"], 4), _f(lat["p50_ms"], 1),
             _f(lat["p95_ms"], 1), _f(lat["p99_ms"], 1), _f(r.get("speedup_vs_baseline"), 2),
@@ -178,11 +189,13 @@ def _pipeline_cells(p: dict[str, Any]) -> list[str]:
     stages = ", ".join(f"{k[:-3]} {_f(v, 1)}" for k, v in st.items()) or "-"
     return [p["backend"], p["precision"], str(p["batch"]), _f(p.get("throughput_fps"), 4),
             _f(p.get("compute_throughput_fps"), 4), _f(p.get("ratio_vs_compute"), 3),
+            _f(p.get("ratio_vs_infer_stage"), 3),
             _f((p.get("latency_ms") or {}).get("p50_ms"), 1), stages,
             p.get("status", "?") + (f": {p['reason']}" if p.get("reason") else "")]
 
 
 _PIPE_COLUMNS = ("backend", "precision", "batch", "pipeline frames/s", "compute tiles/s", "ratio",
+                 "ratio vs infer stage",
                  "latency p50 ms", "median per-frame stage ms", "status")
 
 
@@ -242,8 +255,9 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 def to_markdown(report: dict[str, Any], title: str = "deepis-rt bench") -> str:
     """The report as Markdown (context, one table per model, GPU split, pipeline, targets)."""
     lines = [f"# {title}", ""] + [f"- {line}" for line in _context_lines(report)]
-    if report.get("command"):
-        lines.append(f"- command: `{report['command']}`")
+    for command in report.get("commands") or [report.get("command")]:
+        if command:
+            lines.append(f"- command: `{command}`")
     lines += ["", "Columns: tiles/s = throughput (one tile = one frame of the model's tile size); latency "
               "percentiles per call (one batch); speed-up vs the baseline at the same batch; TFLOP/s = FLOPs "
               "per tile x tiles/s; of peak = that over the matrix-product peak of the same device and "
@@ -251,6 +265,10 @@ def to_markdown(report: dict[str, Any], title: str = "deepis-rt bench") -> str:
               "vs the baseline's output on a synthetic conjugate (masks: distance beyond +-half the voxel pitch)."]
     for mr in report["models"]:
         lines += ["", f"## {mr['model']['name']}", "", _model_line(mr), ""]
+        if mr.get("settings"):  # a merged report: this model's own run
+            st, la = mr["settings"], mr.get("load_average") or {}
+            lines += [f"Run: {mr.get('date_utc')}; {st['frames']} tiles timed per row after {st['warmup_calls']} "
+                      f"warm-up call(s); load average before {la.get('before')}, after {la.get('after')}.", ""]
         lines += _md_table(_COLUMNS, [_cells(r) for r in mr["rows"]])
         split = _gpu_split_rows(mr)
         if split:
@@ -259,7 +277,10 @@ def to_markdown(report: dict[str, Any], title: str = "deepis-rt bench") -> str:
         if mr["pipeline"]:
             lines += ["", "Whole pipeline: frames from OME-TIFF files on disk through `deepis_rt.stream.Stream` "
                       "(read, pre-process, infer, post-process, analyse, track, write masks and tables); "
-                      "stage times are per-frame medians from its frames.csv.", ""]
+                      "stage times are per-frame medians from its frames.csv. ratio = pipeline frames/s over the "
+                      "compute-only tiles/s at the same batch (measured minutes apart, so a change of machine "
+                      "load moves it); ratio vs infer stage = pipeline frames/s x the median infer ms per frame "
+                      "of the same run.", ""]
             lines += _md_table(_PIPE_COLUMNS, [_pipeline_cells(p) for p in mr["pipeline"]])
         if mr["targets"]:
             lines += ["", "Targets (measured figures, not pass/fail tests):", ""]
@@ -299,4 +320,5 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         merged["elapsed_s"] = (merged.get("elapsed_s") or 0) + (extra.get("elapsed_s") or 0)
         merged["load_average_after"] = extra.get("load_average_after")
     merged["merged_from"] = len(reports)
+    merged["commands"] = [r.get("command") for r in reports]
     return merged

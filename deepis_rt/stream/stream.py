@@ -20,6 +20,7 @@ finished and written before the iteration ends.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -607,7 +608,7 @@ class Stream:
                                "max": lat.max_ms, "n": lat.n},
             },
             "synapses": [{"synapse_id": i + 1, **s.to_dict()} for i, s in enumerate(self.tracker.summary())],
-            "events": [getattr(e, "to_dict", lambda e=e: repr(e))() for e in self._events[-200:]],
+            "events": [dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in self._events[-200:]],
         }
 
     def _refresh(self, final: bool) -> None:

@@ -51,7 +51,7 @@ def test_finish_model_derives_speedup_peak_fraction_and_targets():
             {"backend": "tensorrt", "precision": "fp16", "device": "cuda:0", "batch": 1, "status": "skipped",
              "reason": "no CUDA GPU"}]
     pipes = [{"backend": "onnxruntime-cpu", "precision": "fp32", "batch": 2, "status": "ok", "throughput_fps": 1.2,
-              "latency_ms": lat, "stages_ms": {"read_ms": 1.0}}]
+              "latency_ms": lat, "stages_ms": {"read_ms": 1.0, "infer_ms": 500.0}}]
     peaks = [{"device": "cpu", "precision": "fp32", "tflops": 4.0, "size": 2048}]
     mr = rp.finish_model(model, rows, pipes, peaks)
     assert mr["baseline"] == "torch-cpu fp32"
@@ -60,6 +60,7 @@ def test_finish_model_derives_speedup_peak_fraction_and_targets():
     assert rows[1]["achieved_tflops"] == pytest.approx(2.0)  # 2 TFLOP/tile x 1 tile/s
     assert rows[1]["fraction_of_peak"] == pytest.approx(0.5)
     assert pipes[0]["ratio_vs_compute"] == pytest.approx(0.8)
+    assert pipes[0]["ratio_vs_infer_stage"] == pytest.approx(0.6)  # 1.2 frames/s x 0.5 s per frame
     targets = {t["name"]: t for t in mr["targets"]}
     ort = targets["ONNX Runtime CPU vs PyTorch eager FP32 (CPU)"]
     assert ort["measured"] == pytest.approx(3.0) and ort["met"] is True
@@ -104,3 +105,14 @@ def test_a_failing_backend_is_a_row_not_a_crash(tmp_path, monkeypatch, tiny_over
     back = json.loads(path.read_text())
     assert back["models"][0]["rows"][0]["latency_ms"]["p50_ms"] > 0
     assert not any(isinstance(v, float) and math.isnan(v) for v in back["load_average_before"] or [])
+
+
+def test_merge_reports_concatenates_models_and_keeps_commands():
+    a = {"models": [{"model": {"name": "a"}}], "peaks": [{"device": "cpu", "tflops": 1.0}], "command": "x",
+         "elapsed_s": 1.0, "load_average_after": [1.0]}
+    b = {"models": [{"model": {"name": "b"}}], "peaks": [{"device": "cpu", "tflops": 2.0}], "command": "y",
+         "elapsed_s": 2.0, "load_average_after": [2.0]}
+    m = rp.merge_reports([a, b])
+    assert [x["model"]["name"] for x in m["models"]] == ["a", "b"]
+    assert m["commands"] == ["x", "y"] and m["elapsed_s"] == 3.0 and m["load_average_after"] == [2.0]
+    assert len(m["peaks"]) == 2 and a["models"] == [{"model": {"name": "a"}}]  # inputs untouched

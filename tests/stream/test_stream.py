@@ -91,6 +91,12 @@ def test_end_to_end_frames_written_while_streaming(tmp_path, contact_series):
         assert "PhysicalSizeZ=\"0.5\"" in tif.ome_metadata
         labels = tif.asarray()
     assert labels.shape == SHAPE and set(np.unique(labels)) <= {0, 1, 2, 3}
+    # deepis-rt info describes the results folder
+    from deepis_rt.info import describe
+
+    desc = describe(out)
+    assert desc["kind"] == "results" and desc["frames_ok"] == len(volumes)
+    assert desc["synapse_rows"] == len(syn) and len(desc["synapses"]) == 1
 
 
 def _bad_inputs(cam: Path) -> dict[str, str]:
