@@ -49,7 +49,7 @@ def import_optional(name: str, purpose: str | None = None) -> ModuleType:
     except ImportError as exc:
         top = name.split(".")[0]
         extra, default_purpose = _EXTRAS.get(top, (None, None))
-        what = purpose or default_purpose or f"this feature"
+        what = purpose or default_purpose or "this feature"
         hint = (
             f"pip install 'deepis-rt[{extra}]'" if extra else f"pip install {top}"
         )

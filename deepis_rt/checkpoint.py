@@ -22,22 +22,22 @@ Layout (format version 1)::
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from deepis_rt.errors import CheckpointError, ConfigError, UnsafeCheckpointError
-from deepis_rt.model import DeepIS, ModelConfig, PRESETS, TILE_ZYX
+from deepis_rt.model import PRESETS, TILE_ZYX, DeepIS, ModelConfig
 
 __all__ = [
     "Checkpoint",

@@ -6,8 +6,9 @@ theirs with :func:`register` (ONNX files, export folders, engines, result folder
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from deepis_rt.errors import InputError
 

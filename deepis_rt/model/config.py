@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from deepis_rt.errors import ConfigError
 
@@ -92,7 +93,7 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Build from a mapping; unknown keys raise :class:`ConfigError`."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"model config: expected a mapping, got {type(data).__name__}")
@@ -107,7 +108,7 @@ class ModelConfig:
         except TypeError as exc:
             raise ConfigError(f"model config: {exc}") from exc
 
-    def replace(self, **overrides: Any) -> "ModelConfig":
+    def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with some fields changed (validated; unknown names rejected)."""
         merged = self.to_dict()
         merged.update(overrides)

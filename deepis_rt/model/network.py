@@ -134,7 +134,7 @@ class DeepIS(nn.Module):
             levels.append(nn.Sequential(*blocks))
         self.encoder = nn.ModuleList(levels)
         self.skips = nn.ModuleList(
-            GCN(ch, config.skip_width, k) for ch, k in zip(w, config.gcn_kernels)
+            GCN(ch, config.skip_width, k) for ch, k in zip(w, config.gcn_kernels, strict=True)
         )
         self.refine = nn.ModuleList(Refine(config.skip_width) for _ in w)
         self.head = nn.Conv3d(config.skip_width, config.out_channels, 1)

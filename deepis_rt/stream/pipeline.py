@@ -13,9 +13,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = ["FrameTask", "Stage", "StageThread", "BatchStageThread", "STOP"]
 

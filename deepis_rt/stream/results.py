@@ -27,8 +27,9 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["FRAME_COLUMNS", "STAGES", "CsvTable", "ResultsFolder", "atomic_write_bytes", "atomic_write_json"]
 

@@ -25,14 +25,16 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from deepis_rt.stream.pipeline import STOP, BatchStageThread, FrameTask, Stage, StageThread, run_callbacks
+from deepis_rt.stream.pipeline import STOP, BatchStageThread, FrameTask, StageThread, run_callbacks
 from deepis_rt.stream.results import STAGES, ResultsFolder
+from deepis_rt.stream.stages import AnalyseStage, InferStage, PreprocessStage
 from deepis_rt.stream.watch import FolderWatcher
 
 __all__ = ["Stream", "StreamSettings"]
@@ -86,52 +88,6 @@ class StreamSettings:
             self.voxel_size_um = tuple(float(v) for v in self.voxel_size_um)  # type: ignore[assignment]
             if len(self.voxel_size_um) != 3 or min(self.voxel_size_um) <= 0:
                 raise ConfigError(f"stream: voxel_size_um must be 3 positive numbers, got {self.voxel_size_um}")
-
-
-# --------------------------------------------------------------------------------------------
-# stages
-# --------------------------------------------------------------------------------------------
-
-
-class PreprocessStage(Stage):
-    name = "preprocess"
-
-    def __init__(self, segmenter: Any) -> None:
-        self.segmenter = segmenter
-
-    def process(self, task: FrameTask) -> FrameTask:
-        task.prepared = self.segmenter.preprocess(task.volume, task.voxel_size_um)
-        return task
-
-
-class InferStage(Stage):
-    name = "infer"
-
-    def __init__(self, segmenter: Any) -> None:
-        self.segmenter = segmenter
-
-    def process_batch(self, tasks: Sequence[FrameTask]) -> None:
-        outputs = self.segmenter.infer_prepared([t.prepared for t in tasks])
-        for task, out in zip(tasks, outputs):
-            task.output = out
-
-
-class AnalyseStage(Stage):
-    name = "analyze"
-
-    def __init__(self, segmenter: Any, medium_ri: float | None) -> None:
-        self.segmenter = segmenter
-        self.medium_ri = medium_ri
-
-    def process(self, task: FrameTask) -> FrameTask:
-        t0 = time.perf_counter()
-        result = self.segmenter.postprocess(task.prepared, task.output)
-        task.timings_ms["postprocess"] = (time.perf_counter() - t0) * 1e3
-        task.prepared = task.output = None  # free memory early
-        medium = task.medium_ri or self.medium_ri
-        result = self.segmenter.analyze_result(result, task.volume, medium_ri=medium)
-        task.result = result
-        return task
 
 
 def _warm_imports() -> None:
@@ -213,7 +169,7 @@ class Stream:
         self._previous_summary: dict[str, Any] = {}
 
     # -- public API -----------------------------------------------------------------------------
-    def start(self) -> "Stream":
+    def start(self) -> Stream:
         """Open the results folder (continuing an earlier run there) and start the threads."""
         if self._started:
             return self
@@ -317,7 +273,7 @@ class Stream:
         if self._watcher is not None:
             self._watcher.close()
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -534,53 +490,10 @@ class Stream:
             return {}
 
     def _replay(self, committed: list[dict[str, str]]) -> None:
-        """Rebuild the tracker from the tables of an earlier run (restart).
-
-        The tracker is deterministic, so feeding it the committed frames' cells again
-        re-issues the same track ids; callbacks are not called for these old frames.
-        """
-        from deepis_rt.analysis import Cell, FrameAnalysis, Synapse
+        from deepis_rt.stream.replay import replay_tracker
 
         assert self.results is not None
-        cells_by_frame: dict[int, list[dict[str, str]]] = {}
-        for row in self.results.cell_rows:
-            cells_by_frame.setdefault(int(row["frame"]), []).append(row)
-        syn_by_frame: dict[int, list[dict[str, str]]] = {}
-        for row in self.results.synapse_rows:
-            syn_by_frame.setdefault(int(row["frame"]), []).append(row)
-
-        def num(value: str) -> float:
-            return float(value) if value not in ("", None) else float("nan")
-
-        on_event, self.tracker.on_event = self.tracker.on_event, None
-        try:
-            for frame_row in sorted(committed, key=lambda r: int(r["frame"])):
-                if frame_row["status"] != "ok":
-                    continue
-                frame = int(frame_row["frame"])
-                cells = [
-                    Cell(cell_id=int(r["cell_id"]), kind=r["kind"], volume_um3=num(r["volume_um3"]),
-                         surface_um2=num(r["surface_um2"]), mean_ri=num(r["mean_ri"]),
-                         dry_mass_pg=num(r["dry_mass_pg"]), z_um=num(r["z_um"]), y_um=num(r["y_um"]),
-                         x_um=num(r["x_um"]))
-                    for r in cells_by_frame.get(frame, [])
-                ]
-                cell_of_track = {(r["kind"], r["track_id"]): int(r["cell_id"]) for r in cells_by_frame.get(frame, [])}
-                synapses = []
-                for r in syn_by_frame.get(frame, []):
-                    tcell = cell_of_track.get(("tcell", r["tcell_track"]))
-                    target = cell_of_track.get(("target", r["target_track"]))
-                    if tcell is None or target is None:
-                        continue
-                    synapses.append(Synapse(
-                        synapse_id=int(r["synapse_id"]), tcell_id=tcell, target_id=target,
-                        is_area_um2=num(r["is_area_um2"]), is_mean_ri=num(r["is_mean_ri"]),
-                        is_dry_mass_pg=num(r["is_dry_mass_pg"]), is_density_fg_um2=num(r["is_density_fg_um2"])))
-                analysis = FrameAnalysis(labels=np.zeros((0, 0, 0), np.uint8), cell_labels=np.zeros((0, 0, 0), np.int32),
-                                         cells=cells, synapses=synapses)
-                self.tracker.update(analysis, num(frame_row["time_s"]))
-        finally:
-            self.tracker.on_event = on_event
+        replay_tracker(self.tracker, committed, self.results.cell_rows, self.results.synapse_rows)
 
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""

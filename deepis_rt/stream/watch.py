@@ -124,7 +124,7 @@ class FolderWatcher:
         if self._wakeup is not None:
             self._wakeup.stop()
 
-    def __enter__(self) -> "FolderWatcher":
+    def __enter__(self) -> FolderWatcher:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -58,7 +58,7 @@ def conjugate_distance(contact_radius_um: float, shift_um: float = 0.0) -> np.nd
     zc, yc = SHAPE[0] * VOXEL[0] / 2, SHAPE[1] * VOXEL[1] / 2
     x1 = 4.0 + shift_um
     c1, c2 = np.array([zc, yc, x1]), np.array([zc, yc, x1 + sep])
-    axes = [np.arange(n) * h for n, h in zip(SHAPE, VOXEL)]
+    axes = [np.arange(n) * h for n, h in zip(SHAPE, VOXEL, strict=True)]
     p = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
     plane = (sep**2 + r1**2 - r2**2) / (2 * sep)
     s = (p - c1)[..., 2] - plane

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHAPE, VOXEL, conjugate_distance, make_segmenter
 
 from deepis_rt.io import write_tomogram
 from deepis_rt.stream import Stream
-
-from conftest import SHAPE, VOXEL, conjugate_distance, make_segmenter
 
 
 def _rows(path):
@@ -186,7 +185,7 @@ def test_multi_time_point_tcf(tmp_path):
     with h5py.File(cam / "movie.tcf", "w") as f:
         f.attrs["FormatVersion"] = "1.4"
         grp = f.create_group("Data").create_group("3D")
-        for ax, v in zip("ZYX", VOXEL):
+        for ax, v in zip("ZYX", VOXEL, strict=True):
             grp.attrs[f"Resolution{ax}"] = v
         grp.attrs["TimeInterval"] = 4.0
         for i, r in enumerate(radii):
