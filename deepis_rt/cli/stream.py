@@ -101,7 +101,7 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 
 
 @click.command()
-@click.option("--source", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Camera folder to watch.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               show_default=True, help="Results folder (an earlier run there is continued).")

@@ -1,0 +1,46 @@
+import json
+
+import torch
+from click.testing import CliRunner
+
+from deepis_rt.checkpoint import save_checkpoint
+from deepis_rt.cli import main
+from deepis_rt.io import write_tomogram
+from deepis_rt.model import build_model
+
+from conftest import VOXEL, conjugate_distance
+
+
+def _setup(tmp_path, tiny_overrides):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model("deepis-lite", **tiny_overrides),
+                           meta={"voxel_size_um": list(VOXEL), "tile_zyx": [32, 64, 64]})
+    cam = tmp_path / "cam"
+    for i in range(2):
+        write_tomogram(cam / f"frame_{i}.npy", 1.337 + 0.01 * (conjugate_distance(2.5) > 0), VOXEL, fmt="npy")
+    (cam / "frame_2.npy").write_text("garbage")
+    return ckpt, cam
+
+
+def test_stream_cli_jsonl_and_summary(tmp_path, tiny_overrides):
+    ckpt, cam = _setup(tmp_path, tiny_overrides)
+    out = tmp_path / "out"
+    args = ["stream", "--source", str(cam), "--out", str(out), "--model", str(ckpt), "--backend", "torch",
+            "--once", "--settle", "0"]
+    res = CliRunner().invoke(main, [*args, "--jsonl"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert [x["source"] for x in lines] == ["frame_0.npy", "frame_1.npy", "frame_2.npy"]
+    assert [x["status"] for x in lines] == ["ok", "ok", "failed"]
+    assert lines[2]["error"]
+    # a second run on the same --out has nothing left to do, and says so in its summary
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "0 ok, 0 failed this run (2 ok / 1 failed in total)" in res.output
+    assert "results:" in res.output
+
+
+def test_stream_cli_missing_source_is_one_line(tmp_path):
+    res = CliRunner().invoke(main, ["stream", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "does not exist" in res.output and "Traceback" not in res.output
