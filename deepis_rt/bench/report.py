@@ -132,7 +132,10 @@ def _f(value: Any, digits: int = 3) -> str:
             return str(value)
         if value != 0 and (abs(value) < 10 ** -digits or abs(value) >= 1e5):
             return f"{value:.2e}"
-        return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+        if abs(value) < 1:
+            return f"{value:.{digits}g}"
+        text = f"{value:.{digits}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
     return str(value)
 
 
@@ -170,7 +173,9 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
         "libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items() if k != "onnxruntime_providers")
         + (f"; ORT providers: {libs['onnxruntime_providers']}" if libs.get("onnxruntime_providers") else ""),
         f"matrix-product peak (measured in this run): {peaks}",
-        f"settings: batches {s['batches']}, {s['frames']} tiles timed per row after {s['warmup_calls']} warm-up "
+        ("settings of the first merged run (each model's own are in its Run line): " if report.get("merged_from")
+         else "settings: ")
+        + f"batches {s['batches']}, {s['frames']} tiles timed per row after {s['warmup_calls']} warm-up "
         f"call(s), CPU threads {s['cpu_threads']}, pipeline "
         + (f"on ({s.get('pipeline_frames') or s['frames']} frames)" if s["pipeline"] else "off"),
         f"load average (1/5/15 min) before {report.get('load_average_before')}, after "
@@ -267,8 +272,9 @@ def to_markdown(report: dict[str, Any], title: str = "deepis-rt bench") -> str:
         lines += ["", f"## {mr['model']['name']}", "", _model_line(mr), ""]
         if mr.get("settings"):  # a merged report: this model's own run
             st, la = mr["settings"], mr.get("load_average") or {}
+            pipe = f"; pipeline {st.get('pipeline_frames') or st['frames']} frames" if st.get("pipeline") else ""
             lines += [f"Run: {mr.get('date_utc')}; {st['frames']} tiles timed per row after {st['warmup_calls']} "
-                      f"warm-up call(s); load average before {la.get('before')}, after {la.get('after')}.", ""]
+                      f"warm-up call(s){pipe}; load average before {la.get('before')}, after {la.get('after')}.", ""]
         lines += _md_table(_COLUMNS, [_cells(r) for r in mr["rows"]])
         split = _gpu_split_rows(mr)
         if split:
@@ -317,7 +323,7 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for extra in reports[1:]:
         merged["models"] += extra["models"]
         merged["peaks"] += [p for p in extra["peaks"] if p not in merged["peaks"]]
-        merged["elapsed_s"] = (merged.get("elapsed_s") or 0) + (extra.get("elapsed_s") or 0)
+        merged["elapsed_s"] = round((merged.get("elapsed_s") or 0) + (extra.get("elapsed_s") or 0), 1)
         merged["load_average_after"] = extra.get("load_average_after")
     merged["merged_from"] = len(reports)
     merged["commands"] = [r.get("command") for r in reports]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -40,12 +41,15 @@ def _command_line() -> str | None:
     """The ``deepis-rt ...`` command that made this report (None when called from Python)."""
     prog = Path(sys.argv[0]).name if sys.argv else ""
     if prog.startswith("deepis") or prog == "__main__.py":
-        return "deepis-rt " + " ".join(sys.argv[1:])
+        return "deepis-rt " + shlex.join(sys.argv[1:])
     return None
 
 
-def measure_peaks(variants: Sequence[Variant], quick: bool = False) -> list[dict[str, Any]]:
-    """Matrix-product peaks for the (device, precision) pairs the variants use."""
+def measure_peaks(variants: Sequence[Variant], quick: bool = False, threads: int | None = None) -> list[dict[str, Any]]:
+    """Matrix-product peaks for the (device, precision) pairs the variants use.
+
+    The CPU product runs on ``threads`` threads, as the CPU backends do.
+    """
     import torch
 
     from deepis_rt.bench.peak import matmul_peak
@@ -58,22 +62,26 @@ def measure_peaks(variants: Sequence[Variant], quick: bool = False) -> list[dict
     peaks = []
     for device, precision in wanted:
         dtype = torch.float16 if precision == "fp16" else torch.float32
-        size = (512 if device == "cpu" else 4096) if quick else None
+        size = (1024 if device == "cpu" else 4096) if quick else None
         # "fp32" convolutions on a GPU run in TF32 when cuDNN allows it (PyTorch's default): the FP32
         # product is measured with the same math, so the fraction compares like with like
         tf32 = device == "cuda" and precision == "fp32" and bool(torch.backends.cudnn.allow_tf32)
-        old_tf32 = torch.backends.cuda.matmul.allow_tf32
+        old_tf32, old_threads = torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads()
         try:
             torch.backends.cuda.matmul.allow_tf32 = tf32 or old_tf32
+            if device == "cpu" and threads:
+                torch.set_num_threads(int(threads))
             res = matmul_peak(device, dtype, size=size, min_seconds=0.2 if quick else 0.5)
             peaks.append({"device": device, "precision": precision, "tflops": res.tflops, "size": res.size,
                           "seconds_per_product": res.seconds, "math": "tf32" if tf32 else precision,
+                          "threads": torch.get_num_threads() if device == "cpu" else None,
                           "status": "ok"})
         except Exception as exc:  # a probe must not end the run
             peaks.append({"device": device, "precision": precision, "tflops": None, "status": "failed",
                           "reason": _reason(exc)})
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old_tf32
+            torch.set_num_threads(old_threads)
         log.info("bench | %s %s matrix-product peak: %s TFLOP/s", device, precision, peaks[-1]["tflops"])
     return peaks
 
@@ -217,7 +225,7 @@ def run_benchmark(
         "models": [],
     }
     say("measuring the matrix-product peak")
-    report["peaks"] = measure_peaks(variants, quick=quick)
+    report["peaks"] = measure_peaks(variants, quick=quick, threads=threads)
     torch_threads = torch.get_num_threads()
     try:
         for model in models:

@@ -96,7 +96,13 @@ def bench(model_paths: tuple[Path, ...], presets: tuple[str, ...], backends: lis
     models = [resolve_model(preset=p, tile_zyx=tile, seed=seed, cache_dir=cache_dir) for p in presets]
     models += [resolve_model(model_path=p, tile_zyx=tile, cache_dir=cache_dir) for p in model_paths]
     if not models:
-        models = [resolve_model(tile_zyx=tile, cache_dir=cache_dir)]
+        from deepis_rt.errors import CheckpointError
+
+        try:
+            models = [resolve_model(tile_zyx=tile, cache_dir=cache_dir)]
+        except CheckpointError as exc:
+            log.warning("bench | %s; benchmarking --preset deepis-lite (random weights) instead", exc)
+            models = [resolve_model(preset="deepis-lite", tile_zyx=tile, seed=seed, cache_dir=cache_dir)]
     report = run_benchmark(models, names, precisions, batches=batches, frames=frames, warmup=warmup,
                            pipeline=pipeline, pipeline_frames=pipeline_frames, threads=threads, engines_dir=engines_dir, quick=quick,
                            progress=lambda msg: log.info("bench | %s", msg))

@@ -107,6 +107,11 @@ def test_a_failing_backend_is_a_row_not_a_crash(tmp_path, monkeypatch, tiny_over
     assert not any(isinstance(v, float) and math.isnan(v) for v in back["load_average_before"] or [])
 
 
+def test_number_formatting_keeps_integer_zeros():
+    assert rp._f(2229.6, 0) == "2230" and rp._f(100.0, 1) == "100" and rp._f(12.50, 2) == "12.5"
+    assert rp._f(None) == "-" and rp._f(0.000012, 3) == "1.20e-05"
+
+
 def test_merge_reports_concatenates_models_and_keeps_commands():
     a = {"models": [{"model": {"name": "a"}}], "peaks": [{"device": "cpu", "tflops": 1.0}], "command": "x",
          "elapsed_s": 1.0, "load_average_after": [1.0]}
