@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FrameTask", "Stage", "StageThread", "BatchStageThread", "STOP"]
+__all__ = ["FrameTask", "Stage", "StageThread", "BatchStageThread", "STOP", "mark_failed", "run_callbacks"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Stage:
         pass
 
 
-def _fail(task: FrameTask, stage: str, exc: BaseException) -> None:
+def mark_failed(task: FrameTask, stage: str, exc: BaseException) -> None:
     from deepis_rt.errors import DeepisError
 
     if isinstance(exc, DeepisError):
@@ -109,7 +109,7 @@ class StageThread(threading.Thread):
         try:
             task = self.stage.process(task)
         except Exception as exc:
-            _fail(task, self.stage.name, exc)
+            mark_failed(task, self.stage.name, exc)
         task.timings_ms[self.stage.name] = task.timings_ms.get(self.stage.name, 0.0) + (
             time.perf_counter() - t0
         ) * 1e3
@@ -132,7 +132,7 @@ class StageThread(threading.Thread):
                 if item is STOP:
                     break
                 if isinstance(item, FrameTask):
-                    _fail(item, self.stage.name, exc)
+                    mark_failed(item, self.stage.name, exc)
                     self._put(item)
         finally:
             try:
@@ -180,7 +180,7 @@ class BatchStageThread(StageThread):
                 if item is STOP:
                     break
                 if isinstance(item, FrameTask):
-                    _fail(item, self.stage.name, exc)
+                    mark_failed(item, self.stage.name, exc)
                     self._put(item)
         finally:
             try:
@@ -201,7 +201,7 @@ class BatchStageThread(StageThread):
                     try:
                         self.stage.process_batch([task])  # type: ignore[attr-defined]
                     except Exception as exc:
-                        _fail(task, self.stage.name, exc)
+                        mark_failed(task, self.stage.name, exc)
             per_frame = (time.perf_counter() - t0) * 1e3 / len(good)
             for task in good:
                 task.timings_ms[self.stage.name] = task.timings_ms.get(self.stage.name, 0.0) + per_frame

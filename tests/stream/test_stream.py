@@ -150,7 +150,9 @@ def test_bad_input_never_stops_the_stream(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dio, "iter_tomograms", flaky)
     summary = Stream(cam, out, make_segmenter(), once=True, settle_s=0.0, use_events=False).run()
-    frames = {r["source"]: r for r in _rows(out / "frames.csv")}
+    rows = _rows(out / "frames.csv")
+    assert [int(r["frame"]) for r in rows] == list(range(len(rows)))  # no gaps, no duplicates
+    frames = {r["source"]: r for r in rows}
     assert frames["frame_0000.npy"]["status"] == "ok"
     assert frames["frame_0007.npy"]["status"] == "ok"
     for name, words in expected.items():
