@@ -44,3 +44,22 @@ def test_stream_cli_missing_source_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["stream", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "does not exist" in res.output and "Traceback" not in res.output
+
+
+def test_demo_runs_end_to_end_and_protects_foreign_folders(tmp_path, tiny_overrides):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model("deepis-lite", **tiny_overrides))
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--frames", "2", "--pace", "0.2", "--model", str(ckpt), "--backend", "torch"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "frames: 2 ok, 0 failed" in res.output and "demo finished" in res.output
+    assert len((out / "frames.csv").read_text().splitlines()) == 3
+    assert (out / "summary.json").is_file()
+    # a second demo replaces its own results; a folder it did not make is left alone
+    assert CliRunner().invoke(main, args).exit_code == 0
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("precious")
+    res = CliRunner().invoke(main, [*args[:1], "--out", str(foreign), *args[3:]])
+    assert res.exit_code == 2 and (foreign / "data.txt").read_text() == "precious"
