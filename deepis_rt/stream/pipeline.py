@@ -115,19 +115,24 @@ class StageThread(threading.Thread):
         ) * 1e3
         return task
 
+    def _loop(self) -> None:
+        while True:
+            item = self.inbox.get()
+            if item is STOP:
+                self._got_stop = True
+                return
+            self._put(self._run_one(item))
+
     def run(self) -> None:
+        self._got_stop = False
         try:
             self.stage.open()
-            while True:
-                item = self.inbox.get()
-                if item is STOP:
-                    break
-                self._put(self._run_one(item))
+            self._loop()
         except BaseException as exc:  # a broken stage must not hang the pipeline
             self.fatal = exc
             log.error("stage %s stopped: %s", self.stage.name, exc, exc_info=True)
             # drain so that producers never block forever, and fail what is left
-            while True:
+            while not self._got_stop:
                 item = self.inbox.get()
                 if item is STOP:
                     break
@@ -152,41 +157,26 @@ class BatchStageThread(StageThread):
         super().__init__(stage, inbox, outbox)
         self.max_batch = max(1, int(max_batch))
 
-    def run(self) -> None:
-        stop = False
-        try:
-            self.stage.open()
-            while not stop:
-                item = self.inbox.get()
-                if item is STOP:
+    def _loop(self) -> None:
+        while True:
+            item = self.inbox.get()
+            if item is STOP:
+                self._got_stop = True
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self.inbox.get_nowait()
+                except queue.Empty:
                     break
-                batch = [item]
-                while len(batch) < self.max_batch:
-                    try:
-                        nxt = self.inbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is STOP:
-                        stop = True
-                        break
-                    batch.append(nxt)
-                for task in self._run_batch(batch):
-                    self._put(task)
-        except BaseException as exc:
-            self.fatal = exc
-            log.error("stage %s stopped: %s", self.stage.name, exc, exc_info=True)
-            while not stop:
-                item = self.inbox.get()
-                if item is STOP:
+                if nxt is STOP:
+                    self._got_stop = True
                     break
-                if isinstance(item, FrameTask):
-                    mark_failed(item, self.stage.name, exc)
-                    self._put(item)
-        finally:
-            try:
-                self.stage.close()
-            finally:
-                self._put(STOP)
+                batch.append(nxt)
+            for task in self._run_batch(batch):
+                self._put(task)
+            if self._got_stop:
+                return
 
     def _run_batch(self, batch: Sequence[FrameTask]) -> Sequence[FrameTask]:
         good = [t for t in batch if t.ok]
