@@ -7,8 +7,10 @@ overlap of both masks, each dilated by 2 voxels.
 
 IS area: the area of the interface surface between the two masks inside the IS region:
 the zero level set of ``dist_to_cart - dist_to_target`` (the surface half-way between
-the masks) triangulated by marching cubes at the anisotropic voxel size, keeping the
-triangles that lie in the IS region.
+the masks, smoothed by 1 voxel) triangulated by marching cubes at the anisotropic voxel
+size, keeping the triangles that lie in the IS region where both masks are within one
+coarsest voxel pitch (so a one-voxel gap left by the thresholds still counts as contact,
+the opening rim of the contact does not).
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ def is_area_from_masks(cart: np.ndarray, target: np.ndarray, voxel_size_um: Sequ
     tri = verts[faces]
     centroid = tri.mean(axis=1) / np.asarray(vs)
     idx = np.clip(np.rint(centroid).astype(int), 0, np.asarray(r.shape) - 1)
-    gap = min(vs) if max_gap_um is None else float(max_gap_um)
+    # a one-voxel background gap between the masks (the +-half-pitch thresholds leave one where the
+    # distance crosses zero) still counts as contact; wider gaps (the rim of the contact) do not
+    gap = max(vs) if max_gap_um is None else float(max_gap_um)
     i0, i1, i2 = idx[:, 0], idx[:, 1], idx[:, 2]
     # only where the cells (nearly) touch: not the rim, where the dilated masks overlap across a gap
     keep = r[i0, i1, i2] & (np.maximum(dc[i0, i1, i2], dt[i0, i1, i2]) <= gap)

@@ -17,8 +17,8 @@ def test_bundled_checkpoint_is_shipped_and_small():
     assert ck.preset == "deepis-lite"
     assert ck.meta["voxel_size_um"] == [0.5, 0.25, 0.25]
     assert ck.meta["tile_zyx"] == [64, 128, 128]
-    assert ck.meta["training"]["command"].startswith("deepis-rt train --synthetic")
-    assert "heldout" in ck.meta["metrics"] or "validation" in ck.meta["metrics"]
+    assert "train --synthetic" in ck.meta["training"]["command"]
+    assert ck.meta["metrics"]["heldout"]["dice_cart_mean"] >= 0.9
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["sha256"] == ck.sha256
 

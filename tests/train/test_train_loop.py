@@ -48,7 +48,7 @@ def test_metrics_on_two_touching_boxes():
     area = is_area_from_masks(cart, target, VS)
     assert area == pytest.approx(25.0, rel=0.15)
     apart = d.copy()
-    apart[:, :, 19:22] = 0.0
+    apart[:, :, 17:23] = 0.0  # 1.5 um apart
     assert is_area_from_masks(*masks_from_distance(apart, VS), VS) == 0.0
 
 
