@@ -156,6 +156,10 @@ def _jsonable(value: Any) -> Any:
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, np.generic):
         return value.item()
+    # subclasses (e.g. torch.__version__, enum members) would not survive weights_only loading
+    for plain in (bool, int, float, str):
+        if isinstance(value, plain) and type(value) is not plain:
+            return plain(value)
     return value
 
 

@@ -152,3 +152,8 @@ def test_meta_must_be_plain(tmp_path, tiny_model):
     with pytest.raises(CheckpointError, match="not a plain value"):
         save_checkpoint(tmp_path / "c.pt", tiny_model, meta={"bad": object()})
     assert not os.path.exists(tmp_path / "c.pt")
+
+
+def test_meta_with_str_subclass_round_trips(tmp_path, tiny_model):
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model, meta={"training": {"torch": torch.__version__}})
+    assert load_checkpoint(path).meta["training"]["torch"] == str(torch.__version__)
