@@ -91,23 +91,12 @@ class FrameResult:
 
 
 def labels_from_distance(distance: np.ndarray, voxel_size_um: Sequence[float], dilation_voxels: int = 2) -> np.ndarray:
-    """The paper's labels from a signed distance map (used when :mod:`deepis_rt.analysis` is absent).
+    """The paper's labels from a signed distance map, without the rest of the analysis.
 
-    CAR-T = distance > half the voxel pitch, target = distance < minus half the pitch (the pitch is
-    the finest voxel size), IS = overlap of both masks each dilated by ``dilation_voxels`` voxels
-    (a 6-connected structuring element, iterated).
+    CAR-T = distance > half the voxel pitch, target = distance < minus half the pitch, IS = overlap of
+    both masks each dilated by ``dilation_voxels`` voxels (:mod:`deepis_rt.analysis.masks`).
     """
-    from scipy import ndimage
+    from deepis_rt.analysis.masks import cell_masks, default_threshold_um, label_volume
 
-    half_pitch = 0.5 * float(min(voxel_size_um))
-    tcell = distance > half_pitch
-    target = distance < -half_pitch
-    labels = np.zeros(distance.shape, np.uint8)
-    labels[tcell] = LABEL_TCELL
-    labels[target] = LABEL_TARGET
-    if tcell.any() and target.any():
-        structure = ndimage.generate_binary_structure(3, 1)
-        synapse = ndimage.binary_dilation(tcell, structure, iterations=dilation_voxels)
-        synapse &= ndimage.binary_dilation(target, structure, iterations=dilation_voxels)
-        labels[synapse] = LABEL_SYNAPSE
-    return labels
+    tcell, target = cell_masks(distance, default_threshold_um(voxel_size_um))
+    return label_volume(tcell, target, dilation_voxels)

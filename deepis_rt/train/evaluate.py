@@ -21,32 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.runtime.result import labels_from_distance
 from deepis_rt.train.data import HELDOUT_SEED_BASE
 from deepis_rt.train.loop import predict_distance
-from deepis_rt.train.metrics import frame_metrics, masks_from_distance, summarize
+from deepis_rt.train.metrics import frame_metrics, summarize
 
-__all__ = ["evaluate_checkpoint", "labels_from_distance", "draw_figure", "write_bundle", "HELDOUT_FRAMES"]
+__all__ = ["evaluate_checkpoint", "draw_figure", "write_bundle", "HELDOUT_FRAMES"]
 
 log = logging.getLogger(__name__)
 
 #: Frames of each 60-frame held-out video that are evaluated (early, mid, late).
 HELDOUT_FRAMES: tuple[int, ...] = (5, 20, 35, 50)
 _VIDEO_FRAMES = 60
-
-
-def labels_from_distance(distance_um: np.ndarray, voxel_size_um: Sequence[float]) -> np.ndarray:
-    """Labels by the paper's rule: 1 CAR-T, 2 target, 3 IS (overlap of both masks dilated by 2 voxels)."""
-    from scipy import ndimage as ndi
-
-    cart, target = masks_from_distance(distance_um, voxel_size_um)
-    cross = ndi.generate_binary_structure(3, 1)
-    lab = np.zeros(distance_um.shape, np.uint8)
-    lab[cart] = 1
-    lab[target] = 2
-    if cart.any() and target.any():
-        syn = ndi.binary_dilation(cart, cross, iterations=2) & ndi.binary_dilation(target, cross, iterations=2)
-        lab[syn] = 3
-    return lab
 
 
 def evaluate_checkpoint(path: str | Path, videos: int = 6, frames: Sequence[int] = HELDOUT_FRAMES,

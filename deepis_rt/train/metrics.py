@@ -31,8 +31,9 @@ MIN_IS_AREA_UM2 = 5.0
 
 def masks_from_distance(distance_um: np.ndarray, voxel_size_um: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """(CAR-T mask, target mask) by the paper's thresholds at +-half the voxel pitch."""
-    half = 0.5 * float(min(voxel_size_um))
-    return distance_um > half, distance_um < -half
+    from deepis_rt.analysis.masks import cell_masks, default_threshold_um
+
+    return cell_masks(distance_um, default_threshold_um(voxel_size_um))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
