@@ -25,11 +25,12 @@ Readers are pure functions of the file.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,13 @@ SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".npy", ".npz", ".tcf", ".h5", ".h
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3,
                "m": 1e6, "cm": 1e4, "pixel": None, "": None}
 
-# one time point of a file: (volume reader, time_s, frame_index)
+# one time point of a file: (volume or a function that reads it, time_s, frame_index); multi-time-point
+# TCF files are read one time point at a time (hours-long time-lapses do not fit in memory)
 _Item = tuple[Any, float | None, int | None]
+
+
+def _volume(data: np.ndarray | Callable[[], np.ndarray]) -> np.ndarray:
+    return data() if callable(data) else data
 
 
 def _suffix(path: Path) -> str:
@@ -165,7 +171,8 @@ def _numpy_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, floa
             with open(path, "rb") as fh:
                 shape, dtype = _npy_header(fh)
             check_declared(shape, dtype, where)
-            data = np.load(path, allow_pickle=False)
+            # a time series is memory-mapped: each time point is read when it is converted
+            data = np.load(path, allow_pickle=False, mmap_mode="r" if len(shape) == 4 else None)
         else:
             with zipfile.ZipFile(path) as zf:
                 key = _npz_member(zf, where)
@@ -183,7 +190,8 @@ def _numpy_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, floa
     medium = side.get("medium_ri")
     if data.ndim == 3:
         return [(data, None if time_s is None else float(time_s), None)], vs, medium
-    return [(data[t], None, t) for t in range(data.shape[0])], vs, medium
+    # np.array copies one time point out of the memory map when it is needed
+    return [(functools.partial(np.array, data[t]), None, t) for t in range(data.shape[0])], vs, medium
 
 
 # --------------------------------------------------------------------------- HDF5 (TCF, MATLAB 7.3)
@@ -247,13 +255,29 @@ def _tcf_items(path: Path, where: str, scale: bool = True) -> tuple[list[_Item],
         medium = _attr_float(f["Data"], "MediumRI") if "Data" in f else None
         items: list[_Item] = []
         for i, name in enumerate(names):
-            ds = grp[name]
-            t = _attr_float(ds, "Time")
+            t = _attr_float(grp[name], "Time")
             if t is None and dt is not None:
                 t = dt * i
-            raw = _read_h5_dataset(ds, f"{where} /Data/3D/{name}")
-            items.append((_tcf_ri(raw) if scale else raw, t, i if len(names) > 1 else None))
+            items.append((functools.partial(_read_tcf_time_point, path, name, where, scale), t,
+                          i if len(names) > 1 else None))
     return items, vs, medium  # type: ignore[return-value]
+
+
+def _read_tcf_time_point(path: Path, name: str, where: str, scale: bool) -> np.ndarray:
+    """One dataset of /Data/3D, read when its time point is needed (the file is reopened)."""
+    h5py = _h5py(where)
+    here = f"{where} /Data/3D/{name}"
+    try:
+        f = h5py.File(path, "r")
+    except Exception as exc:
+        raise FileFormatError(f"{here}: the file became unreadable ({type(exc).__name__}: {exc})") from None
+    with f:
+        ds = f.get(f"Data/3D/{name}")
+        if ds is None:
+            raise FileFormatError(f"{here}: dataset disappeared while the file was being read")
+        check_declared(ds.shape, ds.dtype, here, allow_time=False)
+        raw = _read_h5_dataset(ds, here)
+    return _tcf_ri(raw) if scale else raw
 
 
 def _mat_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
@@ -352,7 +376,7 @@ def iter_tomograms(path: str | Path, voxel_size_um: Sequence[float] | float | No
         log.debug("%s: no voxel size in the file and none given", where)
     for data, time_s, index in items:
         src = str(path) if index is None else f"{path}#t{index}"
-        ri = check_values(data, where if index is None else f"{where} (time point {index})")
+        ri = check_values(_volume(data), where if index is None else f"{where} (time point {index})")
         yield Tomogram(ri=ri, voxel_size_um=vs, source=src, time_s=time_s, frame_index=index,
                        medium_ri=None if medium is None else float(medium))
 
@@ -385,7 +409,7 @@ def read_labels(path: str | Path) -> np.ndarray:
     items, _, _ = _items(path, labels=True)
     if len(items) != 1:
         raise InputError(f"{where}: a label file must hold one 3-D volume, found {len(items)} time points")
-    data = np.asarray(items[0][0])
+    data = np.asarray(_volume(items[0][0]))
     if data.dtype.kind == "f":
         if not np.isfinite(data).all() or not np.array_equal(data, np.round(data)):
             raise InputError(f"{where}: labels must be whole numbers (0 background, 1 CAR-T, 2 target, 3 IS)")

@@ -17,7 +17,7 @@ from deepis_rt.train.loop import (
     train,
     validation_frames,
 )
-from deepis_rt.train.metrics import dice, frame_metrics, is_area_from_masks, masks_from_distance, summarize
+from deepis_rt.train.metrics import dice, frame_metrics, is_area_um2, masks_from_distance, summarize
 
 __all__ = [
     "train",
@@ -33,7 +33,7 @@ __all__ = [
     "random_crop_batch",
     "masks_from_distance",
     "dice",
-    "is_area_from_masks",
+    "is_area_um2",
     "frame_metrics",
     "summarize",
     "VALIDATION_SEED_BASE",

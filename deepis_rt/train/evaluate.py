@@ -158,7 +158,8 @@ def write_bundle(checkpoint: str | Path, out: str | Path, result: dict[str, Any]
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result["summary"].items()}
     heldout = {**clean, "video_seeds": result["seeds"], "frames_per_video": result["frames"],
                "definition": "Dice per class (paper's masks at +-half pitch) and relative IS-area error "
-                             "(deepis_rt.train.metrics) on held-out synthetic videos"}
+                             "(IS area by deepis_rt.analysis.analyze, as in synapses.csv; deepis_rt.train.metrics) "
+                             "on held-out synthetic videos"}
     meta = dict(ck.meta)
     meta["metrics"] = {**dict(meta.get("metrics") or {}), "heldout": heldout}
     out = Path(out)

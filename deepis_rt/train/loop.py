@@ -370,5 +370,5 @@ class _FolderFrame:
 
 
 def _fmt(summary: dict[str, float]) -> str:
-    keys = ("dice_cart_mean", "dice_target_mean", "is_area_error_median")
+    keys = ("dice_cart_mean", "dice_target_mean", "is_area_error_median", "is_area_error_geometric_median")
     return ", ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary)

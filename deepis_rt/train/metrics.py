@@ -1,16 +1,13 @@
 """Validation metrics of a signed distance map: Dice per class and IS area.
 
-Self-contained (no dependency on :mod:`deepis_rt.analysis`), following the paper's
-post-processing: CAR-T mask = distance > half the voxel pitch, target mask =
-distance < -half the pitch (the pitch is the smallest voxel edge), IS region =
-overlap of both masks, each dilated by 2 voxels.
+Masks follow the paper's post-processing (:mod:`deepis_rt.analysis.masks`): CAR-T mask =
+distance > half the voxel pitch, target mask = distance < -half the pitch (the pitch is the
+smallest voxel edge).
 
-IS area: the area of the interface surface between the two masks inside the IS region:
-the zero level set of ``dist_to_cart - dist_to_target`` (the surface half-way between
-the masks, smoothed by 1 voxel) triangulated by marching cubes at the anisotropic voxel
-size, keeping the triangles that lie in the IS region where both masks are within one
-coarsest voxel pitch (so a one-voxel gap left by the thresholds still counts as contact,
-the opening rim of the contact does not).
+IS area: measured by the product's own estimator, :func:`deepis_rt.analysis.analyze` (the
+number ``synapses.csv`` reports; method and bias in ``docs/analysis.md``), summed over the
+synapses of the frame, so that a validation figure is exactly what a user of the checkpoint
+would read.
 """
 
 from __future__ import annotations
@@ -18,11 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
 
-__all__ = ["MIN_IS_AREA_UM2", "masks_from_distance", "dice", "is_area_from_masks", "frame_metrics", "summarize"]
-
-_CROSS = ndi.generate_binary_structure(3, 1)
+__all__ = ["MIN_IS_AREA_UM2", "masks_from_distance", "dice", "is_area_um2", "frame_metrics", "summarize"]
 
 #: Relative IS-area errors are computed only where the true area is at least this (um^2);
 #: below it (first seconds of contact) a relative error says little.
@@ -44,59 +38,30 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(a, b).sum()) / (sa + sb)
 
 
-def is_area_from_masks(cart: np.ndarray, target: np.ndarray, voxel_size_um: Sequence[float],
-                       dilation_voxels: int = 2, max_gap_um: float | None = None,
-                       smooth_voxels: float = 1.0) -> float:
-    """IS area (um^2) between a CAR-T mask and a target mask; 0 when they do not meet."""
-    from skimage.measure import marching_cubes
+def is_area_um2(distance_um: np.ndarray, voxel_size_um: Sequence[float]) -> float:
+    """Total IS contact area (um^2) in a signed distance map, as ``synapses.csv`` reports it.
 
-    if not cart.any() or not target.any():
-        return 0.0
-    region = ndi.binary_dilation(cart, _CROSS, iterations=dilation_voxels) & \
-        ndi.binary_dilation(target, _CROSS, iterations=dilation_voxels)
-    if not region.any():
-        return 0.0
-    sl = ndi.find_objects(region.astype(np.uint8))[0]
-    pad = dilation_voxels + 2
-    sl = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(sl, cart.shape, strict=False))
-    c, t, r = cart[sl], target[sl], region[sl]
-    vs = tuple(float(v) for v in voxel_size_um)
-    dc = ndi.distance_transform_edt(~c, sampling=vs)
-    dt = ndi.distance_transform_edt(~t, sampling=vs)
-    g = dc - dt
-    if g.min() >= 0 or g.max() <= 0 or min(g.shape) < 2:
-        return 0.0
-    # smoothing removes most of the staircase of voxel masks, which would inflate the area
-    g = ndi.gaussian_filter(g.astype(np.float32), sigma=smooth_voxels) if smooth_voxels > 0 else g.astype(np.float32)
-    verts, faces, _, _ = marching_cubes(g, level=0.0, spacing=vs)
-    tri = verts[faces]
-    centroid = tri.mean(axis=1) / np.asarray(vs)
-    idx = np.clip(np.rint(centroid).astype(int), 0, np.asarray(r.shape) - 1)
-    # a one-voxel background gap between the masks (the +-half-pitch thresholds leave one where the
-    # distance crosses zero) still counts as contact; wider gaps (the rim of the contact) do not
-    gap = max(vs) if max_gap_um is None else float(max_gap_um)
-    i0, i1, i2 = idx[:, 0], idx[:, 1], idx[:, 2]
-    # only where the cells (nearly) touch: not the rim, where the dilated masks overlap across a gap
-    keep = r[i0, i1, i2] & (np.maximum(dc[i0, i1, i2], dt[i0, i1, i2]) <= gap)
-    if not keep.any():
-        return 0.0
-    tri = tri[keep]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    return float(area.sum())
+    The sum of ``is_area_um2`` over the synapses found by :func:`deepis_rt.analysis.analyze`
+    (one estimator for training, evaluation and the product); 0 when the cells do not touch.
+    """
+    from deepis_rt.analysis import analyze
+
+    return float(sum(s.is_area_um2 for s in analyze(distance_um, None, voxel_size_um).synapses))
 
 
 def frame_metrics(pred_um: np.ndarray, true_um: np.ndarray, voxel_size_um: Sequence[float],
                   true_is_area_um2: float | None = None) -> dict[str, float]:
     """Dice per class and IS areas of one predicted distance map against the truth.
 
-    ``is_area_true_um2`` is the same estimator on the true distance map, so that
-    ``is_area_error`` measures the segmentation alone; when ``true_is_area_um2`` (the
-    generator's geometric area) is given, ``is_area_error_geometric`` compares with it.
+    ``is_area_true_um2`` is the same estimator (:func:`is_area_um2`) on the true distance map,
+    so that ``is_area_error`` measures the segmentation alone; when ``true_is_area_um2`` (the
+    generator's exact contact area) is given, ``is_area_error_geometric`` compares with it:
+    that is the error a user reads in ``synapses.csv``.
     """
     pc, pt = masks_from_distance(pred_um, voxel_size_um)
     tc, tt = masks_from_distance(true_um, voxel_size_um)
-    a_pred = is_area_from_masks(pc, pt, voxel_size_um)
-    a_true = is_area_from_masks(tc, tt, voxel_size_um)
+    a_pred = is_area_um2(pred_um, voxel_size_um)
+    a_true = is_area_um2(true_um, voxel_size_um)
     out = {
         "dice_cart": dice(pc, tc),
         "dice_target": dice(pt, tt),

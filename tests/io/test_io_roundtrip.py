@@ -80,6 +80,47 @@ def test_tcf_time_series_and_integer_scaling(tmp_path, ri):
     assert read_tomogram(path).frame_index == 0
 
 
+def test_time_series_are_read_one_time_point_at_a_time(tmp_path, ri, monkeypatch):
+    """A long TCF / .npy time-lapse must not be loaded whole before the first frame is yielded."""
+    import deepis_rt.io.readers as readers
+
+    path = tmp_path / "long.tcf"
+    with h5py.File(path, "w") as f:
+        grp = f.create_group("Data/3D")
+        for i in range(4):
+            grp.create_dataset(f"{i:06d}", data=ri + np.float32(0.001 * i))
+    reads = []
+    real = readers._read_h5_dataset
+    monkeypatch.setattr(readers, "_read_h5_dataset", lambda ds, where: reads.append(ds.name) or real(ds, where))
+    frames = iter_tomograms(path)
+    first = next(frames)
+    assert reads == ["/Data/3D/000000"]
+    np.testing.assert_array_equal(first.ri, ri)
+    rest = list(frames)
+    assert len(reads) == 4 and rest[-1].frame_index == 3
+    np.testing.assert_allclose(rest[-1].ri, ri + np.float32(0.003))
+    # a 4-D .npy is memory-mapped; every time point comes back as its own writable float32 copy
+    series = np.stack([ri, ri + np.float32(1.0)])
+    np.save(tmp_path / "series.npy", series)
+    got = list(iter_tomograms(tmp_path / "series.npy", voxel_size_um=VS))
+    assert [t.frame_index for t in got] == [0, 1]
+    assert all(type(t.ri) is np.ndarray and t.ri.flags.writeable for t in got)
+    np.testing.assert_array_equal(got[1].ri, series[1])
+
+
+def test_tcf_time_point_corrupted_after_listing_is_a_clear_error(tmp_path, ri):
+    path = tmp_path / "gone.tcf"
+    with h5py.File(path, "w") as f:
+        grp = f.create_group("Data/3D")
+        for i in range(2):
+            grp.create_dataset(f"{i:06d}", data=ri)
+    frames = iter_tomograms(path)
+    next(frames)
+    path.write_bytes(b"not hdf5 any more")
+    with pytest.raises(FileFormatError, match="became unreadable"):
+        next(frames)
+
+
 def test_mat_files_become_zyx(tmp_path):
     import scipy.io
 

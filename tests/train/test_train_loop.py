@@ -13,7 +13,7 @@ from deepis_rt.train import (
     dice,
     distance_from_labels,
     edge_weight,
-    is_area_from_masks,
+    is_area_um2,
     masks_from_distance,
     random_crop_batch,
     state_path,
@@ -45,11 +45,10 @@ def test_metrics_on_two_touching_boxes():
     d[5:15, 10:30, 20:35] = -1.0  # target; interface x=19.5, 10 x 20 voxels = 5 um x 5 um
     cart, target = masks_from_distance(d, VS)
     assert dice(cart, cart) == 1.0 and dice(cart, target) == 0.0
-    area = is_area_from_masks(cart, target, VS)
-    assert area == pytest.approx(25.0, rel=0.15)
+    assert is_area_um2(d, VS) == pytest.approx(25.0, rel=0.15)
     apart = d.copy()
     apart[:, :, 17:23] = 0.0  # 1.5 um apart
-    assert is_area_from_masks(*masks_from_distance(apart, VS), VS) == 0.0
+    assert is_area_um2(apart, VS) == 0.0
 
 
 def test_distance_from_labels_assigns_is_voxels():
