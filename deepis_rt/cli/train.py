@@ -62,3 +62,4 @@ def train(synthetic: bool, data_dir: Path | None, out: Path, preset: str, steps:
                f"final loss {result['final_loss']:.4f})")
     if m:
         click.echo("validation: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
+    click.echo(f"training curves: {result['figure']}")

@@ -157,8 +157,19 @@ def _lr_at(cfg: TrainConfig, step: int, epoch_steps: int) -> float:
     return cfg.lr * 0.5 ** (epoch // max(1, cfg.lr_halve_epochs))
 
 
+def _lr_halving_steps(halve_epochs: int, epoch_steps: int, steps: int) -> list[int]:
+    """Steps at which the learning rate halves (for the training-curve figure)."""
+    every = max(1, int(halve_epochs)) * max(1, int(epoch_steps))
+    return list(range(every, int(steps) + 1, every))
+
+
+def _clean(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+
+
 def _save_state(path: Path, model: Any, opt: Any, step: int, rng: np.random.Generator, history: list,
-                elapsed_s: float, cfg: TrainConfig) -> None:
+                elapsed_s: float, cfg: TrainConfig, val_history: list | None = None,
+                epoch_steps: int | None = None) -> None:
     import torch
 
     payload = {
@@ -171,6 +182,8 @@ def _save_state(path: Path, model: Any, opt: Any, step: int, rng: np.random.Gene
         "history": [float(v) for v in history],
         "elapsed_s": float(elapsed_s),
         "config": json.dumps(asdict(cfg)),
+        "val_history": json.dumps(val_history or []),
+        "epoch_steps": int(epoch_steps or 0),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -238,6 +251,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     model = build_model(cfg.preset, **cfg.model_overrides)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.99))
     step, history, elapsed_prev = 0, [], 0.0
+    val_history: list[dict[str, Any]] = []
     if resume and spath.is_file():
         state = _load_state(spath)
         model.load_state_dict(state["model"])
@@ -245,6 +259,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
         torch.set_rng_state(state["torch_rng"])
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         step, history, elapsed_prev = int(state["step"]), list(state["history"]), float(state["elapsed_s"])
+        val_history = json.loads(state.get("val_history", "[]"))
         log.info("train: resuming from %s at step %d", spath, step)
     elif resume:
         log.info("train: no state at %s; starting from step 0", spath)
@@ -304,22 +319,28 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             if step % 10 == 0:
                 log.debug("step %d loss %.4f (ema %.4f) lr %.1e", step, value, ema, lr)
             if cfg.save_every and step % cfg.save_every == 0:
-                _save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg)
+                _save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
+                            val_history, epoch_steps)
             if cfg.val_every and step % cfg.val_every == 0 and val_frames_list and step < cfg.steps:
                 val_summary, _ = evaluate_frames(model, val_frames_list)
+                val_history.append({"step": step, **_clean(val_summary)})
                 log.info("train: step %d validation %s", step, _fmt(val_summary))
     except KeyboardInterrupt:
-        _save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg)
+        _save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
+                    val_history, epoch_steps)
         pbar.close()
         log.warning("train: interrupted at step %d; state saved to %s (continue with --resume)", step, spath)
         raise
     pbar.close()
     wall = elapsed_prev + time.perf_counter() - t0
-    _save_state(spath, model, opt, step, rng, history, wall, cfg)
+    _save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
 
     rows: list[dict] = []
     if val_frames_list:
         val_summary, rows = evaluate_frames(model, val_frames_list)
+        if not val_history or val_history[-1].get("step") != step:
+            val_history.append({"step": step, **_clean(val_summary)})
+            _save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
         log.info("train: validation %s", _fmt(val_summary))
     tail = history[-50:]
     meta = {
@@ -351,13 +372,19 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             "torch": str(torch.__version__),
             "threads": torch.get_num_threads(),
         },
-        "metrics": {"validation": {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                   for k, v in val_summary.items()}},
+        "metrics": {"validation": _clean(val_summary), "validation_history": val_history},
     }
     save_checkpoint(out, model, meta=meta, preset=None if cfg.model_overrides else cfg.preset)
     log.info("train: wrote %s (%d steps, %.0f s)", out, step, wall)
+    from deepis_rt.train.plots import plot_training
+
+    figure = plot_training(history, val_history, out.with_name(out.name + ".loss.png"),
+                           _lr_halving_steps(cfg.lr_halve_epochs, epoch_steps, step),
+                           title=f"{out.name}: {cfg.preset}, seed {cfg.seed}, {step} steps")
+    log.info("train: training curves in %s", figure)
     return {"checkpoint": out, "steps": step, "wall_time_s": wall, "final_loss": meta["training"]["final_loss_mean_last_50"],
-            "metrics": val_summary, "validation_rows": rows, "history": history}
+            "metrics": val_summary, "validation_rows": rows, "history": history,
+            "validation_history": val_history, "figure": figure}
 
 
 class _FolderFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,18 @@ def test_a_few_steps_lower_the_loss(tmp_path, tiny_overrides):
     assert np.mean(hist[-6:]) < 0.8 * np.mean(hist[:3])
 
 
+def test_same_seed_same_run(tmp_path, tiny_overrides):
+    """The documented command reproduces its run: same seed, same data and losses (same machine and threads)."""
+    kw = _tiny(tiny_overrides, save_every=0, pool_size=2, refresh_every=2)
+    a = train(tmp_path / "a.pt", steps=4, **kw)
+    b = train(tmp_path / "b.pt", steps=4, **kw)
+    c = train(tmp_path / "c.pt", steps=4, **{**kw, "seed": 4})
+    assert a["history"] == b["history"]
+    assert a["history"] != c["history"]
+    sa, sb = load_checkpoint(tmp_path / "a.pt").state_dict, load_checkpoint(tmp_path / "b.pt").state_dict
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_resume_continues_from_saved_step(tmp_path, tiny_overrides, monkeypatch):
     out = tmp_path / "r.pt"
     real = loop.random_crop_batch
@@ -119,6 +133,20 @@ def test_validation_metrics_in_checkpoint(tmp_path, tiny_overrides):
     assert ck.meta["training"]["command"] == "deepis-rt train --synthetic"
     assert ck.meta["training"]["seeds"]["validation_video_seeds"] == [8_000_000]
     assert res["metrics"] == val
+    # the validation history ends with the final validation; the training curves are drawn
+    assert ck.meta["metrics"]["validation_history"] == [{"step": 1, **val}]
+    png = tmp_path / "v.pt.loss.png"
+    assert res["figure"] == png and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_curves_redrawn_from_state(tmp_path, tiny_overrides):
+    from deepis_rt.train.plots import plot_state
+
+    train(tmp_path / "s.pt", steps=4, val_every=2, **_tiny(tiny_overrides, tile_zyx=(32, 64, 64), val_frames=1))
+    state = torch.load(state_path(tmp_path / "s.pt"), weights_only=True)
+    assert [v["step"] for v in json.loads(state["val_history"])] == [2, 4]
+    png = plot_state(state_path(tmp_path / "s.pt"), tmp_path / "curves.png")
+    assert png.stat().st_size > 1000
 
 
 def test_folder_source_reads_synth_layout(tmp_path):
