@@ -102,7 +102,7 @@ def plot_training(history: Sequence[float], validation: Sequence[dict[str, Any]]
 
 def plot_state(state_file: str | Path, out_png: str | Path) -> Path:
     """Redraw the training curves from a run's ``<out>.state.pt``."""
-    from deepis_rt.train.loop import _lr_halving_steps, _load_state
+    from deepis_rt.train.loop import _load_state, _lr_halving_steps
 
     state = _load_state(Path(state_file))
     cfg = json.loads(state["config"])

@@ -2,13 +2,12 @@ import json
 
 import torch
 from click.testing import CliRunner
+from conftest import VOXEL, conjugate_distance
 
 from deepis_rt.checkpoint import save_checkpoint
 from deepis_rt.cli import main
 from deepis_rt.io import write_tomogram
 from deepis_rt.model import build_model
-
-from conftest import VOXEL, conjugate_distance
 
 
 def _setup(tmp_path, tiny_overrides):
