@@ -23,7 +23,7 @@ import numpy as np
 
 from deepis_rt.runtime.result import labels_from_distance
 from deepis_rt.train.data import HELDOUT_SEED_BASE
-from deepis_rt.train.loop import predict_distance
+from deepis_rt.train.loop import _clean, predict_distance
 from deepis_rt.train.metrics import frame_metrics, summarize
 
 __all__ = ["evaluate_checkpoint", "draw_figure", "write_bundle", "HELDOUT_FRAMES"]
@@ -150,13 +150,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def write_bundle(checkpoint: str | Path, out: str | Path, result: dict[str, Any]) -> Path:
     """Copy ``checkpoint`` to ``out`` with ``meta.metrics.heldout`` set, plus ``<out>.json``."""
-    import math
-
     from deepis_rt.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(checkpoint)
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result["summary"].items()}
-    heldout = {**clean, "video_seeds": result["seeds"], "frames_per_video": result["frames"],
+    heldout = {**_clean(result["summary"]), "video_seeds": result["seeds"], "frames_per_video": result["frames"],
                "definition": "Dice per class (paper's masks at +-half pitch) and relative IS-area error "
                              "(IS area by deepis_rt.analysis.analyze, as in synapses.csv; deepis_rt.train.metrics) "
                              "on held-out synthetic videos"}

@@ -47,3 +47,18 @@ def test_bundled_checkpoint_quality_floor_on_a_heldout_frame():
     assert m["dice_cart"] >= 0.75
     assert m["dice_target"] >= 0.75
     assert m["is_area_pred_um2"] > 0
+
+
+def test_write_bundle_adds_heldout_metrics_and_card(tmp_path):
+    from deepis_rt.train.evaluate import write_bundle
+
+    result = {"summary": {"dice_cart_mean": 0.5, "is_area_error_median": float("nan")}, "seeds": [9_000_000],
+              "frames": [5]}
+    out = write_bundle(bundled_checkpoint_path(), tmp_path / "b.pt", result)
+    ck = load_checkpoint(out)
+    held = ck.meta["metrics"]["heldout"]
+    assert held["dice_cart_mean"] == 0.5 and held["is_area_error_median"] is None
+    assert held["video_seeds"] == [9_000_000]
+    assert ck.meta["metrics"]["validation"] == load_checkpoint(bundled_checkpoint_path()).meta["metrics"]["validation"]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["sha256"] == ck.sha256 and card["metrics"]["heldout"] == held
