@@ -3,12 +3,17 @@
 Written against the TensorRT 10/11 Python API and kept thin: parse ONNX, one optimisation profile,
 a timing cache kept beside the engines, builder progress through ``IProgressMonitor``,
 ``build_serialized_network``. Engines are stored as ``engines/<key>.plan`` with ``<key>.json`` beside
-them; the key (:func:`cache_key`) covers everything an engine is specific to, and
-:func:`load_engine_bytes` checks key and checksum before a byte of the engine reaches TensorRT.
+them; the key (:func:`cache_key`) covers everything an engine is specific to (ONNX bytes, TensorRT
+version, GPU model and compute capability *of the device used*, precision, TF32, workspace,
+profile), and :func:`load_engine_bytes` checks key and checksum before a byte of the engine reaches
+TensorRT. Everything runs inside ``torch.cuda.device(index)`` for the device asked for, and a build
+holds a file lock on its key, so concurrent processes neither build twice nor overwrite each other.
 
 Precision: on TensorRT >= 10.12 the network is *strongly typed* and FP16 comes from the FP16 ONNX
 graph (TensorRT 11 is always strongly typed and has no FP16 builder flag); on older 10.x the FP32
-graph is parsed and ``BuilderFlag.FP16`` lets the builder choose FP16 kernels.
+graph is parsed and ``BuilderFlag.FP16`` lets the builder choose FP16 kernels (also when no FP16
+ONNX exists). ``"fp32"`` engines are built with ``BuilderFlag.TF32`` cleared (TensorRT sets it by
+default), so they compute in true FP32; the flag's state is part of the key and the manifest.
 
 ``tensorrt`` is imported only through :func:`deepis_rt._optional.import_optional`; GPU facts come
 from ``torch.cuda``.
@@ -29,7 +34,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from deepis_rt.errors import EngineCacheError, ExportError, MissingDependencyError
+from deepis_rt.errors import BackendError, EngineCacheError, ExportError, MissingDependencyError
+from deepis_rt.export.trt_build import (
+    TimingCache,
+    cuda_device_index,
+    device_scope,
+    file_lock,
+    make_logger,
+    make_progress_monitor,
+)
 
 __all__ = [
     "TRT_INSTALL_HINT",
@@ -37,6 +50,7 @@ __all__ = [
     "EngineEnv",
     "EngineProfile",
     "EngineBuild",
+    "DEFAULT_WORKSPACE_GIB",
     "tensorrt_unavailable_reason",
     "current_engine_env",
     "profile_from_batch",
@@ -55,7 +69,9 @@ log = logging.getLogger(__name__)
 TRT_INSTALL_HINT = "pip install 'deepis-rt[tensorrt]'"
 ENGINE_FORMAT = "deepis-rt-engine"
 ENGINE_FORMAT_VERSION = 1
-_KEY_VERSION = "deepis-rt-engine-key-v1"
+_KEY_VERSION = "deepis-rt-engine-key-v2"
+#: the builder's workspace memory pool limit unless asked otherwise
+DEFAULT_WORKSPACE_GIB = 4.0
 _STRONGLY_TYPED_SINCE = (10, 12)
 
 
@@ -92,6 +108,8 @@ class EngineBuild:
     manifest_path: Path
     manifest: dict[str, Any]
     cached: bool
+    #: the verified plan bytes (read and hashed once; pass them on instead of reading the file again)
+    data: bytes | None = None
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -122,8 +140,15 @@ def tensorrt_unavailable_reason() -> str | None:
     return "TensorRT engine build not possible here: " + "; ".join(missing)
 
 
-def current_engine_env(device: int = 0) -> EngineEnv:
-    """TensorRT version, GPU name and compute capability of this machine (needs both)."""
+def current_engine_env(device: Any = None) -> EngineEnv:
+    """TensorRT version, GPU name and compute capability of ``device`` (needs both).
+
+    Parameters
+    ----------
+    device : int or str, optional
+        ``"cuda:N"``, ``N`` or ``"cuda"``; default: the current CUDA device. The facts are those of
+        the device the engine will be built or run on, never simply of GPU 0.
+    """
     from deepis_rt._optional import import_optional
 
     trt = import_optional("tensorrt", "building and running TensorRT engines")
@@ -131,8 +156,9 @@ def current_engine_env(device: int = 0) -> EngineEnv:
 
     if not torch.cuda.is_available():
         raise MissingDependencyError(tensorrt_unavailable_reason() or "no CUDA GPU")
-    major, minor = torch.cuda.get_device_capability(device)
-    return EngineEnv(trt_version=str(trt.__version__), gpu_name=torch.cuda.get_device_name(device),
+    index = cuda_device_index(device)
+    major, minor = torch.cuda.get_device_capability(index)
+    return EngineEnv(trt_version=str(trt.__version__), gpu_name=torch.cuda.get_device_name(index),
                      compute_capability=f"{major}.{minor}")
 
 
@@ -181,11 +207,15 @@ def cache_key(
     compute_capability: str,
     precision: str,
     profile: EngineProfile | Mapping[str, Sequence[int]],
+    *,
+    tf32: bool = False,
+    workspace_bytes: int = int(DEFAULT_WORKSPACE_GIB * (1 << 30)),
 ) -> str:
     """The name of an engine: a digest of everything the engine is specific to (pure function).
 
     Two engines share a key only when built from the same ONNX bytes with the same TensorRT version,
-    for the same GPU model and compute capability, at the same precision and profile.
+    for the same GPU model and compute capability, at the same precision, TF32 setting, workspace
+    limit (it bounds the tactics the builder may choose) and profile.
     """
     prof = profile.to_dict() if isinstance(profile, EngineProfile) else {k: list(v) for k, v in profile.items()}
     payload = json.dumps(
@@ -196,6 +226,8 @@ def cache_key(
             "gpu_name": gpu_name,
             "compute_capability": compute_capability,
             "precision": precision,
+            "tf32": bool(tf32),
+            "workspace_bytes": int(workspace_bytes),
             "profile": prof,
         },
         sort_keys=True,
@@ -208,7 +240,7 @@ def _sha256_bytes(data: bytes) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -261,7 +293,8 @@ def load_engine_bytes(
                                f"{path.stem!r}; rebuild the engine")
     try:
         recomputed = cache_key(manifest["onnx_sha256"], manifest["trt_version"], manifest["gpu_name"],
-                               manifest["compute_capability"], manifest["precision"], manifest["profile"])
+                               manifest["compute_capability"], manifest["precision"], manifest["profile"],
+                               tf32=manifest["tf32"], workspace_bytes=manifest["workspace_bytes"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise EngineCacheError(f"{where}: manifest lacks {exc}; rebuild the engine") from None
     if recomputed != stored_key:
@@ -288,60 +321,120 @@ def load_engine_bytes(
     return data
 
 
-def _make_logger(trt: Any) -> Any:
-    class _Logger(trt.ILogger):  # forwards TensorRT messages to Python logging
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity: Any, msg: str) -> None:
-            sev = trt.ILogger.Severity
-            level = {
-                sev.INTERNAL_ERROR: logging.ERROR,
-                sev.ERROR: logging.ERROR,
-                sev.WARNING: logging.WARNING,
-                sev.INFO: logging.DEBUG,
-            }.get(severity, logging.DEBUG)
-            log.log(level, "TensorRT: %s", msg)
-
-    return _Logger()
-
-
-def _make_progress_monitor(trt: Any, show: bool) -> Any:
-    from tqdm import tqdm
-
-    class _Progress(trt.IProgressMonitor):  # one tqdm bar per builder phase
-        def __init__(self) -> None:
-            trt.IProgressMonitor.__init__(self)
-            self._bars: dict[str, Any] = {}
-
-        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            depth = 0
-            parent = parent_phase
-            while parent is not None and parent in self._bars:
-                depth += 1
-                parent = getattr(self._bars[parent], "_deepis_parent", None)
-            bar = tqdm(total=num_steps, desc=phase_name, position=depth, leave=False,
-                       disable=not show, file=sys.stderr)
-            bar._deepis_parent = parent_phase
-            self._bars[phase_name] = bar
-
-        def step_complete(self, phase_name: str, step: int) -> bool:
-            bar = self._bars.get(phase_name)
-            if bar is not None:
-                bar.update(step + 1 - bar.n)
-            return True  # False would cancel the build
-
-        def phase_finish(self, phase_name: str) -> None:
-            bar = self._bars.pop(phase_name, None)
-            if bar is not None:
-                bar.close()
-
-    return _Progress()
-
-
 def _timing_cache_path(engines_dir: Path, env: EngineEnv) -> Path:
     tag = hashlib.sha256(f"{env.trt_version}|{env.gpu_name}|{env.compute_capability}".encode()).hexdigest()[:12]
     return engines_dir / f"timing-{tag}.cache"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What exactly an engine request resolves to on this machine (the inputs of its key)."""
+
+    source: Path
+    onnx_sha256: str
+    env: EngineEnv
+    device: int
+    precision: str
+    mode: str
+    tf32: bool
+    workspace_bytes: int
+    profile: EngineProfile
+    key: str
+
+
+def _target(onnx_path: str | Path, precision: str, profile: EngineProfile | None,
+            onnx_fp32_path: str | Path | None, device: Any, tf32: bool | None,
+            workspace_gib: float) -> _Target:
+    from deepis_rt.checkpoint import file_sha256
+
+    if profile is None:
+        raise ExportError("export | an engine needs an optimisation profile (profile_from_batch)")
+    index = cuda_device_index(device)
+    env = current_engine_env(index)
+    mode = build_mode(env.trt_version, precision)
+    source = Path(onnx_path)
+    if mode == "builder-flag" and precision == "fp16" and onnx_fp32_path is not None:
+        source = Path(onnx_fp32_path)  # older TensorRT: the FP32 graph with BuilderFlag.FP16
+    if not source.is_file():
+        raise ExportError(f"export | {source}: no such ONNX file to build a TensorRT engine from")
+    # TF32 stays TensorRT's default for FP16 engines; an "fp32" engine computes in true FP32
+    tf32 = (precision == "fp16") if tf32 is None else bool(tf32)
+    workspace_bytes = int(workspace_gib * (1 << 30))
+    sha = file_sha256(source)
+    key = cache_key(sha, env.trt_version, env.gpu_name, env.compute_capability, precision, profile,
+                    tf32=tf32, workspace_bytes=workspace_bytes)
+    return _Target(source, sha, env, index, precision, mode, tf32, workspace_bytes, profile, key)
+
+
+def _build(trt: Any, t: _Target, engines_dir: Path, progress: bool | None) -> EngineBuild:
+    """Build the engine of ``t`` (the caller holds the key's lock and the device scope)."""
+    from deepis_rt.export.onnx_export import INPUT_NAME
+
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    flags = 0
+    if t.mode == "strongly-typed" and _version_tuple(t.env.trt_version)[0] < 11:  # always, from 11 on
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(t.source)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"export | TensorRT could not parse {t.source}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, t.workspace_bytes)
+    if t.mode == "builder-flag" and t.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if t.tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    trt_profile = builder.create_optimization_profile()
+    trt_profile.set_shape(INPUT_NAME, t.profile.min_shape, t.profile.opt_shape, t.profile.max_shape)
+    if config.add_optimization_profile(trt_profile) < 0:
+        raise ExportError(f"export | TensorRT rejected the optimisation profile {t.profile.to_dict()} for "
+                          f"input {INPUT_NAME!r} (need min <= opt <= max, rank 5; see the TensorRT log)")
+
+    timing = TimingCache(_timing_cache_path(engines_dir, t.env))
+    timing.attach(config)
+    show = sys.stderr.isatty() if progress is None else progress
+    config.progress_monitor = make_progress_monitor(trt, show)
+
+    log.info("export | building TensorRT %s engine (%s, TF32 %s, TensorRT %s, %s sm %s, cuda:%d); this "
+             "takes minutes", t.precision, t.mode, "on" if t.tf32 else "off", t.env.trt_version,
+             t.env.gpu_name, t.env.compute_capability, t.device)
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    build_s = time.perf_counter() - start
+    if serialized is None:
+        raise ExportError(f"export | TensorRT failed to build an engine from {t.source} (see the "
+                          "TensorRT messages above; run with -vv for all of them)")
+    data = bytes(serialized)
+    timing.save()
+    manifest = {
+        "format": ENGINE_FORMAT,
+        "format_version": ENGINE_FORMAT_VERSION,
+        "cache_key": t.key,
+        "onnx_path": str(t.source),
+        "onnx_sha256": t.onnx_sha256,
+        **asdict(t.env),
+        "precision": t.precision,
+        "tf32": t.tf32,
+        "workspace_bytes": t.workspace_bytes,
+        "build_mode": t.mode,
+        "profile": t.profile.to_dict(),
+        "input_name": INPUT_NAME,
+        "build_time_s": round(build_s, 2),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "engine_sha256": _sha256_bytes(data),
+        "engine_bytes": len(data),
+        "timing_cache": timing.path.name,
+        "timing_cache_status": timing.status,
+    }
+    plan_path = engines_dir / f"{t.key}.plan"
+    _atomic_write(plan_path, data)
+    _atomic_write(plan_path.with_suffix(".json"), json.dumps(manifest, indent=2).encode())
+    log.info("export | wrote %s (%.1f MB, built in %.0f s)", plan_path, len(data) / 1e6, build_s)
+    return EngineBuild(plan_path, plan_path.with_suffix(".json"), manifest, cached=False, data=data)
 
 
 def build_engine(
@@ -350,110 +443,42 @@ def build_engine(
     precision: str = "fp16",
     profile: EngineProfile | None = None,
     onnx_fp32_path: str | Path | None = None,
-    workspace_gib: float = 4.0,
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB,
     progress: bool | None = None,
+    device: Any = None,
+    tf32: bool | None = None,
 ) -> EngineBuild:
-    """Build a TensorRT engine and store it under its cache key.
+    """Build a TensorRT engine and store it under its cache key (always builds; see :func:`get_engine`).
 
     Parameters
     ----------
     onnx_path : path-like
-        The ONNX graph of ``precision`` (the FP16 file for ``"fp16"``).
+        The ONNX graph of ``precision`` (the FP16 file for ``"fp16"`` on TensorRT >= 10.12).
     engines_dir : path-like
         Where ``<key>.plan``, ``<key>.json`` and the timing cache live.
     precision : {"fp16", "fp32"}
     profile : EngineProfile
         Optimisation profile of the input.
     onnx_fp32_path : path-like, optional
-        The FP32 graph, parsed instead on TensorRT < 10.12 for FP16 engines (builder flag).
+        The FP32 graph, parsed instead on TensorRT < 10.12 for FP16 engines (builder flag). Without
+        it ``onnx_path`` is parsed with the flag.
     workspace_gib : float
-        Workspace memory pool limit.
+        Workspace memory pool limit (part of the key).
     progress : bool, optional
         Show builder progress bars (default: when stderr is a terminal).
+    device : int or str, optional
+        The CUDA device to build for (``"cuda:1"``); default: the current one.
+    tf32 : bool, optional
+        Allow TF32 for FP32 tensors; default: off for ``"fp32"``, on (TensorRT's default) for ``"fp16"``.
     """
     from deepis_rt._optional import import_optional
-    from deepis_rt.checkpoint import file_sha256
 
     trt = import_optional("tensorrt", "building TensorRT engines")
-    env = current_engine_env()
-    if profile is None:
-        raise ExportError("export | build_engine needs an optimisation profile (profile_from_batch)")
-    mode = build_mode(env.trt_version, precision)
-    source = Path(onnx_path)
-    if mode == "builder-flag" and precision == "fp16":
-        if onnx_fp32_path is None:
-            raise ExportError(f"export | TensorRT {env.trt_version} < 10.12 builds FP16 from the FP32 "
-                              "graph with the FP16 builder flag; pass onnx_fp32_path")
-        source = Path(onnx_fp32_path)
-    onnx_sha = file_sha256(source)
-    key = cache_key(onnx_sha, env.trt_version, env.gpu_name, env.compute_capability, precision, profile)
+    t = _target(onnx_path, precision, profile, onnx_fp32_path, device, tf32, workspace_gib)
     engines_dir = Path(engines_dir)
     engines_dir.mkdir(parents=True, exist_ok=True)
-    plan_path = engines_dir / f"{key}.plan"
-
-    logger = _make_logger(trt)
-    builder = trt.Builder(logger)
-    flags = 0
-    major = _version_tuple(env.trt_version)[0]
-    if mode == "strongly-typed" and major < 11:  # always strongly typed from TensorRT 11 on
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(source)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"export | TensorRT could not parse {source}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if mode == "builder-flag" and precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    trt_profile = builder.create_optimization_profile()
-    from deepis_rt.export.onnx_export import INPUT_NAME
-
-    trt_profile.set_shape(INPUT_NAME, profile.min_shape, profile.opt_shape, profile.max_shape)
-    config.add_optimization_profile(trt_profile)
-
-    timing_path = _timing_cache_path(engines_dir, env)
-    blob = timing_path.read_bytes() if timing_path.is_file() else b""
-    try:
-        timing_cache = config.create_timing_cache(blob)
-    except Exception as exc:  # a damaged timing cache only costs build time
-        log.warning("export | %s: unusable timing cache (%s); starting a new one", timing_path, exc)
-        timing_cache = config.create_timing_cache(b"")
-    config.set_timing_cache(timing_cache, False)
-    show = sys.stderr.isatty() if progress is None else progress
-    config.progress_monitor = _make_progress_monitor(trt, show)
-
-    log.info("export | building TensorRT %s engine (%s, TensorRT %s, %s sm %s); this takes minutes",
-             precision, mode, env.trt_version, env.gpu_name, env.compute_capability)
-    start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    build_s = time.perf_counter() - start
-    if serialized is None:
-        raise ExportError(f"export | TensorRT failed to build an engine from {source} (see the "
-                          "TensorRT messages above; run with -vv for all of them)")
-    data = bytes(serialized)
-    _atomic_write(timing_path, bytes(timing_cache.serialize()))  # updated by the build
-    manifest = {
-        "format": ENGINE_FORMAT,
-        "format_version": ENGINE_FORMAT_VERSION,
-        "cache_key": key,
-        "onnx_path": str(source),
-        "onnx_sha256": onnx_sha,
-        **asdict(env),
-        "precision": precision,
-        "build_mode": mode,
-        "profile": profile.to_dict(),
-        "input_name": INPUT_NAME,
-        "build_time_s": round(build_s, 2),
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "engine_sha256": _sha256_bytes(data),
-        "engine_bytes": len(data),
-        "timing_cache": timing_path.name,
-    }
-    _atomic_write(plan_path, data)
-    _atomic_write(plan_path.with_suffix(".json"), json.dumps(manifest, indent=2).encode())
-    log.info("export | wrote %s (%.1f MB, built in %.0f s)", plan_path, len(data) / 1e6, build_s)
-    return EngineBuild(plan_path, plan_path.with_suffix(".json"), manifest, cached=False)
+    with device_scope(t.device), file_lock(engines_dir / f"{t.key}.plan", f"engine cache | {t.key}"):
+        return _build(trt, t, engines_dir, progress)
 
 
 def get_engine(
@@ -463,40 +488,48 @@ def get_engine(
     profile: EngineProfile | None = None,
     onnx_fp32_path: str | Path | None = None,
     rebuild: bool = True,
-    **build_kwargs: Any,
+    *,
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB,
+    progress: bool | None = None,
+    device: Any = None,
+    tf32: bool | None = None,
 ) -> EngineBuild:
     """The engine for these inputs from the cache, verified; built when absent, stale or corrupt.
 
-    With ``rebuild=False`` an invalid cached engine raises :class:`EngineCacheError` instead.
+    The returned :class:`EngineBuild` carries the verified bytes (``.data``): the plan is read and
+    hashed once. The key's file lock is held while checking and building, so a second process asking
+    for the same engine waits and then uses the first one's. With ``rebuild=False`` an invalid cached
+    engine raises :class:`EngineCacheError` instead. Other parameters: see :func:`build_engine`.
     """
-    from deepis_rt.checkpoint import file_sha256
+    t = _target(onnx_path, precision, profile, onnx_fp32_path, device, tf32, workspace_gib)
+    engines_dir = Path(engines_dir)
+    engines_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = engines_dir / f"{t.key}.plan"
+    with device_scope(t.device), file_lock(plan_path, f"engine cache | {t.key}"):
+        if plan_path.exists() or plan_path.with_suffix(".json").exists():
+            try:
+                data = load_engine_bytes(plan_path, expected_key=t.key, env=t.env)
+                log.info("export | using cached engine %s", plan_path)
+                return EngineBuild(plan_path, plan_path.with_suffix(".json"), read_engine_manifest(plan_path),
+                                   cached=True, data=data)
+            except EngineCacheError as exc:
+                if not rebuild:
+                    raise
+                log.warning("%s; rebuilding it", exc)
+        from deepis_rt._optional import import_optional
 
-    env = current_engine_env()
-    if profile is None:
-        raise ExportError("export | get_engine needs an optimisation profile (profile_from_batch)")
-    mode = build_mode(env.trt_version, precision)
-    source = Path(onnx_fp32_path) if (mode == "builder-flag" and precision == "fp16" and onnx_fp32_path) else Path(onnx_path)
-    key = cache_key(file_sha256(source), env.trt_version, env.gpu_name, env.compute_capability, precision, profile)
-    plan_path = Path(engines_dir) / f"{key}.plan"
-    if plan_path.exists() or plan_path.with_suffix(".json").exists():
-        try:
-            load_engine_bytes(plan_path, expected_key=key, env=env)
-            log.info("export | using cached engine %s", plan_path)
-            return EngineBuild(plan_path, plan_path.with_suffix(".json"), read_engine_manifest(plan_path), cached=True)
-        except EngineCacheError as exc:
-            if not rebuild:
-                raise
-            log.warning("%s; rebuilding it", exc)
-    return build_engine(onnx_path, engines_dir, precision, profile, onnx_fp32_path, **build_kwargs)
+        trt = import_optional("tensorrt", "building TensorRT engines")
+        return _build(trt, t, engines_dir, progress)
 
 
-def deserialize_engine(data: bytes) -> Any:
-    """``trt.ICudaEngine`` from verified plan bytes (see :func:`load_engine_bytes`)."""
+def deserialize_engine(data: bytes, device: Any = None) -> Any:
+    """``trt.ICudaEngine`` from verified plan bytes (see :func:`load_engine_bytes`), on ``device``."""
     from deepis_rt._optional import import_optional
 
     trt = import_optional("tensorrt", "running TensorRT engines")
-    runtime = trt.Runtime(_make_logger(trt))
-    engine = runtime.deserialize_cuda_engine(data)
+    with device_scope(cuda_device_index(device)):
+        runtime = trt.Runtime(make_logger(trt))
+        engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise EngineCacheError("engine cache | TensorRT could not deserialize the engine (built by "
                                "another TensorRT version or for another GPU?); rebuild it")
@@ -506,20 +539,39 @@ def deserialize_engine(data: bytes) -> Any:
 def run_engine(engine: Any, x: Any) -> Any:
     """Run ``engine`` once on a CUDA float32 tensor (N, 1, Z, Y, X); returns the distance tensor.
 
-    A minimal synchronous call used by export checks and tests; the streaming runtime has its own.
+    A minimal synchronous call used by export checks and tests (the streaming runtime is
+    :class:`~deepis_rt.runtime.runners.TensorRTRunner`): a context of its own on a stream of its own
+    (never the legacy default stream), on the input's device, released after a synchronise.
     """
     import torch
 
+    from deepis_rt._optional import import_optional
     from deepis_rt.export.onnx_export import INPUT_NAME, OUTPUT_NAME
+    from deepis_rt.runtime.runners.tensorrt_runner import torch_dtype
 
-    x = x.contiguous()
-    context = engine.create_execution_context()
-    context.set_input_shape(INPUT_NAME, tuple(x.shape))
-    y = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=torch.float32, device=x.device)
-    context.set_tensor_address(INPUT_NAME, x.data_ptr())
-    context.set_tensor_address(OUTPUT_NAME, y.data_ptr())
-    stream = torch.cuda.current_stream(x.device)
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise ExportError("export | TensorRT execution failed")
-    stream.synchronize()
+    trt = import_optional("tensorrt", "running TensorRT engines")
+    with device_scope(cuda_device_index(x.device)):
+        caller = torch.cuda.current_stream(x.device)
+        stream = torch.cuda.Stream(x.device)
+        stream.wait_stream(caller)  # x was made on the caller's stream
+        context = engine.create_execution_context()
+        if context is None:
+            raise BackendError("tensorrt: could not create an execution context (out of GPU memory?)")
+        try:
+            with torch.cuda.stream(stream):
+                x = x.to(dtype=torch_dtype(trt, engine.get_tensor_dtype(INPUT_NAME))).contiguous()
+                if not context.set_input_shape(INPUT_NAME, tuple(x.shape)):
+                    raise BackendError(f"tensorrt: input shape {tuple(x.shape)} is outside the engine's "
+                                       "optimisation profile")
+                out_dtype = torch_dtype(trt, engine.get_tensor_dtype(OUTPUT_NAME))
+                y = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=out_dtype, device=x.device)
+                context.set_tensor_address(INPUT_NAME, x.data_ptr())
+                context.set_tensor_address(OUTPUT_NAME, y.data_ptr())
+                if not context.execute_async_v3(stream.cuda_stream):
+                    raise ExportError("export | TensorRT execution failed (see the TensorRT log)")
+                y = y.float()
+        finally:
+            stream.synchronize()  # before the context goes: its work must be finished
+            del context
+    y.record_stream(caller)
     return y

@@ -120,29 +120,36 @@ def gpu_onnx_for_checkpoint(source: ModelSource, cache_dir: str | Path | None = 
 
 
 def _tensorrt_engine_loader(source: ModelSource, engines_dir: Path, batch_size: int = 1,
-                            precision: str | None = None) -> Callable[[], bytes]:
-    """A lazy loader of verified engine bytes, through the export's engine cache (issue 4).
+                            precision: str | None = None, device: str = "cuda:0") -> Callable[[], bytes]:
+    """A lazy loader of verified engine bytes for ``device``, through the export's engine cache.
 
-    An export folder's engine is checked against its manifest (key, TensorRT version, GPU,
-    checksum) by ``load_engine_bytes``; otherwise ``get_engine`` finds the engine of this ONNX file,
-    TensorRT, GPU, precision and profile in ``engines_dir``, or builds it (minutes).
+    An export folder's engine is checked against its manifest (key, TensorRT version, the GPU of
+    ``device``, checksum) by ``load_engine_bytes``; otherwise ``get_engine`` finds the engine of this
+    ONNX file, TensorRT, GPU, precision and profile in ``engines_dir``, or builds it (minutes). The
+    plan is read and hashed once. FP16 comes from the FP16 graph (strongly typed TensorRT) or, on
+    TensorRT < 10.12, from the FP32 graph with the FP16 builder flag; ``precision="fp32"`` gives a
+    true FP32 engine (TF32 off).
     """
     from deepis_rt.export import tensorrt as trt_cache
 
     def load() -> bytes:
-        env = trt_cache.current_engine_env()
+        env = trt_cache.current_engine_env(device)
         if source.engine is not None:
             return trt_cache.load_engine_bytes(source.engine, env=env)
-        # FP16 comes from the FP16 graph (strongly typed TensorRT); without one the engine is FP32
-        fp16 = precision != "fp32" and source.onnx_fp16 is not None
-        onnx = source.onnx_fp16 if fp16 else source.onnx_fp32
+        fp16 = precision != "fp32" and (
+            source.onnx_fp16 is not None or trt_cache.build_mode(env.trt_version, "fp16") == "builder-flag")
+        onnx = source.onnx_fp16 if (fp16 and source.onnx_fp16 is not None) else source.onnx_fp32
         if onnx is None:
             raise BackendError(f"tensorrt: {source.path} has no ONNX file to build an engine from")
+        if precision != "fp32" and not fp16:
+            log.info("load | TensorRT %s builds FP16 from an FP16 ONNX graph, which %s lacks; building FP32",
+                     env.trt_version, source.path)
         tile = tuple(int(v) for v in source.meta.get("tile_zyx", (64, 128, 128)))
         profile = trt_cache.profile_from_batch((1, batch_size, max(4, batch_size)), tile)
         build = trt_cache.get_engine(onnx, engines_dir, "fp16" if fp16 else "fp32", profile,
-                                     onnx_fp32_path=source.onnx_fp32)
-        return trt_cache.load_engine_bytes(build.path, env=env)
+                                     onnx_fp32_path=source.onnx_fp32, device=device)
+        assert build.data is not None  # get_engine returns the verified bytes
+        return build.data
 
     return load
 
@@ -207,7 +214,8 @@ def _make_runner(name: str, source: ModelSource, device: str | None, cache_dir: 
             gpu_onnx_for_checkpoint(source, cache_dir)
         if source.engine is None and not source.has_onnx:
             onnx_for_checkpoint(source, cache_dir)
-        loader = _tensorrt_engine_loader(source, engines_dir, int(options.get("batch_size", 1)), precision)
+        loader = _tensorrt_engine_loader(source, engines_dir, int(options.get("batch_size", 1)), precision,
+                                         device=gpu_device)
         return TensorRTRunner(loader, device=gpu_device)
     raise ConfigError(f"unknown backend {name!r}")
 

@@ -12,6 +12,12 @@ device-to-host copy of frame ``i - 1`` overlap the compute of frame ``i``. A slo
 after its previous frame was drained (``d2h_done`` synchronised and its output copied out), so a
 pinned buffer is never overwritten while a copy still reads it. Outputs come back in order.
 
+Buffers outlive the work queued on them: device buffers are marked as used by every stream that
+touches them (``record_stream``), and a consumer that stops iterating early (an abandoned
+generator, an exception) does not free anything before the frames still in flight are finished —
+the generator's ``finally`` waits for them. A runner may pass its own persistent compute stream
+(``compute_stream``) so that its execution context is only ever used on that one stream.
+
 No pycuda: streams, events and pinned memory are PyTorch's, shared by the PyTorch, ONNX Runtime
 (CUDA EP with I/O binding) and TensorRT runners. The stream/event operations sit behind a small
 ``ops`` object so that the ring logic is unit-tested on the CPU with a stand-in.
@@ -41,9 +47,22 @@ class TorchCudaOps:
 
         self.torch = torch
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+
+    def device_scope(self) -> Any:
+        """``torch.cuda.device(index)``: this device is current inside the block."""
+        return self.torch.cuda.device(self.device.index)
+
+    def stream_scope(self, stream: Any) -> Any:
+        """``torch.cuda.stream(stream)``: work and allocations inside the block go to ``stream``."""
+        return self.torch.cuda.stream(stream)
 
     def stream(self) -> Any:
         return self.torch.cuda.Stream(self.device)
+
+    def synchronize_stream(self, stream: Any) -> None:
+        stream.synchronize()
 
     def event(self) -> Any:
         return self.torch.cuda.Event()
@@ -72,17 +91,19 @@ class TorchCudaOps:
         event.synchronize()
 
     def keep_alive(self, tensor: Any, stream: Any) -> None:
-        # y was allocated on the compute stream and is read by the d2h stream
+        # the caching allocator must not hand this memory out again before `stream`'s queued work is done
         tensor.record_stream(stream)
 
 
 class _Slot:
     __slots__ = ("pinned_in", "device_in", "pinned_out", "h2d_done", "computed", "d2h_done", "capacity")
 
-    def __init__(self, ops: Any, capacity: int) -> None:
+    def __init__(self, ops: Any, capacity: int, streams: tuple[Any, ...]) -> None:
         self.capacity = capacity
         self.pinned_in = ops.pinned(capacity)
         self.device_in = ops.device_buffer(capacity)
+        for stream in streams:  # written by the h2d stream, read by the compute stream
+            ops.keep_alive(self.device_in, stream)
         self.pinned_out = ops.pinned(capacity)
         self.h2d_done = ops.event()
         self.computed = ops.event()
@@ -105,6 +126,8 @@ class CudaDataPath:
         Stream/event operations (default :class:`TorchCudaOps`); tests pass a CPU stand-in.
     trace : list, optional
         When given, ``(stage, frame, slot)`` tuples are appended as the path works (for tests).
+    compute_stream : stream, optional
+        The stream ``fn`` runs on (a runner's persistent stream); default: a new one.
     """
 
     def __init__(
@@ -114,6 +137,7 @@ class CudaDataPath:
         depth: int = 3,
         ops: Any = None,
         trace: list | None = None,
+        compute_stream: Any = None,
     ) -> None:
         if depth < 1:
             raise ValueError(f"gpu data path: depth must be >= 1, got {depth}")
@@ -122,7 +146,7 @@ class CudaDataPath:
         self.ops = ops if ops is not None else TorchCudaOps(device)
         self.trace = trace
         self.h2d_stream = self.ops.stream()
-        self.compute_stream = self.ops.stream()
+        self.compute_stream = compute_stream if compute_stream is not None else self.ops.stream()
         self.d2h_stream = self.ops.stream()
         self._slots: list[_Slot | None] = [None] * self.depth
         self.max_in_flight = 0
@@ -134,7 +158,7 @@ class CudaDataPath:
     def _slot(self, index: int, numel: int) -> _Slot:
         slot = self._slots[index]
         if slot is None or slot.capacity < numel:
-            slot = _Slot(self.ops, numel)
+            slot = _Slot(self.ops, numel, (self.h2d_stream, self.compute_stream))
             self._slots[index] = slot
         return slot
 
@@ -175,12 +199,22 @@ class CudaDataPath:
     def run(self, batches: Iterable[Any]) -> Iterator[np.ndarray]:
         """Yield the output of every batch, in order, keeping up to ``depth`` batches in flight."""
         pending: deque[tuple[int, tuple[int, ...], Any]] = deque()
-        for frame, batch in enumerate(batches):
-            if len(pending) == self.depth:
+        try:
+            for frame, batch in enumerate(batches):
+                if len(pending) == self.depth:
+                    done, shape, _y = pending.popleft()
+                    yield self._drain(done, shape)
+                pending.append(self._submit(frame, batch))
+                self.max_in_flight = max(self.max_in_flight, len(pending))
+            while pending:
                 done, shape, _y = pending.popleft()
                 yield self._drain(done, shape)
-            pending.append(self._submit(frame, batch))
-            self.max_in_flight = max(self.max_in_flight, len(pending))
-        while pending:
-            done, shape, _y = pending.popleft()
-            yield self._drain(done, shape)
+        finally:
+            # abandoned early (generator closed, exception): frames still in flight read and write the
+            # ring's buffers; wait for them before anything can be freed or reused
+            while pending:
+                done, _shape, _y = pending.popleft()
+                slot = self._slots[done % self.depth]
+                if slot is not None:
+                    self.ops.synchronize(slot.d2h_done)
+                self._log("abandon", done, done % self.depth)

@@ -46,9 +46,21 @@ def test_cache_key_is_stable():
     ("precision", "fp32"),
     ("profile", profile_from_batch((1, 2, 4), (64, 128, 128))),
     ("profile", profile_from_batch((1, 1, 4), (64, 128, 128), dynamic_shape=True)),
+    ("tf32", True),
+    ("workspace_bytes", 1 << 30),
 ])
 def test_cache_key_changes_with_each_input(field, value):
     assert cache_key(**{**KEY_ARGS, field: value}) != cache_key(**KEY_ARGS)
+
+
+def test_manifest_without_tf32_or_workspace_is_refused(tmp_path):
+    """Engines keyed before TF32 and workspace were part of the key are rebuilt, not trusted."""
+    plan, _, manifest = _fake_engine(tmp_path)
+    for field in ("tf32", "workspace_bytes"):
+        edited = {k: v for k, v in manifest.items() if k != field}
+        plan.with_suffix(".json").write_text(json.dumps(edited))
+        with pytest.raises(EngineCacheError, match=f"lacks '{field}'"):
+            load_engine_bytes(plan)
 
 
 def test_profile_from_batch():
@@ -73,13 +85,15 @@ def test_build_mode_by_tensorrt_version(version, mode):
 
 def _fake_engine(folder, env=ENV, data=b"\x00plan-bytes" * 100):
     """A plan file and manifest exactly as build_engine writes them (without TensorRT)."""
-    key = cache_key("c" * 64, env.trt_version, env.gpu_name, env.compute_capability, "fp16", PROFILE)
+    key = cache_key("c" * 64, env.trt_version, env.gpu_name, env.compute_capability, "fp16", PROFILE,
+                    tf32=True, workspace_bytes=4 << 30)
     plan = folder / f"{key}.plan"
     plan.write_bytes(data)
     manifest = {
         "format": ENGINE_FORMAT, "format_version": 1, "cache_key": key, "onnx_sha256": "c" * 64,
         "trt_version": env.trt_version, "gpu_name": env.gpu_name, "compute_capability": env.compute_capability,
-        "precision": "fp16", "build_mode": "strongly-typed", "profile": PROFILE.to_dict(),
+        "precision": "fp16", "tf32": True, "workspace_bytes": 4 << 30, "build_mode": "strongly-typed",
+        "profile": PROFILE.to_dict(),
         "build_time_s": 1.0, "built_at": "2026-01-01T00:00:00+00:00",
         "engine_sha256": hashlib.sha256(data).hexdigest(), "engine_bytes": len(data),
     }
