@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from deepis_rt.errors import BackendError, EngineCacheError, ExportError, MissingDependencyError
+from deepis_rt.errors import EngineCacheError, ExportError, MissingDependencyError
 from deepis_rt.export.trt_build import (
     TimingCache,
     cuda_device_index,
@@ -536,42 +536,22 @@ def deserialize_engine(data: bytes, device: Any = None) -> Any:
     return engine
 
 
-def run_engine(engine: Any, x: Any) -> Any:
-    """Run ``engine`` once on a CUDA float32 tensor (N, 1, Z, Y, X); returns the distance tensor.
+def run_engine(engine: Any, x: Any, ops: Any = None) -> Any:
+    """Run ``engine`` once on a device float32 tensor (N, 1, Z, Y, X); returns the distance tensor.
 
-    A minimal synchronous call used by export checks and tests (the streaming runtime is
-    :class:`~deepis_rt.runtime.runners.TensorRTRunner`): a context of its own on a stream of its own
-    (never the legacy default stream), on the input's device, released after a synchronise.
+    A minimal synchronous call used by export checks and tests, through
+    :class:`~deepis_rt.runtime.runners.TensorRTRunner`: an execution context of its own on a stream of
+    its own (never the legacy default stream), on the input's device, checked input shape, output
+    dtype from the engine, and a synchronise before the context is released. ``ops``: the CUDA
+    operations (default ``torch.cuda``; tests pass a CPU stand-in).
     """
-    import torch
+    from deepis_rt.runtime.runners.tensorrt_runner import TensorRTRunner
 
-    from deepis_rt._optional import import_optional
-    from deepis_rt.export.onnx_export import INPUT_NAME, OUTPUT_NAME
-    from deepis_rt.runtime.runners.tensorrt_runner import torch_dtype
-
-    trt = import_optional("tensorrt", "running TensorRT engines")
-    with device_scope(cuda_device_index(x.device)):
-        caller = torch.cuda.current_stream(x.device)
-        stream = torch.cuda.Stream(x.device)
-        stream.wait_stream(caller)  # x was made on the caller's stream
-        context = engine.create_execution_context()
-        if context is None:
-            raise BackendError("tensorrt: could not create an execution context (out of GPU memory?)")
-        try:
-            with torch.cuda.stream(stream):
-                x = x.to(dtype=torch_dtype(trt, engine.get_tensor_dtype(INPUT_NAME))).contiguous()
-                if not context.set_input_shape(INPUT_NAME, tuple(x.shape)):
-                    raise BackendError(f"tensorrt: input shape {tuple(x.shape)} is outside the engine's "
-                                       "optimisation profile")
-                out_dtype = torch_dtype(trt, engine.get_tensor_dtype(OUTPUT_NAME))
-                y = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=out_dtype, device=x.device)
-                context.set_tensor_address(INPUT_NAME, x.data_ptr())
-                context.set_tensor_address(OUTPUT_NAME, y.data_ptr())
-                if not context.execute_async_v3(stream.cuda_stream):
-                    raise ExportError("export | TensorRT execution failed (see the TensorRT log)")
-                y = y.float()
-        finally:
-            stream.synchronize()  # before the context goes: its work must be finished
-            del context
-    y.record_stream(caller)
+    runner = TensorRTRunner(lambda: engine, device=str(x.device), ops=ops)
+    runner.activate()
+    try:
+        y = runner.forward_device(x)
+        runner.synchronize()
+    finally:
+        runner.deactivate()
     return y

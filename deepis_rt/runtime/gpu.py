@@ -64,6 +64,12 @@ class TorchCudaOps:
     def synchronize_stream(self, stream: Any) -> None:
         stream.synchronize()
 
+    def wait_for_current(self, stream: Any) -> None:
+        """Order ``stream`` after the work queued so far on the current stream (no-op when they are one)."""
+        current = self.torch.cuda.current_stream(self.device)
+        if current != stream:
+            stream.wait_stream(current)
+
     def event(self) -> Any:
         return self.torch.cuda.Event()
 

@@ -115,6 +115,15 @@ class Segmenter:
         if fixed is not None and tuple(fixed) != self.tile_zyx:
             log.info("segment | the model takes tiles of %s only (meta says %s); using %s", fixed, self.tile_zyx, fixed)
             self.tile_zyx = tuple(int(v) for v in fixed)
+        # an engine whose profile is a range (runner.spatial_limits_zyx) gets whole tiles inside it
+        limits = getattr(runner, "spatial_limits_zyx", None)
+        self._fixed_tile = fixed is not None or limits is not None
+        if fixed is None and limits is not None:
+            inside = tuple(min(max(t, lo), hi) for t, lo, hi in zip(self.tile_zyx, *limits, strict=True))
+            if inside != self.tile_zyx:
+                log.info("segment | tile %s is outside the engine's profile %s .. %s; using %s",
+                         self.tile_zyx, *limits, inside)
+                self.tile_zyx = inside
         self.normalization = preprocess.Normalization.from_meta(self.meta)
         self.medium_ri = float(self.meta.get("medium_ri", 1.337))
         self.overlap = float(overlap)
@@ -174,8 +183,7 @@ class Segmenter:
         return float(np.float32((self.medium_ri - norm.offset) / norm.scale))
 
     def _plan(self, shape: tuple[int, ...]) -> Any:
-        return plan_tiles(shape, self.tile_zyx, self.overlap, self.size_multiple,
-                          self.runner.fixed_spatial_zyx is not None, self.blend)
+        return plan_tiles(shape, self.tile_zyx, self.overlap, self.size_multiple, self._fixed_tile, self.blend)
 
     def _tile(self, model_volume: np.ndarray) -> np.ndarray:
         norm = self.normalization
@@ -183,7 +191,7 @@ class Segmenter:
         return sliding_window_inference(
             model_volume, self.runner, self.tile_zyx, overlap=self.overlap, batch_size=self.batch_size,
             transform=lambda src, dst: norm.apply(src, out=dst), pad_value=self._pad_value(), blend=self.blend,
-            multiple=self.size_multiple, fixed_tile=self.runner.fixed_spatial_zyx is not None, out=out,
+            multiple=self.size_multiple, fixed_tile=self._fixed_tile, out=out,
         )
 
     def infer_prepared(self, prepared: Sequence[PreparedFrame]) -> list[np.ndarray]:

@@ -517,6 +517,7 @@ def created_contexts(engine: FakeEngine) -> int:
 class FakeContext(Checked):
     REAL = "IExecutionContext"
     _streams: list[int] = []  # every stream handle execute_async_v3 saw
+    _shapes_seen: list[tuple[int, ...]] = []  # every accepted input shape
 
     def __init__(self, engine: FakeEngine) -> None:
         self._engine = engine
@@ -531,6 +532,7 @@ class FakeContext(Checked):
         if any(s < a or s > b for s, a, b in zip(shape, lo, hi, strict=True)):
             return False
         self._shapes[name] = shape
+        FakeContext._shapes_seen.append(shape)
         return True
 
     def get_tensor_shape(self, name: str) -> Any:

@@ -40,6 +40,7 @@ def no_violations():
     ct.VIOLATIONS.clear()
     ct.FakeBuilder._builds.clear()
     ct.FakeContext._streams.clear()
+    ct.FakeContext._shapes_seen.clear()
     ct.FakeOnnxParser._fail_with = None
     yield
     assert not ct.VIOLATIONS, "TensorRT API violations:\n" + "\n".join(ct.VIOLATIONS)
@@ -122,6 +123,9 @@ class HostOps:
     def synchronize_stream(self, stream):
         stream.synchronized += 1
         self.log.append(("sync", stream.cuda_stream))
+
+    def wait_for_current(self, stream):
+        self.log.append(("wait", stream.cuda_stream))
 
     def event(self):
         return HostEvent()
@@ -388,3 +392,43 @@ def test_backend_loader_builds_once_and_passes_verified_bytes(trt, onnx_files, t
     assert again == data and len(reads) == 1  # cached: read (and hashed) once
     # strongly typed TensorRT without an FP16 graph builds (and labels) FP32
     assert ct.FakeBuilder._builds[-1]["onnx"] == str(fp32)
+
+
+def test_segmenter_plans_tiles_inside_the_engine_profile(trt, onnx_files, tmp_path):
+    """A volume smaller than the profile's minimum is padded to a tile the engine accepts."""
+    from deepis_rt.export.tensorrt import EngineProfile, get_engine
+    from deepis_rt.runtime.runners import TensorRTRunner
+    from deepis_rt.runtime.segmenter import Segmenter
+
+    profile = EngineProfile((1, 1, 32, 32, 32), (1, 1, 32, 64, 64), (2, 1, 64, 128, 128))
+    data = get_engine(onnx_files[0], tmp_path, "fp32", profile, progress=False).data
+    runner = TensorRTRunner(data, device="cuda:0", ops=HostOps())
+    meta = {"tile_zyx": [32, 64, 64], "voxel_size_um": [0.5, 0.25, 0.25], "medium_ri": 1.337}
+    seg = Segmenter(runner, meta, analyze=False)
+    assert runner.spatial_limits_zyx == ((32, 32, 32), (64, 128, 128))
+    volume = np.full((10, 40, 40), 1.337, np.float32)
+    volume[3:7, 10:30, 10:30] = 1.37
+    result = seg.segment(volume)
+    assert result.distance.shape == volume.shape and np.isfinite(result.distance).all()
+    assert ct.FakeContext._shapes_seen and all(s[2:] == (32, 64, 64) for s in ct.FakeContext._shapes_seen)
+    seg.close()
+
+
+def test_run_engine_checks_shape_uses_own_stream_and_releases_its_context(trt, onnx_files, tmp_path):
+    import torch
+
+    from deepis_rt.errors import BackendError
+    from deepis_rt.export.tensorrt import deserialize_engine, run_engine
+
+    data = _engine_bytes(tmp_path, onnx_files[0], dynamic=False)
+    engine = deserialize_engine(data, device="cuda:1")
+    assert DeviceRecorder.entered[-1] == 1
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 1, 32, 64, 64)).astype(np.float32))
+    ops = HostOps()
+    y = run_engine(engine, x, ops=ops)
+    assert y.dtype == torch.float32 and torch.allclose(y, 2 * x + 1)
+    assert 0 not in ct.FakeContext._streams and ops.log[-1][0] == "sync"
+    gc.collect()
+    assert ct.created_contexts(engine) == 1 and ct.live_contexts(engine) == 0
+    with pytest.raises(BackendError, match="outside the engine's optimisation profile"):
+        run_engine(engine, torch.zeros((1, 1, 16, 64, 64)), ops=HostOps())

@@ -110,16 +110,20 @@ class TensorRTRunner(Runner):
 
             ops = TorchCudaOps(self.device_str)
         self._trt, self._ops, self.device = trt, ops, ops.device
-        with ops.device_scope():
-            engine = self._load_engine(trt)
-            self.engine = engine
-            self._read_io(trt, engine)
-            self._stream = ops.stream()
-            context = engine.create_execution_context()
-            if context is None:
-                raise BackendError("tensorrt: could not create an execution context (out of GPU memory? "
-                                   "the context holds the profile's largest activations)")
-            self._context = context
+        try:
+            with ops.device_scope():
+                engine = self._load_engine(trt)
+                self.engine = engine
+                self._read_io(trt, engine)
+                self._stream = ops.stream()
+                context = engine.create_execution_context()
+                if context is None:
+                    raise BackendError("tensorrt: could not create an execution context (out of GPU memory? "
+                                       "the context holds the profile's largest activations)")
+                self._context = context
+        except BaseException:
+            self.deactivate_impl()  # nothing half-made stays referenced
+            raise
         self._path = None
         log.info("tensorrt: engine on %s, input %s %s, profile %s", self.device, self.input_name,
                  self.input_dtype, self.input_profile.to_dict())
@@ -195,16 +199,28 @@ class TensorRTRunner(Runner):
                 raise ShapeError(f"tensorrt: tile {spatial} (Z, Y, X) is outside the engine's optimisation "
                                  f"profile {lo} .. {hi}; plan tiles inside it (runner.spatial_limits_zyx)")
 
+    def synchronize(self) -> None:
+        """Wait until everything queued on the runner's stream has finished."""
+        with self._ops.device_scope():
+            self._ops.synchronize_stream(self._stream)
+
     def forward_device(self, x: Any) -> Any:
         """Enqueue inference of a device tensor on the runner's stream; returns the float32 output.
 
-        Batches beyond the profile's maximum run as consecutive chunks through the one context;
-        a batch below its minimum is padded (and the padding dropped from the output).
+        The runner's stream first waits for the caller's current stream (where ``x`` was made; a
+        no-op inside the data path, whose compute stream is the runner's). Batches beyond the
+        profile's maximum run as consecutive chunks through the one context; a batch below its
+        minimum is padded (and the padding dropped from the output). The output belongs to the
+        runner's stream: synchronise it (:meth:`synchronize`) or order other streams after it.
         """
         import torch
 
+        if self._context is None:
+            raise BackendError("tensorrt: forward_device() called before activate()")
         ops, ctx = self._ops, self._context
         n = int(x.shape[0])
+        with ops.device_scope():
+            ops.wait_for_current(self._stream)
         with ops.device_scope(), ops.stream_scope(self._stream):
             x = x.to(self.device, dtype=self.input_dtype).contiguous()
             if n < self._min_batch:

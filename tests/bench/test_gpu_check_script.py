@@ -1,0 +1,39 @@
+"""benchmarks/gpu_check.sh runs end to end on a CPU (--dry-run) and leaves one valid JSON per stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ["env", "pytest-gpu", "datapath", "bench-deepis-lite", "bench-deepis", "ort-cuda", "tensorrt", "summary"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+def test_gpu_check_dry_run_writes_every_stage(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DEEPIS_RT_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reports = {}
+    for stage in STAGES:
+        path = out / f"{stage}.json"
+        assert path.is_file(), f"{stage}: no {path.name}\n{done.stdout}"
+        reports[stage] = json.loads(path.read_text())
+        assert reports[stage]["stage"] == stage and reports[stage]["status"]
+    assert reports["env"]["status"] == "ok" and reports["env"]["libraries"]["torch"]
+    import torch
+
+    expected = "skipped: no GPU" if not torch.cuda.is_available() else "skipped: dry run"
+    for stage in STAGES[1:-1]:
+        assert reports[stage]["status"] == expected and reports[stage]["dry_run"] is True
+    assert reports["summary"]["stages"]["tensorrt"] == expected
+    assert (out / "summary.md").is_file() and (out / "engines").is_dir()
