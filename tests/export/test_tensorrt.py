@@ -202,8 +202,19 @@ def test_export_without_tensorrt(monkeypatch, exports, fake_onnx_export, tmp_pat
 # --- real TensorRT: run where TensorRT and a CUDA GPU exist ----------------------------------------
 
 
+@pytest.fixture(scope="session")
+def engines_dir(tmp_path_factory):
+    """One engine folder for the run ($DEEPIS_RT_TEST_ENGINES, shared with gpu_check.sh): built once."""
+    import os
+    from pathlib import Path
+
+    shared = os.environ.get("DEEPIS_RT_TEST_ENGINES")
+    return Path(shared) if shared else tmp_path_factory.mktemp("engines")
+
+
 @pytest.mark.tensorrt
-def test_tensorrt_engine_builds_runs_and_caches(exports, tmp_path):
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_tensorrt_engine_builds_runs_and_caches(exports, engines_dir, precision):
     import torch
 
     from deepis_rt.checkpoint import load_checkpoint
@@ -213,35 +224,44 @@ def test_tensorrt_engine_builds_runs_and_caches(exports, tmp_path):
     ckpt_path, result = exports.get("deepis-lite")
     tile = load_checkpoint(ckpt_path).tile_zyx
     profile = profile_from_batch((1, 2, 3), tile)
-    first = get_engine(result.onnx_fp16, tmp_path, "fp16", profile, onnx_fp32_path=result.onnx_fp32,
-                       progress=False)
-    assert not first.cached and first.path.is_file()
-    assert list(tmp_path.glob("timing-*.cache"))
-    again = get_engine(result.onnx_fp16, tmp_path, "fp16", profile, onnx_fp32_path=result.onnx_fp32)
-    assert again.cached and again.path == first.path
-    engine = deserialize_engine(load_engine_bytes(first.path, expected_key=first.path.stem))
+    onnx = result.onnx_fp16 if precision == "fp16" else result.onnx_fp32
+    first = get_engine(onnx, engines_dir, precision, profile, onnx_fp32_path=result.onnx_fp32, progress=False)
+    assert first.path.is_file() and first.data is not None
+    assert first.manifest["tf32"] is (precision == "fp16")
+    assert list(engines_dir.glob("timing-*.cache"))
+    again = get_engine(onnx, engines_dir, precision, profile, onnx_fp32_path=result.onnx_fp32)
+    assert again.cached and again.path == first.path and again.data == first.data
+    engine = deserialize_engine(first.data)
     x = np.random.default_rng(0).standard_normal((3, 1, *tile)).astype(np.float32)
     y = run_engine(engine, torch.from_numpy(x).cuda()).cpu().numpy()
     with torch.inference_mode():
         ref = load_checkpoint(ckpt_path).build()(torch.from_numpy(x)).numpy()
-    r = compare_distance(ref, y, 0.125, FP16_TOLERANCE, "tensorrt-fp16", "random")
-    assert r.passed, r.failures
+    if precision == "fp16":
+        r = compare_distance(ref, y, 0.125, FP16_TOLERANCE, "tensorrt-fp16", "random")
+        assert r.passed, r.failures
+    else:  # TF32 is off: true FP32, so the engine agrees with PyTorch's CPU FP32 closely
+        np.testing.assert_allclose(y, ref, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.tensorrt
-def test_tensorrt_corrupt_engine_is_rebuilt(exports, tmp_path):
+def test_tensorrt_corrupt_engine_is_rebuilt(exports, engines_dir, tmp_path):
+    import shutil
+
+    from deepis_rt.checkpoint import load_checkpoint
     from deepis_rt.export.tensorrt import get_engine
 
     ckpt_path, result = exports.get("deepis-lite")
-    from deepis_rt.checkpoint import load_checkpoint
-
-    profile = profile_from_batch((1, 1, 2), load_checkpoint(ckpt_path).tile_zyx)
-    built = get_engine(result.onnx_fp16, tmp_path, "fp16", profile, onnx_fp32_path=result.onnx_fp32)
-    built.path.write_bytes(b"corrupt")
+    profile = profile_from_batch((1, 2, 3), load_checkpoint(ckpt_path).tile_zyx)
+    shared = get_engine(result.onnx_fp16, engines_dir, "fp16", profile, onnx_fp32_path=result.onnx_fp32)
+    # corrupt a copy (with the shared timing cache, so the rebuild is quick), never the shared engine
+    for f in [shared.path, shared.manifest_path, *engines_dir.glob("timing-*.cache")]:
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / shared.path.name).write_bytes(b"corrupt")
     with pytest.raises(EngineCacheError, match="checksum mismatch"):
         get_engine(result.onnx_fp16, tmp_path, "fp16", profile, onnx_fp32_path=result.onnx_fp32, rebuild=False)
     rebuilt = get_engine(result.onnx_fp16, tmp_path, "fp16", profile, onnx_fp32_path=result.onnx_fp32)
-    assert not rebuilt.cached and load_engine_bytes(rebuilt.path)
+    assert not rebuilt.cached and load_engine_bytes(rebuilt.path) == rebuilt.data
+    assert rebuilt.manifest["timing_cache_status"] == "loaded"
 
 
 def test_broken_tensorrt_install_is_explained(monkeypatch):

@@ -125,3 +125,74 @@ def test_real_cuda_path_overlaps_and_matches():
     for f, o in zip(frames, outs, strict=True):
         ref = fn(torch.from_numpy(f).cuda()).cpu().numpy()
         np.testing.assert_allclose(o, ref, atol=1e-5)
+
+
+class RecordingOps(HostOps):
+    """HostOps that also records which buffers are kept alive on which stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.kept = []
+        self.synced = []
+
+    def stream(self):
+        return object()
+
+    def keep_alive(self, tensor, stream):
+        self.kept.append((tensor.data_ptr(), stream))
+
+    def synchronize(self, event):
+        super().synchronize(event)
+        self.synced.append(event)
+
+
+def test_abandoned_stream_waits_for_frames_in_flight():
+    """Closing the generator early synchronises every frame still queued before buffers can go."""
+    ops = RecordingOps()
+    trace = []
+    path = CudaDataPath(lambda x: x + 1, depth=3, ops=ops, trace=trace)
+    gen = path.run(iter(_frames(10)))
+    first = next(gen)  # frames 0..2 submitted, frame 0 drained
+    assert float(first.flat[0]) == 1.0
+    gen.close()
+    abandoned = [fr for st, fr, _ in trace if st == "abandon"]
+    assert abandoned == [1, 2]  # every submitted, undrained frame was waited for
+    assert len(ops.synced) == 3  # one drain + two waits on d2h_done
+    # the ring is still usable afterwards
+    assert [float(o.flat[0]) for o in path.run(iter(_frames(2)))] == [1.0, 2.0]
+
+
+def test_device_buffers_are_kept_alive_on_the_streams_that_use_them():
+    ops = RecordingOps()
+    compute = object()
+    path = CudaDataPath(lambda x: x * 1, depth=2, ops=ops, compute_stream=compute)
+    assert path.compute_stream is compute
+    list(path.run(iter(_frames(2))))
+    slot = path._slots[0]
+    kept_streams = {s for ptr, s in ops.kept if ptr == slot.device_in.data_ptr()}
+    assert kept_streams == {path.h2d_stream, compute}
+
+
+def test_torch_cuda_ops_scope_the_device(monkeypatch):
+    """TorchCudaOps makes its own device current with torch.cuda.device(index)."""
+    import torch
+
+    from deepis_rt.runtime.gpu import TorchCudaOps
+
+    entered = []
+
+    class Recorder:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            entered.append(self.index)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "device", Recorder)
+    ops = TorchCudaOps("cuda:1")
+    with ops.device_scope():
+        pass
+    assert entered == [1] and ops.device == torch.device("cuda", 1)

@@ -29,13 +29,15 @@ def _make(kind, ckpt, onnx):
     if kind == "onnxruntime-cuda":
         return OnnxRuntimeRunner(onnx, provider="cuda")
     if kind == "tensorrt":
+        import os
         import tempfile
         from pathlib import Path
 
         from deepis_rt.runtime.backends import _tensorrt_engine_loader
         from deepis_rt.runtime.source import resolve_source
 
-        engines = Path(tempfile.mkdtemp(prefix="deepis-rt-engines-"))
+        # one engine folder for the run (engines are keyed and verified): built once, reused by every test
+        engines = Path(os.environ.get("DEEPIS_RT_TEST_ENGINES") or Path(tempfile.gettempdir()) / "deepis-rt-test-engines")
         return TensorRTRunner(_tensorrt_engine_loader(resolve_source(onnx), engines, batch_size=2, precision="fp32"))
     raise AssertionError(kind)
 
