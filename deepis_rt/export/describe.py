@@ -119,8 +119,8 @@ def describe_engine(path: Path) -> dict[str, Any]:
         integrity = "ok (key and sha256 match)"
     except EngineCacheError as exc:
         integrity = f"FAILED: {exc}"
-    keys = ("cache_key", "precision", "build_mode", "trt_version", "gpu_name", "compute_capability",
-            "profile", "onnx_path", "onnx_sha256", "build_time_s", "built_at", "engine_bytes", "engine_sha256")
+    keys = ("cache_key", "precision", "tf32", "workspace_bytes", "build_mode", "trt_version", "gpu_name",
+            "compute_capability", "profile", "onnx_path", "onnx_sha256", "build_time_s", "built_at", "engine_bytes", "engine_sha256")
     return {"kind": "engine", "path": str(plan), **{k: manifest.get(k) for k in keys}, "integrity": integrity}
 
 
