@@ -432,3 +432,34 @@ def test_run_engine_checks_shape_uses_own_stream_and_releases_its_context(trt, o
     assert ct.created_contexts(engine) == 1 and ct.live_contexts(engine) == 0
     with pytest.raises(BackendError, match="outside the engine's optimisation profile"):
         run_engine(engine, torch.zeros((1, 1, 16, 64, 64)), ops=HostOps())
+
+
+def test_loader_uses_the_fp16_flag_on_old_tensorrt_without_fp16_onnx(trt, onnx_files, tmp_path, monkeypatch):
+    from deepis_rt.runtime import backends
+    from deepis_rt.runtime.source import ModelSource
+
+    if MAJOR >= 11:  # TensorRT 11 has no FP16 builder flag: always the FP16 graph
+        assert not hasattr(trt.BuilderFlag, "FP16")
+        return
+    monkeypatch.setattr(trt, "__version__", "10.11.0.33")
+    fp32, _ = onnx_files
+    source = ModelSource(path=fp32, kind="onnx", onnx_fp32=fp32, meta={"tile_zyx": [32, 64, 64]})
+    backends._tensorrt_engine_loader(source, tmp_path, 1, precision=None, device="cuda:0")()
+    record = ct.FakeBuilder._builds[-1]
+    assert record["onnx"] == str(fp32) and "FP16" in record["flags"]
+
+
+def test_timing_cache_keeps_timings_another_process_wrote(trt, tmp_path):
+    from deepis_rt.export.trt_build import TimingCache
+
+    path = tmp_path / "timing.cache"
+    path.write_bytes(json.dumps({"tag": ct.DEVICE_TAG, "entries": {"mine-before": 1.0}}).encode())
+    config = ct.FakeBuilderConfig()
+    cache = TimingCache(path)
+    cache.attach(config)
+    assert cache.status == "loaded" and config.get_timing_cache() is cache.cache
+    # meanwhile another build wrote its timings, and this build added one
+    path.write_bytes(json.dumps({"tag": ct.DEVICE_TAG, "entries": {"theirs": 2.0}}).encode())
+    cache.cache._entries["mine-new"] = 3.0
+    cache.save()
+    assert set(json.loads(path.read_bytes())["entries"]) == {"mine-before", "theirs", "mine-new"}

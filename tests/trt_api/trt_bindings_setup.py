@@ -69,10 +69,18 @@ class Bindings:
 
 
 def cache_root() -> Path:
+    """``$DEEPIS_RT_TRT_BINDINGS``, else ``~/.cache/deepis-rt/trt-bindings`` (a temp folder if unwritable)."""
     if os.environ.get("DEEPIS_RT_TRT_BINDINGS"):
         return Path(os.environ["DEEPIS_RT_TRT_BINDINGS"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "deepis-rt" / "trt-bindings"
+    root = Path(base) / "deepis-rt" / "trt-bindings"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        import tempfile
+
+        root = Path(tempfile.gettempdir()) / "deepis-rt-trt-bindings"
+    return root
 
 
 def _sonames(module: Path) -> list[str]:
