@@ -552,6 +552,8 @@ def run_engine(engine: Any, x: Any, ops: Any = None) -> Any:
     try:
         y = runner.forward_device(x)
         runner.synchronize()
+        # y's memory belongs to the runner's stream; the caller uses it on its own
+        runner.ops.keep_alive(y, runner.ops.current_stream())
     finally:
         runner.deactivate()
     return y

@@ -64,6 +64,9 @@ class TorchCudaOps:
     def synchronize_stream(self, stream: Any) -> None:
         stream.synchronize()
 
+    def current_stream(self) -> Any:
+        return self.torch.cuda.current_stream(self.device)
+
     def wait_for_current(self, stream: Any) -> None:
         """Order ``stream`` after the work queued so far on the current stream (no-op when they are one)."""
         current = self.torch.cuda.current_stream(self.device)

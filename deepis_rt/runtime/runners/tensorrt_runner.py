@@ -199,6 +199,11 @@ class TensorRTRunner(Runner):
                 raise ShapeError(f"tensorrt: tile {spatial} (Z, Y, X) is outside the engine's optimisation "
                                  f"profile {lo} .. {hi}; plan tiles inside it (runner.spatial_limits_zyx)")
 
+    @property
+    def ops(self) -> Any:
+        """The CUDA operations in use (:class:`~deepis_rt.runtime.gpu.TorchCudaOps` on a GPU)."""
+        return self._ops
+
     def synchronize(self) -> None:
         """Wait until everything queued on the runner's stream has finished."""
         with self._ops.device_scope():
@@ -251,10 +256,12 @@ class TensorRTRunner(Runner):
 
         ops = self._ops
         x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch, np.float32))
-        with ops.device_scope(), ops.stream_scope(self._stream):
-            y = self.forward_device(x.to(self.device))
-            ops.synchronize_stream(self._stream)
-            return y.cpu().numpy()
+        with ops.device_scope():
+            ops.wait_for_current(self._stream)  # a device batch may still be in the making on the caller's stream
+            with ops.stream_scope(self._stream):
+                y = self.forward_device(x.to(self.device))
+                ops.synchronize_stream(self._stream)
+                return y.cpu().numpy()
 
     def infer_stream(self, batches: Iterable[Any]) -> Iterator[np.ndarray]:
         """Outputs in order; copies overlap compute (pinned ring, see :mod:`deepis_rt.runtime.gpu`).
