@@ -36,7 +36,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # exported ONNX files stay out of $OUT (large, rebuilt in seconds)
 export DEEPIS_RT_CACHE="${DEEPIS_RT_CACHE:-${TMPDIR:-/tmp}/deepis-rt-cache}"
 export DEEPIS_RT_TEST_ENGINES="$ENGINES"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 START=$(date +%s)
 TOTAL="${GPU_CHECK_BUDGET_S:-345}"   # leave a margin inside the 6 minutes
 LOG="$OUT/gpu_check.log"

@@ -242,8 +242,9 @@ class TensorRTRunner(Runner):
                 if out_shape != tuple(ys.shape):
                     raise BackendError(f"tensorrt: the engine's output shape {out_shape} differs from the "
                                        f"input's {tuple(ys.shape)}")
-                ctx.set_tensor_address(self.input_name, xs.data_ptr())
-                ctx.set_tensor_address(self.output_name, ys.data_ptr())
+                if not (ctx.set_tensor_address(self.input_name, xs.data_ptr())
+                        and ctx.set_tensor_address(self.output_name, ys.data_ptr())):
+                    raise BackendError("tensorrt: set_tensor_address refused a buffer (misaligned or wrong name)")
                 if not ctx.execute_async_v3(self._stream.cuda_stream):
                     raise BackendError("tensorrt: execute_async_v3 failed (see the TensorRT log above)")
             # x may have been made on another stream: keep it until this stream has consumed it
