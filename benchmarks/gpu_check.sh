@@ -4,7 +4,8 @@
 #   OUT=/some/folder bash benchmarks/gpu_check.sh            (from the repository root; ~6 min worst case)
 #   OUT=/tmp/x bash benchmarks/gpu_check.sh --dry-run        (any machine: every stage runs, GPU ones skip)
 #
-# Expects torch (CUDA), onnx and onnxruntime installed; needs no network and no TensorRT. Stages run
+# Expects torch (CUDA), onnx and onnxruntime installed; needs no network and no TensorRT (deepis-rt's
+# other dependencies: installed, or wheels in $WHEELHOUSE; env.json lists any missing). Stages run
 # cheapest and most informative first; each has its own time budget (`timeout`) and writes
 # $OUT/<stage>.json (+ .log) the moment it ends, so a kill loses one stage, not the run:
 #
@@ -24,7 +25,7 @@ DRY=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY="--dry-run" ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -68,6 +69,12 @@ stage() {
   log "$name: exit $rc -> $OUT/$name.json"
 }
 
+# offline machines: deepis-rt's own dependencies from a carried wheel folder, when one is given
+if [ -n "${WHEELHOUSE:-}" ]; then
+  log "installing dependencies from $WHEELHOUSE (no network)"
+  timeout 90 "$PY" -m pip install --no-index --find-links "$WHEELHOUSE" -e . > "$OUT/pip_install.log" 2>&1 \
+    || log "pip install from $WHEELHOUSE failed (see pip_install.log); using PYTHONPATH"
+fi
 stage env 25
 stage pytest-gpu 90
 stage datapath 40

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -114,6 +115,10 @@ def stage_env(args: argparse.Namespace) -> dict[str, Any]:
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
                             "--format=csv,noheader"], capture_output=True, text=True, timeout=15)
         facts["nvidia_smi"] = q.stdout.strip() or q.stderr.strip()
+    # what deepis-rt and its tests import: a missing one explains failed stages at a glance
+    needed = ("numpy", "scipy", "skimage", "tifffile", "h5py", "click", "tqdm", "matplotlib", "onnx", "onnxscript",
+              "onnxruntime", "laptrack", "watchdog", "filelock", "pytest")
+    facts["missing_dependencies"] = [m for m in needed if importlib.util.find_spec(m) is None]
     cpu_flags = ""
     if Path("/proc/cpuinfo").is_file():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
