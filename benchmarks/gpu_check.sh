@@ -25,7 +25,7 @@ DRY=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY="--dry-run" ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
