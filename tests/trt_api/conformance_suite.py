@@ -177,6 +177,8 @@ def test_checker_rejects_wrong_calls(trt):
     config = ct.FakeBuilderConfig()
     with pytest.raises(ct.ApiViolation, match="set_flag"):
         config.set_flag(6)  # an int where the real binding wants a BuilderFlag
+    with pytest.raises(ct.ApiViolation, match="set_flag"):
+        config.set_flag(trt.MemoryPoolType.WORKSPACE)  # the wrong enum
     with pytest.raises(ct.ApiViolation, match="create_network"):
         ct.FakeBuilder(trt.Logger()).create_network(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     with pytest.raises(ct.ApiViolation, match="missing argument 'ignore_mismatch'"):
