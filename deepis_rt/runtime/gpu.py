@@ -218,12 +218,21 @@ class CudaDataPath:
             while pending:
                 done, shape, _y = pending.popleft()
                 yield self._drain(done, shape)
-        finally:
-            # abandoned early (generator closed, exception): frames still in flight read and write the
+        except BaseException:
+            # abandoned early (generator closed) or an error: frames still in flight read and write the
             # ring's buffers; wait for them before anything can be freed or reused
-            while pending:
-                done, _shape, _y = pending.popleft()
-                slot = self._slots[done % self.depth]
-                if slot is not None:
-                    self.ops.synchronize(slot.d2h_done)
-                self._log("abandon", done, done % self.depth)
+            self._wait_for_all(pending)
+            raise
+
+    def _wait_for_all(self, pending: deque[tuple[int, tuple[int, ...], Any]]) -> None:
+        while pending:
+            done, _shape, _y = pending.popleft()
+            slot = self._slots[done % self.depth]
+            if slot is not None:
+                self.ops.synchronize(slot.d2h_done)
+            self._log("abandon", done, done % self.depth)
+        # a frame that failed half-way was never queued as pending: its copies may still run
+        sync = getattr(self.ops, "synchronize_stream", None)
+        if sync is not None:
+            for stream in (self.h2d_stream, self.compute_stream, self.d2h_stream):
+                sync(stream)

@@ -196,3 +196,20 @@ def test_torch_cuda_ops_scope_the_device(monkeypatch):
     with ops.device_scope():
         pass
     assert entered == [1] and ops.device == torch.device("cuda", 1)
+
+
+def test_error_mid_frame_waits_for_every_stream():
+    """A frame that fails after its copy was queued: all three streams are synchronised before re-raising."""
+    ops = RecordingOps()
+    synced_streams = []
+    ops.synchronize_stream = synced_streams.append
+
+    def fn(x):
+        if float(x.flatten()[0]) == 2.0:
+            raise RuntimeError("engine failed")
+        return x
+
+    path = CudaDataPath(fn, depth=3, ops=ops)
+    with pytest.raises(RuntimeError, match="engine failed"):
+        list(path.run(iter(_frames(5))))
+    assert set(map(id, synced_streams)) == {id(path.h2d_stream), id(path.compute_stream), id(path.d2h_stream)}
