@@ -468,3 +468,23 @@ def test_timing_cache_keeps_timings_another_process_wrote(trt, tmp_path):
     cache.cache._entries["mine-new"] = 3.0
     cache.save()
     assert set(json.loads(path.read_bytes())["entries"]) == {"mine-before", "theirs", "mine-new"}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_bench_tensorrt_variant_activates(trt, onnx_files, tmp_path, monkeypatch, precision):
+    """The bench's TensorRT rows use the same engine cache and runner (activation is all a CPU can do)."""
+    import types
+
+    import deepis_rt.runtime.gpu as gpu
+    from deepis_rt.bench.variants import Variant, make_runner
+
+    fp32, fp16 = onnx_files
+    model = types.SimpleNamespace(tile_zyx=(32, 64, 64), onnx_fp32=lambda: fp32, onnx_fp16=lambda: fp16)
+    monkeypatch.setattr(gpu.TorchCudaOps, "stream", lambda self: HostStream())
+    monkeypatch.setattr(gpu.TorchCudaOps, "synchronize_stream", lambda self, s: None)
+    runner = make_runner(Variant("tensorrt", precision), model, max_batch=4, engines_dir=tmp_path)
+    runner.activate()
+    assert runner.fixed_spatial_zyx == (32, 64, 64) and runner.max_batch_size == 4
+    record = ct.FakeBuilder._builds[-1]
+    assert ("TF32" in record["flags"]) == (precision == "fp16")
+    runner.deactivate()
