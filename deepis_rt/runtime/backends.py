@@ -185,7 +185,8 @@ def _make_runner(name: str, source: ModelSource, device: str | None, cache_dir: 
         return TorchRunner(source.checkpoint, device="cpu", num_threads=options.get("num_threads"))
     if name == "torch-cuda":
         return TorchRunner(source.checkpoint, device=gpu_device, precision=precision or "fp16",
-                           cuda_graphs=bool(options.get("cuda_graphs", True)))
+                           cuda_graphs=bool(options.get("cuda_graphs", True)),
+                           allow_tf32=bool(options.get("allow_tf32", False)))
     if name == "onnxruntime-cpu":
         return OnnxRuntimeRunner(lambda: str(onnx_for_checkpoint(source, cache_dir)), provider="cpu",
                                  intra_op_threads=options.get("num_threads"),

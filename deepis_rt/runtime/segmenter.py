@@ -382,7 +382,8 @@ def load(
         See :class:`Segmenter`.
     **runner_options
         Backend options: ``precision`` ("fp32"/"fp16" on GPUs), ``cuda_graphs``, ``num_threads``,
-        ``execution_mode`` (ONNX Runtime), ``ort_tensorrt`` (use ONNX Runtime's TensorRT EP).
+        ``execution_mode`` (ONNX Runtime), ``ort_tensorrt`` (use ONNX Runtime's TensorRT EP),
+        ``allow_tf32`` (PyTorch CUDA and ONNX Runtime CUDA: let "fp32" use TF32; off by default).
 
     Raises
     ------
