@@ -244,9 +244,10 @@ class OnnxRuntimeRunner(Runner):
             lo, hi = _profile_bounds(self.trt_profile)
             self.spatial_range_zyx = (tuple(lo[2:]), tuple(hi[2:]))  # type: ignore[assignment]
         self._run_options = ort.RunOptions()
-        if self.provider != "cpu":
+        if self.provider == "cuda":
             # Run() returns once the work is enqueued on the runner's stream; callers order it by
-            # stream waits (forward_device) or synchronise the stream (infer_impl)
+            # stream waits (forward_device) or synchronise the stream (infer_impl). Not for the
+            # TensorRT EP, whose engines run on a stream of its own that no caller can wait for.
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         log.info("%s: session ready (providers %s, %s threads)", self.name, session.get_providers(),
                  session.get_session_options().intra_op_num_threads)
@@ -283,10 +284,12 @@ class OnnxRuntimeRunner(Runner):
     def forward_device(self, x: Any) -> Any:
         """Enqueue inference of a CUDA tensor; returns the float32 output tensor, ready on the current stream.
 
-        The input was produced on the caller's current stream: the runner's stream waits for it
-        on the GPU, ONNX Runtime enqueues its kernels there (I/O bound to device memory), and the
-        current stream waits for the runner's stream before anyone reads the output. The host is
-        not blocked; the caching allocator is told which streams use each tensor.
+        The input was produced on the caller's current stream. With the CUDA EP the runner's
+        stream waits for it on the GPU, ONNX Runtime enqueues its kernels there (I/O bound to
+        device memory), and the current stream waits for the runner's stream before anyone reads
+        the output: the host is not blocked, and the caching allocator is told which streams use
+        each tensor. The TensorRT EP runs on a stream of its own, so there the host waits for the
+        input and ``Run`` returns when the output is complete.
         """
         import torch
 
@@ -294,6 +297,13 @@ class OnnxRuntimeRunner(Runner):
         current = torch.cuda.current_stream(device)
         stream = self._stream
         x = x.to(device, dtype=_torch_dtype(self.input_dtype)).contiguous()
+        if self.provider != "cuda":
+            # the TensorRT EP enqueues on its own stream: the input must be complete before Run,
+            # and Run synchronises the EP's streams before it returns (no overlap on this path)
+            current.synchronize()
+            y = torch.empty(tuple(x.shape), dtype=_torch_dtype(self.output_dtype), device=device)
+            self._run_bound("cuda", x.data_ptr(), y.data_ptr(), tuple(x.shape))
+            return y.float()
         stream.wait_stream(current)
         x.record_stream(stream)
         with torch.cuda.stream(stream):
