@@ -212,6 +212,9 @@ class OnnxRuntimeRunner(Runner):
         requested = [p[0] if isinstance(p, tuple) else p for p in providers if p != "CPUExecutionProvider"]
         try:
             if requested:
+                if self.provider == "tensorrt":
+                    log.info("%s: creating the session; without a cached engine in %s the TensorRT EP builds "
+                             "one now (minutes)", self.name, self.engines_dir / "ort-trt")
                 # enable_fallback=0: a GPU provider that fails is an error, not a silent retry on the CPU
                 with NativeStderr() as native:
                     try:
