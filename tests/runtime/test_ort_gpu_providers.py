@@ -157,3 +157,111 @@ def test_tensorrt_provider_needs_a_profile(tiny_onnx):
 
     with pytest.raises(ConfigError, match="trt_profile"):
         OnnxRuntimeRunner(tiny_onnx, provider="tensorrt")
+
+
+class _Stream:
+    def __init__(self, name, log, handle=0):
+        self.name, self.log, self.cuda_stream = name, log, handle
+
+    def wait_stream(self, other):
+        self.log.append(("wait", self.name, other.name))
+
+    def synchronize(self):
+        self.log.append(("host-sync", self.name))
+
+
+class _DeviceTensor:
+    """A CUDA tensor as far as forward_device touches one."""
+
+    def __init__(self, name, shape, log, ptr):
+        self.name, self.shape, self.log, self.ptr = name, tuple(shape), log, ptr
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def contiguous(self):
+        return self
+
+    def record_stream(self, stream):
+        self.log.append(("record_stream", self.name, stream.name))
+
+    def data_ptr(self):
+        return self.ptr
+
+    def float(self):
+        return self
+
+
+class _Binding:
+    def __init__(self, log):
+        self.log = log
+
+    def bind_input(self, *args):
+        self.log.append(("bind_input", *args))
+
+    def bind_output(self, *args):
+        self.log.append(("bind_output", *args))
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"], ids=["cuda-ep", "trt-ep"])
+def test_forward_device_orders_streams_without_blocking_the_host(provider, gpu_wheel, tiny_onnx, tmp_path,
+                                                                  monkeypatch):
+    """The device path's stream discipline, with stand-ins for torch.cuda (no GPU here).
+
+    CUDA EP: the runner's stream waits for the caller's, ORT runs there unsynchronised with the
+    tensors bound by address, the caller's stream waits for the runner's; no host wait. TensorRT
+    EP (own stream): host waits for the input, Run keeps its synchronisation.
+    """
+    import torch
+
+    registered = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    gpu_wheel(registered=registered, warning="")
+    log = []
+    own = _Stream("runner", log, handle=FAKE_STREAM.cuda_stream)
+    monkeypatch.setattr(OnnxRuntimeRunner, "_create_stream", lambda self: own)
+    runner = OnnxRuntimeRunner(tiny_onnx, provider=provider, engines_dir=tmp_path,
+                               trt_profile=((1, 1, 16, 32, 32),) * 3)
+    runner.activate()
+    current = _Stream("caller", log)
+    allocated = []
+
+    def empty(shape, dtype=None, device=None):
+        assert device == torch.device("cuda", 0) and dtype == torch.float32
+        t = _DeviceTensor("y", shape, log, ptr=0x2000)
+        allocated.append(t)
+        return t
+
+    class _StreamCtx:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            log.append(("enter", self.stream.name))
+
+        def __exit__(self, *exc):
+            log.append(("exit", self.stream.name))
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
+    monkeypatch.setattr(torch.cuda, "stream", _StreamCtx)
+    monkeypatch.setattr(torch, "empty", empty)
+    runs = []
+    runner.session = SimpleNamespace(
+        io_binding=lambda: _Binding(log),
+        run_with_iobinding=lambda binding, options: (log.append(("run",)), runs.append(options)),
+    )
+    x = _DeviceTensor("x", (2, 1, 16, 32, 32), log, ptr=0x1000)
+    y = runner.forward_device(x)
+    assert y is allocated[0]
+    shape = [2, 1, 16, 32, 32]
+    bind_in = ("bind_input", runner.input_name, "cuda", 0, np.float32, shape, 0x1000)
+    bind_out = ("bind_output", runner.output_name, "cuda", 0, np.float32, shape, 0x2000)
+    if provider == "cuda":
+        assert log == [("wait", "runner", "caller"), ("record_stream", "x", "runner"),
+                       ("enter", "runner"), ("exit", "runner"),  # y allocated on the runner's stream
+                       bind_in, bind_out, ("run",),
+                       ("wait", "caller", "runner"), ("record_stream", "y", "caller")]
+        assert runs[0].get_run_config_entry("disable_synchronize_execution_providers") == "1"
+    else:
+        assert log == [("host-sync", "caller"), bind_in, bind_out, ("run",)]
+        with pytest.raises(RuntimeError):  # Run keeps ONNX Runtime's synchronisation
+            runs[0].get_run_config_entry("disable_synchronize_execution_providers")
