@@ -142,11 +142,17 @@ def make_runner(variant: Variant, model: Any, max_batch: int, threads: int | Non
     if b == "onnxruntime-cpu":
         return OnnxRuntimeRunner(onnx, provider="cpu", intra_op_threads=threads)
     if b == "onnxruntime-cuda":
-        return OnnxRuntimeRunner(onnx, provider="cuda")
+        # TF32 off: the fp32 row computes in FP32. activate() refuses a session that lost the CUDA
+        # provider, so a row that says GPU ran on the GPU
+        return OnnxRuntimeRunner(onnx, provider="cuda", allow_tf32=False)
     if b == "onnxruntime-tensorrt":
-        # the FP32 graph; the EP's own FP16 flag decides the engine precision
+        from deepis_rt.export import tensorrt as trt_cache
+
+        # the FP32 graph; the EP's own FP16 flag decides the engine precision. The profile is the
+        # native TensorRT row's, so the EP builds one engine (cached under engines/ort-trt) for all batches
+        profile = trt_cache.profile_from_batch((1, max_batch, max_batch), model.tile_zyx)
         return OnnxRuntimeRunner(lambda: str(model.onnx_fp32()), provider="tensorrt", fp16=p == "fp16",
-                                 engines_dir=engines_dir)
+                                 engines_dir=engines_dir, trt_profile=profile)
     if b == "tensorrt":
         def load_engine() -> bytes:
             from deepis_rt.export import tensorrt as trt_cache

@@ -192,7 +192,8 @@ def _make_runner(name: str, source: ModelSource, device: str | None, cache_dir: 
         return TorchRunner(source.checkpoint, device="cpu", num_threads=options.get("num_threads"))
     if name == "torch-cuda":
         return TorchRunner(source.checkpoint, device=gpu_device, precision=precision or "fp16",
-                           cuda_graphs=bool(options.get("cuda_graphs", True)))
+                           cuda_graphs=bool(options.get("cuda_graphs", True)),
+                           allow_tf32=bool(options.get("allow_tf32", False)))
     if name == "onnxruntime-cpu":
         return OnnxRuntimeRunner(lambda: str(onnx_for_checkpoint(source, cache_dir)), provider="cpu",
                                  intra_op_threads=options.get("num_threads"),
@@ -208,7 +209,17 @@ def _make_runner(name: str, source: ModelSource, device: str | None, cache_dir: 
                 return str(source.onnx_fp16)
             return str(onnx_for_checkpoint(source, cache_dir))
 
-        return OnnxRuntimeRunner(onnx_path, provider=provider, engines_dir=engines_dir, device_id=device_id)
+        profile = None
+        if provider == "tensorrt":
+            from deepis_rt.export.tensorrt import profile_from_batch
+
+            # the profile the native TensorRT backend builds, so the EP never rebuilds for a new batch size
+            tile = tuple(int(v) for v in source.meta.get("tile_zyx", (64, 128, 128)))
+            batch = int(options.get("batch_size", 1))
+            profile = profile_from_batch((1, batch, max(4, batch)), tile)
+        return OnnxRuntimeRunner(onnx_path, provider=provider, engines_dir=engines_dir, device_id=device_id,
+                                 fp16=precision != "fp32", allow_tf32=bool(options.get("allow_tf32", False)),
+                                 trt_profile=profile)
     if name == "tensorrt":
         if source.engine is None and precision != "fp32":
             gpu_onnx_for_checkpoint(source, cache_dir)

@@ -25,7 +25,7 @@ from deepis_rt.runtime.backends import BackendChoice, select_runner
 from deepis_rt.runtime.result import FrameResult, labels_from_distance
 from deepis_rt.runtime.runners import Runner
 from deepis_rt.runtime.source import resolve_source
-from deepis_rt.runtime.tiling import make_output, plan_tiles, sliding_window_inference
+from deepis_rt.runtime.tiling import choose_tile, make_output, plan_tiles, sliding_window_inference
 
 __all__ = ["Segmenter", "PreparedFrame", "load"]
 
@@ -66,6 +66,11 @@ class Segmenter:
     """A model behind a runner, with the pre- and post-processing that turn RI volumes into results.
 
     Usually made by :func:`load`. Parameters mirror its keyword arguments.
+
+    Every backend gets the same tile plan: tiles of the model's size (``meta["tile_zyx"]``), the
+    same overlap and blending, and volumes smaller than a tile padded to it with the medium's RI
+    (see :func:`~deepis_rt.runtime.tiling.choose_tile`). FP32 results therefore do not depend on
+    which backend ran them.
 
     Parameters
     ----------
@@ -110,20 +115,12 @@ class Segmenter:
         # the defaults of deepis_rt.checkpoint.DEFAULT_META, for metas that lack a key
         self.model_voxel_size_um = preprocess.validate_voxel_size(
             self.meta.get("voxel_size_um", (0.5, 0.25, 0.25)), "model meta")
-        self.tile_zyx = tuple(int(v) for v in self.meta.get("tile_zyx", (64, 128, 128)))
-        fixed = runner.fixed_spatial_zyx
-        if fixed is not None and tuple(fixed) != self.tile_zyx:
-            log.info("segment | the model takes tiles of %s only (meta says %s); using %s", fixed, self.tile_zyx, fixed)
-            self.tile_zyx = tuple(int(v) for v in fixed)
-        # an engine whose profile is a range (runner.spatial_limits_zyx) gets whole tiles inside it
-        limits = getattr(runner, "spatial_limits_zyx", None)
-        self._fixed_tile = fixed is not None or limits is not None
-        if fixed is None and limits is not None:
-            inside = tuple(min(max(t, lo), hi) for t, lo, hi in zip(self.tile_zyx, *limits, strict=True))
-            if inside != self.tile_zyx:
-                log.info("segment | tile %s is outside the engine's profile %s .. %s; using %s",
-                         self.tile_zyx, *limits, inside)
-                self.tile_zyx = inside
+        self.size_multiple = int(size_multiple or runner.size_multiple)
+        # one tile plan for every backend: the model's tile (padded when the volume is smaller), so
+        # that FP32 results do not depend on which backend ran them
+        self.tile_zyx = choose_tile(self.meta.get("tile_zyx", (64, 128, 128)), self.size_multiple,
+                                    runner.fixed_spatial_zyx, getattr(runner, "spatial_range_zyx", None),
+                                    where="segment")
         self.normalization = preprocess.Normalization.from_meta(self.meta)
         self.medium_ri = float(self.meta.get("medium_ri", 1.337))
         self.overlap = float(overlap)
@@ -132,7 +129,6 @@ class Segmenter:
         self.analyze = bool(analyze)
         self.stitch_on_disk = stitch_on_disk
         self.max_voxels = int(max_voxels)
-        self.size_multiple = int(size_multiple or runner.size_multiple)
         plan_tiles(self.tile_zyx, self.tile_zyx, self.overlap, self.size_multiple)  # validates the settings
 
     # -- properties --------------------------------------------------------------------------------
@@ -183,7 +179,7 @@ class Segmenter:
         return float(np.float32((self.medium_ri - norm.offset) / norm.scale))
 
     def _plan(self, shape: tuple[int, ...]) -> Any:
-        return plan_tiles(shape, self.tile_zyx, self.overlap, self.size_multiple, self._fixed_tile, self.blend)
+        return plan_tiles(shape, self.tile_zyx, self.overlap, self.size_multiple, True, self.blend)
 
     def _tile(self, model_volume: np.ndarray) -> np.ndarray:
         norm = self.normalization
@@ -191,7 +187,7 @@ class Segmenter:
         return sliding_window_inference(
             model_volume, self.runner, self.tile_zyx, overlap=self.overlap, batch_size=self.batch_size,
             transform=lambda src, dst: norm.apply(src, out=dst), pad_value=self._pad_value(), blend=self.blend,
-            multiple=self.size_multiple, fixed_tile=self._fixed_tile, out=out,
+            multiple=self.size_multiple, fixed_tile=True, out=out,
         )
 
     def infer_prepared(self, prepared: Sequence[PreparedFrame]) -> list[np.ndarray]:
@@ -386,7 +382,8 @@ def load(
         See :class:`Segmenter`.
     **runner_options
         Backend options: ``precision`` ("fp32"/"fp16" on GPUs), ``cuda_graphs``, ``num_threads``,
-        ``execution_mode`` (ONNX Runtime), ``ort_tensorrt`` (use ONNX Runtime's TensorRT EP).
+        ``execution_mode`` (ONNX Runtime), ``ort_tensorrt`` (use ONNX Runtime's TensorRT EP),
+        ``allow_tf32`` (PyTorch CUDA and ONNX Runtime CUDA: let "fp32" use TF32; off by default).
 
     Raises
     ------

@@ -29,7 +29,7 @@ import numpy as np
 
 from deepis_rt.errors import ConfigError
 
-__all__ = ["TilingPlan", "plan_tiles", "window_1d", "iter_batches", "BlendMerger", "make_output",
+__all__ = ["TilingPlan", "plan_tiles", "choose_tile", "window_1d", "iter_batches", "BlendMerger", "make_output",
            "sliding_window_inference"]
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,11 @@ def plan_tiles(
     multiple : int
         Every tile size must be a multiple of this (16 for the DeepIS U-Net).
     fixed_tile : bool
-        The runner accepts only ``tile_zyx`` (a static ONNX graph / engine): small axes are padded
-        to the full tile. Otherwise an axis smaller than the tile gets a tile just large enough
-        (rounded up to ``multiple``), which saves work on small volumes.
+        Every tile is ``tile_zyx``: small axes are padded to the full tile. This is what the
+        :class:`~deepis_rt.runtime.Segmenter` always asks for, so that every backend sees the same
+        tiles (the network's output depends on the padding). Otherwise an axis smaller than the
+        tile gets a tile just large enough (rounded up to ``multiple``): less work on small
+        volumes, but results that differ from a fixed-tile backend's near the padding.
     blend : str
         Window, see :func:`window_1d`.
     """
@@ -154,6 +156,73 @@ def plan_tiles(
         windows.append(w)
         sums.append(s.astype(np.float32))
     return TilingPlan(shape, tuple(tile), tuple(starts), tuple(windows), tuple(sums))  # type: ignore[arg-type]
+
+
+def choose_tile(
+    model_tile_zyx: Sequence[int],
+    multiple: int = 16,
+    fixed_zyx: Sequence[int] | None = None,
+    spatial_range_zyx: tuple[Sequence[int], Sequence[int]] | None = None,
+    where: str = "tiling",
+) -> tuple[int, int, int]:
+    """The one tile every backend runs: the model's tile, unless the runner cannot take it.
+
+    The network's output near a tile's border depends on what lies beyond it (padding or
+    neighbouring tissue), so two backends agree voxel for voxel only when they see the same
+    tiles. Every runner therefore gets the model's tile, and volumes smaller than a tile are
+    padded to it, whatever backend runs them.
+
+    Parameters
+    ----------
+    model_tile_zyx : (Z, Y, X)
+        The tile the model was trained and exported with (``meta["tile_zyx"]``).
+    multiple : int
+        Every tile size must be a multiple of this.
+    fixed_zyx : (Z, Y, X), optional
+        The only spatial size the runner accepts (a static ONNX graph or engine).
+    spatial_range_zyx : ((Z, Y, X), (Z, Y, X)), optional
+        Smallest and largest spatial size the runner accepts (e.g. a TensorRT optimisation
+        profile). When the model's tile lies inside, it is used unchanged.
+    where : str
+        Prefix of log messages.
+
+    Returns
+    -------
+    tuple of int
+        The tile, ``(Z, Y, X)``.
+
+    Raises
+    ------
+    ConfigError
+        A tile that is not a multiple of ``multiple``, or a range that admits no such size.
+    """
+    tile = tuple(int(t) for t in model_tile_zyx)
+    if len(tile) != 3 or any(t < 1 for t in tile):
+        raise ConfigError(f"{where}: the model's tile must be three positive sizes (Z, Y, X), got {tile}")
+    if fixed_zyx is not None:
+        fixed = tuple(int(t) for t in fixed_zyx)
+        if fixed != tile:
+            log.warning("%s: the runner accepts tiles of %s only while the model's tile is %s; using %s "
+                        "(results can differ from a backend that runs the model's tile)", where, fixed, tile, fixed)
+        return fixed  # type: ignore[return-value]
+    if spatial_range_zyx is not None:
+        lo = tuple(int(v) for v in spatial_range_zyx[0])
+        hi = tuple(int(v) for v in spatial_range_zyx[1])
+        if all(a <= t <= b for a, t, b in zip(lo, tile, hi, strict=True)):
+            return tile  # type: ignore[return-value]
+        clamped = []
+        for a, t, b in zip(lo, tile, hi, strict=True):
+            c = min(max(t, -(-a // multiple) * multiple), (b // multiple) * multiple)
+            if c < a or c > b or c < multiple:
+                raise ConfigError(f"{where}: the runner accepts spatial sizes {lo}..{hi}, which hold no tile that "
+                                  f"is a multiple of {multiple}; rebuild the engine with the model's tile {tile}")
+            clamped.append(c)
+        log.warning("%s: the model's tile %s lies outside the runner's range %s..%s; using %s (results can "
+                    "differ from a backend that runs the model's tile)", where, tile, lo, hi, tuple(clamped))
+        tile = tuple(clamped)
+    if any(t % multiple for t in tile):
+        raise ConfigError(f"{where}: tile {tile} is not a multiple of {multiple}")
+    return tile  # type: ignore[return-value]
 
 
 def iter_batches(

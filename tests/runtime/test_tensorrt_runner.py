@@ -83,7 +83,7 @@ def test_dynamic_profile_small_volume_segments(tiny_checkpoint, tiny_onnx, engin
         meta = ref_seg.meta
     seg = Segmenter(TensorRTRunner(build.data), meta, analyze=False)
     try:
-        assert seg.runner.spatial_limits_zyx is not None
+        assert seg.runner.spatial_range_zyx is not None
         out = seg.segment(volume).distance
     finally:
         seg.close()

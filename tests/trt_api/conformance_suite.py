@@ -343,12 +343,12 @@ def test_runner_reads_profile_uses_one_context_and_its_own_stream(trt, onnx_file
     assert runner.input_profile.min_shape == (1, 1, 16, 16, 16)
     assert runner.input_profile.max_shape == (4, 1, 64, 128, 128)
     assert runner.fixed_spatial_zyx is None
-    assert runner.spatial_limits_zyx == ((16, 16, 16), (64, 128, 128)) and runner.max_batch_size == 4
+    assert runner.spatial_range_zyx == ((16, 16, 16), (64, 128, 128)) and runner.max_batch_size == 4
     x = np.random.default_rng(0).standard_normal((6, 1, 16, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(runner.infer(x), 2 * x + 1, rtol=1e-6)  # 6 > max batch 4: two chunks
     outs = list(runner.infer_stream(iter([x[:2], x[2:5], x[:1]])))
     np.testing.assert_allclose(outs[1], 2 * x[2:5] + 1, rtol=1e-6)
-    with pytest.raises(ShapeError, match="outside the engine's optimisation profile"):
+    with pytest.raises(ShapeError, match="outside the sizes this backend accepts"):
         runner.infer(np.zeros((1, 1, 16, 16, 256), np.float32))
     assert ct.created_contexts(engine) == 1  # one context for every call and stream
     assert set(ct.FakeContext._streams) == {runner._stream.cuda_stream} and 0 not in ct.FakeContext._streams
@@ -369,7 +369,7 @@ def test_runner_fixed_profile_and_real_device_scope(trt, onnx_files, tmp_path, m
     DeviceRecorder.entered = []
     runner = TensorRTRunner(data, device="cuda:1").activate()
     assert DeviceRecorder.entered and set(DeviceRecorder.entered) == {1}
-    assert runner.fixed_spatial_zyx == (32, 64, 64) and runner.spatial_limits_zyx is None
+    assert runner.fixed_spatial_zyx == (32, 64, 64) and runner.spatial_range_zyx is None
     assert runner.describe()["profile"]["max"] == [4, 1, 32, 64, 64]
     monkeypatch.setattr(gpu.TorchCudaOps, "synchronize_stream", lambda self, s: None)
     runner.deactivate()
@@ -410,7 +410,7 @@ def test_segmenter_plans_tiles_inside_the_engine_profile(trt, onnx_files, tmp_pa
     runner = TensorRTRunner(data, device="cuda:0", ops=HostOps())
     meta = {"tile_zyx": [32, 64, 64], "voxel_size_um": [0.5, 0.25, 0.25], "medium_ri": 1.337}
     seg = Segmenter(runner, meta, analyze=False)
-    assert runner.spatial_limits_zyx == ((32, 32, 32), (64, 128, 128))
+    assert runner.spatial_range_zyx == ((32, 32, 32), (64, 128, 128))
     volume = np.full((10, 40, 40), 1.337, np.float32)
     volume[3:7, 10:30, 10:30] = 1.37
     result = seg.segment(volume)

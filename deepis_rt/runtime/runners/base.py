@@ -51,6 +51,10 @@ class Runner(ABC):
     fixed_spatial_zyx : tuple of int or None
         The only spatial size the backend accepts (a static ONNX graph or engine profile),
         or None when any multiple of :attr:`size_multiple` is accepted.
+    spatial_range_zyx : ((Z, Y, X), (Z, Y, X)) or None
+        Smallest and largest spatial size the backend accepts (e.g. a TensorRT optimisation
+        profile), or None when any size is accepted. The Segmenter's tile planner keeps the
+        model's tile whenever this range admits it.
     size_multiple : int
         Every spatial size must be a multiple of this (16 for the DeepIS U-Net).
     """
@@ -60,6 +64,7 @@ class Runner(ABC):
     def __init__(self) -> None:
         self.is_active = False
         self.fixed_spatial_zyx: tuple[int, int, int] | None = None
+        self.spatial_range_zyx: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
         self.size_multiple: int = 16
         self.inference_time_s: float | None = None
         self._lock = threading.RLock()
@@ -157,6 +162,13 @@ class Runner(ABC):
                 f"{self.name}: this model accepts only tiles of {tuple(self.fixed_spatial_zyx)} (Z, Y, X), "
                 f"got {tuple(spatial)}; the Segmenter tiles and pads automatically"
             )
+        if self.spatial_range_zyx is not None:
+            lo, hi = self.spatial_range_zyx
+            if not all(a <= s <= b for a, s, b in zip(lo, spatial, hi, strict=True)):
+                raise ShapeError(
+                    f"{self.name}: tile {tuple(spatial)} (Z, Y, X) is outside the sizes this backend accepts, "
+                    f"{tuple(lo)} to {tuple(hi)}; the Segmenter plans tiles inside that range automatically"
+                )
         bad = [s for s in spatial if s % self.size_multiple]
         if bad:
             raise ShapeError(

@@ -18,7 +18,7 @@ One runner = one device, one persistent non-default CUDA stream and one executio
 
 The engine's optimisation profile is read back (``get_tensor_profile_shape(name, 0)``) and exposed
 as :attr:`TensorRTRunner.input_profile`; :attr:`fixed_spatial_zyx` (min == max) or
-:attr:`TensorRTRunner.spatial_limits_zyx` (a range) tell the tile planner what the engine accepts,
+:attr:`TensorRTRunner.spatial_range_zyx` (a range) tell the tile planner what the engine accepts,
 and batches larger than the profile's maximum are run in chunks.
 """
 
@@ -70,7 +70,7 @@ class TensorRTRunner(Runner):
     ----------
     input_profile : deepis_rt.export.tensorrt.EngineProfile or None
         The input's optimisation profile as the engine reports it (min / opt / max, N1ZYX).
-    spatial_limits_zyx : ((z, y, x), (z, y, x)) or None
+    spatial_range_zyx : ((z, y, x), (z, y, x)) or None
         Smallest and largest spatial tile the engine accepts when its profile is a range (None for a
         fixed tile, then :attr:`fixed_spatial_zyx` is set). Tiles must be planned inside it.
     max_batch_size : int or None
@@ -93,7 +93,7 @@ class TensorRTRunner(Runner):
         self._stream: Any = None
         self._path: Any = None
         self.input_profile: Any = None
-        self.spatial_limits_zyx: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
+        self.spatial_range_zyx: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
         self.max_batch_size: int | None = None
         self._min_batch = 1
 
@@ -171,10 +171,10 @@ class TensorRTRunner(Runner):
         self._min_batch, self.max_batch_size = lo[0], hi[0]
         if lo[2:] == hi[2:]:
             self.fixed_spatial_zyx = tuple(lo[2:])  # type: ignore[assignment]
-            self.spatial_limits_zyx = None
+            self.spatial_range_zyx = None
         else:
             self.fixed_spatial_zyx = None
-            self.spatial_limits_zyx = (tuple(lo[2:]), tuple(hi[2:]))  # type: ignore[assignment]
+            self.spatial_range_zyx = (tuple(lo[2:]), tuple(hi[2:]))  # type: ignore[assignment]
 
     def deactivate_impl(self) -> None:
         ops = self._ops
@@ -190,15 +190,6 @@ class TensorRTRunner(Runner):
             self._stream = None
 
     # -- inference ---------------------------------------------------------------------------
-    def _check_batch(self, batch: Any) -> None:
-        super()._check_batch(batch)
-        if self.spatial_limits_zyx is not None:
-            lo, hi = self.spatial_limits_zyx
-            spatial = tuple(int(s) for s in tuple(batch.shape)[2:])
-            if any(s < a or s > b for s, a, b in zip(spatial, lo, hi, strict=True)):
-                raise ShapeError(f"tensorrt: tile {spatial} (Z, Y, X) is outside the engine's optimisation "
-                                 f"profile {lo} .. {hi}; plan tiles inside it (runner.spatial_limits_zyx)")
-
     @property
     def ops(self) -> Any:
         """The CUDA operations in use (:class:`~deepis_rt.runtime.gpu.TorchCudaOps` on a GPU)."""

@@ -1,7 +1,14 @@
-"""PyTorch runner: CPU (FP32 eager, ``inference_mode``) and CUDA (FP32 / FP16, CUDA graphs)."""
+"""PyTorch runner: CPU (FP32 eager, ``inference_mode``) and CUDA (FP32 / FP16, CUDA graphs).
+
+On CUDA, "fp32" means FP32: cuDNN's and cuBLAS's TF32 modes (cuDNN's is on by default in
+PyTorch) are switched off around every forward pass unless ``allow_tf32=True``, which is then
+reported as the math mode. ``cudnn.benchmark`` is on by default (the Segmenter feeds one fixed
+tile shape, so autotuning runs once per batch size).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -10,13 +17,14 @@ import numpy as np
 
 from deepis_rt.errors import BackendError, ConfigError
 from deepis_rt.runtime.runners.base import Runner, as_numpy_batch
+from deepis_rt.runtime.runners.cuda_graphs import CudaGraphCache
 
 __all__ = ["TorchRunner"]
 
 log = logging.getLogger(__name__)
 
-#: at most this many captured CUDA graphs (one per input shape) are kept
-_MAX_GRAPHS = 8
+#: at most this many captured CUDA graphs (one per input shape) are kept by default
+_MAX_GRAPHS = 4
 
 
 class TorchRunner(Runner):
@@ -39,6 +47,15 @@ class TorchRunner(Runner):
         ``torch.set_num_threads`` on the CPU (process-wide in PyTorch); None leaves it alone.
     channels_last : bool
         Use the ``channels_last_3d`` memory format (sometimes faster with cuDNN / oneDNN).
+    max_graphs : int
+        With ``cuda_graphs``: graphs kept at most (one per input shape, all in one shared memory
+        pool; least recently used evicted). See :class:`~deepis_rt.runtime.runners.cuda_graphs.CudaGraphCache`.
+    cudnn_benchmark : bool, optional
+        Set ``torch.backends.cudnn.benchmark`` (process-wide) on activation; default: on for CUDA,
+        where the Segmenter's fixed tile makes autotuning pay off. None on the CPU leaves it alone.
+    allow_tf32 : bool
+        Let FP32 convolutions and matmuls use TF32 on Ampere and newer GPUs (faster, ~1e-3
+        relative error). Off by default: ``precision="fp32"`` then computes in FP32.
     """
 
     def __init__(
@@ -49,6 +66,9 @@ class TorchRunner(Runner):
         cuda_graphs: bool = False,
         num_threads: int | None = None,
         channels_last: bool = False,
+        max_graphs: int = _MAX_GRAPHS,
+        cudnn_benchmark: bool | None = None,
+        allow_tf32: bool = False,
     ) -> None:
         super().__init__()
         if precision not in ("fp32", "fp16"):
@@ -64,9 +84,14 @@ class TorchRunner(Runner):
         self.cuda_graphs = bool(cuda_graphs)
         self.num_threads = num_threads
         self.channels_last = bool(channels_last)
+        if int(max_graphs) < 1:
+            raise ConfigError(f"torch runner: max_graphs must be >= 1, got {max_graphs}")
+        self.max_graphs = int(max_graphs)
+        self.cudnn_benchmark = (self.is_cuda if cudnn_benchmark is None else bool(cudnn_benchmark))
+        self.allow_tf32 = bool(allow_tf32)
         self.name = "torch-cuda" if self.is_cuda else "torch-cpu"
         self.model: Any = None
-        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+        self._graphs: CudaGraphCache | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def activate_impl(self) -> None:
@@ -93,15 +118,40 @@ class TorchRunner(Runner):
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model
-        self._graphs = {}
+        if self.is_cuda and self.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True  # process-wide; fixed tiles make autotuning pay off
+        self._graphs = (CudaGraphCache(self._forward, self.device, self.max_graphs)
+                        if self.cuda_graphs else None)
 
     def deactivate_impl(self) -> None:
+        if self._graphs is not None:
+            self._graphs.clear()
+        self._graphs = None
         self.model = None
-        self._graphs = {}
         if self.is_cuda:
             import torch
 
+            torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def _math_mode(self) -> Any:
+        """FP32 means FP32 on CUDA: TF32 off for cuDNN and cuBLAS during the call (restored after)."""
+        if not self.is_cuda:
+            yield
+            return
+        import torch
+
+        cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+        saved = (cudnn.allow_tf32, matmul.allow_tf32)
+        cudnn.allow_tf32 = matmul.allow_tf32 = self.allow_tf32
+        try:
+            yield
+        finally:
+            cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+    def _forward(self, x: Any) -> Any:
+        return self.model(x)
 
     # -- inference ---------------------------------------------------------------------------
     def _prepare(self, x: Any) -> Any:
@@ -119,12 +169,9 @@ class TorchRunner(Runner):
         """Run on a device tensor and return the device tensor (float32); used by the GPU data path."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._math_mode():
             x = self._prepare(x)
-            if self.cuda_graphs:
-                y = self._replay(x)
-            else:
-                y = self.model(x)
+            y = self._graphs.run(x) if self._graphs is not None else self.model(x)
             return y.float()
 
     def infer_impl(self, batch: Any) -> np.ndarray:
@@ -148,39 +195,20 @@ class TorchRunner(Runner):
             path = CudaDataPath(self.forward_device, device=self.device_str)
             yield from path.run(self._checked(batches))
 
-    # -- CUDA graphs ---------------------------------------------------------------------------
-    def _replay(self, x: Any) -> Any:
-        """Capture a graph per shape (after a warm-up on a side stream, as the PyTorch docs ask)."""
-        import torch
-
-        key = tuple(x.shape)
-        entry = self._graphs.get(key)
-        if entry is None:
-            if len(self._graphs) >= _MAX_GRAPHS:
-                self._graphs.pop(next(iter(self._graphs)))
-            static_in = x.clone()
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    self.model(static_in)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.model(static_in)
-            entry = (graph, static_in, static_out)
-            self._graphs[key] = entry
-            log.debug("%s: captured a CUDA graph for input %s", self.name, key)
-        graph, static_in, static_out = entry
-        static_in.copy_(x)
-        graph.replay()
-        # the graph's output buffer is reused by the next replay: hand out a copy
-        return static_out.clone()
-
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,
             "device": self.device_str,
             "precision": self.precision,
             "cuda_graphs": self.cuda_graphs,
+            "math": _math_label(self.is_cuda, self.precision, self.allow_tf32),
         }
+
+
+def _math_label(is_cuda: bool, precision: str, allow_tf32: bool) -> str:
+    """What the arithmetic really is (for result summaries and bench rows)."""
+    if precision == "fp16":
+        return "fp16 weights and activations"
+    if is_cuda and allow_tf32:
+        return "tf32 (fp32 storage, TF32 convolutions and matmuls)"
+    return "fp32 (TF32 off)" if is_cuda else "fp32"
