@@ -317,7 +317,7 @@ def _tiled_plan(grp: Any, tcf: TcfFile, here: str) -> tuple[tuple[int, int, int]
     tiles: list[TcfTile] = []
     for i in sorted(numbered):
         name = numbered[i]
-        where_tile = f"{here}/{name}"
+        where_tile = f"{here}, {name}"
         ds = grp.get(name)
         if not isinstance(ds, h5py.Dataset):
             raise FileFormatError(f"{where_tile}: not a dataset")
@@ -390,7 +390,7 @@ def read_time_point(path: str | Path, name: str, where: str | None = None, decod
     """
     path = Path(path)
     where = where or where_of(path)
-    here = f"{where} /Data/3D/{name}"
+    here = f"{where}, time point {int(name) if name.isdigit() else name} (/Data/3D/{name})"
     h5py = _h5py()
     if tcf is None:
         tcf = open_tcf(path, where)
@@ -420,7 +420,7 @@ def read_time_point(path: str | Path, name: str, where: str | None = None, decod
         else:
             out = np.zeros(shape, np.uint8 if is_uint8 else np.uint16)
         for tile in tiles:
-            raw = _read(obj[tile.name], f"{here}/{tile.name}", tile.valid)
+            raw = _read(obj[tile.name], f"{here}, {tile.name}", tile.valid)
             view = out[tile.target]
             if not decode:
                 view[...] = raw
