@@ -65,6 +65,7 @@ def write_tiled_tcf(
     data_size_attrs: bool = True,
     format_version: str = "1.4.6.1",
     voxel_size_um: Sequence[float] = VS,
+    keep_expected: bool = True,
 ) -> dict[str, Any]:
     """Write ``volumes`` (RI, one per time point) as a tiled TCF.
 
@@ -78,6 +79,9 @@ def write_tiled_tcf(
         Indices of grid tiles not written at all (their voxels must come back as the medium RI).
     preview
         Add a SamplingStep 2 tile (a decimated copy of the whole volume) that readers must skip.
+    keep_expected
+        Return the expected reconstructions (False for big files: ``volumes`` may then be a lazy
+        sequence, one volume in memory at a time).
 
     Returns
     -------
@@ -145,6 +149,8 @@ def write_tiled_tcf(
                     ds.attrs[f"DataIndexLastPoint{ax}"] = np.array([small.shape[k] - 1], np.int64)
                 n_tiles += 1
             g.attrs["NumberOfTiles"] = np.array([n_tiles], np.int64)
+            if not keep_expected:
+                continue
             exp = expected(ri, uint8, ri_min)
             if gaps:
                 covered = np.zeros(shape, bool)
