@@ -31,6 +31,7 @@ def test_round_trip(tmp_path, ri, fmt, suffix):
     assert tomo.shape == ri.shape
     if fmt != "tiff":
         assert tomo.time_s == pytest.approx(4.5)
+        assert tomo.medium_ri == pytest.approx(1.337)  # TCF: /Info/Device attribute RI
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial files left
 
 

@@ -145,3 +145,15 @@ def test_mat73_time_series_is_read_one_time_point_at_a_time(tmp_path, ri, monkey
     assert reads == [0]
     np.testing.assert_array_equal(first.ri, series[0])
     assert [t.frame_index for t in frames] == [1, 2] and reads == [0, 1, 2]
+
+
+def test_single_ifd_imagej_series_is_memory_mapped_per_time_point(tmp_path, ri, monkeypatch):
+    """ImageJ files over 4 GiB keep one IFD for all planes: pages cannot be split by time point."""
+    series = np.stack([ri + np.float32(0.001 * t) for t in range(3)])
+    tifffile.imwrite(tmp_path / "big.tif", series, imagej=True, truncate=True, metadata={"axes": "TZYX"})
+    with tifffile.TiffFile(tmp_path / "big.tif") as tif:
+        assert len(tif.series[0].pages) == 1
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", lambda *a, **k: pytest.fail("read whole"))
+    got = list(iter_tomograms(tmp_path / "big.tif", voxel_size_um=VS))
+    assert [t.frame_index for t in got] == [0, 1, 2]
+    np.testing.assert_array_equal(got[2].ri, series[2])
