@@ -34,6 +34,7 @@ def _run(cam: Path, out: Path, **settings) -> None:
     Stream(cam, out, make_segmenter(), once=True, settle_s=0.0, use_events=False, **settings).run()
 
 
+@pytest.mark.slow
 def test_tiled_time_lapse_expands_exactly_like_a_classic_one_with_restart(tmp_path):
     vols = [conjugate_tomogram(r, shift_um=0.1 * i) for i, r in enumerate(RADII)]
     results = {}
@@ -114,6 +115,7 @@ def _counts(n: int) -> list[np.ndarray]:
     return [np.round((base - 1.3) * 2000).astype(np.uint8) for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_ri_scale_end_to_end_through_the_stream_cli(tmp_path, tiny_ckpt):
     from deepis_rt.cli import main
     from deepis_rt.io import write_tomogram
