@@ -20,6 +20,7 @@ __all__ = [
     "InputDtypeError",
     "NonFiniteInputError",
     "VolumeTooLargeError",
+    "ImplausibleRIError",
     "CheckpointError",
     "UnsafeCheckpointError",
     "MissingDependencyError",
@@ -60,6 +61,14 @@ class NonFiniteInputError(InputError):
 
 class VolumeTooLargeError(InputError):
     """An input volume too large to process (over the runtime's voxel limit)."""
+
+
+class ImplausibleRIError(InputError):
+    """A volume whose values cannot be refractive indices (outside about 1.0-2.0 after decoding).
+
+    Raised instead of passing such a volume to the network; the message gives the observed
+    range and how to state the file's scaling (``--ri-scale`` / ``--ri-offset``).
+    """
 
 
 class CheckpointError(DeepisError, ValueError):

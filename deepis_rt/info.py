@@ -12,7 +12,7 @@ from typing import Any
 
 from deepis_rt.errors import InputError
 
-__all__ = ["describe", "register", "describe_checkpoint"]
+__all__ = ["describe", "register", "describe_checkpoint", "describe_tcf"]
 
 # (predicate, describer) in priority order
 _DESCRIBERS: list[tuple[str, Callable[[Path], bool], Callable[[Path], dict[str, Any]]]] = []
@@ -89,6 +89,17 @@ def describe_results(path: Path) -> dict[str, Any]:
 register("results", lambda p: p.is_dir() and (p / "frames.csv").is_file(), describe_results)
 
 
+def describe_tcf(path: Path) -> dict[str, Any]:
+    """A Tomocube TCF: layout, format version, device, time points, size, voxel size, medium RI,
+    compression (:func:`deepis_rt.io.tcf.describe_tcf`; reads no voxels)."""
+    from deepis_rt.io.tcf import describe_tcf as _describe
+
+    return _describe(path)
+
+
+register("tcf", lambda p: p.is_file() and p.suffix.lower() in {".tcf", ".h5", ".hdf5"}, describe_tcf)
+
+
 def describe(path: str | Path) -> dict[str, Any]:
     """Describe ``path``; raises :class:`InputError` for paths nothing recognises."""
     path = Path(path)
@@ -105,7 +116,7 @@ def describe(path: str | Path) -> dict[str, Any]:
             return describer(path)
     raise InputError(
         f"info | {path}: not a file deepis-rt can describe (checkpoint .pt, ONNX .onnx, "
-        "export folder, engine .plan or results folder)"
+        "export folder, engine .plan, results folder or Tomocube .tcf)"
     )
 
 

@@ -34,11 +34,16 @@ import click
 @click.option("--frame-interval", type=float, default=None, metavar="S",
               help="Seconds between frames for files without time stamps (default: file times).")
 @click.option("--medium-ri", type=float, default=None, help="Medium RI (default: from the file or 1.337).")
+@click.option("--ri-scale", type=float, default=None, metavar="S",
+              help="Files hold RI as value x S + O (not for TCF, which declares its encoding). Default: "
+                   "RI as stored, integers 10000-20000 as RI x 10 000; other values are refused.")
+@click.option("--ri-offset", type=float, default=None, metavar="O", help="See --ri-scale (default 0).")
 @click.option("--max-batch", type=int, default=4, show_default=True, help="Frames inferred together.")
 @click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def batch(archive, out, ray_address, model, backend, url, model_name, retries, workers, cpus_per_worker,
-          gpus_per_worker, voxel_size, frame_interval, medium_ri, max_batch, no_masks, no_progress) -> None:
+          gpus_per_worker, voxel_size, frame_interval, medium_ri, max_batch, no_masks, no_progress,
+          ri_scale=None, ri_offset=None) -> None:
     """Segment, measure and track every time-lapse in ARCHIVE.
 
     \b
@@ -54,6 +59,8 @@ def batch(archive, out, ray_address, model, backend, url, model_name, retries, w
         "voxel_size_um": tuple(voxel_size) if voxel_size else None,
         "frame_interval_s": frame_interval,
         "medium_ri": medium_ri,
+        "ri_scale": ri_scale,
+        "ri_offset": ri_offset,
         "max_batch": max_batch,
         "write_masks": not no_masks,
     }

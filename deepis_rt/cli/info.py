@@ -33,7 +33,7 @@ def _print_human(desc: dict[str, Any], indent: int = 0) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info(path: Path, as_json: bool) -> None:
-    """Describe a checkpoint, ONNX file, export folder, engine or results folder."""
+    """Describe a checkpoint, ONNX file, export folder, engine, results folder or Tomocube TCF file."""
     from deepis_rt.info import describe
 
     desc = describe(path)

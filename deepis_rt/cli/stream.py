@@ -117,6 +117,10 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 @click.option("--frame-interval", type=float, default=None, metavar="S",
               help="Seconds between frames for files without time stamps (default: file times).")
 @click.option("--medium-ri", type=float, default=None, help="Medium RI (default: from the file or 1.337).")
+@click.option("--ri-scale", type=float, default=None, metavar="S",
+              help="Files hold RI as value x S + O (not for TCF, which declares its encoding). Default: "
+                   "RI as stored, integers 10000-20000 as RI x 10 000; other values are refused.")
+@click.option("--ri-offset", type=float, default=None, metavar="O", help="See --ri-scale (default 0).")
 @click.option("--once", is_flag=True, help="Process what is in the folder now, then exit.")
 @click.option("--idle-timeout", type=float, default=None, metavar="S", help="Exit after S seconds without new frames.")
 @click.option("--max-frames", type=int, default=None, metavar="N", help="Exit after N frames.")
@@ -126,7 +130,8 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 @click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
 @click.option("--jsonl", is_flag=True, help="Quiet mode for other programs: one JSON line per frame on stdout.")
 def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, once, idle_timeout,
-           max_frames, settle, max_batch, no_masks, jsonl, url=None, model_name="deepis") -> None:
+           max_frames, settle, max_batch, no_masks, jsonl, url=None, model_name="deepis", ri_scale=None,
+           ri_offset=None) -> None:
     """Watch SOURCE for tomograms; segment, measure and track synapses as frames arrive."""
     import deepis_rt
     from deepis_rt.stream import Stream
@@ -138,6 +143,7 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
         voxel_size_um=tuple(voxel_size) if voxel_size else None,
         frame_interval_s=frame_interval, medium_ri=medium_ri, once=once, idle_timeout_s=idle_timeout,
         max_frames=max_frames, settle_s=settle, max_batch=max_batch, write_masks=not no_masks,
+        ri_scale=ri_scale, ri_offset=ri_offset,
     )
     if not jsonl:
         click.echo(f"watching {source} with {segmenter.backend}; results in {out}/ (Ctrl-C to stop)", err=True)

@@ -4,23 +4,22 @@ Supported formats (chosen by the file suffix):
 
 * ``.tif`` / ``.tiff`` — OME-TIFF (``PhysicalSizeX/Y/Z``, converted to um) or ImageJ
   hyperstacks (``spacing`` for Z, the X/Y resolution tags for Y/X). Axes ``ZYX`` or
-  ``TZYX`` (one tomogram per time point).
+  ``TZYX`` (one tomogram per time point, read from its own pages).
 * ``.npy`` / ``.npz`` — voxel size from a ``<name>.json`` sidecar
   (``{"voxel_size_um": [z, y, x], "time_s": ..., "medium_ri": ...}``) or the caller.
   In ``.npz`` the array named ``ri`` (else ``tomogram``, ``input``, else the only one) is used.
-* ``.tcf`` / ``.h5`` — Tomocube TCF layout (HDF5): datasets ``/Data/3D/000000``,
-  ``000001``, ... (one per time point, axes Z, Y, X), attributes ``ResolutionX/Y/Z``
-  (um) and ``TimeInterval`` (s) on ``/Data/3D``; optional root attribute
-  ``FormatVersion``. RI scaling: floating-point data are RI as stored (format 1.3 and
-  older); integer data are RI x 10 000 (format 1.4 and newer store uint16). Compressed
-  files need the ``hdf5plugin`` package (``pip install 'deepis-rt[formats]'``).
+  A 4-D ``.npy`` is memory-mapped; a ``.npz`` member is read whole.
+* ``.tcf`` / ``.h5`` — Tomocube TCF (HDF5), both layouts (a dataset or a group of tiles per
+  time point): :mod:`deepis_rt.io.tcf`.
 * ``.mat`` — the original DeepIS data: variable ``input``. MATLAB 7.3 files are HDF5
-  (read with h5py); older ones with :func:`scipy.io.loadmat`. MATLAB's (Y, X, Z) order
-  is converted to (Z, Y, X).
+  (read with h5py, one time point at a time); older ones with :func:`scipy.io.loadmat`,
+  which reads the variable whole. MATLAB's (Y, X, Z[, T]) order becomes ([T,] Z, Y, X).
 
 Every reader validates the declared shape and type before reading voxels
-(:func:`~deepis_rt.io.tomogram.check_declared`) and rejects NaN / Inf after reading.
-Readers are pure functions of the file.
+(:func:`~deepis_rt.io.tomogram.check_declared`), rejects NaN / Inf after reading, and turns
+the values into RI with :mod:`deepis_rt.io.ri` (RI x 10 000 integers decoded, explicit
+``ri_scale`` / ``ri_offset``, values that cannot be RI refused). Time series are read one
+time point at a time. Readers are pure functions of the file.
 """
 
 from __future__ import annotations
@@ -37,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.errors import FileFormatError, InputError
+from deepis_rt.io.ri import RIDecoder, RIScale
+from deepis_rt.io.tcf import tcf_items
 from deepis_rt.io.tomogram import Tomogram, check_declared, check_values, normalize_voxel_size, where_of
 
 __all__ = ["read_tomogram", "iter_tomograms", "read_labels", "read_sidecar", "SUFFIXES"]
@@ -49,8 +50,8 @@ SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".npy", ".npz", ".tcf", ".h5", ".h
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3,
                "m": 1e6, "cm": 1e4, "pixel": None, "": None}
 
-# one time point of a file: (volume or a function that reads it, time_s, frame_index); multi-time-point
-# TCF files are read one time point at a time (hours-long time-lapses do not fit in memory)
+# one time point of a file: (volume or a function that reads it, time_s, frame_index); time series are
+# read one time point at a time (hours-long time-lapses do not fit in memory)
 _Item = tuple[Any, float | None, int | None]
 
 
@@ -111,37 +112,75 @@ def _tiff_voxel_size(tif: Any) -> tuple[float, float, float] | None:
     return None
 
 
-def _tiff_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
+def _tiff_series(tif: Any, where: str) -> tuple[Any, tuple[int, ...], str]:
+    """The first series of an open TIFF, its shape and axes without singleton channel/sample axes."""
+    series = tif.series[0]
+    shape = tuple(series.shape)
+    axes = series.axes.upper()
+    # drop singleton channel / sample axes (e.g. ImageJ 'TZCYX' with C=1)
+    keep = [i for i, a in enumerate(axes) if not (a in "CSQ" and shape[i] == 1) or a in "ZYX"]
+    if len(keep) != len(shape):
+        shape = tuple(shape[i] for i in keep)
+        axes = "".join(axes[i] for i in keep)
+    return series, shape, axes
+
+
+def _open_tiff(path: Path, where: str) -> Any:
     import tifffile
 
     try:
-        tif = tifffile.TiffFile(path)
+        return tifffile.TiffFile(path)
     except Exception as exc:
         raise FileFormatError(f"{where}: not a readable TIFF ({type(exc).__name__}: {exc}); "
                               "check that the file is complete") from None
+
+
+def _tiff_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
+    tif = _open_tiff(path, where)
     try:
-        series = tif.series[0]
-        shape = tuple(series.shape)
-        axes = series.axes.upper()
-        # drop singleton channel / sample axes (e.g. ImageJ 'TZCYX' with C=1)
-        keep = [i for i, a in enumerate(axes) if not (a in "CSQ" and shape[i] == 1) or a in "ZYX"]
-        if len(keep) != len(shape):
-            shape = tuple(shape[i] for i in keep)
-            axes = "".join(axes[i] for i in keep)
+        series, shape, axes = _tiff_series(tif, where)
         check_declared(shape, series.dtype, where)
         if len(shape) == 4 and axes[0] not in "TQI":
             raise InputError(f"{where}: 4-D TIFF with axes {axes!r}; expected T, Z, Y, X")
         vs = _tiff_voxel_size(tif)
-        data = series.asarray().reshape(shape)
+        data = series.asarray().reshape(shape) if len(shape) == 3 else None
     except InputError:
         raise
     except Exception as exc:
         raise FileFormatError(f"{where}: failed to read TIFF data ({type(exc).__name__}: {exc})") from None
     finally:
         tif.close()
-    if data.ndim == 3:
+    if data is not None:
         return [(data, None, None)], vs, None
-    return [(data[t], None, t) for t in range(data.shape[0])], vs, None
+    # a time series: each time point is read from its own pages when it is needed
+    return [(functools.partial(_read_tiff_time_point, path, t, shape, where), None, t)
+            for t in range(shape[0])], vs, None
+
+
+def _read_tiff_time_point(path: Path, t: int, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Time point ``t`` of a (T, Z, Y, X) TIFF: its pages only, else a memory map, else the whole file."""
+    import tifffile
+
+    here = f"{where} (time point {t})"
+    tif = _open_tiff(path, here)
+    try:
+        series = tif.series[0]
+        n_pages = len(series.pages)
+        if n_pages % shape[0] == 0:
+            per_t = n_pages // shape[0]
+            return tif.asarray(key=slice(t * per_t, (t + 1) * per_t), series=0).reshape(shape[1:])
+        try:  # one contiguous block (e.g. ImageJ files over 4 GiB): map it, read only this time point
+            return np.array(tifffile.memmap(path, series=0, mode="r").reshape(shape)[t])
+        except Exception as exc:
+            log.info("%s: pages do not split by time point and the data cannot be memory-mapped (%s); "
+                     "reading the whole series", where, exc)
+            return series.asarray().reshape(shape)[t]
+    except InputError:
+        raise
+    except Exception as exc:
+        raise FileFormatError(f"{here}: failed to read TIFF data ({type(exc).__name__}: {exc})") from None
+    finally:
+        tif.close()
 
 
 # --------------------------------------------------------------------------- NumPy
@@ -194,90 +233,25 @@ def _numpy_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, floa
     return [(functools.partial(np.array, data[t]), None, t) for t in range(data.shape[0])], vs, medium
 
 
-# --------------------------------------------------------------------------- HDF5 (TCF, MATLAB 7.3)
+# --------------------------------------------------------------------------- HDF5 (MATLAB 7.3)
 def _h5py(where: str) -> Any:
     import h5py
 
-    try:  # registers compression filters used by some TCF files, when installed
+    try:  # registers compression filters, when installed
         import hdf5plugin  # noqa: F401
     except ImportError:
         pass
     return h5py
 
 
-def _attr_float(obj: Any, name: str) -> float | None:
-    if name not in obj.attrs:
-        return None
-    val = np.asarray(obj.attrs[name]).ravel()
-    if val.size == 0:
-        return None
+def _read_h5_dataset(ds: Any, where: str, index: int | None = None) -> np.ndarray:
+    from deepis_rt.io.tcf import check_filters
+
+    check_filters(ds, where)
     try:
-        return float(val[0])
-    except (TypeError, ValueError):
-        return None
-
-
-def _tcf_ri(raw: np.ndarray) -> np.ndarray:
-    # float data: RI as stored; integer data (format >= 1.4, uint16): RI x 10 000
-    if raw.dtype.kind in "iu":
-        return raw.astype(np.float32) / np.float32(10000.0)
-    return raw
-
-
-def _read_h5_dataset(ds: Any, where: str) -> np.ndarray:
-    try:
-        return ds[()]
+        return ds[()] if index is None else ds[index]
     except OSError as exc:
-        raise FileFormatError(
-            f"{where}: cannot decode HDF5 data ({exc}); compressed TCF files need "
-            "pip install 'deepis-rt[formats]' (hdf5plugin)"
-        ) from None
-
-
-def _tcf_items(path: Path, where: str, scale: bool = True) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
-    h5py = _h5py(where)
-    try:
-        f = h5py.File(path, "r")
-    except Exception as exc:
-        raise FileFormatError(f"{where}: not a readable HDF5/TCF file ({type(exc).__name__}: {exc})") from None
-    with f:
-        if "Data/3D" not in f:
-            raise FileFormatError(f"{where}: no /Data/3D group; not a Tomocube TCF file with RI tomograms")
-        grp = f["Data/3D"]
-        names = sorted(k for k in grp.keys() if isinstance(grp[k], h5py.Dataset))
-        if not names:
-            raise FileFormatError(f"{where}: /Data/3D holds no datasets")
-        for name in names:
-            check_declared(grp[name].shape, grp[name].dtype, f"{where} /Data/3D/{name}", allow_time=False)
-        res = [_attr_float(grp, f"Resolution{ax}") for ax in "ZYX"]
-        vs = tuple(res) if all(r is not None and r > 0 for r in res) else None  # type: ignore[arg-type]
-        dt = _attr_float(grp, "TimeInterval")
-        medium = _attr_float(f["Data"], "MediumRI") if "Data" in f else None
-        items: list[_Item] = []
-        for i, name in enumerate(names):
-            t = _attr_float(grp[name], "Time")
-            if t is None and dt is not None:
-                t = dt * i
-            items.append((functools.partial(_read_tcf_time_point, path, name, where, scale), t,
-                          i if len(names) > 1 else None))
-    return items, vs, medium  # type: ignore[return-value]
-
-
-def _read_tcf_time_point(path: Path, name: str, where: str, scale: bool) -> np.ndarray:
-    """One dataset of /Data/3D, read when its time point is needed (the file is reopened)."""
-    h5py = _h5py(where)
-    here = f"{where} /Data/3D/{name}"
-    try:
-        f = h5py.File(path, "r")
-    except Exception as exc:
-        raise FileFormatError(f"{here}: the file became unreadable ({type(exc).__name__}: {exc})") from None
-    with f:
-        ds = f.get(f"Data/3D/{name}")
-        if ds is None:
-            raise FileFormatError(f"{here}: dataset disappeared while the file was being read")
-        check_declared(ds.shape, ds.dtype, here, allow_time=False)
-        raw = _read_h5_dataset(ds, here)
-    return _tcf_ri(raw) if scale else raw
+        raise FileFormatError(f"{where}: cannot read the HDF5 data ({exc}); the file is truncated or corrupt") from None
 
 
 def _mat_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
@@ -290,45 +264,68 @@ def _mat_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float,
                 if "input" not in f:
                     raise InputError(f"{where}: no variable 'input' (variables: {sorted(f.keys())[:10]})")
                 ds = f["input"]
-                check_declared(ds.shape, ds.dtype, where)
-                data = _read_h5_dataset(ds, where)
+                if not isinstance(ds, h5py.Dataset):
+                    raise InputError(f"{where}: variable 'input' is not a numeric array")
+                # h5py sees MATLAB's (Y, X, Z[, T]) column-major array reversed: ([T,] Z, X, Y)
+                shape = tuple(ds.shape)
+                check_declared(shape[:-2] + shape[-1:] + shape[-2:-1], ds.dtype, where)
+                data = np.swapaxes(_read_h5_dataset(ds, where), -1, -2) if len(shape) == 3 else None
         except (InputError, FileFormatError):
             raise
         except Exception as exc:
             raise FileFormatError(f"{where}: unreadable MATLAB 7.3 file ({type(exc).__name__}: {exc})") from None
-        # h5py sees MATLAB's (Y, X, Z[, T]) column-major array reversed: ([T,] Z, X, Y)
-        data = np.swapaxes(data, -1, -2)
-    else:
-        import scipy.io
+        if data is not None:
+            return [(data, None, None)], None, None
+        # HDF5: each time point is read when it is needed
+        return [(functools.partial(_read_mat73_time_point, path, t, where), None, t) for t in range(shape[0])], None, None
+    import scipy.io
 
-        try:
-            info = {name: (shape, cls) for name, shape, cls in scipy.io.whosmat(str(path))}
-        except Exception as exc:
-            raise FileFormatError(f"{where}: not a readable MATLAB file ({type(exc).__name__}: {exc})") from None
-        if "input" not in info:
-            raise InputError(f"{where}: no variable 'input' (variables: {sorted(info)[:10]})")
-        shape, cls = info["input"]
-        kinds = {"double": "f8", "single": "f4", "uint8": "u1", "uint16": "u2", "int16": "i2", "int32": "i4",
-                 "uint32": "u4", "int8": "i1"}
-        if cls not in kinds:
-            raise InputError(f"{where}: variable 'input' is of MATLAB class {cls}; expected a numeric array")
-        # MATLAB order (Y, X, Z[, T]) -> ([T,] Z, Y, X) for the check
-        mshape = tuple(shape)
-        check_declared(mshape[-1:] + mshape[:-1] if len(mshape) == 3 else (mshape[3], mshape[2]) + mshape[:2],
-                       kinds[cls], where)
+    try:
+        info = {name: (shape, cls) for name, shape, cls in scipy.io.whosmat(str(path))}
+    except Exception as exc:
+        raise FileFormatError(f"{where}: not a readable MATLAB file ({type(exc).__name__}: {exc})") from None
+    if "input" not in info:
+        raise InputError(f"{where}: no variable 'input' (variables: {sorted(info)[:10]})")
+    shape, cls = info["input"]
+    kinds = {"double": "f8", "single": "f4", "uint8": "u1", "uint16": "u2", "int16": "i2", "int32": "i4",
+             "uint32": "u4", "int8": "i1"}
+    if cls not in kinds:
+        raise InputError(f"{where}: variable 'input' is of MATLAB class {cls}; expected a numeric array")
+    # MATLAB order (Y, X, Z[, T]) -> ([T,] Z, Y, X) for the check
+    mshape = tuple(shape)
+    check_declared(mshape[-1:] + mshape[:-1] if len(mshape) == 3 else (mshape[3], mshape[2]) + mshape[:2],
+                   kinds[cls], where)
+    # files before MATLAB 7.3 are not HDF5: scipy.io reads the variable whole, even a time series
+    try:
         data = scipy.io.loadmat(str(path), variable_names=["input"])["input"]
-        data = np.moveaxis(data, 2, 0)
-        if data.ndim == 4:
-            data = np.moveaxis(data, -1, 0)
+    except Exception as exc:
+        raise FileFormatError(f"{where}: unreadable MATLAB file ({type(exc).__name__}: {exc})") from None
+    data = np.moveaxis(data, 2, 0)
+    if data.ndim == 4:
+        data = np.moveaxis(data, -1, 0)
     if data.ndim == 3:
         return [(data, None, None)], None, None
     return [(data[t], None, t) for t in range(data.shape[0])], None, None
 
 
+def _read_mat73_time_point(path: Path, t: int, where: str) -> np.ndarray:
+    h5py = _h5py(where)
+    here = f"{where} (time point {t})"
+    try:
+        f = h5py.File(path, "r")
+    except Exception as exc:
+        raise FileFormatError(f"{here}: the file became unreadable ({type(exc).__name__}: {exc})") from None
+    with f:
+        ds = f.get("input")
+        if ds is None or not isinstance(ds, h5py.Dataset):
+            raise FileFormatError(f"{here}: variable 'input' disappeared while the file was being read")
+        return np.swapaxes(_read_h5_dataset(ds, here, t), -1, -2)
+
+
 _READERS = {
     ".tif": _tiff_items, ".tiff": _tiff_items,
     ".npy": _numpy_items, ".npz": _numpy_items,
-    ".tcf": _tcf_items, ".h5": _tcf_items, ".hdf5": _tcf_items,
+    ".tcf": tcf_items, ".h5": tcf_items, ".hdf5": tcf_items,
     ".mat": _mat_items,
 }
 
@@ -342,13 +339,15 @@ def _items(path: Path, labels: bool = False) -> tuple[list[_Item], tuple[float, 
         raise FileFormatError(f"{where}: unsupported file type {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
     if path.stat().st_size == 0:
         raise FileFormatError(f"{where}: empty file (still being written?)")
-    if labels and reader is _tcf_items:
-        return _tcf_items(path, where, scale=False)
+    if labels and reader is tcf_items:
+        return tcf_items(path, where, decode=False)
     return reader(path, where)
 
 
-def iter_tomograms(path: str | Path, voxel_size_um: Sequence[float] | float | None = None) -> Iterator[Tomogram]:
-    """Yield every tomogram of a file, one per time point.
+def iter_tomograms(path: str | Path, voxel_size_um: Sequence[float] | float | None = None, *,
+                   ri_scale: float | None = None, ri_offset: float | None = None,
+                   as_ri: bool = True) -> Iterator[Tomogram]:
+    """Yield every tomogram of a file, one per time point, each read only when it is reached.
 
     Parameters
     ----------
@@ -356,38 +355,60 @@ def iter_tomograms(path: str | Path, voxel_size_um: Sequence[float] | float | No
         A ``.tif``/``.tiff``, ``.npy``/``.npz``, ``.tcf``/``.h5`` or ``.mat`` file.
     voxel_size_um : (z, y, x) or float, optional
         Voxel size in um; overrides what the file says (needed for files that carry none).
+    ri_scale, ri_offset : float, optional
+        The file stores RI as ``value x ri_scale + ri_offset`` (any element type). Without them
+        integers in the RI x 10 000 range are decoded as such and any other integer range is
+        refused (:mod:`deepis_rt.io.ri`). TCF files declare their own encoding: these are
+        ignored for them (with a warning).
+    as_ri : bool
+        False: the values as stored (float32), without RI decoding or plausibility check (for
+        volumes that are not RI, e.g. distance maps).
 
     Yields
     ------
     Tomogram
-        float32 RI (Z, Y, X) with its voxel size, time and index.
+        float32 RI (Z, Y, X) with its voxel size, time, index and medium RI.
 
     Raises
     ------
     InputError
         Missing file, unsupported type, wrong dimensions, too large, NaN/Inf.
+    ImplausibleRIError
+        Values that cannot be RI after decoding (an :class:`InputError`).
     """
     path = Path(path)
     where = where_of(path)
     override = normalize_voxel_size(voxel_size_um, where)
+    scale = RIScale.from_args(ri_scale, ri_offset, where)
     items, file_vs, medium = _items(path)
+    if scale is not None and _READERS.get(_suffix(path)) is tcf_items:
+        log.warning("%s: a TCF file declares its own RI encoding; --ri-scale/--ri-offset are ignored for it", where)
+        scale = None
+    decoder = RIDecoder(where, scale)
     vs = override if override is not None else file_vs
     if vs is None:
         log.debug("%s: no voxel size in the file and none given", where)
     for data, time_s, index in items:
         src = str(path) if index is None else f"{path}#t{index}"
-        ri = check_values(_volume(data), where if index is None else f"{where} (time point {index})")
+        here = where if index is None else f"{where} (time point {index})"
+        values = _volume(data)
+        if as_ri:
+            if values.dtype.kind == "f":
+                values = check_values(values, here)
+            values = decoder(values, here)
+        ri = check_values(values, here)
         yield Tomogram(ri=ri, voxel_size_um=vs, source=src, time_s=time_s, frame_index=index,
                        medium_ri=None if medium is None else float(medium))
 
 
-def read_tomogram(path: str | Path, voxel_size_um: Sequence[float] | float | None = None) -> Tomogram:
+def read_tomogram(path: str | Path, voxel_size_um: Sequence[float] | float | None = None, *,
+                  ri_scale: float | None = None, ri_offset: float | None = None, as_ri: bool = True) -> Tomogram:
     """Read a single-time-point tomogram (the first time point of a series).
 
     See :func:`iter_tomograms` for parameters; a multi-time-point file logs a
-    warning and returns its first time point.
+    warning and returns its first time point (the others are not read).
     """
-    items = iter_tomograms(path, voxel_size_um)
+    items = iter_tomograms(path, voxel_size_um, ri_scale=ri_scale, ri_offset=ri_offset, as_ri=as_ri)
     first = next(items)
     if first.frame_index is not None:
         log.warning("%s: holds several time points; using the first (use iter_tomograms for all)", where_of(path))

@@ -4,8 +4,9 @@
 * ``npy`` — ``<name>.npy`` plus ``<name>.json`` sidecar (``voxel_size_um``, ``time_s``, ``medium_ri``).
 * ``tcf`` — Tomocube TCF layout (HDF5): ``/Data/3D/000000`` float32 RI (Z, Y, X) with
   attributes ``ResolutionX/Y/Z`` (um), ``SizeX/Y/Z``, ``DataCount`` and ``TimeInterval`` on
-  ``/Data/3D``, ``Time`` on each dataset and root attribute ``FormatVersion = "1.3"``
-  (float RI, as :mod:`deepis_rt.io.readers` reads it).
+  ``/Data/3D``, ``Time`` on each dataset, the medium RI as attribute ``RI`` of ``/Info/Device``
+  and root attribute ``FormatVersion = "1.2"`` (float RI, the classic layout of
+  :mod:`deepis_rt.io.tcf`).
 
 Files are written to a temporary name and renamed, so a folder watcher never sees a
 half-written frame.
@@ -118,12 +119,12 @@ def write_tomogram(
         import h5py
 
         with h5py.File(tmp, "w") as f:
-            f.attrs["FormatVersion"] = "1.3"
+            # float RI is the classic layout of format versions before 1.3 (uint16 RI x 10 000 from 1.3 on)
+            f.attrs["FormatVersion"] = "1.2"
             f.attrs["Writer"] = "deepis-rt"
-            data = f.create_group("Data")
             if medium_ri is not None:
-                data.attrs["MediumRI"] = float(medium_ri)
-            grp = data.create_group("3D")
+                f.create_group("Info/Device").attrs["RI"] = float(medium_ri)
+            grp = f.create_group("Data").create_group("3D")
             for ax, i in zip("ZYX", range(3), strict=False):
                 grp.attrs[f"Size{ax}"] = int(ri.shape[i])
                 if vs is not None:

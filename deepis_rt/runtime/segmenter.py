@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.errors import InputError
+from deepis_rt.io.ri import RIDecoder, RIScale
 from deepis_rt.runtime import preprocess
 from deepis_rt.runtime.backends import BackendChoice, select_runner
 from deepis_rt.runtime.result import FrameResult, labels_from_distance
@@ -129,6 +130,9 @@ class Segmenter:
         self.analyze = bool(analyze)
         self.stitch_on_disk = stitch_on_disk
         self.max_voxels = int(max_voxels)
+        # every volume passes here before the network: integers decoded (RI x 10 000 or an explicit
+        # ri_scale/ri_offset), values that cannot be RI refused (deepis_rt.io.ri)
+        self._ri_decoder = RIDecoder("segment")
         plan_tiles(self.tile_zyx, self.tile_zyx, self.overlap, self.size_multiple)  # validates the settings
 
     # -- properties --------------------------------------------------------------------------------
@@ -155,14 +159,26 @@ class Segmenter:
         }
 
     # -- stages (used by deepis_rt.stream; segment() chains them) -----------------------------------
-    def check_volume(self, volume: Any, source: Any = None) -> np.ndarray:
-        """Validate a tomogram before any heavy work (see :func:`~deepis_rt.runtime.preprocess.validate_volume`)."""
-        return preprocess.validate_volume(volume, f"segment | {source}" if source else "segment", self.max_voxels)
+    def _as_ri(self, volume: np.ndarray, where: str, ri_scale: float | None, ri_offset: float | None) -> np.ndarray:
+        return self._ri_decoder(volume, where, RIScale.from_args(ri_scale, ri_offset, where))
 
-    def preprocess(self, volume: Any, voxel_size_um: Any = None, where: str = "segment") -> PreparedFrame:
-        """Stage 1: validate, and resample to the model's voxel size when needed."""
+    def check_volume(self, volume: Any, source: Any = None, *, ri_scale: float | None = None,
+                     ri_offset: float | None = None) -> np.ndarray:
+        """Validate a tomogram before any heavy work; return it as RI.
+
+        See :func:`~deepis_rt.runtime.preprocess.validate_volume` and :meth:`segment` for
+        ``ri_scale`` / ``ri_offset``.
+        """
+        where = f"segment | {source}" if source else "segment"
+        volume = preprocess.validate_volume(volume, where, self.max_voxels)
+        return self._as_ri(volume, where, ri_scale, ri_offset)
+
+    def preprocess(self, volume: Any, voxel_size_um: Any = None, where: str = "segment", *,
+                   ri_scale: float | None = None, ri_offset: float | None = None) -> PreparedFrame:
+        """Stage 1: validate, decode to RI, and resample to the model's voxel size when needed."""
         t0 = time.perf_counter()
         volume = preprocess.validate_volume(volume, where, self.max_voxels)
+        volume = self._as_ri(volume, where, ri_scale, ri_offset)
         vs = self.model_voxel_size_um if voxel_size_um is None else preprocess.validate_voxel_size(voxel_size_um, where)
         t1 = time.perf_counter()
         if preprocess.needs_resampling(vs, self.model_voxel_size_um):
@@ -275,17 +291,23 @@ class Segmenter:
         return result
 
     # -- segmentation ------------------------------------------------------------------------------
-    def segment(self, volume: Any, voxel_size_um: Any = None, *, analyze: bool | None = None) -> FrameResult:
+    def segment(self, volume: Any, voxel_size_um: Any = None, *, analyze: bool | None = None,
+                ri_scale: float | None = None, ri_offset: float | None = None) -> FrameResult:
         """Segment one tomogram.
 
         Parameters
         ----------
         volume : (Z, Y, X) array
-            Refractive index (float32 preferred; any real dtype is accepted).
+            Refractive index (float32 preferred; any real dtype is accepted). Integers in the
+            RI x 10 000 range (10 000-20 000) are decoded as such; values that cannot be RI
+            (outside about 1.0-2.0 after decoding) are refused.
         voxel_size_um : (Z, Y, X) or float, optional
             Voxel size of ``volume``; default: the model's (no resampling).
         analyze : bool, optional
             Override the Segmenter's ``analyze`` setting for this call.
+        ri_scale, ri_offset : float, optional
+            ``volume`` holds RI as ``value x ri_scale + ri_offset`` (e.g. integers of another
+            convention); an offset alone means a scale of 1.
 
         Returns
         -------
@@ -295,15 +317,18 @@ class Segmenter:
         Raises
         ------
         InputError
-            (and its subclasses) for unusable input, before any heavy work.
+            (and its subclasses) for unusable input, before any heavy work;
+            :class:`~deepis_rt.errors.ImplausibleRIError` for values that cannot be RI.
         """
-        return self._run([volume], [voxel_size_um], analyze)[0]
+        return self._run([volume], [voxel_size_um], analyze, (ri_scale, ri_offset))[0]
 
     def segment_batch(self, volumes: Sequence[Any], voxel_size_um: Any = None, *,
-                      analyze: bool | None = None) -> list[FrameResult]:
+                      analyze: bool | None = None, ri_scale: float | None = None,
+                      ri_offset: float | None = None) -> list[FrameResult]:
         """Segment several tomograms; frames that fit one tile share runner calls (throughput).
 
-        ``voxel_size_um`` is one voxel size for all volumes, or a list with one per volume.
+        ``voxel_size_um`` is one voxel size for all volumes, or a list with one per volume;
+        ``ri_scale`` / ``ri_offset`` (see :meth:`segment`) apply to all.
         Every volume is validated before any inference runs.
         """
         volumes = list(volumes)
@@ -316,11 +341,13 @@ class Segmenter:
                 f"segment_batch: {len(voxel_size_um)} voxel sizes for {len(volumes)} volumes; give one for all or one each"
             )
         sizes = list(voxel_size_um) if per_volume else [voxel_size_um] * len(volumes)
-        return self._run(volumes, sizes, analyze)
+        return self._run(volumes, sizes, analyze, (ri_scale, ri_offset))
 
-    def _run(self, volumes: list[Any], sizes: list[Any], analyze: bool | None) -> list[FrameResult]:
+    def _run(self, volumes: list[Any], sizes: list[Any], analyze: bool | None,
+             ri: tuple[float | None, float | None] = (None, None)) -> list[FrameResult]:
         where = "segment" if len(volumes) == 1 else "segment_batch[{}]"
-        prepared = [self.preprocess(v, s, where.format(i)) for i, (v, s) in enumerate(zip(volumes, sizes, strict=True))]
+        prepared = [self.preprocess(v, s, where.format(i), ri_scale=ri[0], ri_offset=ri[1])
+                    for i, (v, s) in enumerate(zip(volumes, sizes, strict=True))]
         outputs = self.infer_prepared(prepared)
         results = []
         for p, out in zip(prepared, outputs, strict=True):

@@ -57,6 +57,11 @@ class StreamSettings:
     voxel_size_um: tuple[float, float, float] | None = None
     #: medium RI for dry mass, when a file does not carry one (default: the model's meta)
     medium_ri: float | None = None
+    #: inputs hold RI as value x ri_scale + ri_offset (files other than TCF, and submit()); None: RI as
+    #: stored, integers in the RI x 10 000 range decoded, anything else that cannot be RI refused
+    ri_scale: float | None = None
+    #: see ri_scale; an offset alone means a scale of 1
+    ri_offset: float | None = None
     #: seconds between frames, for files without a time stamp (default: file modification times)
     frame_interval_s: float | None = None
     #: process what is in the folder now, then stop
@@ -91,6 +96,9 @@ class StreamSettings:
             raise ConfigError("stream: settle_s must be >= 0 and poll_s > 0")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError("stream: max_frames must be >= 1")
+        from deepis_rt.io.ri import RIScale
+
+        RIScale.from_args(self.ri_scale, self.ri_offset, "stream")  # validates
         if self.voxel_size_um is not None:
             self.voxel_size_um = tuple(float(v) for v in self.voxel_size_um)  # type: ignore[assignment]
             if len(self.voxel_size_um) != 3 or min(self.voxel_size_um) <= 0:
@@ -216,10 +224,13 @@ class Stream:
         return self
 
     def submit(self, volume: np.ndarray, time_s: float, voxel_size_um: Sequence[float] | None = None,
-               medium_ri: float | None = None) -> int:
+               medium_ri: float | None = None, *, ri_scale: float | None = None,
+               ri_offset: float | None = None) -> int:
         """Queue an in-memory volume (e.g. from a camera SDK); returns its frame number.
 
-        Blocks while the pipeline is full (back-pressure).
+        ``ri_scale`` / ``ri_offset`` (default: the stream's settings) state how ``volume`` holds
+        RI, as in :meth:`deepis_rt.runtime.Segmenter.segment`. Blocks while the pipeline is full
+        (back-pressure).
         """
         if not self._started:
             self.start()
@@ -230,8 +241,10 @@ class Stream:
         task = FrameTask(frame=frame, source=f"memory:{frame:06d}", time_s=float(time_s),
                          volume=volume, voxel_size_um=vox, medium_ri=medium_ri)
         t0 = time.perf_counter()
+        if ri_scale is None and ri_offset is None:
+            ri_scale, ri_offset = self.settings.ri_scale, self.settings.ri_offset
         try:
-            self._check_volume(task)
+            self._check_volume(task, ri_scale, ri_offset)
         except Exception as exc:
             task.error = str(exc)
         task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
@@ -331,7 +344,10 @@ class Stream:
         name = ff.path.name
         t0 = time.perf_counter()
         try:
-            for index, tomo in enumerate(iter_tomograms(ff.path, voxel_size_um=self.settings.voxel_size_um)):
+            s = self.settings
+            tomograms = iter_tomograms(ff.path, voxel_size_um=s.voxel_size_um, ri_scale=s.ri_scale,
+                                       ri_offset=s.ri_offset)
+            for index, tomo in enumerate(tomograms):
                 multi = tomo.frame_index is not None
                 source = f"{name}:t{index:04d}" if multi else name
                 if source in self._done_sources:
@@ -379,7 +395,7 @@ class Stream:
             medium_ri=None if tomo is None else tomo.medium_ri,
         )
 
-    def _check_volume(self, task: FrameTask) -> None:
+    def _check_volume(self, task: FrameTask, ri_scale: float | None = None, ri_offset: float | None = None) -> None:
         from deepis_rt.errors import InputError
 
         if task.voxel_size_um is None:
@@ -387,7 +403,8 @@ class Stream:
                 f"stream | {task.source}: the file carries no voxel size; pass --voxel-size Z Y X "
                 "(or write a <name>.json sidecar with voxel_size_um)"
             )
-        self.segmenter.check_volume(task.volume, task.source)
+        # the volume as RI from here on (files were decoded by their reader; submit()ted arrays here)
+        task.volume = self.segmenter.check_volume(task.volume, task.source, ri_scale=ri_scale, ri_offset=ri_offset)
 
     # -- writer ----------------------------------------------------------------------------------
     def _writer_loop(self, inbox: queue.Queue) -> None:
@@ -514,6 +531,9 @@ class Stream:
             "device": getattr(seg, "device", None),
             "model": getattr(seg, "model_info", {}),
             "source": str(self.source) if self.source else None,
+            # how inputs were turned into RI: None = as stored / RI x 10 000 integers (deepis_rt.io.ri)
+            "ri_scale": self.settings.ri_scale,
+            "ri_offset": self.settings.ri_offset,
             "t0_mtime": self._t0_mtime,
             "frames_ok": total_ok if self.results else self._n_ok,
             "frames_failed": total_failed if self.results else self._n_failed,

@@ -202,7 +202,7 @@ class FolderSource:
                 raise InputError(f"train | {lab.name}: labels {labels.shape} do not match the tomogram {tomo.ri.shape}")
             dist_file = _find(root / "distance", p.stem)
             if dist_file is not None:
-                dist = read_tomogram(dist_file).ri
+                dist = read_tomogram(dist_file, as_ri=False).ri  # um, not RI
             else:
                 dist = distance_from_labels(labels, self.voxel_size_um)
             self.items.append(_sample(tomo.ri, dist, p.name, labels))

@@ -31,6 +31,7 @@ def test_round_trip(tmp_path, ri, fmt, suffix):
     assert tomo.shape == ri.shape
     if fmt != "tiff":
         assert tomo.time_s == pytest.approx(4.5)
+        assert tomo.medium_ri == pytest.approx(1.337)  # TCF: /Info/Device attribute RI
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial files left
 
 
@@ -82,7 +83,7 @@ def test_tcf_time_series_and_integer_scaling(tmp_path, ri):
 
 def test_time_series_are_read_one_time_point_at_a_time(tmp_path, ri, monkeypatch):
     """A long TCF / .npy time-lapse must not be loaded whole before the first frame is yielded."""
-    import deepis_rt.io.readers as readers
+    import deepis_rt.io.tcf as tcf
 
     path = tmp_path / "long.tcf"
     with h5py.File(path, "w") as f:
@@ -90,8 +91,8 @@ def test_time_series_are_read_one_time_point_at_a_time(tmp_path, ri, monkeypatch
         for i in range(4):
             grp.create_dataset(f"{i:06d}", data=ri + np.float32(0.001 * i))
     reads = []
-    real = readers._read_h5_dataset
-    monkeypatch.setattr(readers, "_read_h5_dataset", lambda ds, where: reads.append(ds.name) or real(ds, where))
+    real = tcf._read
+    monkeypatch.setattr(tcf, "_read", lambda ds, where, region=None: reads.append(ds.name) or real(ds, where, region))
     frames = iter_tomograms(path)
     first = next(frames)
     assert reads == ["/Data/3D/000000"]
@@ -100,7 +101,7 @@ def test_time_series_are_read_one_time_point_at_a_time(tmp_path, ri, monkeypatch
     assert len(reads) == 4 and rest[-1].frame_index == 3
     np.testing.assert_allclose(rest[-1].ri, ri + np.float32(0.003))
     # a 4-D .npy is memory-mapped; every time point comes back as its own writable float32 copy
-    series = np.stack([ri, ri + np.float32(1.0)])
+    series = np.stack([ri, ri + np.float32(0.01)])
     np.save(tmp_path / "series.npy", series)
     got = list(iter_tomograms(tmp_path / "series.npy", voxel_size_um=VS))
     assert [t.frame_index for t in got] == [0, 1]
@@ -124,7 +125,7 @@ def test_tcf_time_point_corrupted_after_listing_is_a_clear_error(tmp_path, ri):
 def test_mat_files_become_zyx(tmp_path):
     import scipy.io
 
-    matlab = np.zeros((16, 20, 8))  # MATLAB order (Y, X, Z)
+    matlab = np.full((16, 20, 8), 1.337)  # MATLAB order (Y, X, Z)
     matlab[3, 5, 7] = 1.4
     scipy.io.savemat(tmp_path / "old.mat", {"input": matlab})
     old = read_tomogram(tmp_path / "old.mat")

@@ -1,7 +1,10 @@
-"""Stream fixtures: a runner whose 'network' is the identity, fed distance maps as tomograms.
+"""Stream fixtures: a runner whose 'network' is the identity, fed distance maps encoded as RI.
 
-With ``ri_normalization = {offset: 0, scale: 1}`` the segmenter's output equals its input, so a
-test controls exactly which cells and synapses the stream sees, without training a model.
+A tomogram ``RI0 + RI_PER_UM * distance`` (plausible RI, 1.43-1.55) normalised with
+``ri_normalization = {offset: RI0, scale: RI_PER_UM}`` reaches the identity network as the
+distance map itself, so a test controls exactly which cells and synapses the stream sees,
+without training a model. RI_PER_UM is a power of two, so the round trip is exact up to float32
+rounding of the sum (~1e-5 um, far from the half-voxel mask thresholds).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from deepis_rt.runtime.runners.base import Runner, as_numpy_batch
 
 VOXEL = (0.5, 0.25, 0.25)
 SHAPE = (32, 64, 64)
+RI0 = 1.5
+RI_PER_UM = 1.0 / 64
 
 
 class IdentityRunner(Runner):
@@ -39,8 +44,8 @@ class IdentityRunner(Runner):
 
 
 def make_segmenter(delay_s: float = 0.0) -> Segmenter:
-    meta = {"voxel_size_um": list(VOXEL), "ri_normalization": {"offset": 0.0, "scale": 1.0},
-            "medium_ri": 0.0, "tile_zyx": list(SHAPE)}
+    meta = {"voxel_size_um": list(VOXEL), "ri_normalization": {"offset": RI0, "scale": RI_PER_UM},
+            "medium_ri": RI0, "tile_zyx": list(SHAPE)}
     return Segmenter(IdentityRunner(delay_s), meta)
 
 
@@ -68,8 +73,18 @@ def conjugate_distance(contact_radius_um: float, shift_um: float = 0.0) -> np.nd
     return d.astype(np.float32)
 
 
+def as_tomogram(distance: np.ndarray) -> np.ndarray:
+    """The RI volume that :func:`make_segmenter`'s identity network turns into ``distance``."""
+    return (RI0 + RI_PER_UM * distance).astype(np.float32)
+
+
+def conjugate_tomogram(contact_radius_um: float, shift_um: float = 0.0) -> np.ndarray:
+    """:func:`conjugate_distance` as a tomogram for :func:`make_segmenter`."""
+    return as_tomogram(conjugate_distance(contact_radius_um, shift_um))
+
+
 @pytest.fixture(scope="session")
 def contact_series():
-    """Contact radii per frame: apart, forming, growing, broken, re-formed."""
+    """Contact radii per frame: apart, forming, growing, broken, re-formed (tomograms)."""
     radii = [0.0, 2.0, 2.6, 3.0, 0.0, 2.8]
-    return radii, [conjugate_distance(r, shift_um=0.1 * i) for i, r in enumerate(radii)]
+    return radii, [conjugate_tomogram(r, shift_um=0.1 * i) for i, r in enumerate(radii)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHAPE, VOXEL, conjugate_distance, make_segmenter
+from conftest import SHAPE, VOXEL, conjugate_tomogram, make_segmenter
 
 from deepis_rt.io import write_tomogram
 from deepis_rt.stream import Stream
@@ -100,7 +100,7 @@ def test_end_to_end_frames_written_while_streaming(tmp_path, contact_series):
 
 def _bad_inputs(cam: Path) -> dict[str, str]:
     """Write one file of each bad kind; returns name -> expected words in the error."""
-    good = conjugate_distance(2.5)
+    good = conjugate_tomogram(2.5)
     _write_npy(cam / "frame_0000.npy", good)
     # truncated: a valid npy cut in half
     _write_npy(cam / "frame_0001.npy", good)
@@ -170,7 +170,7 @@ def test_order_by_number_and_once(tmp_path):
     cam, out = tmp_path / "cam", tmp_path / "out"
     cam.mkdir()
     for i in (3, 1, 10, 2):  # created out of order
-        _write_npy(cam / f"frame_{i}.npy", conjugate_distance(0.0), time_s=float(i))
+        _write_npy(cam / f"frame_{i}.npy", conjugate_tomogram(0.0), time_s=float(i))
         time.sleep(0.01)
     Stream(cam, out, make_segmenter(), once=True, settle_s=0.0, use_events=False).run()
     rows = _rows(out / "frames.csv")
@@ -191,9 +191,8 @@ def test_multi_time_point_tcf(tmp_path):
             grp.attrs[f"Resolution{ax}"] = v
         grp.attrs["TimeInterval"] = 4.0
         for i, r in enumerate(radii):
-            # format 1.4 stores RI x 10 000 as integers; the identity model then sees d/1 um.
-            d = conjugate_distance(r)
-            grp.create_dataset(f"{i:06d}", data=np.round(d * 10000).astype(np.int32))
+            # format 1.4 stores RI x 10 000 as integers
+            grp.create_dataset(f"{i:06d}", data=np.round(conjugate_tomogram(r) * 10000).astype(np.uint16))
     Stream(cam, out, make_segmenter(), once=True, settle_s=0.0, use_events=False).run()
     rows = _rows(out / "frames.csv")
     assert [r["source"] for r in rows] == ["movie.tcf:t0000", "movie.tcf:t0001", "movie.tcf:t0002"]

@@ -112,7 +112,7 @@ def test_write_timelapse(tmp_path, fmt):
     ref = generate_timelapse(2, 3, shape=(32, 64, 64), voxel_size_um=(1.0, 0.5, 0.5), frames=[1])[0]
     np.testing.assert_array_equal(lab, ref.labels)
     np.testing.assert_array_equal(tomo.ri, ref.ri)
-    dist = read_tomogram(out / "distance" / "frame_000001.tif").ri
+    dist = read_tomogram(out / "distance" / "frame_000001.tif", as_ri=False).ri  # um, not RI
     np.testing.assert_array_equal(dist, ref.distance_um)
     rows = list(csv.DictReader(open(out / "truth.csv")))
     assert [r["file"] for r in rows] == [f"frame_000000{suffix}", f"frame_000001{suffix}"]
