@@ -53,11 +53,19 @@ class FrameTask:
     result: Any = None  # FrameResult once post-processed and analysed
     tracked: Any = None  # TrackedFrame once linked
     error: str | None = None
+    #: the failure is transient (backend unavailable past the retry deadline): recorded with
+    #: status ``retry`` and processed again by the next run on the same results folder
+    retry: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``retry`` (transient failure: processed again by the next run) or ``failed``."""
+        return "ok" if self.error is None else ("retry" if self.retry else "failed")
 
 
 class Stage:
@@ -76,8 +84,12 @@ class Stage:
 
 
 def mark_failed(task: FrameTask, stage: str, exc: BaseException) -> None:
+    """Record ``exc`` on ``task``; transient failures (:func:`~deepis_rt.runtime.failures.is_transient`)
+    mark it for retry by the next run instead of failing it."""
     from deepis_rt.errors import DeepisError
+    from deepis_rt.runtime.failures import is_transient
 
+    task.retry = is_transient(exc)
     if isinstance(exc, DeepisError):
         task.error = str(exc)
     else:
