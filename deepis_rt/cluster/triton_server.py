@@ -161,11 +161,14 @@ class TritonServer:
         Server log (default: ``tritonserver.log`` in a temporary folder).
     extra_args : sequence of str
         Further tritonserver options.
+    backend_dir : path-like, optional
+        Where to assemble the ``--backend-directory`` (default: a temporary folder).
     """
 
     def __init__(self, repo: str | os.PathLike, http_port: int | None = None, grpc_port: int | None = None,
                  address: str = "127.0.0.1", distribution: TritonDistribution | None = None,
-                 log_path: str | os.PathLike | None = None, extra_args: tuple[str, ...] = ()) -> None:
+                 log_path: str | os.PathLike | None = None, extra_args: tuple[str, ...] = (),
+                 backend_dir: str | os.PathLike | None = None) -> None:
         self.repo = Path(repo)
         if not self.repo.is_dir():
             raise ConfigError(f"triton | {self.repo}: no such model repository")
@@ -174,7 +177,7 @@ class TritonServer:
         self.grpc_port = grpc_port or free_port(address)
         self.dist = distribution or find_tritonserver()
         self._workdir = Path(tempfile.mkdtemp(prefix="deepis-tritonserver-"))
-        self.backend_dir = python_backend_dir(self.dist, self._workdir / "backends")
+        self.backend_dir = Path(backend_dir) if backend_dir else self._workdir / "backends"  # filled by start()
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
         self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen | None = None
@@ -198,10 +201,28 @@ class TritonServer:
             "--allow-metrics", "false", "--exit-timeout-secs", "5", *self.extra_args,
         ]
 
+    def shell(self) -> str:
+        """The same server as shell commands (the backend folder as assembled; for docs, systemd units)."""
+        import shlex
+
+        env = server_environment(self.dist, base={})
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = self.dist.stubs / version / "triton_python_backend_stub"
+        lines = [
+            f"mkdir -p {shlex.quote(str(self.backend_dir / 'python'))}",
+            f"cp {shlex.quote(str(self.dist.python_backend))}/* {shlex.quote(str(stub))} "
+            f"{shlex.quote(str(self.backend_dir / 'python'))}/",
+            " ".join(f"{k}={shlex.quote(env[k])}" for k in ("LD_LIBRARY_PATH", "PYTHONPATH")) + " \\",
+            "  " + " ".join(shlex.quote(a) for a in self.command()),
+        ]
+        return "\n".join(lines)
+
     def start(self, wait_s: float | None = 60.0) -> TritonServer:
         """Start the server (same ports as before when restarted); wait until it is ready unless ``wait_s`` is None."""
         if self.running:
             return self
+        if not (self.backend_dir / "python").is_dir():
+            python_backend_dir(self.dist, self.backend_dir)
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         try:
             self.process = subprocess.Popen(self.command(), env=server_environment(self.dist), stdout=log_file,

@@ -252,3 +252,43 @@ def test_server_down_past_retry_for_then_next_run_completes(server, camera, tmp_
         (i, f"frame_{i:04d}.npy", "ok") for i in range(8)]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["frames_ok"], summary["frames_retry"], summary["frames_failed"]) == (8, 0, 0)
+
+
+def test_serve_triton_commands_as_documented(tritonserver_dist, triton_python_repo, tmp_path):
+    """`deepis-rt serve-triton REPO --print-command` prints shell commands that start a working server."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import urllib.request
+
+    from click.testing import CliRunner
+
+    from deepis_rt.cli import main
+    from deepis_rt.cluster.triton_server import free_port
+
+    repo = tmp_path / "repo"
+    shutil.copytree(triton_python_repo[0], repo)
+    http_port, grpc_port = free_port(), free_port()
+    result = CliRunner().invoke(main, ["serve-triton", str(repo), "--http-port", str(http_port), "--grpc-port",
+                                       str(grpc_port), "--tritonserver", str(tritonserver_dist.root), "--print-command"])
+    assert result.exit_code == 0, result.output
+    script = result.output
+    assert "LD_LIBRARY_PATH=" in script and "triton_python_backend_stub" in script and "--backend-directory" in script
+    proc = subprocess.Popen(["bash", "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "the documented server did not start"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/tiny/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.3)
+        with TritonRunner(f"127.0.0.1:{http_port}", "tiny") as runner:
+            assert runner.infer(_batch(1)).shape == (1, 1, *TILE)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
