@@ -232,6 +232,11 @@ class ResultsFolder:
             atomic_write_bytes(self.frames.path, self.frames._encode(rows, header=True))
             self.committed[redo[0]] = row
 
+    def rewrite_tables(self, cell_rows: Sequence[Mapping[str, Any]], synapse_rows: Sequence[Mapping[str, Any]]) -> None:
+        """Replace cells.csv and synapses.csv whole (atomic renames; the caller holds the lock)."""
+        atomic_write_bytes(self.cells.path, self.cells._encode(cell_rows, header=True))
+        atomic_write_bytes(self.synapses.path, self.synapses._encode(synapse_rows, header=True))
+
     def log_error(self, source: str, reason: str) -> None:
         line = f"{source}: {reason}".replace("\n", " ") + "\n"
         with self._lock:

@@ -187,6 +187,8 @@ class Stream:
         self._watcher: FolderWatcher | None = None
         self._previous_summary: dict[str, Any] = {}
         self._backend_events: list[BackendEvent] = []
+        self._last_tracked_frame = -1
+        self._relink_needed = False
         self.health = BackendHealth(RetryPolicy(retry_for_s=self.settings.retry_for_s),
                                     on_event=self._on_backend_event, waiting=self._frames_waiting, stop=self._stop)
 
@@ -418,6 +420,11 @@ class Stream:
                 result = self._finish(task)
                 self._out_q.put(result)
         finally:
+            if self._relink_needed and self.results is not None:
+                try:
+                    self._relink()
+                except Exception:
+                    log.exception("stream: re-linking tracks failed; track ids of retried frames may be off")
             self._refresh(final=True)
             self._out_q.put(STOP)
 
@@ -428,6 +435,9 @@ class Stream:
         result = task.result
         if task.ok:
             t0 = time.perf_counter()
+            if task.frame < self._last_tracked_frame:  # a frame recorded ``retry`` by an earlier run
+                self._relink_needed = True
+            self._last_tracked_frame = max(self._last_tracked_frame, task.frame)
             try:
                 task.tracked = self.tracker.update(result, task.time_s)
             except Exception as exc:
@@ -529,7 +539,24 @@ class Stream:
         from deepis_rt.stream.replay import replay_tracker
 
         assert self.results is not None
-        replay_tracker(self.tracker, committed, self.results.cell_rows, self.results.synapse_rows)
+        replayed = replay_tracker(self.tracker, committed, self.results.cell_rows, self.results.synapse_rows)
+        self._last_tracked_frame = max(replayed, default=-1)
+
+    def _relink(self) -> None:
+        """Frames recorded ``retry`` earlier were tracked after later frames: track everything again in
+        frame order and renew the track columns of cells.csv / synapses.csv (atomic rewrites)."""
+        from deepis_rt.analysis import SynapseTracker
+        from deepis_rt.stream.replay import relink_tracks
+
+        assert self.results is not None
+        tracker = SynapseTracker(area_threshold_um2=self.settings.area_threshold_um2, on_event=None)
+        with self.results._lock:
+            cells, synapses = relink_tracks(tracker, self.results.committed, self.results.cells.read(),
+                                            self.results.synapses.read())
+            self.results.rewrite_tables(cells, synapses)
+        tracker.on_event = self._on_event
+        self.tracker = tracker
+        log.info("stream: tracks re-linked in frame order after frames that were retried")
 
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""
