@@ -3,7 +3,8 @@
 Every stage is a small object with ``open() / process(item) / close()`` run by one
 thread; items are typed payloads (:class:`FrameTask`). Queues are bounded, so a
 slow stage makes the ones before it wait (back-pressure) instead of memory
-growing. A failure in any stage marks the task failed and passes it on, so the
+growing. A failure in any stage marks the task failed (or, for a transient failure of
+the backend, to be retried by the next run: :func:`mark_failed`) and passes it on, so the
 writer still records it in order and the stream goes on.
 """
 

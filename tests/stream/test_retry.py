@@ -315,3 +315,38 @@ def test_frames_redone_after_later_ones_are_tracked_in_frame_order(contact_serie
     keys = ("tcell_track", "target_track", "n_frames", "onset_s")
     assert [tuple(s[k] for k in keys) for s in a] == [tuple(s[k] for k in keys) for s in b]
     assert a[0]["onset_s"] == pytest.approx(5.0)  # frame 1, not frame 3 where the first run saw it
+
+
+def test_cli_says_once_that_the_backend_is_unavailable_and_once_that_it_is_back(capsys):
+    from deepis_rt.cli.stream import BackendReporter
+    from deepis_rt.stream.retry import BackendEvent
+
+    down = BackendEvent("unavailable", 0.0, error="cannot reach the server", waiting_frames=3, retry_for_s=120.0)
+    back = BackendEvent("available", 1.0, outage_s=12.5, retry_for_s=120.0)
+    BackendReporter()(down)
+    BackendReporter()(back)
+    err = capsys.readouterr().err
+    assert "backend unavailable: cannot reach the server" in err and "3 frame(s) waiting" in err
+    assert "available again after 12.5 s" in err
+    BackendReporter(jsonl=True)(down)
+    BackendReporter(jsonl=True)(back)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [x["event"] for x in lines] == ["backend_unavailable", "backend_available"]
+    assert lines[0]["waiting_frames"] == 3 and lines[1]["outage_s"] == 12.5
+
+
+def test_cli_waits_for_a_server_that_is_down_at_start(capsys):
+    from deepis_rt.cli.stream import load_when_available
+
+    attempts = {"n": 0}
+
+    def load():
+        attempts["n"] += 1
+        if attempts["n"] < 3:
+            raise BackendUnavailableError("triton | 127.0.0.1:8000: readiness check failed: cannot reach the server")
+        return "segmenter"
+
+    assert load_when_available(load, retry_for_s=30.0) == "segmenter" and attempts["n"] == 3
+    assert "waiting up to 30 s" in capsys.readouterr().err
+    with pytest.raises(InputError):  # a permanent error is not waited for
+        load_when_available(lambda: (_ for _ in ()).throw(InputError("no such model")), retry_for_s=30.0)
