@@ -315,9 +315,10 @@ class BatchReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        out = {"ok": 0, "partial": 0, "failed": 0, "retry": 0, "skipped": 0}
+        out = {"ok": 0, "partial": 0, "failed": 0, "skipped": 0}
         for it in self.items:
-            out["skipped" if it.get("skipped") else it["status"]] += 1
+            key = "skipped" if it.get("skipped") else it["status"]
+            out[key] = out.get(key, 0) + 1  # "retry": items with frames whose backend stayed unavailable
         return out
 
     @property
