@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
-__all__ = ["replay_tracker", "relink_tracks"]
+__all__ = ["replay_tracker", "relink_tracks", "relink_results"]
+
+log = logging.getLogger(__name__)
 
 
 def replay_tracker(
@@ -99,3 +102,21 @@ def relink_tracks(
         synapses.append({**row, **({"tcell_track": str(tcell)} if tcell is not None else {}),
                          **({"target_track": str(target)} if target is not None else {})})
     return cells, synapses
+
+
+def relink_results(results: Any, area_threshold_um2: float, on_event: Any = None) -> Any:
+    """Re-link the tracks of a results folder in frame order (:func:`relink_tracks`); returns the new tracker.
+
+    Frames recorded ``retry`` by an earlier run and done now were tracked after later frames: the
+    tracker is rebuilt from all committed frames in frame order and the track columns of cells.csv /
+    synapses.csv are renewed (atomic rewrites).
+    """
+    from deepis_rt.analysis import SynapseTracker
+
+    tracker = SynapseTracker(area_threshold_um2=area_threshold_um2, on_event=None)
+    with results._lock:
+        cells, synapses = relink_tracks(tracker, results.committed, results.cells.read(), results.synapses.read())
+        results.rewrite_tables(cells, synapses)
+    tracker.on_event = on_event
+    log.info("stream: tracks re-linked in frame order after frames that were retried")
+    return tracker

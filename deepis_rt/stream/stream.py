@@ -543,20 +543,10 @@ class Stream:
         self._last_tracked_frame = max(replayed, default=-1)
 
     def _relink(self) -> None:
-        """Frames recorded ``retry`` earlier were tracked after later frames: track everything again in
-        frame order and renew the track columns of cells.csv / synapses.csv (atomic rewrites)."""
-        from deepis_rt.analysis import SynapseTracker
-        from deepis_rt.stream.replay import relink_tracks
+        from deepis_rt.stream.replay import relink_results
 
         assert self.results is not None
-        tracker = SynapseTracker(area_threshold_um2=self.settings.area_threshold_um2, on_event=None)
-        with self.results._lock:
-            cells, synapses = relink_tracks(tracker, self.results.committed, self.results.cells.read(),
-                                            self.results.synapses.read())
-            self.results.rewrite_tables(cells, synapses)
-        tracker.on_event = self._on_event
-        self.tracker = tracker
-        log.info("stream: tracks re-linked in frame order after frames that were retried")
+        self.tracker = relink_results(self.results, self.settings.area_threshold_um2, self._on_event)
 
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""

@@ -226,3 +226,19 @@ def test_triton_error_answers_are_classified(status, message, transient):
     assert isinstance(err, BackendError) and message in str(err)
     if "memory" in message:
         assert isinstance(err, BackendOutOfMemoryError)
+
+
+@pytest.mark.gpu
+def test_real_cuda_out_of_memory_is_transient():
+    """A real CUDA out-of-memory error (asking for twice the GPU's memory) comes out typed and transient."""
+    from deepis_rt.runtime.runners.torch_runner import TorchRunner
+
+    class Greedy(torch.nn.Module):
+        def forward(self, x):
+            _, total = torch.cuda.mem_get_info(x.device)
+            return x + torch.empty(int(total) // 2, device=x.device).sum()  # float32: 2 x the GPU's memory
+
+    with TorchRunner(Greedy(), device="cuda") as runner:
+        with pytest.raises(BackendOutOfMemoryError) as info:
+            runner.infer(_x())
+    assert is_transient(info.value) and isinstance(info.value.__cause__, torch.cuda.OutOfMemoryError)
