@@ -461,8 +461,9 @@ class Stream:
                 except Exception as exc:
                     log.warning("stream | %s: mask not written: %s", task.source, exc)
         elif task.retry:
-            log.warning("stream | %s: %s; recorded 'retry': the next run on %s processes it again",
-                        task.source, task.error, self.results.root if self.results is not None else "this folder")
+            again = (f"the next run on {self.results.root} processes it again"
+                     if self.results is not None and task.path is not None else "submit it again")
+            log.warning("stream | %s: %s; recorded 'retry': %s", task.source, task.error, again)
         else:
             log.warning("stream | %s: %s; skipped", task.source, task.error)
             if self.results is not None:
