@@ -57,7 +57,7 @@ class RetryPolicy:
     retry_for_s: float = DEFAULT_RETRY_FOR_S
     initial_s: float = 0.5
     factor: float = 2.0
-    max_delay_s: float = 10.0
+    max_delay_s: float = 5.0  # a recovered server is noticed within 5 s
 
     def __post_init__(self) -> None:
         if self.retry_for_s < 0 or self.initial_s <= 0 or self.factor < 1 or self.max_delay_s < self.initial_s:
