@@ -13,6 +13,8 @@ from typing import Any
 from deepis_rt._version import __version__
 from deepis_rt.errors import (
     BackendError,
+    BackendOutOfMemoryError,
+    BackendUnavailableError,
     CheckpointError,
     ConfigError,
     DeepisError,
@@ -25,6 +27,7 @@ from deepis_rt.errors import (
     NonFiniteInputError,
     ParityError,
     ShapeError,
+    TransientBackendError,
     UnsafeCheckpointError,
     VolumeTooLargeError,
 )
@@ -75,6 +78,9 @@ __all__ = [
     "UnsafeCheckpointError",
     "MissingDependencyError",
     "BackendError",
+    "TransientBackendError",
+    "BackendUnavailableError",
+    "BackendOutOfMemoryError",
     "ExportError",
     "ParityError",
     "EngineCacheError",

@@ -25,6 +25,9 @@ __all__ = [
     "UnsafeCheckpointError",
     "MissingDependencyError",
     "BackendError",
+    "TransientBackendError",
+    "BackendUnavailableError",
+    "BackendOutOfMemoryError",
     "ExportError",
     "ParityError",
     "EngineCacheError",
@@ -87,7 +90,31 @@ class MissingDependencyError(DeepisError, ImportError):
 
 
 class BackendError(DeepisError, RuntimeError):
-    """An inference backend cannot be used or failed at run time."""
+    """An inference backend cannot be used or failed at run time.
+
+    The ``transient`` class attribute tells the two kinds of failure apart: False (here) for a
+    failure that will happen again with the same input and set-up (bad model, wrong tensor
+    names, bad input), True (:class:`TransientBackendError`) for one that may pass by itself.
+    """
+
+    #: whether trying again later may succeed (see :func:`deepis_rt.runtime.failures.is_transient`)
+    transient: bool = False
+
+
+class TransientBackendError(BackendError):
+    """A backend failure that may pass by itself: server unavailable, timed out, overloaded,
+    out of memory. Streams and batches retry such frames (``retry_for_s``) instead of failing them.
+    """
+
+    transient = True
+
+
+class BackendUnavailableError(TransientBackendError, ConnectionError):
+    """The inference server cannot be reached, is restarting, overloaded or timed out."""
+
+
+class BackendOutOfMemoryError(TransientBackendError, MemoryError):
+    """The device (GPU) or host ran out of memory for a batch; a smaller batch may fit."""
 
 
 class ExportError(DeepisError, RuntimeError):

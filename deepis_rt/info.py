@@ -72,7 +72,9 @@ def describe_results(path: Path) -> dict[str, Any]:
         "kind": "results",
         "path": str(path),
         "frames_ok": sum(1 for r in frames if r["status"] == "ok"),
-        "frames_failed": sum(1 for r in frames if r["status"] != "ok"),
+        "frames_failed": sum(1 for r in frames if r["status"] == "failed"),
+        # backend unavailable for longer than --retry-for: the next stream / batch run processes them
+        "frames_retry": sum(1 for r in frames if r["status"] == "retry"),
         "cell_rows": n_cells,
         "synapse_rows": n_syn,
         "backend": summary.get("backend"),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
+
 
 @click.command()
 @click.argument("archive", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -41,16 +43,20 @@ import click
 @click.option("--max-batch", type=int, default=4, show_default=True, help="Frames inferred together.")
 @click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
+              metavar="SECONDS", help="How long frames wait for a backend that is unavailable (server restarting, "
+              "timeout, out of memory) before they are recorded 'retry' (the next run processes them).")
 def batch(archive, out, ray_address, model, backend, url, model_name, retries, workers, cpus_per_worker,
           gpus_per_worker, voxel_size, frame_interval, medium_ri, max_batch, no_masks, no_progress,
-          ri_scale=None, ri_offset=None) -> None:
+          ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S) -> None:
     """Segment, measure and track every time-lapse in ARCHIVE.
 
     \b
     A time-lapse is a folder of frame files (at any depth) or a multi-time-point file in
     ARCHIVE itself. Results per time-lapse are exactly those of `deepis-rt stream`.
     Finished items are skipped when the command runs again; failed ones are tried again.
-    Exit status 1 when an item failed (see OUT/batch_report.json).
+    Exit status 1 when an item failed or holds frames to retry (its backend stayed unavailable
+    longer than --retry-for; the next run processes them), see OUT/batch_report.json.
     """
     from deepis_rt.cluster.ray_batch import run_batch
 
@@ -63,6 +69,7 @@ def batch(archive, out, ray_address, model, backend, url, model_name, retries, w
         "ri_offset": ri_offset,
         "max_batch": max_batch,
         "write_masks": not no_masks,
+        "retry_for_s": retry_for,
     }
     report = run_batch(
         archive, out, model, backend, ray_address=ray_address, retries=retries, num_workers=workers,
@@ -71,10 +78,11 @@ def batch(archive, out, ray_address, model, backend, url, model_name, retries, w
     )
     c = report.counts
     click.echo(f"items: {c['ok']} ok, {c['partial']} with failed frames, {c['failed']} failed, "
-               f"{c['skipped']} already done ({report.settings.get('workers', 'nothing to run')})")
+               + (f"{c['retry']} with frames to retry (run again), " if c.get("retry") else "")
+               + f"{c['skipped']} already done ({report.settings.get('workers', 'nothing to run')})")
     for item in report.items:
         if item["status"] != "ok" and not item.get("skipped"):
             click.echo(f"  {item['item']}: {item['status']} after {item['attempts']} attempt(s): {item['error']}")
     click.echo(f"results: {out}/<item>/, {out}/synapses_all.csv, {out}/batch_report.json")
-    if report.failed:
+    if report.failed or c.get("retry"):
         raise SystemExit(1)

@@ -37,9 +37,14 @@ def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> tupl
               metavar="REPO", help="Also write a Triton Inference Server model repository entry REPO/NAME/.")
 @click.option("--triton-kind", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
               help="Triton instance group [auto: GPU when this machine has one].")
+@click.option("--triton-backend", type=click.Choice(["auto", "onnxruntime", "tensorrt", "python"]), default="auto",
+              show_default=True,
+              help="How Triton runs the model: its ONNX Runtime or TensorRT backend (NVIDIA's container; auto: "
+                   "TensorRT when an engine was built), or its Python backend running the ONNX file with "
+                   "onnxruntime (any tritonserver, e.g. `pip install nvidia-pytriton` on a CPU machine).")
 def export(checkpoint: Path, out_dir: Path, name: str | None, opset: int, batch: tuple[int, int, int],
            fp16: bool, trt: bool | None, engines_dir: Path, dynamic_shape: bool, no_simplify: bool,
-           triton_repo: Path | None = None, triton_kind: str = "auto") -> None:
+           triton_repo: Path | None = None, triton_kind: str = "auto", triton_backend: str = "auto") -> None:
     """Export CHECKPOINT to ONNX (FP32 and FP16) with a parity report against PyTorch.
 
     A TensorRT FP16 engine is built too where TensorRT and an NVIDIA GPU exist. Without them the ONNX
@@ -75,6 +80,7 @@ def export(checkpoint: Path, out_dir: Path, name: str | None, opset: int, batch:
     if triton_repo is not None:  # issue 9: deepis_rt/cluster/triton_repo.py
         from deepis_rt.cluster.triton_repo import write_triton_repository
 
-        repo = write_triton_repository(result, triton_repo, instance_kind=triton_kind)
-        click.echo(f"Triton: wrote {repo.model_dir} ({repo.platform}, {repo.instance_kind}); serve it with: "
-                   f"tritonserver --model-repository {repo.repo}")
+        repo = write_triton_repository(result, triton_repo, instance_kind=triton_kind, platform=triton_backend)
+        how = (f"deepis-rt serve-triton {repo.repo}   (the tritonserver of `pip install --no-deps nvidia-pytriton`)"
+               if repo.platform == "python" else f"tritonserver --model-repository {repo.repo}")
+        click.echo(f"Triton: wrote {repo.model_dir} ({repo.platform}, {repo.instance_kind}); serve it with: {how}")

@@ -67,6 +67,9 @@ def _register_commands() -> None:
     from deepis_rt.cli import batch as _batch
 
     main.add_command(_batch.batch)
+    from deepis_rt.cli import serve_triton as _serve_triton
+
+    main.add_command(_serve_triton.serve_triton)
     from deepis_rt.cli import synth as _synth
     from deepis_rt.cli import train as _train
 

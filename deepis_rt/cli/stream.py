@@ -11,6 +11,19 @@ from typing import Any
 
 import click
 
+from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
+
+
+def load_when_available(load: Any, retry_for_s: float) -> Any:
+    """``load()``, retried like a frame while its server is unavailable (e.g. restarting) at start-up."""
+    from deepis_rt.stream.retry import BackendHealth, RetryPolicy
+
+    def say(event: Any) -> None:
+        if event.kind == "unavailable":
+            click.echo(f"backend unavailable: {event.error}\n  waiting up to {retry_for_s:g} s for it", err=True)
+
+    return BackendHealth(RetryPolicy(retry_for_s=retry_for_s), on_event=say).call(load, n_frames=0)
+
 
 def _frame_json(result: Any) -> str:
     return json.dumps(
@@ -30,7 +43,46 @@ def _frame_json(result: Any) -> str:
     )
 
 
-def run_stream(stream: Any, jsonl: bool = False, quiet: bool = False) -> dict[str, Any]:
+class BackendReporter:
+    """Says once that the backend is unavailable and frames wait, and once that it is back.
+
+    Passed as ``Stream(on_backend=...)``: a JSON line ``{"event": "backend_unavailable", ...}`` /
+    ``{"event": "backend_available", ...}`` on stdout with ``--jsonl``, else a line on stderr
+    (above the progress bar, whose description says so while the outage lasts).
+    """
+
+    def __init__(self, jsonl: bool = False, quiet: bool = False) -> None:
+        self.jsonl = jsonl
+        self.quiet = quiet
+        self.bar: Any = None
+
+    def __call__(self, event: Any) -> None:
+        if self.jsonl:
+            payload = {"event": f"backend_{event.kind}", "time": round(event.time, 3)}
+            if event.kind == "unavailable":
+                payload.update(error=event.error, waiting_frames=event.waiting_frames, retry_for_s=event.retry_for_s)
+            else:
+                payload.update(outage_s=round(event.outage_s, 1))
+            click.echo(json.dumps(payload))
+            return
+        if event.kind == "unavailable":
+            text = (f"backend unavailable: {event.error}\n  {event.waiting_frames} frame(s) waiting; retrying for up "
+                    f"to {event.retry_for_s:g} s (then recorded 'retry' for the next run)")
+            desc = "backend unavailable, frames waiting"
+        else:
+            text = f"backend available again after {event.outage_s:.1f} s; continuing"
+            desc = ""
+        if self.quiet:
+            return
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(text, file=sys.stderr)
+            self.bar.set_description(desc, refresh=True)
+        else:
+            click.echo(text, err=True)
+
+
+def run_stream(stream: Any, jsonl: bool = False, quiet: bool = False,
+               reporter: BackendReporter | None = None) -> dict[str, Any]:
     """Drive a started Stream with live progress (or JSON lines); Ctrl-C stops it gracefully."""
     from tqdm import tqdm
 
@@ -46,6 +98,8 @@ def run_stream(stream: Any, jsonl: bool = False, quiet: bool = False) -> dict[st
     previous = signal.signal(signal.SIGINT, _on_sigint)
     show_bar = not jsonl and not quiet and sys.stderr.isatty()
     bar = tqdm(unit="frame", disable=not show_bar, dynamic_ncols=True, file=sys.stderr)
+    if reporter is not None:
+        reporter.bar = bar
     t0 = time.time()
     n = 0
     try:
@@ -54,7 +108,8 @@ def run_stream(stream: Any, jsonl: bool = False, quiet: bool = False) -> dict[st
             if jsonl:
                 click.echo(_frame_json(result))
             elif not show_bar and not quiet:
-                status = "ok" if result.status == "ok" else f"FAILED ({result.error})"
+                status = {"ok": "ok", "retry": f"RETRY next run ({result.error})"}.get(
+                    result.status, f"FAILED ({result.error})")
                 click.echo(
                     f"frame {result.frame:5d}  {result.source}  {status}  "
                     f"latency {result.latency_ms:.0f} ms  synapses {len(result.synapses)}",
@@ -81,6 +136,9 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
         f"frames: {run['frames_ok']} ok, {run['frames_failed']} failed this run "
         f"({summary['frames_ok']} ok / {summary['frames_failed']} failed in total)"
     )
+    if summary.get("frames_retry"):
+        click.echo(f"frames to retry: {summary['frames_retry']} (backend unavailable for longer than --retry-for); "
+                   "run the same command again to process them")
     click.echo(f"backend: {summary.get('backend')}   throughput: {run['throughput_fps']:.2f} frames/s")
     if lat["n"]:
         click.echo(f"latency file-complete -> results written: p50 {lat['p50']:.0f} ms, "
@@ -129,17 +187,21 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 @click.option("--max-batch", type=int, default=4, show_default=True, help="Frames inferred together when queued.")
 @click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
 @click.option("--jsonl", is_flag=True, help="Quiet mode for other programs: one JSON line per frame on stdout.")
+@click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
+              metavar="SECONDS", help="How long frames wait for a backend that is unavailable (server restarting, "
+              "timeout, out of memory) before they are recorded 'retry' for the next run.")
 def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, once, idle_timeout,
            max_frames, settle, max_batch, no_masks, jsonl, url=None, model_name="deepis", ri_scale=None,
-           ri_offset=None) -> None:
+           ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S) -> None:
     """Watch SOURCE for tomograms; segment, measure and track synapses as frames arrive."""
     import deepis_rt
     from deepis_rt.stream import Stream
 
     remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # issue 9: Triton server
-    segmenter = deepis_rt.load(model, backend=backend, **remote)
+    segmenter = load_when_available(lambda: deepis_rt.load(model, backend=backend, **remote), retry_for)
+    reporter = BackendReporter(jsonl=jsonl)
     s = Stream(
-        source, out, segmenter,
+        source, out, segmenter, on_backend=reporter, retry_for_s=retry_for,
         voxel_size_um=tuple(voxel_size) if voxel_size else None,
         frame_interval_s=frame_interval, medium_ri=medium_ri, once=once, idle_timeout_s=idle_timeout,
         max_frames=max_frames, settle_s=settle, max_batch=max_batch, write_masks=not no_masks,
@@ -147,6 +209,6 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
     )
     if not jsonl:
         click.echo(f"watching {source} with {segmenter.backend}; results in {out}/ (Ctrl-C to stop)", err=True)
-    summary = run_stream(s.start(), jsonl=jsonl)
+    summary = run_stream(s.start(), jsonl=jsonl, reporter=reporter)
     if not jsonl:
         print_summary(summary, out)

@@ -143,6 +143,9 @@ def process_item(item: BatchItem, out: str | os.PathLike, segmenter: Any, stream
             summary = stream.run()
         record["frames_ok"] = int(summary.get("frames_ok") or 0)
         record["frames_failed"] = int(summary.get("frames_failed") or 0)
+        # frames whose backend stayed unavailable past retry_for_s: the item is not done, so the
+        # next batch run continues it (the stream redoes exactly those frames)
+        record["frames_retry"] = int(summary.get("frames_retry") or 0)
         if record["frames_ok"] == 0:
             record["error"] = _errors_excerpt(result_dir) or (
                 "no frame succeeded" if record["frames_failed"] else "the stream committed no frame (see its log)")
@@ -150,6 +153,10 @@ def process_item(item: BatchItem, out: str | os.PathLike, segmenter: Any, stream
             record["status"] = "partial" if record["frames_failed"] else "ok"
             if record["frames_failed"]:
                 record["error"] = _errors_excerpt(result_dir)
+        if record["frames_retry"]:
+            record["status"] = "retry"
+            record["error"] = (f"{record['frames_retry']} frame(s) recorded 'retry' (backend unavailable); "
+                               "run the batch again to process them") + (f"; {record['error']}" if record["error"] else "")
     except Exception as exc:
         log.debug("batch | %s: attempt %d failed", item.name, attempt, exc_info=True)
         record["error"] = f"{type(exc).__name__}: {exc}"
@@ -310,7 +317,8 @@ class BatchReport:
     def counts(self) -> dict[str, int]:
         out = {"ok": 0, "partial": 0, "failed": 0, "skipped": 0}
         for it in self.items:
-            out["skipped" if it.get("skipped") else it["status"]] += 1
+            key = "skipped" if it.get("skipped") else it["status"]
+            out[key] = out.get(key, 0) + 1  # "retry": items with frames whose backend stayed unavailable
         return out
 
     @property

@@ -5,6 +5,9 @@ Layout written by :func:`write_triton_repository` (Triton's documented repositor
     REPO/<model_name>/config.pbtxt
     REPO/<model_name>/1/model.onnx      always (platform "onnxruntime_onnx")
     REPO/<model_name>/1/model.plan      where a TensorRT engine was built (platform "tensorrt_plan")
+    REPO/<model_name>/1/model.py        with platform="python" (backend "python": ONNX Runtime inside
+                                        tritonserver's Python backend, e.g. the CPU tritonserver of
+                                        the nvidia-pytriton wheel; see triton_python_model.py)
 
 ``config.pbtxt`` declares the named tensors (``tomogram`` -> ``distance``, float32,
 ``[1, Z, Y, X]`` after the batch axis, ``-1`` for a dynamic axis), dynamic batching, an
@@ -266,7 +269,7 @@ def render_config(
     lines = [f"# {line}" for line in header.splitlines()] if header else []
     lines += [
         f"name: {_quote(model_name)}",
-        f"platform: {_quote(platform)}",
+        f"backend: {_quote(platform)}" if platform == "python" else f"platform: {_quote(platform)}",
         f"max_batch_size: {int(max_batch_size)}",
         "input [",
         "  {",
@@ -348,9 +351,12 @@ def write_triton_repository(
         Folder and model name on the server (default: the export's name).
     precision : {"fp32", "fp16"}
         Which ONNX graph becomes ``model.onnx`` (both take and return float32).
-    platform : {"auto", "onnxruntime", "tensorrt"}
+    platform : {"auto", "onnxruntime", "tensorrt", "python"}
         ``auto``: ``tensorrt_plan`` when the export has a TensorRT engine, else ``onnxruntime_onnx``.
         A plan only runs on a server with the GPU model and TensorRT version it was built with.
+        ``python``: Triton's Python backend running ``model.onnx`` with ONNX Runtime
+        (:mod:`deepis_rt.cluster.triton_python_model`): for a tritonserver without the ONNX Runtime
+        backend, such as the one in the ``nvidia-pytriton`` wheel (CPU, no container).
     instance_kind : {"auto", "gpu", "cpu"}
         ``auto``: ``KIND_GPU`` when a CUDA GPU is visible here (write the repository on the server,
         or pass ``"gpu"``), else ``KIND_CPU``.
@@ -385,8 +391,9 @@ def write_triton_repository(
 
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"triton | precision must be 'fp32' or 'fp16', got {precision!r}")
-    if platform not in ("auto", "onnxruntime", "tensorrt"):
-        raise ConfigError(f"triton | platform must be 'auto', 'onnxruntime' or 'tensorrt', got {platform!r}")
+    if platform not in ("auto", "onnxruntime", "tensorrt", "python"):
+        raise ConfigError(
+            f"triton | platform must be 'auto', 'onnxruntime', 'tensorrt' or 'python', got {platform!r}")
     if instance_kind not in ("auto", "gpu", "cpu"):
         raise ConfigError(f"triton | instance_kind must be 'auto', 'gpu' or 'cpu', got {instance_kind!r}")
     if instance_count < 1 or version < 1 or max_queue_delay_us < 0:
@@ -427,8 +434,9 @@ def write_triton_repository(
         log.warning("triton | %s carries no deepis-rt metadata; clients need a local copy of the model", onnx_path)
     from deepis_rt._version import __version__
 
+    platform_name = "tensorrt_plan" if use_plan else ("python" if platform == "python" else "onnxruntime_onnx")
     text = render_config(
-        name, "tensorrt_plan" if use_plan else "onnxruntime_onnx", dims, max_batch_size, kind, instance_count,
+        name, platform_name, dims, max_batch_size, kind, instance_count,
         max_queue_delay_us, preferred_batch_sizes, meta, ort_tensorrt_fp16,
         header=f"Triton model configuration written by deepis-rt {__version__} from {onnx_path.name}"
                + (f" and {plan.name}" if use_plan and plan else ""),
@@ -451,6 +459,8 @@ def write_triton_repository(
         shutil.copy2(onnx_path, vdir / "model.onnx")
         if use_plan and plan is not None:
             shutil.copy2(plan, vdir / "model.plan")
+        if platform_name == "python":
+            shutil.copy2(Path(__file__).with_name("triton_python_model.py"), vdir / "model.py")
         (staging / "config.pbtxt").write_text(text)
         # swap in whole so a polling server never sees a half-written model
         old = None
@@ -463,12 +473,11 @@ def write_triton_repository(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("triton | wrote %s (%s, %s, max batch %d)", target, "tensorrt_plan" if use_plan else "onnxruntime_onnx",
-             kind, max_batch_size)
+    log.info("triton | wrote %s (%s, %s, max batch %d)", target, platform_name, kind, max_batch_size)
     return TritonRepository(
         repo=repo, model_name=name, model_dir=target, config_path=target / "config.pbtxt",
         onnx_path=target / str(version) / "model.onnx",
         plan_path=(target / str(version) / "model.plan") if use_plan else None,
-        platform="tensorrt_plan" if use_plan else "onnxruntime_onnx", instance_kind=kind,
+        platform=platform_name, instance_kind=kind,
         max_batch_size=max_batch_size, config=config_msg,
     )

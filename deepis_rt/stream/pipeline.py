@@ -3,7 +3,8 @@
 Every stage is a small object with ``open() / process(item) / close()`` run by one
 thread; items are typed payloads (:class:`FrameTask`). Queues are bounded, so a
 slow stage makes the ones before it wait (back-pressure) instead of memory
-growing. A failure in any stage marks the task failed and passes it on, so the
+growing. A failure in any stage marks the task failed (or, for a transient failure of
+the backend, to be retried by the next run: :func:`mark_failed`) and passes it on, so the
 writer still records it in order and the stream goes on.
 """
 
@@ -53,11 +54,19 @@ class FrameTask:
     result: Any = None  # FrameResult once post-processed and analysed
     tracked: Any = None  # TrackedFrame once linked
     error: str | None = None
+    #: the failure is transient (backend unavailable past the retry deadline): recorded with
+    #: status ``retry`` and processed again by the next run on the same results folder
+    retry: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``retry`` (transient failure: processed again by the next run) or ``failed``."""
+        return "ok" if self.error is None else ("retry" if self.retry else "failed")
 
 
 class Stage:
@@ -76,8 +85,12 @@ class Stage:
 
 
 def mark_failed(task: FrameTask, stage: str, exc: BaseException) -> None:
+    """Record ``exc`` on ``task``; transient failures (:func:`~deepis_rt.runtime.failures.is_transient`)
+    mark it for retry by the next run instead of failing it."""
     from deepis_rt.errors import DeepisError
+    from deepis_rt.runtime.failures import is_transient
 
+    task.retry = is_transient(exc)
     if isinstance(exc, DeepisError):
         task.error = str(exc)
     else:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
-__all__ = ["replay_tracker"]
+__all__ = ["replay_tracker", "relink_tracks", "relink_results"]
+
+log = logging.getLogger(__name__)
 
 
 def replay_tracker(
@@ -14,11 +17,12 @@ def replay_tracker(
     committed: list[dict[str, str]],
     cell_rows: list[dict[str, str]],
     synapse_rows: list[dict[str, str]],
-) -> None:
+) -> dict[int, Any]:
     """Feed ``tracker`` the committed frames' cells and synapses again, in frame order.
 
     The tracker is deterministic, so this re-issues the same track ids as the earlier
     run; ``on_event`` is switched off meanwhile, so callbacks do not fire for old frames.
+    Returns the replayed ``FrameAnalysis`` per frame (track ids filled in).
     """
     from deepis_rt.analysis import Cell, FrameAnalysis, Synapse
 
@@ -33,6 +37,7 @@ def replay_tracker(
         return float(value) if value not in ("", None) else float("nan")
 
     on_event, tracker.on_event = tracker.on_event, None
+    replayed: dict[int, Any] = {}
     try:
         for frame_row in sorted(committed, key=lambda r: int(r["frame"])):
             if frame_row["status"] != "ok":
@@ -60,5 +65,58 @@ def replay_tracker(
             empty = np.zeros((0, 0, 0), np.uint8)
             analysis = FrameAnalysis(labels=empty, cell_labels=empty.astype(np.int32), cells=cells, synapses=synapses)
             tracker.update(analysis, num(frame_row["time_s"]))
+            replayed[frame] = analysis
     finally:
         tracker.on_event = on_event
+    return replayed
+
+
+def relink_tracks(
+    tracker: Any,
+    committed: list[dict[str, str]],
+    cell_rows: list[dict[str, str]],
+    synapse_rows: list[dict[str, str]],
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Track all committed frames again in frame order; the table rows with their track columns renewed.
+
+    Needed after frames recorded ``retry`` were processed by a later run: they reached the tracker
+    after frames acquired later. Only ``track_id``, ``tcell_track`` and ``target_track`` change;
+    every row is kept. ``tracker`` must be fresh.
+    """
+    replayed = replay_tracker(tracker, committed, cell_rows, synapse_rows)
+    new_track = {(frame, c.cell_id): c.track_id for frame, a in replayed.items() for c in a.cells}
+    renamed: dict[tuple[int, str, str], Any] = {}
+    cells = []
+    for row in cell_rows:
+        key = (int(row["frame"]), int(row["cell_id"]))
+        track = new_track.get(key)
+        if track is not None:
+            renamed[(key[0], row["kind"], row["track_id"])] = track
+            row = {**row, "track_id": str(track)}
+        cells.append(row)
+    synapses = []
+    for row in synapse_rows:
+        frame = int(row["frame"])
+        tcell = renamed.get((frame, "tcell", row["tcell_track"]))
+        target = renamed.get((frame, "target", row["target_track"]))
+        synapses.append({**row, **({"tcell_track": str(tcell)} if tcell is not None else {}),
+                         **({"target_track": str(target)} if target is not None else {})})
+    return cells, synapses
+
+
+def relink_results(results: Any, area_threshold_um2: float, on_event: Any = None) -> Any:
+    """Re-link the tracks of a results folder in frame order (:func:`relink_tracks`); returns the new tracker.
+
+    Frames recorded ``retry`` by an earlier run and done now were tracked after later frames: the
+    tracker is rebuilt from all committed frames in frame order and the track columns of cells.csv /
+    synapses.csv are renewed (atomic rewrites).
+    """
+    from deepis_rt.analysis import SynapseTracker
+
+    tracker = SynapseTracker(area_threshold_um2=area_threshold_um2, on_event=None)
+    with results._lock:
+        cells, synapses = relink_tracks(tracker, results.committed, results.cells.read(), results.synapses.read())
+        results.rewrite_tables(cells, synapses)
+    tracker.on_event = on_event
+    log.info("stream: tracks re-linked in frame order after frames that were retried")
+    return tracker

@@ -14,6 +14,11 @@ How the guarantees are kept:
   rows of ``cells.csv`` / ``synapses.csv`` whose frame has no committed row are
   dropped (the file is rewritten atomically), and committed sources are skipped
   by the watcher, so a frame killed mid-way is processed again exactly once.
+* **Frames to retry.** A frame whose backend stayed unavailable (status ``retry``) is committed
+  like any other, but counts as not done: the next run processes its source again under the same
+  frame number, and its new row *replaces* the ``retry`` row (frames.csv rewritten atomically),
+  so each frame has one row. Until that replacement, rows of ``cells.csv`` / ``synapses.csv``
+  for it are dropped on open like those of any uncommitted frame.
 * **Whole-file outputs** (``summary.json``, masks, plots) are written to a temporary
   name and renamed into place.
 """
@@ -182,7 +187,7 @@ class ResultsFolder:
         self.masks.mkdir(exist_ok=True)
         self.plots.mkdir(exist_ok=True)
         self.committed = self.frames.repair()
-        done = {int(r["frame"]) for r in self.committed}
+        done = {int(r["frame"]) for r in self.committed if r["status"] != "retry"}
         self.cell_rows = self.cells.repair(done)
         self.synapse_rows = self.synapses.repair(done)
         # masks of uncommitted frames are left to be overwritten when the frame is redone
@@ -194,7 +199,15 @@ class ResultsFolder:
 
     @property
     def done_sources(self) -> set[str]:
-        return {r["source"] for r in self.committed}
+        """Sources committed for good (``ok`` or ``failed``); ``retry`` ones are to be processed again."""
+        return {r["source"] for r in self.committed if r["status"] != "retry"}
+
+    def retry_frame(self, source: str) -> int | None:
+        """The frame number of ``source`` when an earlier run recorded it ``retry``, else None."""
+        for r in self.committed:
+            if r["source"] == source and r["status"] == "retry":
+                return int(r["frame"])
+        return None
 
     def commit_frame(
         self,
@@ -206,8 +219,23 @@ class ResultsFolder:
         with self._lock:
             self.cells.append(cell_rows)
             self.synapses.append(synapse_rows)
-            self.frames.append([frame_row])
-            self.committed.append({k: str(v) for k, v in frame_row.items()})
+            row = {k: str(v) for k, v in frame_row.items()}
+            frame = int(frame_row["frame"])
+            redo = [i for i, r in enumerate(self.committed) if int(r["frame"]) == frame and r["status"] == "retry"]
+            if not redo:
+                self.frames.append([frame_row])
+                self.committed.append(row)
+                return
+            # a frame recorded ``retry`` earlier: its row is replaced in place (one row per frame)
+            rows = [dict(r) for r in self.committed]
+            rows[redo[0]] = {k: frame_row.get(k) for k in self.frames.columns}
+            atomic_write_bytes(self.frames.path, self.frames._encode(rows, header=True))
+            self.committed[redo[0]] = row
+
+    def rewrite_tables(self, cell_rows: Sequence[Mapping[str, Any]], synapse_rows: Sequence[Mapping[str, Any]]) -> None:
+        """Replace cells.csv and synapses.csv whole (atomic renames; the caller holds the lock)."""
+        atomic_write_bytes(self.cells.path, self.cells._encode(cell_rows, header=True))
+        atomic_write_bytes(self.synapses.path, self.synapses._encode(synapse_rows, header=True))
 
     def log_error(self, source: str, reason: str) -> None:
         line = f"{source}: {reason}".replace("\n", " ") + "\n"

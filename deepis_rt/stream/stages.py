@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from deepis_rt.runtime.failures import is_out_of_memory
 from deepis_rt.stream.pipeline import FrameTask, Stage
+from deepis_rt.stream.retry import BackendHealth
 
 __all__ = ["PreprocessStage", "InferStage", "AnalyseStage"]
+
+log = logging.getLogger(__name__)
 
 
 class PreprocessStage(Stage):
@@ -23,14 +28,50 @@ class PreprocessStage(Stage):
 
 
 class InferStage(Stage):
+    """Runs the network on a batch of frames.
+
+    Out of memory on a batch: the batch is split in halves (down to single frames, then the
+    segmenter's tile batch is halved) before the failure counts. Transient failures (server
+    unavailable, timed out, overloaded, memory still short) are retried by ``health``
+    (:class:`~deepis_rt.stream.retry.BackendHealth`) while the frames wait.
+    """
+
     name = "infer"
 
-    def __init__(self, segmenter: Any) -> None:
+    def __init__(self, segmenter: Any, health: BackendHealth | None = None) -> None:
         self.segmenter = segmenter
+        self.health = health
 
     def process_batch(self, tasks: Sequence[FrameTask]) -> None:
-        outputs = self.segmenter.infer_prepared([t.prepared for t in tasks])
-        for task, out in zip(tasks, outputs, strict=True):
+        if self.health is None:
+            self._infer(tasks)
+        else:
+            self.health.call(lambda: self._infer(tasks), n_frames=len(tasks))
+
+    def _infer(self, tasks: Sequence[FrameTask]) -> None:
+        todo = [t for t in tasks if t.output is None]  # after a split, halves already done stay done
+        if not todo:
+            return
+        try:
+            outputs = self.segmenter.infer_prepared([t.prepared for t in todo])
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if len(todo) > 1:
+                half = len(todo) // 2
+                log.warning("stream: out of memory on a batch of %d frames; splitting it (%s)", len(todo), exc)
+                self._infer(todo[:half])
+                self._infer(todo[half:])
+                return
+            tiles = int(getattr(self.segmenter, "batch_size", 1) or 1)
+            if tiles > 1:
+                self.segmenter.batch_size = tiles // 2
+                log.warning("stream | %s: out of memory with %d tiles per call; using %d from now on",
+                            todo[0].source, tiles, tiles // 2)
+                self._infer(todo)
+                return
+            raise
+        for task, out in zip(todo, outputs, strict=True):
             task.output = out
 
 

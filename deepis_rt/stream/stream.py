@@ -41,6 +41,7 @@ from deepis_rt.stream.pipeline import (
     run_callbacks,
 )
 from deepis_rt.stream.results import STAGES, ResultsFolder
+from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S, BackendEvent, BackendHealth, RetryPolicy
 from deepis_rt.stream.stages import AnalyseStage, InferStage, PreprocessStage
 from deepis_rt.stream.watch import FolderWatcher
 
@@ -86,6 +87,9 @@ class StreamSettings:
     refresh_s: float = 10.0
     #: IS area (um^2) whose crossing is reported as an event
     area_threshold_um2: float = 20.0
+    #: how long frames wait for a backend that fails transiently (server restarting or unreachable,
+    #: timed out, overloaded, out of memory) before they are recorded ``retry`` (s); see stream/retry.py
+    retry_for_s: float = DEFAULT_RETRY_FOR_S
 
     def __post_init__(self) -> None:
         from deepis_rt.errors import ConfigError
@@ -99,6 +103,8 @@ class StreamSettings:
         from deepis_rt.io.ri import RIScale
 
         RIScale.from_args(self.ri_scale, self.ri_offset, "stream")  # validates
+        if self.retry_for_s < 0:
+            raise ConfigError(f"stream: retry_for_s must be >= 0, got {self.retry_for_s}")
         if self.voxel_size_um is not None:
             self.voxel_size_um = tuple(float(v) for v in self.voxel_size_um)  # type: ignore[assignment]
             if len(self.voxel_size_um) != 3 or min(self.voxel_size_um) <= 0:
@@ -132,6 +138,9 @@ class Stream:
         ``on_frame(result)`` for every completed frame (also failed ones: ``result.status``).
     on_synapse_event : callable, optional
         ``on_synapse_event(event)`` for formed / lost / re-formed / area-threshold events.
+    on_backend : callable, optional
+        ``on_backend(event)`` (:class:`~deepis_rt.stream.retry.BackendEvent`) once when the backend
+        becomes unavailable (frames wait and are retried for ``retry_for_s``) and once when it is back.
     **settings
         Fields of :class:`StreamSettings`.
     """
@@ -143,6 +152,7 @@ class Stream:
         segmenter: Any,
         on_frame: Callable[[Any], None] | None = None,
         on_synapse_event: Callable[[Any], None] | None = None,
+        on_backend: Callable[[BackendEvent], None] | None = None,
         **settings: Any,
     ) -> None:
         from deepis_rt.analysis import SynapseTracker
@@ -159,6 +169,7 @@ class Stream:
             raise InputError(f"stream | {self.source}: no such folder")
         self._frame_callbacks = [on_frame] if on_frame else []
         self._event_callbacks = [on_synapse_event] if on_synapse_event else []
+        self._backend_callbacks = [on_backend] if on_backend else []
         self.results = ResultsFolder(out, CELL_COLUMNS, SYNAPSE_COLUMNS) if out is not None else None
         self.tracker = SynapseTracker(area_threshold_um2=self.settings.area_threshold_um2,
                                       on_event=self._on_event)
@@ -173,6 +184,7 @@ class Stream:
         self._latencies_ms: list[float] = []
         self._n_ok = 0
         self._n_failed = 0
+        self._n_retry = 0
         self._run_started = time.time()
         self._last_refresh = 0.0
         self._events: list[Any] = []
@@ -182,6 +194,11 @@ class Stream:
         self._producer: threading.Thread | None = None
         self._watcher: FolderWatcher | None = None
         self._previous_summary: dict[str, Any] = {}
+        self._backend_events: list[BackendEvent] = []
+        self._last_tracked_frame = -1
+        self._relink_needed = False
+        self.health = BackendHealth(RetryPolicy(retry_for_s=self.settings.retry_for_s),
+                                    on_event=self._on_backend_event, waiting=self._frames_waiting, stop=self._stop)
 
     # -- public API -----------------------------------------------------------------------------
     def start(self) -> Stream:
@@ -204,11 +221,12 @@ class Stream:
         threading.Thread(target=_warm_imports, name="deepis-warmup", daemon=True).start()
         s = self.settings
         q_pre: queue.Queue = queue.Queue(maxsize=s.queue_size)
+        self._waiting_queues = (self._read_q, q_pre)
         q_inf: queue.Queue = queue.Queue(maxsize=s.queue_size)
         q_an: queue.Queue = queue.Queue(maxsize=s.queue_size)
         self._threads = [
             StageThread(PreprocessStage(self.segmenter), self._read_q, q_pre),
-            BatchStageThread(InferStage(self.segmenter), q_pre, q_inf, s.max_batch),
+            BatchStageThread(InferStage(self.segmenter, self.health), q_pre, q_inf, s.max_batch),
             StageThread(AnalyseStage(self.segmenter, s.medium_ri), q_inf, q_an),
             threading.Thread(target=self._writer_loop, args=(q_an,), name="deepis-write", daemon=True),
         ]
@@ -372,8 +390,11 @@ class Stream:
 
     def _new_task(self, source: str, ff: Any, tomo: Any) -> FrameTask:
         with self._lock:
-            frame = self._next_frame
-            self._next_frame += 1
+            # a frame recorded ``retry`` by an earlier run keeps its number (its row is replaced)
+            frame = self.results.retry_frame(source) if self.results is not None else None
+            if frame is None:
+                frame = self._next_frame
+                self._next_frame += 1
             self._frames_read += 1
         if self._t0_mtime is None:
             self._t0_mtime = ff.mtime
@@ -416,6 +437,11 @@ class Stream:
                 result = self._finish(task)
                 self._out_q.put(result)
         finally:
+            if self._relink_needed and self.results is not None:
+                try:
+                    self._relink()
+                except Exception:
+                    log.exception("stream: re-linking tracks failed; track ids of retried frames may be off")
             self._refresh(final=True)
             self._out_q.put(STOP)
 
@@ -426,6 +452,9 @@ class Stream:
         result = task.result
         if task.ok:
             t0 = time.perf_counter()
+            if task.frame < self._last_tracked_frame:  # a frame recorded ``retry`` by an earlier run
+                self._relink_needed = True
+            self._last_tracked_frame = max(self._last_tracked_frame, task.frame)
             try:
                 task.tracked = self.tracker.update(result, task.time_s)
             except Exception as exc:
@@ -448,6 +477,10 @@ class Stream:
                     self._write_mask(task.frame, result)
                 except Exception as exc:
                     log.warning("stream | %s: mask not written: %s", task.source, exc)
+        elif task.retry:
+            again = (f"the next run on {self.results.root} processes it again"
+                     if self.results is not None and task.path is not None else "submit it again")
+            log.warning("stream | %s: %s; recorded 'retry': %s", task.source, task.error, again)
         else:
             log.warning("stream | %s: %s; skipped", task.source, task.error)
             if self.results is not None:
@@ -459,7 +492,7 @@ class Stream:
             "frame": task.frame,
             "source": task.source,
             "time_s": task.time_s,
-            "status": "ok" if task.ok else "failed",
+            "status": task.status,
             "error": task.error or "",
             "latency_ms": latency_ms,
             **{f"{st}_ms": task.timings_ms.get(st) for st in STAGES},
@@ -473,6 +506,8 @@ class Stream:
         if task.ok:
             self._n_ok += 1
             self._latencies_ms.append(latency_ms)
+        elif task.retry:
+            self._n_retry += 1
         else:
             self._n_failed += 1
         run_callbacks(self._frame_callbacks, result)
@@ -496,6 +531,13 @@ class Stream:
         )
         tmp.replace(path)
 
+    def _frames_waiting(self) -> int:
+        return sum(q.qsize() for q in getattr(self, "_waiting_queues", ()))
+
+    def _on_backend_event(self, event: BackendEvent) -> None:
+        self._backend_events.append(event)
+        run_callbacks(self._backend_callbacks, event)
+
     def _on_event(self, event: Any) -> None:
         self._events.append(event)
         run_callbacks(self._event_callbacks, event)
@@ -515,7 +557,14 @@ class Stream:
         from deepis_rt.stream.replay import replay_tracker
 
         assert self.results is not None
-        replay_tracker(self.tracker, committed, self.results.cell_rows, self.results.synapse_rows)
+        replayed = replay_tracker(self.tracker, committed, self.results.cell_rows, self.results.synapse_rows)
+        self._last_tracked_frame = max(replayed, default=-1)
+
+    def _relink(self) -> None:
+        from deepis_rt.stream.replay import relink_results
+
+        assert self.results is not None
+        self.tracker = relink_results(self.results, self.settings.area_threshold_um2, self._on_event)
 
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""
@@ -524,7 +573,8 @@ class Stream:
         elapsed = max(time.time() - self._run_started, 1e-9)
         lat = latency_stats(self._latencies_ms)
         total_ok = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "ok")
-        total_failed = sum(1 for r in (self.results.committed if self.results else []) if r["status"] != "ok")
+        total_failed = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "failed")
+        total_retry = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "retry")
         seg = self.segmenter
         return {
             "backend": getattr(seg, "backend", None),
@@ -537,11 +587,16 @@ class Stream:
             "t0_mtime": self._t0_mtime,
             "frames_ok": total_ok if self.results else self._n_ok,
             "frames_failed": total_failed if self.results else self._n_failed,
+            # transient failures past retry_for_s: processed again by the next run on this folder
+            "frames_retry": total_retry if self.results else self._n_retry,
             "run": {
                 "frames_ok": self._n_ok,
                 "frames_failed": self._n_failed,
+                "frames_retry": self._n_retry,
+                "backend": {**self.health.describe(),
+                            "events": [dataclasses.asdict(e) for e in self._backend_events[-50:]]},
                 "wall_s": elapsed,
-                "throughput_fps": (self._n_ok + self._n_failed) / elapsed,
+                "throughput_fps": (self._n_ok + self._n_failed + self._n_retry) / elapsed,
                 "latency_ms": {"p50": lat.p50_ms, "p95": lat.p95_ms, "p99": lat.p99_ms, "mean": lat.mean_ms,
                                "max": lat.max_ms, "n": lat.n},
             },

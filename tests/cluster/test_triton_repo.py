@@ -151,3 +151,25 @@ def test_export_cli_writes_repository(export_dir, tmp_path, monkeypatch):
     assert "tritonserver --model-repository" in res.output
     cfg = load_model_config(tmp_path / "repo" / "tiny")
     assert cfg.instance_group[0].kind == triton_repo.model_config_pb2().ModelInstanceGroup.KIND_GPU
+
+
+def test_python_backend_flavour(export_dir, tmp_path):
+    """backend "python": model.py (ONNX Runtime inside tritonserver's Python backend) next to model.onnx."""
+    import ast
+
+    repo = write_triton_repository(export_dir, tmp_path / "repo", model_name="deepis", platform="python",
+                                   instance_kind="cpu", max_batch_size=4)
+    assert repo.platform == "python" and repo.plan_path is None
+    text = repo.config_path.read_text()
+    assert 'backend: "python"' in text and "platform:" not in text and "dynamic_batching" in text
+    config = triton_repo.model_config_to_dict(repo.config)
+    assert config["backend"] == "python" and config["max_batch_size"] == 4
+    assert json.loads(config["parameters"]["deepis_rt.meta"]["string_value"])["tile_zyx"] == list(TILE)
+    source = (repo.model_dir / "1" / "model.py").read_text()
+    assert "class TritonPythonModel" in source and (repo.model_dir / "1" / "model.onnx").is_file()
+    tree = ast.parse(source)  # runs inside the server: must not import deepis_rt
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(str(m).startswith("deepis_rt") for m in imported)
+    with pytest.raises(ConfigError, match="platform"):
+        write_triton_repository(export_dir, tmp_path / "r2", platform="pytorch")

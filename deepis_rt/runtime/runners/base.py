@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.errors import BackendError, InputError, ShapeError
+from deepis_rt.runtime.failures import classify
 
 __all__ = ["Runner", "as_numpy_batch"]
 
@@ -122,7 +123,13 @@ class Runner(ABC):
         self._check_batch(batch)
         with self._lock:
             start = time.perf_counter()
-            out = self.infer_impl(batch)
+            try:
+                out = self.infer_impl(batch)
+            except Exception as exc:  # out-of-memory of torch / ONNX Runtime -> a typed, transient error
+                typed = classify(exc, self.name)
+                if typed is exc:
+                    raise
+                raise typed from exc
             self.inference_time_s = time.perf_counter() - start
         out = np.asarray(out, dtype=np.float32)
         if out.shape != tuple(batch.shape):

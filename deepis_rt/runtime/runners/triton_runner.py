@@ -21,16 +21,17 @@ import http.client
 import json
 import logging
 import os
+import re
 import threading
 from typing import Any
 
 import numpy as np
 
 from deepis_rt._optional import import_optional
-from deepis_rt.errors import BackendError, ConfigError
+from deepis_rt.errors import BackendError, BackendOutOfMemoryError, BackendUnavailableError, ConfigError
 from deepis_rt.runtime.runners.base import Runner, as_numpy_batch
 
-__all__ = ["TritonRunner", "load_triton", "TRITON_URL_ENV", "parse_triton_url"]
+__all__ = ["TritonRunner", "load_triton", "TRITON_URL_ENV", "parse_triton_url", "server_error"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,39 @@ log = logging.getLogger(__name__)
 TRITON_URL_ENV = "DEEPIS_TRITON_URL"
 META_PARAMETER = "deepis_rt.meta"  # same as deepis_rt.cluster.triton_repo.META_PARAMETER
 INPUT_NAME, OUTPUT_NAME = "tomogram", "distance"
+
+
+#: HTTP statuses (and gRPC codes) of a server that is there but cannot serve now
+_TRANSIENT_STATUS = {"429", "502", "503", "504", "StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED",
+                     "StatusCode.DEADLINE_EXCEEDED"}
+# what Triton says when its queue is full, a queued request expired, or a Python backend's stub
+# process died (the backend restarts it)
+_TRANSIENT_TEXT = re.compile(r"exceeds maximum queue size|request timeout expired|timed out|is not healthy|"
+                             r"server is not ready|unavailable", re.IGNORECASE)
+_OOM_TEXT = re.compile(r"out of memory|failed to allocate|bad_alloc|CUDA failure 2\b", re.IGNORECASE)
+
+
+def server_error(where: str, what: str, exc: Any) -> BackendError:
+    """The typed error for a Triton server's error answer (``InferenceServerException``).
+
+    Unavailable / overloaded / timed out (HTTP 429, 502, 503, 504 and their gRPC codes, a full
+    queue, a restarting Python-backend stub) and out-of-memory answers are transient; anything
+    else (unknown model, wrong tensor names or shapes, a model that raised) is permanent.
+    """
+    status = str(exc.status() or "") if hasattr(exc, "status") else ""
+    message = (exc.message() if hasattr(exc, "message") else None) or str(exc)
+    text = f"{where}: {what} failed: the server answered" + (f" [{status}]" if status else "") + f" {message}"
+    if _OOM_TEXT.search(message):
+        return BackendOutOfMemoryError(f"{text}; the server ran out of memory: the frame waits and is retried")
+    if status in _TRANSIENT_STATUS or _TRANSIENT_TEXT.search(message):
+        return BackendUnavailableError(f"{text}; the server is busy or restarting: the frame waits and is retried")
+    hint = ""
+    if "unknown model" in message.lower() or "not found" in message.lower() or "not ready" in message.lower():
+        hint = "; check the model name (--model-name) and that the server loaded it (its log)"
+    elif "input" in message.lower() or "output" in message.lower() or "tensor" in message.lower():
+        hint = (f"; the model must take {INPUT_NAME!r} and return {OUTPUT_NAME!r} (float32): "
+                "write it with `deepis-rt export CKPT --triton REPO`")
+    return BackendError(text + hint)
 
 
 def parse_triton_url(url: str | None) -> tuple[str, bool]:
@@ -150,20 +184,28 @@ class TritonRunner(Runner):
                 pass
 
     def _call(self, what: str, fn: Any, retry: bool = True) -> Any:
-        """Run ``fn(client)``; one reconnect on a dropped connection; errors say what to do."""
+        """Run ``fn(client)``; one reconnect on a dropped connection; errors say what to do.
+
+        Raises :class:`~deepis_rt.errors.BackendUnavailableError` (transient) when the server cannot
+        be reached, times out or answers that it is unavailable / overloaded, and a permanent
+        :class:`~deepis_rt.errors.BackendError` when it refuses the request itself.
+        """
         utils = import_optional("tritonclient.utils", "serving from Triton Inference Server")
         try:
             return fn(self._client())
         except utils.InferenceServerException as exc:
-            raise BackendError(f"{self.where}: {what} failed: {exc.message() or exc}") from None
+            raise server_error(self.where, what, exc) from None
         except (OSError, EOFError, http.client.HTTPException) as exc:  # refused, reset, timed out, closed
             self._drop_client()
             if retry:
                 log.info("%s: %s: %s; reconnecting once", self.where, what, exc)
                 return self._call(what, fn, retry=False)
-            raise BackendError(
-                f"{self.where}: {what} failed: cannot reach the server ({type(exc).__name__}: {exc}); is "
-                f"tritonserver running there (tritonserver --model-repository REPO) and port {self.url} open?"
+            timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc).lower()
+            reason = (f"no answer within {self.network_timeout_s:g} s" if timed_out
+                      else f"cannot reach the server ({type(exc).__name__}: {exc})")
+            raise BackendUnavailableError(
+                f"{self.where}: {what} failed: {reason}; is tritonserver running there "
+                f"(tritonserver --model-repository REPO) and port {self.url} open?"
             ) from None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -171,7 +213,8 @@ class TritonRunner(Runner):
         import_optional("tritonclient.http", "serving from Triton Inference Server")
         headers = self.headers or None
         if not self._call("readiness check", lambda c: c.is_server_ready(headers=headers)):
-            raise BackendError(f"{self.where}: the server is up but not ready (still loading models?); retry later")
+            raise BackendUnavailableError(
+                f"{self.where}: the server is up but not ready (starting, or still loading models); retry later")
         if not self._call("model check", lambda c: c.is_model_ready(self.model_name, self.model_version,
                                                                        headers=headers)):
             names = ""
