@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import VOXEL, IdentityRunner, conjugate_distance
+from conftest import RI0, RI_PER_UM, VOXEL, IdentityRunner, conjugate_distance, conjugate_tomogram
 
 from deepis_rt.errors import BackendUnavailableError, InputError
 from deepis_rt.io import write_tomogram
@@ -52,8 +52,8 @@ class FlakyRunner(IdentityRunner):
 def _segmenter(runner, batch_size: int = 1) -> Segmenter:
     from conftest import SHAPE
 
-    meta = {"voxel_size_um": list(VOXEL), "ri_normalization": {"offset": 0.0, "scale": 1.0},
-            "medium_ri": 0.0, "tile_zyx": list(SHAPE)}
+    meta = {"voxel_size_um": list(VOXEL), "ri_normalization": {"offset": RI0, "scale": RI_PER_UM},
+            "medium_ri": RI0, "tile_zyx": list(SHAPE)}
     return Segmenter(runner, meta, batch_size=batch_size)
 
 
@@ -62,7 +62,7 @@ def camera(tmp_path):
     cam = tmp_path / "cam"
     cam.mkdir()
     for i in range(5):
-        write_tomogram(cam / f"frame_{i:04d}.npy", conjugate_distance(2.0 + 0.2 * i), VOXEL, fmt="npy")
+        write_tomogram(cam / f"frame_{i:04d}.npy", conjugate_tomogram(2.0 + 0.2 * i), VOXEL, fmt="npy")
     return cam
 
 
@@ -237,7 +237,8 @@ def test_out_of_memory_splits_the_batch(tmp_path):
     runner = FlakyRunner()
     runner.oom_above = 1  # only single tiles fit
     seg = _segmenter(runner, batch_size=4)
-    vols = [conjugate_distance(2.0 + 0.1 * i) for i in range(5)]
+    truths = [conjugate_distance(2.0 + 0.1 * i) for i in range(5)]
+    vols = [conjugate_tomogram(2.0 + 0.1 * i) for i in range(5)]
     queued = threading.Event()
 
     def hold_first_call(n):  # the first call waits until the other frames queue up behind it
@@ -255,7 +256,7 @@ def test_out_of_memory_splits_the_batch(tmp_path):
     stream.close()
     assert [r.status for r in results] == ["ok"] * 5, [r.error for r in results]
     assert [r.frame for r in results] == list(range(5))
-    assert all(np.allclose(r.distance, v) for r, v in zip(results, vols, strict=True))
+    assert all(np.allclose(r.distance, d, atol=1e-5) for r, d in zip(results, truths, strict=True))
     # every batch of several frames ran out of memory and was split in halves, down to single frames
     big = [i for i, n in enumerate(runner.calls) if n > 1]
     assert big, f"no batch of several frames formed: {runner.calls}"
@@ -266,17 +267,17 @@ def test_out_of_memory_splits_the_batch(tmp_path):
 def test_out_of_memory_on_one_large_frame_halves_the_tile_batch(tmp_path):
     runner = FlakyRunner()
     runner.oom_above = 1
-    meta = {"voxel_size_um": list(VOXEL), "ri_normalization": {"offset": 0.0, "scale": 1.0},
-            "medium_ri": 0.0, "tile_zyx": [16, 32, 32]}  # a (32, 64, 64) frame takes several tiles
+    meta = {"voxel_size_um": list(VOXEL), "ri_normalization": {"offset": RI0, "scale": RI_PER_UM},
+            "medium_ri": RI0, "tile_zyx": [16, 32, 32]}  # a (32, 64, 64) frame takes several tiles
     seg = Segmenter(runner, meta, batch_size=4)
-    vol = conjugate_distance(2.0)
+    vol = conjugate_tomogram(2.0)
     stream = Stream(None, None, seg, write_masks=False)
     stream.submit(vol, time_s=0.0, voxel_size_um=VOXEL)
     stream.end_input()
     (result,) = list(stream)
     stream.close()
     assert result.status == "ok", result.error
-    assert np.allclose(result.distance, vol, atol=1e-5)
+    assert np.allclose(result.distance, conjugate_distance(2.0), atol=1e-5)
     assert seg.batch_size == 1 and runner.calls[:3] == [4, 2, 1]
 
 
