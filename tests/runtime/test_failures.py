@@ -141,11 +141,14 @@ def test_onnxruntime_allocation_failure_is_transient(tmp_path):
     with OnnxRuntimeRunner(_pointwise_onnx(tmp_path / "m.onnx")) as runner:
         np.testing.assert_allclose(runner.infer(_x()), np.tanh(_x()), rtol=1e-6)  # the real session works
 
-        class Session:  # the real session's run() failing as ORT does when its arena cannot grow
+        class Session:  # the real session's Run failing as ORT does when its arena cannot grow
             def __init__(self, real):
                 self.real = real
 
-            def run(self, *args, **kwargs):
+            def io_binding(self):
+                return self.real.io_binding()
+
+            def run_with_iobinding(self, *args, **kwargs):
                 raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory "
                                        "for requested buffer of size 4294967296")
 
