@@ -100,7 +100,7 @@ class RayCluster:
     def token(self) -> str:
         return (self.root / "home" / ".ray" / "auth_token").read_text().strip()
 
-    def _start(self, name: str, args: list[str], timeout_s: float, temp_dir: Path | None = None,
+    def _start(self, name: str, args: list[str], temp_dir: Path | None = None,
                env: dict[str, str] | None = None) -> RayNode:
         log = self.root / f"{name}.log"
         if temp_dir is None:
@@ -109,33 +109,52 @@ class RayCluster:
         cmd = [*_ray_cli(), "start", "--block", "--dashboard-agent-listen-port", str(free_port()),
                "--disable-usage-stats", *args]
         with open(log, "w") as f:
-            proc = subprocess.Popen(cmd, env={**self.env, "RAY_AUTH_MODE": "token", **(env or {})}, stdout=f, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(cmd, env={**self.env, "RAY_AUTH_MODE": "token", **(env or {})}, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         node = RayNode(name, temp_dir, proc, log)
         self.nodes.append(node)
+        return node
+
+    def _failed(self, node: RayNode, what: str) -> RuntimeError:
+        return RuntimeError(f"ray node {node.name}: {what}:\n{node.log.read_text(errors='replace')[-3000:]}")
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        """Wait until every node's `ray start --block` says the node is up."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:  # `ray start --block` prints this once the node is up
-            if "Ray runtime started" in log.read_text(errors="replace"):
-                return node
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"ray node {name} did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        for node in self.nodes:
+            while "Ray runtime started" not in node.log.read_text(errors="replace"):
+                if not node.alive():
+                    raise self._failed(node, "did not start")
+                if time.monotonic() > deadline:
+                    raise self._failed(node, f"not up after {timeout_s:g} s")
+                time.sleep(0.2)
 
     def start_head(self, num_cpus: int = 1, timeout_s: float = 90, env: dict[str, str] | None = None) -> RayNode:
+        """Start the head node; returns once its GCS accepts connections (other nodes may join then)."""
         port = free_port()
         self.address = f"{HEAD_IP}:{port}"
         # the head keeps Ray's default temp dir ($RAY_TMPDIR/ray), where `ray start` records the
         # cluster's address for `ray.init(address="auto")`
-        return self._start("head", ["--head", "--node-ip-address", HEAD_IP, "--port", str(port), "--num-cpus", str(num_cpus),
-                                    "--object-store-memory", str(OBJECT_STORE_BYTES), "--include-dashboard", "false",
-                                    "--ray-client-server-port", str(free_port())], timeout_s,
+        node = self._start("head", ["--head", "--node-ip-address", HEAD_IP, "--port", str(port), "--num-cpus",
+                                    str(num_cpus), "--object-store-memory", str(OBJECT_STORE_BYTES),
+                                    "--include-dashboard", "false", "--ray-client-server-port", str(free_port())],
                            temp_dir=self.root / "ray", env=env)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                socket.create_connection((HEAD_IP, port), timeout=1).close()
+                return node
+            except OSError:
+                if not node.alive():
+                    raise self._failed(node, "did not start") from None
+                if time.monotonic() > deadline:
+                    raise self._failed(node, f"GCS not listening after {timeout_s:g} s") from None
+                time.sleep(0.2)
 
-    def start_worker(self, name: str = "worker", ip: str = "127.0.0.3", num_cpus: int = 1,
-                     timeout_s: float = 90) -> RayNode:
+    def start_worker(self, name: str = "worker", ip: str = "127.0.0.3", num_cpus: int = 1) -> RayNode:
+        """Start a node that joins the head (`ray start --address`); see :meth:`wait_ready`."""
         return self._start(name, ["--address", self.address, "--node-ip-address", ip, "--num-cpus", str(num_cpus),
-                                  "--object-store-memory", str(OBJECT_STORE_BYTES)], timeout_s)
+                                  "--object-store-memory", str(OBJECT_STORE_BYTES)])
 
     def kill(self, node: RayNode) -> None:
         """The node dies at once, as on a power loss: SIGKILL to all its processes."""
