@@ -11,8 +11,11 @@ Each item is processed by ``Stream(source, OUT/<item>, segmenter, once=True).run
 results are exactly those of ``deepis-rt stream`` (frames.csv, cells.csv, synapses.csv,
 summary.json, masks/, plots/, errors.log). Items run
 
-* on a Ray cluster (``ray_address="auto"`` / ``"ray://host:10001"`` / ``"local"``): a pool of
-  actors, each holding one Segmenter (``num_gpus`` per actor where the cluster has GPUs), or
+* on a Ray cluster (``ray_address="auto"`` / ``"HOST:PORT"`` / ``"ray://host:10001"`` /
+  ``"local"``; connected by :mod:`.ray_connect`, token authentication included): a pool of actors,
+  each holding one Segmenter and pinned to a node by the plan of :mod:`.ray_placement` (one per
+  GPU where the cluster has GPUs); an item whose node is lost runs again on another node, and the
+  report names the node that ran each item; or
 * in this process, one after the other (``ray_address=None``), with the same bookkeeping.
 
 Bookkeeping: an item whose attempt raised, or that produced no usable frame, is retried up to
@@ -257,10 +260,13 @@ class _RayPool:
         self.lost_nodes: set[str] = set()
         self.idle = [self._start(slot) for slot in slots]
         self.inflight: dict[Any, tuple[tuple[Any, ActorSlot], BatchItem, int]] = {}
-        nodes = {slot.node_id for slot in slots}
         self.n_workers = len(slots)
-        self.description = f"Ray: {len(slots)} worker(s) on {len(nodes)} node(s), " + ", ".join(
-            f"{s.num_cpus:g} CPU / {s.num_gpus:g} GPU / {s.threads} thread(s) on {s.node}" for s in slots)
+        per_node: dict[str, list[ActorSlot]] = {}
+        for slot in slots:
+            per_node.setdefault(slot.node, []).append(slot)
+        self.description = f"Ray: {len(slots)} worker(s) on {len(per_node)} node(s): " + "; ".join(
+            f"{node} {len(group)} x ({group[0].num_cpus:g} CPU, {group[0].num_gpus:g} GPU, {group[0].threads} "
+            "thread(s))" for node, group in per_node.items())
 
     def _start(self, slot: ActorSlot) -> tuple[Any, ActorSlot]:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -313,7 +319,7 @@ class _RayPool:
         (actor, slot), item, attempt = self.inflight.pop(ref)
         try:
             result = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:  # the worker process died (OOM kill, node lost, ...)
+        except ray.exceptions.RayError as exc:
             cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             where = {"node": slot.node, "node_id": slot.node_id, "node_ip": slot.node_ip}
             if slot.node_id in self.lost_nodes or not self._node_alive(slot.node_id):
@@ -323,11 +329,12 @@ class _RayPool:
                     self._replace_lost(slot.node_id)
                 return item, attempt, {"status": "failed", "node_lost": True, **where,
                                        "error": f"node {slot.node} lost ({cause})"}
-            log.warning("batch | %s: worker died (%s); starting a new one", item.name, type(exc).__name__)
-            self.idle.append(self._start(slot))
-            return item, attempt, {"status": "failed", **where, "error": f"worker died: {cause}"}
-        except ray.exceptions.RayError as exc:
-            result = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            if isinstance(exc, ray.exceptions.RayActorError):  # the worker process died (OOM kill, crash, ...)
+                log.warning("batch | %s: worker died (%s); starting a new one", item.name, type(exc).__name__)
+                self._kill(actor)  # an actor only 'unavailable' must not go on with the item
+                self.idle.append(self._start(slot))
+                return item, attempt, {"status": "failed", **where, "error": f"worker died: {cause}"}
+            result = {"status": "failed", **where, "error": cause}
         self.idle.append((actor, slot))
         return item, attempt, result
 

@@ -226,7 +226,7 @@ def probe_cluster(address: str, found_as: str = "", timeout_s: float = PROBE_TIM
         if status == "UNAUTHENTICATED":
             raise ClusterAuthError(
                 f"{where}: the cluster refused the token from {info.token.source}: it was started with "
-                f"another one; copy the cluster's token there (`{TOKEN_COMMAND}` on the head node prints it)")
+                f"another token; put the cluster's token there (`{TOKEN_COMMAND}` on the head node prints it)")
     if status == "DEADLINE_EXCEEDED":
         raise ClusterError(f"{where}: port {port} accepts connections but gave no Ray answer within "
                            f"{timeout_s:g} s; is this the GCS port `ray start --head` printed (default 6379)?")
