@@ -180,9 +180,10 @@ class _Worker:
             try:
                 factory = self.factory
                 if self.num_threads:
-                    import torch
-
-                    torch.set_num_threads(int(self.num_threads))
+                    if "torch" in sys.modules:
+                        sys.modules["torch"].set_num_threads(int(self.num_threads))
+                    else:  # read by PyTorch when (and if) the runner imports it
+                        os.environ["OMP_NUM_THREADS"] = str(int(self.num_threads))
                     if isinstance(factory, SegmenterSpec) and factory.backend != "triton":
                         # this actor's share of its node's CPUs, unless the caller chose
                         factory = SegmenterSpec(factory.model, factory.backend, factory.device,

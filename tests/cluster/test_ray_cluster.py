@@ -206,6 +206,9 @@ def test_driver_killed_and_resumed(cluster, tmp_path, monkeypatch):
         driver.communicate(timeout=30)
     finished_before = {p.stem for p in done.iterdir()}
     assert 0 < len(finished_before) < 3
+    # Ray ends a dead driver's actors: wait until they no longer run frames (their marks stop)
+    _wait_for(lambda: time.time() - max(p.stat().st_mtime for p in marks.iterdir()) > 3 * DELAY_S, 60,
+              "the killed driver's workers to stop")
 
     _in_process_driver(cluster, tmp_path, monkeypatch)  # the same batch again, from here
     report = run_batch(archive, out, segmenter_factory=marking_factory(marks, DELAY_S), ray_address=cluster.address,
