@@ -313,6 +313,8 @@ def connect_ray(address: str, num_cpus: int | None = None) -> RayConnection:
         # Ray switches token authentication on in this process for a local runtime: undone by close()
         return RayConnection(ray, owns=True, description="a local Ray runtime", _saved_mode=saved_mode,
                              _changed_mode=os.environ.get(MODE_ENV) != saved_mode)
+    if address == "auto" and os.environ.get("RAY_ADDRESS", "").strip().startswith("ray://"):
+        address = os.environ["RAY_ADDRESS"].strip()
     if address.startswith("ray://"):
         try:
             ray.init(address=address, **quiet)

@@ -2,7 +2,7 @@
 
     python ray_driver.py ARCHIVE OUT ADDRESS MARKS_DIR DELAY_S
 
-runs ``run_batch`` on the Ray cluster at ADDRESS with workers whose runner sleeps DELAY_S per
+runs ``run_batch`` on the Ray cluster at ADDRESS with two workers whose runner sleeps DELAY_S per
 frame and marks where it runs (see ``cluster_helpers.marking_runner``); prints the counts.
 """
 
@@ -16,5 +16,6 @@ from deepis_rt.cluster.ray_batch import run_batch
 if __name__ == "__main__":
     archive, out, address, marks, delay_s = sys.argv[1:6]
     report = run_batch(archive, out, segmenter_factory=marking_factory(marks, float(delay_s)), ray_address=address,
-                       retries=0, progress=False, stream_settings={"max_batch": 1, "write_masks": False})
+                       num_workers=2, retries=0, progress=False,
+                       stream_settings={"max_batch": 1, "write_masks": False})
     print(json.dumps(report.counts))

@@ -2,7 +2,7 @@
 
 One cluster for the module (see ray_nodes.py): ``ray get-auth-token --generate``, then
 ``RAY_AUTH_MODE=token ray start --head`` and ``RAY_AUTH_MODE=token ray start --address=HEAD`` (the
-worker node), 1 CPU each, on loopback addresses 127.0.0.2 (head) and 127.0.0.3 (worker), each
+worker node), 2 and 1 CPUs, on loopback addresses 127.0.0.2 (head) and 127.0.0.3 (worker), each
 with its own temp dir and ports. Drivers run as a user's shell would: no RAY_AUTH_MODE, the token
 in ~/.ray/auth_token (or in RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH). The last test kills the worker
 node; the fixture stops both nodes whatever happens and checks that no process of them is left.
@@ -14,6 +14,7 @@ import contextlib
 import csv
 import http.server
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -40,7 +41,7 @@ def cluster():
     c = RayCluster.create()
     try:
         # a lost node is declared dead after ~3 s instead of Ray's default ~15 s (test speed only)
-        c.start_head(env={"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
+        c.start_head(num_cpus=2, env={"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
         c.start_worker(ip=WORKER_IP)
         c.wait_ready()
         yield c
@@ -106,8 +107,9 @@ def test_batch_spreads_over_both_nodes(cluster, node_labels, tmp_path):
     archive, out = _archive(tmp_path / "archive", 4, 2), tmp_path / "out"
     # as a user: `ray start` left the address for `--ray auto`, the token is in ~/.ray/auth_token
     assert "RAY_AUTH_MODE" not in cluster.env and (Path(cluster.env["HOME"]) / ".ray" / "auth_token").is_file()
+    # the plan has 3 slots (2 CPUs on the head, 1 on the worker node); 2 workers go to both nodes
     res = _batch_cli(cluster, [str(archive), "--out", str(out), "--ray", "auto", "--model", str(ckpt), "--backend",
-                               "torch", "--no-masks", "--no-progress"])
+                               "torch", "--workers", "2", "--no-masks", "--no-progress"])
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert "4 ok" in res.stdout and "2 worker(s) on 2 node(s)" in res.stdout, res.stdout
     report = _check_complete(out, 4, 2)
@@ -212,13 +214,13 @@ def test_driver_killed_and_resumed(cluster, tmp_path, monkeypatch):
 
     _in_process_driver(cluster, tmp_path, monkeypatch)  # the same batch again, from here
     report = run_batch(archive, out, segmenter_factory=marking_factory(marks, DELAY_S), ray_address=cluster.address,
-                       retries=0, progress=False, stream_settings={"max_batch": 1, "write_masks": False})
+                       num_workers=2, retries=0, progress=False, stream_settings={"max_batch": 1, "write_masks": False})
     assert report.counts["ok"] + report.counts["skipped"] == 3
     saved = _check_complete(out, 3, 3)
     assert {it["item"] for it in saved["items"] if it.get("skipped")} == finished_before
 
 
-def test_worker_node_killed_mid_batch(cluster, node_labels, tmp_path, monkeypatch):
+def test_worker_node_killed_mid_batch(cluster, node_labels, tmp_path, monkeypatch, caplog):
     """Explicit address, token from RAY_AUTH_TOKEN_PATH, driver in this process; the worker node dies."""
     from deepis_rt.cluster.ray_batch import run_batch
 
@@ -233,9 +235,13 @@ def test_worker_node_killed_mid_batch(cluster, node_labels, tmp_path, monkeypatc
 
     killer = threading.Thread(target=kill_worker_node, daemon=True)
     killer.start()
-    report = run_batch(archive, out, segmenter_factory=marking_factory(marks, DELAY_S), ray_address=cluster.address,
-                       retries=0, progress=False, stream_settings={"max_batch": 1, "write_masks": False})
+    with caplog.at_level(logging.INFO, logger="deepis_rt.cluster"):
+        report = run_batch(archive, out, segmenter_factory=marking_factory(marks, DELAY_S),
+                           ray_address=cluster.address, num_workers=2, retries=0, progress=False,
+                           stream_settings={"max_batch": 1, "write_masks": False})
     killer.join(timeout=5)
+    # the head's free CPU took a new worker in place of the lost one
+    assert f"a new worker on {node_labels['127.0.0.2']} replaces one of the lost node" in caplog.text
     assert not worker.alive()
     assert os.environ.get("RAY_AUTH_MODE") is None  # this process's Ray settings are as they were
     saved = _check_complete(out, 3, 3)
