@@ -30,7 +30,8 @@ import click
               help="Ray actors in all, one Segmenter each [default: one per GPU where the cluster has GPUs, "
                    "else one per --cpus-per-worker CPUs of every node].")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="CPUs (and threads) per Ray actor [default: each node's CPUs shared among its actors].")
+              help="CPUs (and threads) per Ray actor [default: 1 on CPU-only clusters; the node's CPUs "
+                   "shared among its actors where they are fewer (one per GPU, --max-workers-per-node)].")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
               help="[default: 1 where the cluster has GPUs, 0 with --backend triton or without GPUs].")
 @click.option("--max-workers-per-node", type=click.IntRange(1), default=None,

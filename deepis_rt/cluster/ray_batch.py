@@ -165,6 +165,20 @@ def process_item(item: BatchItem, out: str | os.PathLike, segmenter: Any, stream
     return record
 
 
+def _with_threads(factory: Callable[[], Any], threads: int | None) -> Callable[[], Any]:
+    """``factory``, using ``threads`` CPU threads (PyTorch, ONNX Runtime) unless it names its own number."""
+    if not threads:
+        return factory
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
+    else:  # read by PyTorch when (and if) the runner imports it
+        os.environ["OMP_NUM_THREADS"] = str(int(threads))
+    if isinstance(factory, SegmenterSpec) and factory.backend != "triton":
+        return SegmenterSpec(factory.model, factory.backend, factory.device,
+                             {"num_threads": int(threads), **factory.options})
+    return factory
+
+
 class _Worker:
     """One Segmenter, many items (a Ray actor, or used in this process)."""
 
@@ -179,17 +193,7 @@ class _Worker:
     def process(self, item: BatchItem, attempt: int) -> dict[str, Any]:
         if self.segmenter is None:
             try:
-                factory = self.factory
-                if self.num_threads:
-                    if "torch" in sys.modules:
-                        sys.modules["torch"].set_num_threads(int(self.num_threads))
-                    else:  # read by PyTorch when (and if) the runner imports it
-                        os.environ["OMP_NUM_THREADS"] = str(int(self.num_threads))
-                    if isinstance(factory, SegmenterSpec) and factory.backend != "triton":
-                        # this actor's share of its node's CPUs, unless the caller chose
-                        factory = SegmenterSpec(factory.model, factory.backend, factory.device,
-                                                {"num_threads": int(self.num_threads), **factory.options})
-                self.segmenter = factory()
+                self.segmenter = _with_threads(self.factory, self.num_threads)()
             except Exception as exc:
                 return {"item": item.name, "source": str(item.path), "kind": item.kind, "attempt": attempt,
                         "status": "failed", "frames_ok": 0, "frames_failed": 0, "wall_s": 0.0,

@@ -202,3 +202,17 @@ def test_plan_cpu_nodes_caps_and_spread():
     with pytest.raises(ConfigError, match="no live node"):
         plan_actors([])
 
+
+
+def test_each_worker_uses_its_share_of_threads(monkeypatch):
+    import torch
+
+    from deepis_rt.cluster.ray_batch import SegmenterSpec, _with_threads
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # this test process keeps its threads
+    spec = SegmenterSpec("model.pt", "torch")
+    assert _with_threads(spec, 4).options == {"num_threads": 4}
+    assert _with_threads(SegmenterSpec("m.pt", "onnxruntime", options={"num_threads": 8}), 4).options == \
+        {"num_threads": 8}  # the caller's choice stays
+    assert _with_threads(SegmenterSpec(None, "triton"), 4).options == {}  # the server computes
+    assert _with_threads(spec, None) is spec
