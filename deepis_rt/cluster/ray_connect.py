@@ -337,9 +337,9 @@ def connect_ray(address: str, num_cpus: int | None = None) -> RayConnection:
     try:
         ray.init(address=resolved, **quiet)
     except Exception as exc:
-        conn.owns = ray.is_initialized()
-        conn.close()
-        if changed and not conn.owns:
+        if ray.is_initialized():
+            ray.shutdown()
+        if changed:
             _restore(saved_mode)
         first = str(exc).splitlines()[0] if str(exc) else ""
         cls = ClusterAuthError if type(exc).__name__ == "AuthenticationError" else ClusterError
