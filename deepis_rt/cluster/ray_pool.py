@@ -31,7 +31,7 @@ class RayActorPool:
                  plan: list[ActorSlot]) -> None:
         self.ray = ray
         self.actor_cls = ray.remote(max_restarts=0)(worker_cls)
-        self.args = worker_args  # the worker's arguments but the last one, its thread count
+        self.args = worker_args  # the last one, the thread count, is set per slot
         self.plan = plan  # every slot the cluster can host (for replacements)
         self.lost_nodes: set[str] = set()
         self.idle = [self._start(slot) for slot in slots]
