@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -36,8 +37,19 @@ WORKER_IP = "127.0.0.3"
 DELAY_S = 0.5
 
 
+def _loopback_addresses_usable() -> bool:
+    try:
+        with socket.socket() as s:
+            s.bind((WORKER_IP, 0))
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def cluster():
+    if not _loopback_addresses_usable():
+        pytest.skip(f"needs the loopback addresses 127.0.0.2 and {WORKER_IP} (all of 127.0.0.0/8 on Linux)")
     c = RayCluster.create()
     try:
         # a lost node is declared dead after ~3 s instead of Ray's default ~15 s (test speed only)
