@@ -117,11 +117,13 @@ def test_batch_spreads_over_both_nodes(cluster, node_labels, tmp_path):
     ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model("deepis-lite", widths=(4, 8, 8, 8, 8), skip_width=4),
                            meta={"tile_zyx": list(TILE)})
     archive, out = _archive(tmp_path / "archive", 4, 2), tmp_path / "out"
-    # as a user: `ray start` left the address for `--ray auto`, the token is in ~/.ray/auth_token
+    # as a user: the head's address as `ray start --head` printed it, the token in ~/.ray/auth_token and
+    # no RAY_AUTH_MODE (Ray itself would not send the token to an explicit address); `--ray auto` is
+    # what the driver of test_driver_killed_and_resumed uses
     assert "RAY_AUTH_MODE" not in cluster.env and (Path(cluster.env["HOME"]) / ".ray" / "auth_token").is_file()
     # the plan has 3 slots (2 CPUs on the head, 1 on the worker node); 2 workers go to both nodes
-    res = _batch_cli(cluster, [str(archive), "--out", str(out), "--ray", "auto", "--model", str(ckpt), "--backend",
-                               "torch", "--workers", "2", "--no-masks", "--no-progress"])
+    res = _batch_cli(cluster, [str(archive), "--out", str(out), "--ray", cluster.address, "--model", str(ckpt),
+                               "--backend", "torch", "--workers", "2", "--no-masks", "--no-progress"])
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert "4 ok" in res.stdout and "2 worker(s) on 2 node(s)" in res.stdout, res.stdout
     report = _check_complete(out, 4, 2)
@@ -207,6 +209,7 @@ def test_driver_killed_and_resumed(cluster, tmp_path, monkeypatch):
 
     archive, out, marks = _archive(tmp_path / "archive", 3, 3), tmp_path / "out", tmp_path / "marks"
     marks.mkdir()
+    # `auto`: the cluster `ray start --head` recorded on this machine ($RAY_TMPDIR/ray/ray_current_cluster)
     cmd = [sys.executable, str(HERE / "ray_driver.py"), str(archive), str(out), "auto", str(marks), str(DELAY_S)]
     driver = subprocess.Popen(cmd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = out / ".batch" / "items"
