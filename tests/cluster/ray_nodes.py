@@ -1,4 +1,4 @@
-"""A real multi-node Ray cluster on loopback for the tests: `ray start --head` + `ray start --address`.
+"""A real multi-node Ray cluster on this machine for the tests: `ray start --head` + `ray start --address`.
 
 Each node is one ``ray start --block`` process in its own session (process group), with its own
 ports and temp dir under one short temporary folder. Stopping a node sends SIGTERM to its
@@ -25,7 +25,9 @@ HERE = Path(__file__).resolve().parent
 #: the node's object store (bytes): the tests move only small records through it
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
 #: loopback addresses of the nodes: Ray replaces 127.0.0.1 (and "localhost") by the machine's
-#: network address, other 127.x addresses are used as given, so the cluster stays on loopback
+#: network address, other 127.x addresses are used as given, so the nodes, drivers and workers talk
+#: over loopback. (Ray's GCS and raylets still listen on every interface: only a node at 127.0.0.1
+#: binds to loopback, and Ray allows that for one-node clusters only. Token authentication is on.)
 HEAD_IP = "127.0.0.2"
 
 
