@@ -31,6 +31,8 @@ __all__ = [
     "ExportError",
     "ParityError",
     "EngineCacheError",
+    "ClusterError",
+    "ClusterAuthError",
 ]
 
 
@@ -127,3 +129,11 @@ class ParityError(ExportError):
 
 class EngineCacheError(DeepisError, RuntimeError):
     """A cached TensorRT engine or its manifest does not match or is corrupt."""
+
+
+class ClusterError(DeepisError, ConnectionError):
+    """A Ray cluster cannot be used from here: none running, wrong address, other Ray version."""
+
+
+class ClusterAuthError(ClusterError):
+    """A Ray cluster requires token authentication and no token it accepts is available here."""

@@ -14,8 +14,10 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Results: OUT/<item>/ per time-lapse, OUT/synapses_all.csv, OUT/batch_report.json.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
-              help="Run on Ray: 'local' (start Ray here), 'auto' (the cluster of `ray start`), or "
-                   "ray://HOST:10001. Without it: one item after the other in this process.")
+              help="Run on Ray: 'local' (start Ray here), 'auto' (the cluster `ray start` started on this "
+                   "machine), HOST:PORT (the head node's address) or ray://HOST:10001. A cluster with token "
+                   "authentication gets the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token. "
+                   "Without --ray: one item after the other in this process.")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint); "
                    "every worker must see it at this path.")
@@ -27,10 +29,15 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 @click.option("--retries", type=click.IntRange(0, 100), default=1, show_default=True,
               help="Further attempts of an item that failed.")
 @click.option("--workers", type=click.IntRange(1), default=None,
-              help="Ray actors, one Segmenter each [default: one per GPU, else one per --cpus-per-worker CPUs].")
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+              help="Ray actors in all, one Segmenter each [default: one per GPU where the cluster has GPUs, "
+                   "else one per --cpus-per-worker CPUs of every node].")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="CPUs (and threads) per Ray actor [default: 1 on CPU-only clusters; the node's CPUs "
+                   "shared among its actors where they are fewer (one per GPU, --max-workers-per-node)].")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
               help="[default: 1 where the cluster has GPUs, 0 with --backend triton or without GPUs].")
+@click.option("--max-workers-per-node", type=click.IntRange(1), default=None,
+              help="At most this many Ray actors on one node.")
 @click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
               help="Voxel size in um for files that carry none.")
 @click.option("--frame-interval", type=float, default=None, metavar="S",
@@ -47,8 +54,8 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
               metavar="SECONDS", help="How long frames wait for a backend that is unavailable (server restarting, "
               "timeout, out of memory) before they are recorded 'retry' (the next run processes them).")
 def batch(archive, out, ray_address, model, backend, url, model_name, retries, workers, cpus_per_worker,
-          gpus_per_worker, voxel_size, frame_interval, medium_ri, max_batch, no_masks, no_progress,
-          ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S) -> None:
+          gpus_per_worker, max_workers_per_node, voxel_size, frame_interval, medium_ri, max_batch, no_masks,
+          no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S) -> None:
     """Segment, measure and track every time-lapse in ARCHIVE.
 
     \b
@@ -73,7 +80,8 @@ def batch(archive, out, ray_address, model, backend, url, model_name, retries, w
     }
     report = run_batch(
         archive, out, model, backend, ray_address=ray_address, retries=retries, num_workers=workers,
-        cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, load_options=load_options,
+        cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, max_workers_per_node=max_workers_per_node,
+        load_options=load_options,
         stream_settings=stream_settings, progress=False if no_progress else None,
     )
     c = report.counts
@@ -83,6 +91,9 @@ def batch(archive, out, ray_address, model, backend, url, model_name, retries, w
     for item in report.items:
         if item["status"] != "ok" and not item.get("skipped"):
             click.echo(f"  {item['item']}: {item['status']} after {item['attempts']} attempt(s): {item['error']}")
+        lost = [run["node"] for run in item.get("earlier_runs", []) if run.get("node_lost")]
+        if lost and not item.get("skipped"):
+            click.echo(f"  {item['item']}: run again on {item.get('node')} after losing node(s) {', '.join(lost)}")
     click.echo(f"results: {out}/<item>/, {out}/synapses_all.csv, {out}/batch_report.json")
     if report.failed or c.get("retry"):
         raise SystemExit(1)

@@ -11,8 +11,11 @@ Each item is processed by ``Stream(source, OUT/<item>, segmenter, once=True).run
 results are exactly those of ``deepis-rt stream`` (frames.csv, cells.csv, synapses.csv,
 summary.json, masks/, plots/, errors.log). Items run
 
-* on a Ray cluster (``ray_address="auto"`` / ``"ray://host:10001"`` / ``"local"``): a pool of
-  actors, each holding one Segmenter (``num_gpus`` per actor where the cluster has GPUs), or
+* on a Ray cluster (``ray_address="auto"`` / ``"HOST:PORT"`` / ``"ray://host:10001"`` /
+  ``"local"``; connected by :mod:`.ray_connect`, token authentication included): a pool of actors,
+  each holding one Segmenter and pinned to a node by the plan of :mod:`.ray_placement` (one per
+  GPU where the cluster has GPUs); an item whose node is lost runs again on another node, and the
+  report names the node that ran each item; or
 * in this process, one after the other (``ray_address=None``), with the same bookkeeping.
 
 Bookkeeping: an item whose attempt raised, or that produced no usable frame, is retried up to
@@ -44,6 +47,9 @@ from pathlib import Path
 from typing import Any
 
 from deepis_rt.cluster.items import BatchItem, find_items
+from deepis_rt.cluster.ray_connect import connect_ray
+from deepis_rt.cluster.ray_placement import live_nodes, node_label, plan_actors
+from deepis_rt.cluster.ray_pool import RayActorPool
 from deepis_rt.errors import ConfigError
 
 __all__ = ["BatchItem", "BatchReport", "SegmenterSpec", "find_items", "make_segmenter", "process_item", "run_batch"]
@@ -54,6 +60,8 @@ STATE_DIR = ".batch"
 REPORT_NAME = "batch_report.json"
 SYNAPSES_ALL = "synapses_all.csv"
 _DONE = ("ok", "partial")
+#: runs of one item lost with their node that are repeated without counting against ``retries``
+MAX_NODE_LOSSES = 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,6 +172,20 @@ def process_item(item: BatchItem, out: str | os.PathLike, segmenter: Any, stream
     return record
 
 
+def _with_threads(factory: Callable[[], Any], threads: int | None) -> Callable[[], Any]:
+    """``factory``, using ``threads`` CPU threads (PyTorch, ONNX Runtime) unless it names its own number."""
+    if not threads:
+        return factory
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
+    else:  # read by PyTorch when (and if) the runner imports it
+        os.environ["OMP_NUM_THREADS"] = str(int(threads))
+    if isinstance(factory, SegmenterSpec) and factory.backend != "triton":
+        return SegmenterSpec(factory.model, factory.backend, factory.device,
+                             {"num_threads": int(threads), **factory.options})
+    return factory
+
+
 class _Worker:
     """One Segmenter, many items (a Ray actor, or used in this process)."""
 
@@ -178,17 +200,23 @@ class _Worker:
     def process(self, item: BatchItem, attempt: int) -> dict[str, Any]:
         if self.segmenter is None:
             try:
-                if self.num_threads:
-                    import torch
-
-                    torch.set_num_threads(int(self.num_threads))
-                self.segmenter = self.factory()
+                self.segmenter = _with_threads(self.factory, self.num_threads)()
             except Exception as exc:
                 return {"item": item.name, "source": str(item.path), "kind": item.kind, "attempt": attempt,
                         "status": "failed", "frames_ok": 0, "frames_failed": 0, "wall_s": 0.0,
-                        "worker": f"{os.uname().nodename}:{os.getpid()}",
+                        "worker": f"{os.uname().nodename}:{os.getpid()}", **self.node(),
                         "error": f"the worker could not load the model: {type(exc).__name__}: {exc}"}
-        return process_item(item, self.out, self.segmenter, self.stream_settings, attempt)
+        return {**process_item(item, self.out, self.segmenter, self.stream_settings, attempt), **self.node()}
+
+    @staticmethod
+    def node() -> dict[str, Any]:
+        """The Ray node this worker runs on (``node``: ``IP/node-id prefix``); empty outside Ray."""
+        ray = sys.modules.get("ray")
+        if ray is None or not ray.is_initialized():
+            return {}
+        node_id = ray.get_runtime_context().get_node_id()
+        ip = ray.util.get_node_ip_address()
+        return {"node": node_label(ip, node_id), "node_id": node_id, "node_ip": ip}
 
     def close(self) -> None:
         runner = getattr(self.segmenter, "runner", None)
@@ -198,7 +226,7 @@ class _Worker:
 
 
 # --------------------------------------------------------------------------------------------
-# pools: Ray actors, or this process
+# pools: this process (Ray actors: .ray_pool)
 # --------------------------------------------------------------------------------------------
 
 
@@ -227,72 +255,6 @@ class _LocalPool:
 
     def close(self) -> None:
         self.worker.close()
-
-
-class _RayPool:
-    """A pool of Ray actors, each with one Segmenter; dead actors are replaced."""
-
-    def __init__(self, ray: Any, make_worker_args: tuple, n_workers: int, num_cpus: float, num_gpus: float) -> None:
-        self.ray = ray
-        self.actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(_Worker)
-        self.args = make_worker_args
-        self.n_workers = n_workers
-        self.idle = [self.actor_cls.remote(*self.args) for _ in range(n_workers)]
-        self.inflight: dict[Any, tuple[Any, BatchItem, int]] = {}
-        self.description = f"Ray: {n_workers} worker(s), {num_cpus:g} CPU / {num_gpus:g} GPU each"
-
-    def has_capacity(self) -> bool:
-        return bool(self.idle)
-
-    def submit(self, item: BatchItem, attempt: int) -> None:
-        actor = self.idle.pop()
-        self.inflight[actor.process.remote(item, attempt)] = (actor, item, attempt)
-
-    def busy(self) -> bool:
-        return bool(self.inflight)
-
-    def next_result(self) -> tuple[BatchItem, int, dict[str, Any]]:
-        ray = self.ray
-        (ref,), _ = ray.wait(list(self.inflight), num_returns=1)
-        actor, item, attempt = self.inflight.pop(ref)
-        try:
-            result = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:  # the worker process died (OOM kill, node lost, ...)
-            log.warning("batch | %s: worker died (%s); starting a new one", item.name, type(exc).__name__)
-            actor = self.actor_cls.remote(*self.args)
-            result = {"status": "failed", "error": f"worker died: {type(exc).__name__}: {str(exc).splitlines()[0]}"}
-        except ray.exceptions.RayError as exc:
-            result = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
-        self.idle.append(actor)
-        return item, attempt, result
-
-    def close(self) -> None:
-        for actor in self.idle + [a for a, _, _ in self.inflight.values()]:
-            try:
-                self.ray.kill(actor)
-            except Exception:
-                pass
-
-
-def _connect_ray(address: str, num_cpus: int | None) -> tuple[Any, bool]:
-    """(ray module, whether this call started Ray and so must shut it down)."""
-    from deepis_rt._optional import import_optional
-
-    ray = import_optional("ray", "running archives on a Ray cluster")
-    if ray.is_initialized():
-        return ray, False
-    if address == "local":
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
-    else:
-        try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        except ConnectionError as exc:
-            raise ConfigError(
-                f"batch | no Ray cluster at {address!r} ({exc}); start one with `ray start --head` "
-                "(then use --ray auto), or run on this machine with --ray local"
-            ) from None
-    return ray, True
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,8 +344,9 @@ def run_batch(
     ray_address: str | None = None,
     retries: int = 1,
     num_workers: int | None = None,
-    cpus_per_worker: float = 1.0,
+    cpus_per_worker: float | None = None,
     gpus_per_worker: float | None = None,
+    max_workers_per_node: int | None = None,
     load_options: dict[str, Any] | None = None,
     segmenter_factory: Callable[[], Any] | None = None,
     stream_settings: dict[str, Any] | None = None,
@@ -403,18 +366,26 @@ def run_batch(
     ray_address : str, optional
         None: no Ray, items one after the other here. ``"local"``: start Ray on this machine.
         ``"auto"``: the cluster this machine belongs to (``ray start --head`` / ``--address``).
+        ``"HOST:PORT"``: the cluster whose head node listens there (``ray start --head --port``).
         ``"ray://host:10001"``: a remote cluster through Ray Client. When Ray is already
-        initialised in this process, that runtime is used as it is.
+        initialised in this process, that runtime is used as it is. A cluster that requires Ray's
+        token authentication gets the token from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+        ``~/.ray/auth_token`` (see :mod:`deepis_rt.cluster.ray_connect`); nothing is written into
+        ``out`` before the cluster has answered.
     retries : int
         Further attempts of an item whose attempt failed (0: none).
     num_workers : int, optional
-        Actors (each with one Segmenter); default: one per GPU where the cluster has GPUs, else one
-        per ``cpus_per_worker`` CPUs; never more than there are items.
-    cpus_per_worker : float
-        CPUs reserved per actor (also its PyTorch thread count).
+        Actors (each with one Segmenter, pinned to a node); default: one per GPU where the cluster
+        has GPUs, else one per ``cpus_per_worker`` CPUs (one per CPU by default); never more than
+        there are items. See :mod:`deepis_rt.cluster.ray_placement`.
+    cpus_per_worker : float, optional
+        CPUs reserved per actor, also its PyTorch / ONNX Runtime thread count; default: the node's
+        CPUs shared equally among the actors on it.
     gpus_per_worker : float, optional
         GPUs reserved per actor; default 1 when the cluster has GPUs (0 with the Triton backend:
         the server owns the GPUs), else 0.
+    max_workers_per_node : int, optional
+        At most this many actors on one node (e.g. to leave a node's memory or CPUs to others).
     load_options : dict, optional
         Further ``deepis_rt.load`` keywords (``url=``, ``model_name=`` for Triton, ``precision=``, ...).
     segmenter_factory : callable, optional
@@ -433,8 +404,9 @@ def run_batch(
     """
     if retries < 0:
         raise ConfigError(f"batch | retries must be >= 0, got {retries}")
-    if cpus_per_worker <= 0 or (num_workers is not None and num_workers < 1):
-        raise ConfigError("batch | cpus_per_worker must be > 0 and num_workers >= 1")
+    if (cpus_per_worker is not None and cpus_per_worker <= 0) or (num_workers is not None and num_workers < 1) \
+            or (max_workers_per_node is not None and max_workers_per_node < 1):
+        raise ConfigError("batch | cpus_per_worker must be > 0, num_workers and max_workers_per_node >= 1")
     from deepis_rt.stream.stream import StreamSettings
 
     stream_settings = dict(stream_settings or {})
@@ -443,8 +415,6 @@ def run_batch(
         raise ConfigError(f"batch | unknown stream setting(s) {sorted(unknown)}")
     archive, out = Path(archive), Path(out)
     items = find_items(archive, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / STATE_DIR / "items").mkdir(parents=True, exist_ok=True)
     started = time.time()
     report = BatchReport(
         archive=str(archive), out=str(out), engine="ray" if ray_address else "local",
@@ -464,40 +434,42 @@ def run_batch(
         log.info("batch | %d item(s) already done; skipped (delete %s to redo them)", len(report.items),
                  out / STATE_DIR)
 
-    # on Ray, each worker's threads are bounded by the CPUs it reserved; in this process, left as they are
-    threads = max(1, int(cpus_per_worker)) if ray_address else None
     if segmenter_factory is None:
-        options = dict(load_options or {})
-        if backend != "triton" and threads:
-            options.setdefault("num_threads", threads)
-        segmenter_factory = SegmenterSpec(None if model is None else str(model), backend, None, options)
-    worker_args = (segmenter_factory, str(out), stream_settings, threads)
-    owns_ray = False
-    ray = None
+        segmenter_factory = SegmenterSpec(None if model is None else str(model), backend, None,
+                                          dict(load_options or {}))
+    # in this process threads are left as they are; on Ray each actor gets its share of its node
+    worker_args = (segmenter_factory, str(out), stream_settings, None)
+    connection = None
     pool: Any = None
+    if todo and ray_address:
+        # the cluster first: a cluster that cannot be used leaves OUT as it was
+        connection = connect_ray(ray_address)
+        try:
+            slots = plan_actors(live_nodes(connection.ray), use_gpus=backend != "triton",
+                                cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                                max_per_node=max_workers_per_node)
+            wanted = min(num_workers or len(slots), len(slots), len(todo))
+            if num_workers is not None and num_workers > len(slots):
+                # actors that cannot be placed would hold their items forever
+                log.warning("batch | %d workers asked, the cluster fits %d; using %d", num_workers, len(slots),
+                            len(slots))
+            # the plan lists nodes in turn, so its first slots spread over the nodes
+            pool = RayActorPool(connection.ray, _Worker, worker_args, slots[:wanted], slots)
+        except BaseException:
+            connection.close()
+            raise
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / STATE_DIR / "items").mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        for opened in (pool, connection):
+            if opened is not None:
+                opened.close()
+        raise
     bar = _progress(len(todo), progress)
     try:
         if todo:
-            if ray_address:
-                ray, owns_ray = _connect_ray(ray_address, None)
-                resources = ray.cluster_resources()
-                gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
-                if gpus_per_worker is None:
-                    gpus_per_worker = 1.0 if gpus >= 1 and backend != "triton" else 0.0
-                fits = int(cpus // cpus_per_worker)
-                if gpus_per_worker:
-                    fits = min(fits, int(gpus // gpus_per_worker))
-                if fits < 1:
-                    raise ConfigError(
-                        f"batch | the Ray cluster ({cpus:g} CPU, {gpus:g} GPU) cannot host one worker of "
-                        f"{cpus_per_worker:g} CPU / {gpus_per_worker:g} GPU; lower --cpus-per-worker / --gpus-per-worker"
-                    )
-                if num_workers is not None and num_workers > fits:
-                    # actors that cannot be placed would hold their items forever
-                    log.warning("batch | %d workers asked, the cluster fits %d; using %d", num_workers, fits, fits)
-                num_workers = max(1, min(num_workers or fits, fits, len(todo)))
-                pool = _RayPool(ray, worker_args, num_workers, cpus_per_worker, gpus_per_worker)
-            else:
+            if pool is None:
                 pool = _LocalPool(lambda: _Worker(*worker_args))
             log.info("batch | %d item(s) to process on %s", len(todo), pool.description)
             report.settings["workers"] = pool.description
@@ -506,8 +478,8 @@ def run_batch(
         bar.close()
         if pool is not None:
             pool.close()
-        if owns_ray and ray is not None:
-            ray.shutdown()
+        if connection is not None:
+            connection.close()
         report.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         report.wall_s = round(time.time() - started, 3)
         report.items.sort(key=lambda it: it["item"])
@@ -527,16 +499,28 @@ def _schedule(pool: Any, todo: list[BatchItem], retries: int, out: Path, report:
               on_item: Callable[[dict[str, Any]], None] | None) -> None:
     pending: deque[tuple[BatchItem, int]] = deque((item, 1) for item in todo)
     signatures = {item.name: item.signature() for item in todo}
+    earlier: dict[str, list[dict[str, Any]]] = {}  # per item: the runs before its final one
     for item, attempt, result in _results(pool, pending):
         result = {"item": item.name, "source": str(item.path), "kind": item.kind, "frames_ok": 0,
                   "frames_failed": 0, "wall_s": None, "worker": None, **result, "attempts": attempt}
         result.pop("attempt", None)
-        if result["status"] == "failed" and attempt <= retries:
-            log.warning("batch | %s: attempt %d failed (%s); retrying", item.name, attempt, result["error"])
-            pending.append((item, attempt + 1))
+        node_lost = result.pop("node_lost", False)
+        runs = earlier.setdefault(item.name, [])
+        lost_runs = sum(1 for r in runs if r["node_lost"])
+        if result["status"] == "failed" and (attempt <= retries or (node_lost and lost_runs < MAX_NODE_LOSSES)):
+            runs.append({"attempt": attempt, "node": result.get("node"), "node_lost": node_lost,
+                         "error": result["error"]})
+            if node_lost and lost_runs < MAX_NODE_LOSSES:
+                # the node's fault, not the item's: run it again elsewhere without using up a retry
+                log.warning("batch | %s: its node was lost; running it again on another node", item.name)
+                pending.append((item, attempt))
+            else:
+                log.warning("batch | %s: attempt %d failed (%s); retrying", item.name, attempt, result["error"])
+                pending.append((item, attempt + 1))
             continue
         if result["status"] == "failed":
             log.error("batch | %s: failed after %d attempt(s): %s", item.name, attempt, result["error"])
+        result["earlier_runs"] = runs
         result["signature"] = signatures[item.name]
         result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         _atomic_text(_marker_path(out, item), json.dumps(result, indent=2) + "\n")
@@ -553,4 +537,8 @@ def _results(pool: Any, pending: deque) -> Iterator[tuple[BatchItem, int, dict[s
     while pending or pool.busy():
         while pending and pool.has_capacity():
             pool.submit(*pending.popleft())
+        if not pool.busy():  # no worker left: every node that could host one was lost
+            item, attempt = pending.popleft()
+            yield item, attempt, {"status": "failed", "error": "no Ray worker left (their nodes were lost)"}
+            continue
         yield pool.next_result()

@@ -43,3 +43,30 @@ def pointwise_onnx(path: Path, tile=TILE, dynamic: bool = False, meta=META) -> P
 
 def reference_distance(x: np.ndarray) -> np.ndarray:
     return (2.0 * np.tanh(x)).astype(np.float32)
+
+
+def marking_runner(marks_dir: str, delay_s: float = 0.0, tile=TILE):
+    """A FakeRunner that leaves ``<node ip>_<pid>_<ns>`` in ``marks_dir`` at every call: where work runs, and when."""
+    import os
+    import time
+
+    from deepis_rt.runtime.runners.fake import FakeRunner
+
+    class MarkingRunner(FakeRunner):
+        def infer_impl(self, batch):
+            import ray
+
+            ip = ray.util.get_node_ip_address() if ray.is_initialized() else "local"
+            Path(marks_dir, f"{ip}_{os.getpid()}_{time.monotonic_ns()}").touch()
+            return super().infer_impl(batch)
+
+    return MarkingRunner(delay_s=delay_s, fixed_spatial_zyx=tile)
+
+
+def marking_factory(marks_dir: str, delay_s: float):
+    """Picklable Segmenter factory around :func:`marking_runner` (workers import this module)."""
+    import functools
+
+    from deepis_rt.cluster.ray_batch import make_segmenter
+
+    return functools.partial(make_segmenter, functools.partial(marking_runner, str(marks_dir), delay_s), META)
