@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from deepis_rt._optional import import_optional
-from deepis_rt.errors import BackendError, ShapeError
+from deepis_rt.errors import BackendError, BackendOutOfMemoryError
 from deepis_rt.runtime.runners.base import Runner
 
 __all__ = ["TensorRTRunner", "torch_dtype"]
@@ -118,8 +118,10 @@ class TensorRTRunner(Runner):
                 self._stream = ops.stream()
                 context = engine.create_execution_context()
                 if context is None:
-                    raise BackendError("tensorrt: could not create an execution context (out of GPU memory? "
-                                       "the context holds the profile's largest activations)")
+                    # TensorRT returns None when the context's activation memory cannot be allocated
+                    raise BackendOutOfMemoryError(
+                        "tensorrt: could not create an execution context (out of GPU memory? the context "
+                        "holds the profile's largest activations; free the GPU or build a smaller profile)")
                 self._context = context
         except BaseException:
             self.deactivate_impl()  # nothing half-made stays referenced
