@@ -194,6 +194,9 @@ def published_checkpoint(payload: Any, path: Path, where: str) -> Any:
     from deepis_rt.checkpoint import DEFAULT_META, Checkpoint, file_sha256
 
     found = _network(payload)
+    if found is None and isinstance(payload, Mapping) and payload and all(
+            isinstance(v, torch.Tensor) for v in payload.values()):
+        found = (payload, False)  # a bare tensor dict: judged key by key below
     if found is None:
         raise CheckpointError(f"{where}: not a published-DeepIS checkpoint (no 'network' state dict)")
     network, wrapped = found

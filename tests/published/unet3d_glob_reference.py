@@ -161,14 +161,19 @@ def make_reference(feature_scale: int, trans_feature: int, seed: int = 0) -> nn.
 
 
 def save_like_cnntrainer(net: nn.DataParallel, path: Path, epoch: int = 323, best_metric: float = 0.053456,
-                         model_type: str = "unet3d_glob") -> Path:
-    """Train one step (Adam, betas 0.5/0.99 as in main_DeepIS.py), set BN statistics, save as CNNTrainer.save."""
+                         model_type: str = "unet3d_glob", train_step: bool = True, **save_kwargs) -> Path:
+    """Train one step (Adam, betas 0.5/0.99 as in main_DeepIS.py), set BN statistics, save as CNNTrainer.save.
+
+    ``save_kwargs`` go to :func:`torch.save` (e.g. ``_use_new_zipfile_serialization=False`` for the
+    format of PyTorch < 1.6, which the published code's era wrote).
+    """
     optim = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.5, 0.99))
-    net.train()
-    x = torch.randn(2, 1, 16, 16, 16)
-    out, c3, c4 = net(x)
-    (out.abs().mean() + c3.mean() + c4.mean()).backward()
-    optim.step()
+    if train_step:
+        net.train()
+        x = torch.randn(2, 1, 16, 16, 16)
+        out, c3, c4 = net(x)
+        (out.abs().mean() + c3.mean() + c4.mean()).backward()
+        optim.step()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm3d):
@@ -179,5 +184,12 @@ def save_like_cnntrainer(net: nn.DataParallel, path: Path, epoch: int = 323, bes
                 "start_epoch": epoch + 1,
                 "network": net.state_dict(),
                 "optimizer": optim.state_dict(),
-                "best_metric": torch.tensor(best_metric)}, path)
+                "best_metric": torch.tensor(best_metric)}, path, **save_kwargs)
     return path
+
+
+def reference_output_zyx(net: nn.DataParallel, x_zyx: torch.Tensor) -> torch.Tensor:
+    """The published network's output for a (N, 1, Z, Y, X) input, fed as it was trained: (N, 1, Y, X, Z)."""
+    with torch.no_grad():
+        out = net.module(x_zyx.permute(0, 1, 3, 4, 2).contiguous())[0]
+    return out.permute(0, 1, 4, 2, 3)
