@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -29,6 +30,19 @@ MODEL_TILE = (64, 128, 128)  # (Z, Y, X): what a published file is run on until 
 def _kept_parameters(net) -> int:
     return sum(p.numel() for name, p in net.module.named_parameters()
                if not name.startswith(("ConBR0.", "classifier3.", "classifier4.")))
+
+
+
+@contextmanager
+def _captured(caplog):
+    """'deepis_rt' warnings into caplog (the CLI, once invoked, stops them from propagating)."""
+    logger = logging.getLogger("deepis_rt")
+    old, logger.propagate = logger.propagate, True
+    try:
+        with caplog.at_level(logging.WARNING, logger="deepis_rt"):
+            yield
+    finally:
+        logger.propagate = old
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +114,7 @@ def test_load_api_segments_with_the_published_file(published, caplog):
     import deepis_rt
 
     net, path = published
-    with caplog.at_level(logging.WARNING, logger="deepis_rt"):
+    with _captured(caplog):
         seg = deepis_rt.load(path, backend="torch", analyze=False)
         deepis_rt.load(path, backend="torch", analyze=False)
     notices = [r for r in caplog.records if "ASSUMED" in r.getMessage() and str(path) in r.getMessage()]
@@ -114,7 +128,7 @@ def test_load_api_segments_with_the_published_file(published, caplog):
 def test_assumptions_announced_once(tmp_path, caplog):
     net = make_reference(FS, TF, seed=9)
     path = save_like_cnntrainer(net, tmp_path / "m.pth.tar", train_step=False)
-    with caplog.at_level(logging.WARNING, logger="deepis_rt"):
+    with _captured(caplog):
         load_checkpoint(path)
         load_checkpoint(path)
     notices = [r.getMessage() for r in caplog.records if "ASSUMED" in r.getMessage()]
