@@ -283,3 +283,17 @@ def test_config_fields_of_deepis_2020():
         ModelConfig(feature_scale=2)
     with pytest.raises(ConfigError, match="fewer than 2 channels"):
         ModelConfig(architecture="deepis-2020", feature_scale=64, trans_feature=4)
+
+
+def test_deepis_rt_format_mismatch_names_first_key(tmp_path):
+    from deepis_rt.checkpoint import save_checkpoint
+
+    model = build_model("deepis-2020", feature_scale=16, trans_feature=4)
+    path = save_checkpoint(tmp_path / "c.pt", model)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["gcn2.conv_l1.weight"] = torch.zeros(4, 8, 7, 1, 1)  # Z-wide instead of Y-wide
+    payload.pop("checksum")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"key 'gcn2.conv_l1.weight' has shape \(4, 8, 7, 1, 1\), "
+                                              r"expected \(4, 8, 1, 7, 1\)"):
+        load_checkpoint(path)
