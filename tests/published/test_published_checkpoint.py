@@ -35,14 +35,18 @@ def _kept_parameters(net) -> int:
 
 @contextmanager
 def _captured(caplog):
-    """'deepis_rt' warnings into caplog (the CLI, once invoked, stops them from propagating)."""
+    """'deepis_rt' warnings into caplog, whatever an earlier CLI invocation did to that logger."""
     logger = logging.getLogger("deepis_rt")
-    old, logger.propagate = logger.propagate, True
+    saved = logger.propagate, logger.level
+    logger.propagate = False  # records reach caplog's handler once, here
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(caplog.handler)
     try:
-        with caplog.at_level(logging.WARNING, logger="deepis_rt"):
-            yield
+        yield
     finally:
-        logger.propagate = old
+        logger.removeHandler(caplog.handler)
+        logger.propagate = saved[0]
+        logger.setLevel(saved[1])
 
 
 @pytest.fixture(scope="module")
