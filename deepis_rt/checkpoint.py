@@ -268,15 +268,20 @@ def _migrate(payload: dict, where: str) -> dict:
     )
 
 
-def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool = True) -> Checkpoint:
     """Load a checkpoint safely (``torch.load(weights_only=True)`` only).
 
     Parameters
     ----------
     path : path-like
-        A file written by :func:`save_checkpoint` (or of the same layout).
+        A file written by :func:`save_checkpoint` (or of the same layout), or a checkpoint of the
+        published DeepIS training code (``CNNTrainer.save``'s ``.pth.tar``, or its bare
+        ``network`` state dict), recognised by its tensor shapes (:mod:`deepis_rt.published`).
     verify : bool
         Check the stored checksum against the content (default True).
+    announce : bool
+        Log, once per file and process, what is only assumed about the model (``meta["assumed"]``:
+        input scaling, output unit or voxel size a published-DeepIS file does not record).
 
     Raises
     ------
@@ -295,9 +300,15 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     if size > _MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"{where}: {size / 1e9:.1f} GB is too large for a DeepIS checkpoint")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{where}: not a PyTorch checkpoint (expected the zip format written by torch.save)"
-        )
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head.startswith(b"PK\x03\x04"):
+            raise CheckpointError(f"{where}: corrupt or truncated file (a zip archive without its directory)")
+        if not _is_legacy_torch_file(head):
+            raise CheckpointError(
+                f"{where}: not a PyTorch checkpoint (expected a file written by torch.save: the zip format, "
+                "or the format of PyTorch before 1.6)"
+            )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -310,12 +321,23 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
         raise CheckpointError(f"{where}: corrupt or truncated file ({type(exc).__name__}: {exc})") from None
 
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        from deepis_rt import published
+
+        bare = isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values())
+        if bare and "stem.0.weight" in _strip_prefix(payload):
             raise CheckpointError(
                 f"{where}: a bare state dict without architecture or metadata; wrap it with "
                 "deepis_rt.save_checkpoint(path, state_dict, config=...)"
             )
-        raise CheckpointError(f"{where}: not a deepis-rt checkpoint (format field missing or wrong)")
+        if published.looks_published(payload) or bare:
+            ckpt = published.published_checkpoint(payload, path, where)
+            if announce:
+                _notice(ckpt.meta, where)
+            return ckpt
+        raise CheckpointError(
+            f"{where}: not a deepis-rt checkpoint (format field missing or wrong) and not a "
+            "published-DeepIS one (no 'network' state dict)"
+        )
     payload = _migrate(payload, where)
     for key in ("config", "state_dict", "meta"):
         if key not in payload:
@@ -350,8 +372,32 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> Checkpoint:
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = sorted(k for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k])
     if missing or unexpected or wrong:
+        first = next(k for k in list(expected) + list(state_dict) if k in missing or k in wrong or k in unexpected)
+        detail = (f"key {first!r} is missing (expected shape {expected[first]})" if first in missing else
+                  f"key {first!r} has shape {tuple(state_dict[first].shape)}, expected {expected[first]}"
+                  if first in wrong else f"key {first!r} (shape {tuple(state_dict[first].shape)}) is not in the network")
         raise CheckpointError(
-            f"{where}: weights do not match the config (missing {missing[:3]}, unexpected "
+            f"{where}: weights do not match the config: {detail} (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}, wrong shape {wrong[:3]})"
         )
+    if announce:
+        _notice(ckpt.meta, where)
     return ckpt
+
+
+def _is_legacy_torch_file(head: bytes) -> bool:
+    """The format of ``torch.save`` before PyTorch 1.6 (``_use_new_zipfile_serialization=False``).
+
+    Such files (most published-DeepIS checkpoints are) start with a pickled magic number; they are
+    still loaded with ``weights_only=True`` only.
+    """
+    return head[:1] == b"\x80" and head[2:14] == b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _notice(meta: Mapping[str, Any], where: str) -> None:
+    """Warn once per file and process when the model's input scaling or output unit is only assumed."""
+    from deepis_rt.published import assumption_notice
+
+    text = assumption_notice(meta, where)
+    if text:
+        log.warning("%s", text)

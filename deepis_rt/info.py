@@ -28,10 +28,13 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
     from deepis_rt.checkpoint import load_checkpoint
     from deepis_rt.model import complexity
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, announce=False)
     cx = complexity(ckpt.config, ckpt.tile_zyx)
     meta = ckpt.meta
-    return {
+    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    if source.get("format") == "deepis-2020-cnntrainer" and ckpt.path is not None and ckpt.path.name == source.get("file"):
+        return _describe_published(ckpt, cx)
+    desc = {
         "kind": "checkpoint",
         "path": str(path),
         "sha256": ckpt.sha256,
@@ -47,9 +50,48 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
         "training": meta.get("training", {}),
         "metrics": meta.get("metrics", {}),
     }
+    if meta.get("distance_output"):
+        desc["distance_output"] = meta["distance_output"]
+    if meta.get("assumed"):
+        desc["assumed"] = _assumed(meta)
+    return desc
 
 
-register("checkpoint", lambda p: p.is_file() and p.suffix in {".pt", ".pth", ".ckpt"}, describe_checkpoint)
+def _assumed(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta.get(k) for k in meta.get("assumed") or []}
+
+
+def _describe_published(ckpt: Any, cx: Any) -> dict[str, Any]:
+    """A checkpoint of the published DeepIS training code, as read (not yet converted)."""
+    source = ckpt.meta["source"]
+    return {
+        "kind": "published-DeepIS checkpoint (Unet3D_glob, saved by CNNTrainer)",
+        "path": str(ckpt.path),
+        "sha256": ckpt.sha256,
+        "architecture": (f"deepis-2020: Unet3D_glob(feature_scale={source['feature_scale']}, "
+                         f"trans_feature={source['trans_feature']}), inferred from tensor shapes"),
+        "preset": ckpt.preset or "custom (deepis-2020 family)",
+        "config": ckpt.config.to_dict(),
+        "parameters": cx.parameters,
+        "tile_zyx": list(ckpt.tile_zyx),
+        "gflops_per_tile": round(cx.gflops_per_tile, 1),
+        "model_type": source.get("model_type"),
+        "epoch": source.get("epoch"),
+        "best_metric": source.get("best_metric"),
+        "layout": source.get("layout"),
+        "not_used": source.get("dropped"),
+        "unknown": {
+            "input scaling": "not recorded; assumed network input = RI as is (ri_normalization offset 0, scale 1)",
+            "output unit": "not recorded; assumed signed distance in um (x 1)",
+            "voxel size": f"not recorded; assumed {list(ckpt.voxel_size_um)} um (Z, Y, X)",
+        },
+        "to state them": (f"deepis-rt convert {ckpt.path.name} NEW.pt --ri-normalization OFFSET SCALE "
+                          "--output-unit um|voxel --output-scale S --voxel-size Z Y X"),
+    }
+
+
+register("checkpoint", lambda p: p.is_file() and (p.suffix in {".pt", ".pth", ".ckpt"} or p.name.endswith(".pth.tar")),
+         describe_checkpoint)
 
 
 def describe_results(path: Path) -> dict[str, Any]:

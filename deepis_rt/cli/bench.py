@@ -26,7 +26,7 @@ def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.command()
 @click.option("--model", "model_paths", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to benchmark (repeatable) [default: the bundled demo checkpoint].")
-@click.option("--preset", "presets", multiple=True, type=click.Choice(["deepis", "deepis-lite"]),
+@click.option("--preset", "presets", multiple=True, type=click.Choice(["deepis", "deepis-lite", "deepis-2020"]),
               help="Benchmark a preset with random weights instead (repeatable; throughput does not depend "
                    "on the weights).")
 @click.option("--backends", default="all", show_default=True, callback=_str_list,

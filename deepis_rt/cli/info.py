@@ -45,7 +45,7 @@ def info(path: Path, as_json: bool) -> None:
 
 @click.command()
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--preset", type=click.Choice(["deepis", "deepis-lite"]), default="deepis-lite", show_default=True)
+@click.option("--preset", type=click.Choice(["deepis", "deepis-lite", "deepis-2020"]), default="deepis-lite", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initialisation.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def init(out: Path, preset: str, seed: int, force: bool) -> None:

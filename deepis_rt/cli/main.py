@@ -78,6 +78,9 @@ def _register_commands() -> None:
     from deepis_rt.cli import bench as _bench
 
     main.add_command(_bench.bench)
+    from deepis_rt.cli import convert as _convert
+
+    main.add_command(_convert.convert)
 
 
 _register_commands()

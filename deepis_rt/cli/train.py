@@ -14,7 +14,7 @@ import click
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of tomograms with labels/<same name> (the layout 'deepis-rt synth' writes).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.pt).")
-@click.option("--preset", type=click.Choice(["deepis", "deepis-lite"]), default="deepis-lite", show_default=True)
+@click.option("--preset", type=click.Choice(["deepis", "deepis-lite", "deepis-2020"]), default="deepis-lite", show_default=True)
 @click.option("--steps", type=int, default=1000, show_default=True, help="Optimiser steps.")
 @click.option("--batch", type=int, default=2, show_default=True, help="Crops per step.")
 @click.option("--crop", nargs=3, type=int, default=(32, 64, 64), show_default=True, metavar="Z Y X",

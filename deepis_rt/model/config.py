@@ -9,10 +9,20 @@ from typing import Any
 
 from deepis_rt.errors import ConfigError
 
-__all__ = ["ModelConfig", "PRESETS", "preset_config", "TILE_ZYX"]
+__all__ = ["ModelConfig", "PRESETS", "preset_config", "TILE_ZYX", "ARCHITECTURES", "DEEPIS_2020_BASE_WIDTHS"]
 
 #: Model tile (Z, Y, X) in voxels, as in the paper.
 TILE_ZYX: tuple[int, int, int] = (64, 128, 128)
+
+#: Network families :class:`ModelConfig` describes. ``"deepis"``: deepis-rt's reading of the paper's
+#: text (:class:`~deepis_rt.model.network.DeepIS`). ``"deepis-2020"``: the module structure of the
+#: authors' published training code (``Unet3D_glob``; :mod:`deepis_rt.model.deepis2020`).
+ARCHITECTURES: tuple[str, ...] = ("deepis", "deepis-2020")
+
+#: Encoder widths of the published code before division by ``feature_scale``.
+DEEPIS_2020_BASE_WIDTHS: tuple[int, ...] = (64, 128, 256, 512, 1024)
+#: GCN kernel per level of the published code, finest first; 1 = a plain 1x1x1 projection.
+DEEPIS_2020_GCN_KERNELS: tuple[int, ...] = (1, 7, 7, 7, 3)
 
 
 @dataclass(frozen=True)
@@ -38,12 +48,49 @@ class ModelConfig:
     bottleneck_expansion: int = 4
     #: Output channels (the signed distance map: 1).
     out_channels: int = 1
+    #: Network family, one of :data:`ARCHITECTURES`. For ``"deepis-2020"`` the fields above
+    #: (widths, skip_width, gcn_kernels, blocks_per_level, bottleneck_expansion) are derived from
+    #: ``feature_scale`` and ``trans_feature`` as in the published code.
+    architecture: str = "deepis"
+    #: ``"deepis-2020"`` only: encoder widths are ``(64, 128, 256, 512, 1024) // feature_scale``.
+    feature_scale: int | None = None
+    #: ``"deepis-2020"`` only: width of every skip projection and of the decoder.
+    trans_feature: int | None = None
 
     def __post_init__(self) -> None:
         # Accept lists from JSON / checkpoints, store tuples so the object is hashable.
         object.__setattr__(self, "widths", tuple(self.widths))
         object.__setattr__(self, "gcn_kernels", tuple(self.gcn_kernels))
+        if self.architecture == "deepis-2020":
+            self._derive_2020()
         self.validate()
+
+    def _derive_2020(self) -> None:
+        """Fill the generic fields from feature_scale / trans_feature; refuse contradicting values."""
+        fs, tf = self.feature_scale, self.trans_feature
+        for name, value in (("feature_scale", fs), ("trans_feature", tf)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(
+                    f"model config: architecture 'deepis-2020' needs {name} as a positive integer, got {value!r}"
+                )
+        widths = tuple(w // fs for w in DEEPIS_2020_BASE_WIDTHS)  # type: ignore[operator]
+        if widths[0] < 2:
+            raise ConfigError(
+                f"model config: feature_scale={fs} leaves fewer than 2 channels at the finest level "
+                f"(widths {widths}); use feature_scale <= 32"
+            )
+        derived = {"widths": widths, "skip_width": tf, "gcn_kernels": DEEPIS_2020_GCN_KERNELS,
+                   "blocks_per_level": 2, "bottleneck_expansion": 4}
+        for name, value in derived.items():
+            given = getattr(self, name)
+            default = _DEFAULTS[name]
+            if given != value and given != default:
+                raise ConfigError(
+                    f"model config: {name}={given!r} contradicts architecture 'deepis-2020' with "
+                    f"feature_scale={fs}, trans_feature={tf} (which means {name}={value!r}); "
+                    "give feature_scale and trans_feature only"
+                )
+            object.__setattr__(self, name, value)
 
     # -- validation ---------------------------------------------------------
     def validate(self) -> None:
@@ -53,8 +100,23 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"model config: {name} must be a positive integer, got {value!r}")
 
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(
+                f"model config: architecture must be one of {list(ARCHITECTURES)}, got {self.architecture!r}"
+            )
+        if self.architecture == "deepis":
+            for name in ("feature_scale", "trans_feature"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"model config: {name} belongs to architecture 'deepis-2020'; for 'deepis' "
+                        "give widths and skip_width instead"
+                    )
         for name in ("in_channels", "skip_width", "blocks_per_level", "bottleneck_expansion", "out_channels"):
             _pos_int(name, getattr(self, name))
+        if self.architecture == "deepis-2020":
+            if self.in_channels != 1 or self.out_channels != 1:
+                raise ConfigError("model config: architecture 'deepis-2020' has 1 input and 1 output channel")
+            return  # the rest is derived (see _derive_2020)
         if len(self.widths) < 2:
             raise ConfigError(f"model config: widths needs at least 2 levels, got {self.widths!r}")
         for w in self.widths:
@@ -90,6 +152,10 @@ class ModelConfig:
         out = dataclasses.asdict(self)
         out["widths"] = list(self.widths)
         out["gcn_kernels"] = list(self.gcn_kernels)
+        if self.architecture == "deepis":
+            # unchanged dicts (and hashes of them) for every config written before the family field
+            for name in ("architecture", "feature_scale", "trans_feature"):
+                del out[name]
         return out
 
     @classmethod
@@ -111,17 +177,28 @@ class ModelConfig:
     def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with some fields changed (validated; unknown names rejected)."""
         merged = self.to_dict()
+        if self.architecture == "deepis-2020":
+            # derived fields follow feature_scale / trans_feature
+            for name in ("widths", "skip_width", "gcn_kernels", "blocks_per_level", "bottleneck_expansion"):
+                merged.pop(name)
         merged.update(overrides)
         return ModelConfig.from_dict(merged)
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 
 #: Named architectures. ``deepis`` is the paper's network (Lee et al., eLife 2020).
 #: ``deepis-lite`` keeps the paper's topology and GCN kernels (the large receptive
 #: field is what separates touching cells) but halves every width and the skip
 #: width; see docs/model.md for measured parameters and FLOPs.
+#: ``deepis-2020`` is the module structure and numerics of the authors' published training code
+#: (``Unet3D_glob(feature_scale=1, trans_feature=64)`` of main_DeepIS.py): the architecture the
+#: checkpoints of that code need.
 PRESETS: dict[str, ModelConfig] = {
     "deepis": ModelConfig(),
     "deepis-lite": ModelConfig(widths=(16, 32, 64, 128, 256), skip_width=16),
+    "deepis-2020": ModelConfig(architecture="deepis-2020", feature_scale=1, trans_feature=64),
 }
 
 

@@ -112,7 +112,18 @@ def check_spatial_size(shape: tuple[int, ...], multiple: int) -> None:
 
 
 class DeepIS(nn.Module):
-    """DeepIS 3-D segmentation network; input (N, C, Z, Y, X), output (N, 1, Z, Y, X)."""
+    """DeepIS 3-D segmentation network; input (N, C, Z, Y, X), output (N, 1, Z, Y, X).
+
+    ``DeepIS(config)`` with ``config.architecture == "deepis-2020"`` builds the published code's
+    network (:class:`~deepis_rt.model.deepis2020.DeepIS2020`, a subclass).
+    """
+
+    def __new__(cls, config: ModelConfig | None = None, *args: Any, **kwargs: Any) -> DeepIS:
+        if cls is DeepIS and config is not None and config.architecture == "deepis-2020":
+            from deepis_rt.model.deepis2020 import DeepIS2020
+
+            cls = DeepIS2020
+        return super().__new__(cls)
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -139,13 +150,16 @@ class DeepIS(nn.Module):
         self.refine = nn.ModuleList(Refine(config.skip_width) for _ in w)
         self.head = nn.Conv3d(config.skip_width, config.out_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: torch.Tensor) -> None:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _is_exporting()):
             if x.dim() != 5:
                 raise ShapeError(
                     f"model | expected a 5-D tensor (N, C, Z, Y, X), got shape {tuple(x.shape)}"
                 )
             check_spatial_size(tuple(x.shape[2:]), self.config.size_multiple)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         feats = []
         h = self.stem(x)
         for level in self.encoder:
@@ -170,7 +184,8 @@ def build_model(preset: str | ModelConfig = "deepis", **overrides: Any) -> DeepI
     Parameters
     ----------
     preset : str or ModelConfig
-        ``"deepis"`` (the paper), ``"deepis-lite"`` (CPU/demo variant), or a config.
+        ``"deepis"`` (the paper's text), ``"deepis-lite"`` (CPU/demo variant), ``"deepis-2020"``
+        (the published training code's network, :mod:`deepis_rt.model.deepis2020`), or a config.
     **overrides
         Config fields to change, e.g. ``widths=(4, 8, 8, 8, 8)`` for tiny test models.
 

@@ -146,16 +146,29 @@ def resolve_source(path: str | os.PathLike | None) -> ModelSource:
                 src.meta, src.config = meta, config
         ckpt_info = manifest.get("checkpoint") if isinstance(manifest.get("checkpoint"), dict) else {}
         src.sha256 = src.sha256 or ckpt_info.get("sha256") or src.meta.get("checkpoint_sha256")
+        if src.checkpoint is None:
+            _announce_assumptions(src)
         return src
     if path.suffix == ".onnx":
         from deepis_rt.checkpoint import file_sha256
 
         meta, config = _meta_from_onnx(path)
-        return ModelSource(path=path, kind="onnx", meta=meta, onnx_fp32=path, config=config,
-                           sha256=file_sha256(path))
+        src = ModelSource(path=path, kind="onnx", meta=meta, onnx_fp32=path, config=config,
+                          sha256=file_sha256(path))
+        _announce_assumptions(src)
+        return src
     src = ModelSource(path=path, kind="checkpoint", meta={})
     _attach_checkpoint(src, path)
     return src
+
+
+def _announce_assumptions(src: ModelSource) -> None:
+    """Say once what an exported published-DeepIS model only assumes (checkpoints say it on loading)."""
+    from deepis_rt.published import assumption_notice
+
+    text = assumption_notice(src.meta, f"load | {src.path}")
+    if text:
+        log.warning("%s", text)
 
 
 def _attach_checkpoint(src: ModelSource, path: Path) -> None:
