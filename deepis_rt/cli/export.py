@@ -52,14 +52,14 @@ def export(checkpoint: Path, out_dir: Path, name: str | None, opset: int, batch:
     """
     from deepis_rt.errors import MissingDependencyError
     from deepis_rt.export.parity import format_parity_table
-    from deepis_rt.export.pipeline import export_model, read_manifest
+    from deepis_rt.export.pipeline import default_export_name, export_model, read_manifest
 
     try:
         result = export_model(checkpoint, out_dir=out_dir, name=name, opset=opset, batch=batch, fp16=fp16,
                               trt=trt, engines_dir=engines_dir, dynamic_shape=dynamic_shape,
                               simplify=not no_simplify)
     except MissingDependencyError:
-        folder = out_dir / (name or checkpoint.stem)
+        folder = out_dir / (name or default_export_name(checkpoint))
         manifest = read_manifest(folder, verify=False)
         click.echo(format_parity_table(manifest["parity"]["results"]))
         click.echo(f"ONNX files written to {folder}")

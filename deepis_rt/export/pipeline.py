@@ -90,6 +90,16 @@ def _tool_versions(with_tensorrt: bool = False) -> dict[str, str]:
     return versions
 
 
+def default_export_name(checkpoint_path: str | os.PathLike) -> str:
+    """The export folder's name for a checkpoint file: its name without ``.pt``, ``.pth`` or ``.pth.tar``
+    (the published DeepIS code saves ``epoch[0324]_losssum[0.053456].pth.tar``)."""
+    name = Path(checkpoint_path).name
+    for suffix in (".pth.tar", ".pth", ".pt", ".tar"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 def _parse_batch(batch: Sequence[int]) -> tuple[int, int, int]:
     try:
         bmin, bopt, bmax = (int(b) for b in batch)
@@ -164,7 +174,7 @@ def export_model(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     bmin, bopt, bmax = _parse_batch(batch)
     if name is None:
-        name = ckpt.path.stem if ckpt.path is not None else (ckpt.preset or "deepis")
+        name = default_export_name(ckpt.path) if ckpt.path is not None else (ckpt.preset or "deepis")
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ExportError(f"export | name {name!r}: use a plain file name")
     folder = Path(out_dir) / name

@@ -214,3 +214,13 @@ def test_export_result_is_json_clean(exports):
     _, result = exports.get("deepis-lite")
     text = result.manifest_path.read_text()
     assert json.loads(text) == result.manifest
+
+
+def test_default_export_name_drops_checkpoint_suffixes():
+    from deepis_rt.export.pipeline import default_export_name
+
+    assert default_export_name("runs/epoch[0324]_losssum[0.053456].pth.tar") == "epoch[0324]_losssum[0.053456]"
+    assert default_export_name("model.pth") == "model"
+    assert default_export_name("model.pt") == "model"
+    assert default_export_name("deepis.v2.pt") == "deepis.v2"
+    assert default_export_name("model.onnx") == "model"
