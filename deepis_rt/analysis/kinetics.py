@@ -37,8 +37,12 @@ class KineticFit:
 
     ``a_max`` is in the unit of the fitted quantity (um^2 for IS area, um for
     displacement); ``*_err`` are one-sigma uncertainties from the covariance
-    matrix; ``r_squared`` is the coefficient of determination. On failure the
-    numbers are NaN, ``success`` is False and ``message`` says why.
+    matrix; ``r_squared`` is the coefficient of determination. With per-point
+    uncertainties (``weighted``), the fit is weighted by them and its
+    uncertainties are absolute (they follow from the points' sigmas, not from the
+    scatter); ``chi2_reduced`` then tells whether the sigmas describe the scatter
+    (about 1) or are too small (much above 1). On failure the numbers are NaN,
+    ``success`` is False and ``message`` says why.
     """
 
     a_max: float = math.nan
@@ -49,6 +53,8 @@ class KineticFit:
     n_points: int = 0
     success: bool = False
     message: str = ""
+    weighted: bool = False
+    chi2_reduced: float = math.nan
 
     def predict(self, t_s: np.ndarray) -> np.ndarray:
         """The fitted curve at times ``t_s`` from onset (NaN when the fit failed)."""
@@ -63,7 +69,7 @@ class KineticFit:
         }
 
 
-def fit_saturation(t_s: Sequence[float], y: Sequence[float]) -> KineticFit:
+def fit_saturation(t_s: Sequence[float], y: Sequence[float], sigma: Sequence[float] | None = None) -> KineticFit:
     """Fit y(t) = A_max * t / (t + tau_half) by non-linear least squares.
 
     Parameters
@@ -72,6 +78,11 @@ def fit_saturation(t_s: Sequence[float], y: Sequence[float]) -> KineticFit:
         Times in seconds from onset (t = 0 at contact); NaN pairs are ignored.
     y : sequence of float
         Observed values (IS area in um^2, displacement in um, ...).
+    sigma : sequence of float, optional
+        One-sigma uncertainty of each value (``is_area_err_um2`` for IS areas):
+        the fit weights the points by ``1/sigma^2`` and its parameter errors are
+        absolute (``scipy.optimize.curve_fit(..., absolute_sigma=True)``).
+        Points with a missing or non-positive sigma get the median of the others.
 
     Returns
     -------
@@ -84,6 +95,17 @@ def fit_saturation(t_s: Sequence[float], y: Sequence[float]) -> KineticFit:
     if t.shape != v.shape:
         return KineticFit(message=f"t_s has {t.size} values but y has {v.size}")
     ok = np.isfinite(t) & np.isfinite(v)
+    sig = None
+    if sigma is not None:
+        sig = np.asarray(sigma, dtype=float).ravel()
+        if sig.shape != v.shape:
+            return KineticFit(message=f"sigma has {sig.size} values but y has {v.size}")
+        sig = sig[ok]
+        good = np.isfinite(sig) & (sig > 0)
+        if not good.any():
+            sig = None
+        else:
+            sig = np.where(good, sig, float(np.median(sig[good])))
     t, v = t[ok], v[ok]
     n = int(t.size)
     if n < MIN_POINTS:
@@ -102,6 +124,8 @@ def fit_saturation(t_s: Sequence[float], y: Sequence[float]) -> KineticFit:
                 t,
                 v,
                 p0=(a0, tau0),
+                sigma=sig,
+                absolute_sigma=sig is not None,
                 bounds=([0.0, 1e-6 * max(span, 1.0)], [np.inf, np.inf]),
                 maxfev=5000,
             )
@@ -114,6 +138,9 @@ def fit_saturation(t_s: Sequence[float], y: Sequence[float]) -> KineticFit:
     with np.errstate(invalid="ignore"):
         err = np.sqrt(np.diag(pcov)) if n > 2 else np.array([math.nan, math.nan])
     err = [float(e) if np.isfinite(e) else math.nan for e in err]
+    chi2 = math.nan
+    if sig is not None and n > 2:
+        chi2 = float(np.sum((residual / sig) ** 2) / (n - 2))
     return KineticFit(
         a_max=float(popt[0]),
         a_max_err=err[0],
@@ -123,4 +150,6 @@ def fit_saturation(t_s: Sequence[float], y: Sequence[float]) -> KineticFit:
         n_points=n,
         success=True,
         message="ok",
+        weighted=sig is not None,
+        chi2_reduced=chi2,
     )

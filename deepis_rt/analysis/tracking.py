@@ -81,6 +81,7 @@ class SynapseHistory:
     frame: list[int] = field(default_factory=list)
     time_s: list[float] = field(default_factory=list)
     is_area_um2: list[float] = field(default_factory=list)
+    is_area_err_um2: list[float] = field(default_factory=list)
     is_dry_mass_pg: list[float] = field(default_factory=list)
     is_density_fg_um2: list[float] = field(default_factory=list)
     tcell_volume_um3: list[float] = field(default_factory=list)
@@ -336,6 +337,7 @@ class SynapseTracker:
             h.frame.append(self._frame)
             h.time_s.append(t)
             h.is_area_um2.append(s.is_area_um2)
+            h.is_area_err_um2.append(getattr(s, "is_area_err_um2", math.nan))
             h.is_dry_mass_pg.append(s.is_dry_mass_pg)
             h.is_density_fg_um2.append(s.is_density_fg_um2)
             h.tcell_volume_um3.append(tc.volume_um3 if tc else math.nan)
@@ -381,7 +383,7 @@ class SynapseTracker:
                     duration_s=float(h.time_s[-1] - h.time_s[0]),
                     n_frames=len(h.time_s),
                     max_is_area_um2=float(np.nanmax(h.is_area_um2)),
-                    area_fit=fit_saturation(t_rel, h.is_area_um2),
+                    area_fit=fit_saturation(t_rel, h.is_area_um2, sigma=h.is_area_err_um2),
                     displacement_fit=fit_saturation(t_rel, h.displacement_um()),
                 )
             )
