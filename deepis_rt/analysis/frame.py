@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from deepis_rt.analysis.contact import contact_surface
 from deepis_rt.analysis.masks import (
     _voxel_size,
     cell_masks,
@@ -21,7 +22,6 @@ from deepis_rt.analysis.masks import (
     label_instances,
     label_volume,
 )
-from deepis_rt.analysis.contact import contact_surface
 from deepis_rt.analysis.measure import surface_area_um2
 from deepis_rt.errors import InputError
 
