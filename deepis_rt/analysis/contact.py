@@ -289,7 +289,9 @@ def contact_surface(
     direct = _direct_faces(tri, vs, t_ext, g_ext)
     core_width = max(0.1 * h_min, 3.0 * noise_um)
     if direct.any():
-        g_ref = float(np.median(face_gap[direct]))
+        # where the two reconstructed surfaces overlap (negative gap: maps whose cells reach across the
+        # interface, as a network's smooth output does) the cells touch; the rim is where the gap is 0
+        g_ref = max(float(np.median(face_gap[direct])), 0.0)
         g_core = g_ref + core_width
     else:
         g_ref = float(np.percentile(face_gap, 5))
