@@ -125,3 +125,38 @@ def test_weights_change_the_fit_errors():
     assert 0.5 < small.chi2_reduced < 1.5
     unweighted = fit_saturation(t, y)
     assert not unweighted.weighted and math.isnan(unweighted.chi2_reduced)
+
+
+def test_onset_within_the_preceding_interval_is_fitted():
+    """Contact began 2.2 s before the first frame that shows it: a fixed onset shortens tau_half."""
+    rng = np.random.default_rng(11)
+    t = np.arange(0.0, 150.0, 3.0)  # time from the first frame in contact
+    truth = saturation(t + 2.2, 106.0, 40.0)
+    sigma = 0.3 + 0.25 * np.sqrt(truth)
+    y = truth + rng.normal(0.0, sigma)
+    fixed = fit_saturation(t, y, sigma=sigma)
+    free = fit_saturation(t, y, sigma=sigma, onset_window_s=3.0)
+    assert free.onset_offset_s == pytest.approx(-2.2, abs=3 * 0.3 + 0.3)
+    assert abs(free.tau_half_s - 40.0) <= 3 * free.tau_half_err_s
+    assert abs(free.a_max - 106.0) <= 3 * free.a_max_err
+    assert fixed.tau_half_s < 40.0 - 3 * fixed.tau_half_err_s  # the bias a fixed onset has
+    np.testing.assert_allclose(free.predict(np.array([0.0])), saturation(np.array([-free.onset_offset_s]),
+                                                                        free.a_max, free.tau_half_s))
+
+
+def test_tracker_gives_the_fit_the_interval_before_onset(geometry):
+    from deepis_rt.analysis import SynapseTracker
+
+    vs = (0.5, 0.25, 0.25)
+    tracker = SynapseTracker()
+    radii = [0.0, 0.0, 1.6, 2.2, 2.6, 2.9, 3.1]
+    for i, r in enumerate(radii):
+        if r > 0:
+            d, *_ = geometry.conjugate((40, 96, 96), vs, 4.0, 6.0, r, (0, 0, 1), (10.0, 12.0, 9.0 + 0.02 * i))
+        else:
+            d, *_ = geometry.two_spheres((40, 96, 96), vs, (10.0, 12.0, 4.0), 4.0, (10.0, 12.0, 16.5), 6.0)
+        tracker.update(analyze(d, None, vs), time_s=5.0 * i)
+    (s,) = tracker.summary()
+    assert s.onset_s == 10.0
+    assert tracker._onset_window_s(tracker.histories[(s.tcell_track, s.target_track)]) == 5.0
+    assert s.area_fit.success and -5.0 <= s.area_fit.onset_offset_s <= 0.0
