@@ -102,7 +102,9 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
             fitted, err = entry.get("fitted"), entry.get("fit_err")
             got = "-" if fitted is None else f"{fitted:.1f}" + ("" if err is None else f" +- {err:.1f}")
             rel = entry.get("rel_error")
-            return f"true {entry.get('true'):.1f} {unit}, fitted {got}" + ("" if rel is None else f" ({100 * rel:+.0f} %)")
+            true = entry.get("true")
+            true_txt = "-" if true is None else f"{true:.1f}"
+            return f"true {true_txt} {unit}, fitted {got}" + ("" if rel is None else f" ({100 * rel:+.0f} %)")
 
         click.echo(f"synthetic truth: A_max {_txt(truth['A_max_um2'], 'um^2')}; "
                    f"tau_half {_txt(truth['tau_half_s'], 's')}")
