@@ -176,20 +176,38 @@ def gap_area_curve(triangles: np.ndarray, gaps: np.ndarray, levels: np.ndarray) 
     ndarray, shape (L,)
         Exact areas (um^2) of the sub-level sets on the piecewise-linear mesh.
     """
+    lv = np.asarray(levels, dtype=float)
     if len(triangles) == 0:
-        return np.zeros(len(levels))
+        return np.zeros(len(lv))
     cross = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
     area = 0.5 * np.linalg.norm(cross, axis=1)
     g = np.sort(gaps, axis=1)
-    g0, g1, g2 = g[:, 0:1], g[:, 1:2], g[:, 2:3]
-    lv = np.asarray(levels, dtype=float)[None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # a linear field's sub-level set in a triangle: a corner triangle, then its complement
-        low = (lv - g0) ** 2 / ((g1 - g0) * (g2 - g0))
-        high = 1.0 - (g2 - lv) ** 2 / ((g2 - g1) * (g2 - g0))
-    frac = np.where(lv >= g2, 1.0, np.where(lv <= g0, 0.0, np.where(lv <= g1, low, high)))
-    frac = np.clip(np.nan_to_num(frac, nan=1.0), 0.0, 1.0)
-    return area @ frac
+    g0, g1, g2 = g[:, 0], g[:, 1], g[:, 2]
+    order = np.argsort(lv)
+    sorted_lv = lv[order]
+    # triangles entirely below a level count fully (cumulative sum over their largest vertex value)
+    by_top = np.argsort(g2)
+    cum = np.concatenate([[0.0], np.cumsum(area[by_top])])
+    out_sorted = cum[np.searchsorted(g2[by_top], sorted_lv, side="right")]
+    # triangles that a level cuts: only the (triangle, level) pairs with g0 < level < g2
+    i0 = np.searchsorted(sorted_lv, g0, side="right")
+    i2 = np.searchsorted(sorted_lv, g2, side="left")
+    counts = np.maximum(i2 - i0, 0)
+    if counts.sum():
+        tri_idx = np.repeat(np.arange(len(area)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        lev_idx = np.repeat(i0, counts) + offsets
+        L = sorted_lv[lev_idx]
+        a0, a1, a2 = g0[tri_idx], g1[tri_idx], g2[tri_idx]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # a linear field's sub-level set in a triangle: a corner triangle, then its complement
+            low = (L - a0) ** 2 / ((a1 - a0) * (a2 - a0))
+            high = 1.0 - (a2 - L) ** 2 / ((a2 - a1) * (a2 - a0))
+        frac = np.clip(np.nan_to_num(np.where(L <= a1, low, high), nan=1.0), 0.0, 1.0)
+        out_sorted += np.bincount(lev_idx, weights=area[tri_idx] * frac, minlength=len(lv))
+    out = np.empty(len(lv))
+    out[order] = out_sorted
+    return out
 
 
 def area_uncertainty_um2(area_um2: float, voxel_size_um: Sequence[float], noise_um: float = 0.0,
