@@ -24,8 +24,11 @@ The estimator (:func:`contact_surface`):
    vertices. ``A(g)``, the area of the mesh where ``Gamma <= g``, is integrated
    exactly on the piecewise-linear mesh (each triangle clipped by the linear
    gap), for a fine ladder of ``g``.
-4. **The rim.** Inside the contact ``Gamma`` is flat (``g_ref``: 0 on exact maps,
-   about minus one voxel on EDT-style maps); outside it grows with the opening
+4. **The rim.** Inside the contact ``Gamma`` is flat: ``g_ref``, the median gap on
+   the faces in voxel cubes whose corners are all cell voxels of both kinds (the map
+   runs from + to - directly), about 0 on exact maps; negative values (maps whose
+   cells reach across the interface, as a network's smooth output does) count as 0,
+   so the rim is where the reconstructed surfaces stop overlapping. Outside, ``Gamma`` grows with the opening
    angle of the two surfaces. Within about a voxel of the rim the voxel grid smears
    that kink, so ``A(g)`` just above ``g_ref`` is biased, whichever threshold one
    picks -- the reason counting voxels, or any fixed gap threshold, overestimates
@@ -36,9 +39,10 @@ The estimator (:func:`contact_surface`):
 
 Cells are in contact when their contact gap ``g_ref`` is at most
 ``touch_gap_um`` (default half the smallest voxel edge): two cells 0.2 um apart
-on an exact map at 0.2 um voxels are not in contact. On EDT-style maps, whose
-cells reach one voxel further than the true border, two cells one voxel apart
-read as touching (nothing in such a map tells them apart).
+on an exact map at 0.2 um voxels are not in contact. EDT-style maps (every
+cell voxel carries at least about one voxel pitch: a distance transform of masks)
+are first converted to distances to the voxel borders, so the same rules hold
+for them: their cells touch when their masks touch.
 
 Uncertainty (``area_err_um2``): one sigma, from the estimator's measured
 behaviour (``benchmarks/is_area_phantoms.py``): a rim-position uncertainty
@@ -85,8 +89,8 @@ class ContactEstimate:
     area_err_um2 : float
         One-sigma uncertainty of ``area_um2`` (0 when not in contact).
     gap_um : float
-        The pair's contact gap ``g_ref`` (0 for touching cells on an exact map,
-        about minus one voxel on EDT-style maps; the closest approach when apart).
+        The pair's contact gap ``g_ref`` (about 0 for touching cells; the closest
+        approach when apart).
     rim_slope : float
         Opening rate of the gap at the rim (um of gap per um along the surface);
         NaN when the extrapolation could not be made.
@@ -310,10 +314,9 @@ def contact_surface(
         # where the two reconstructed surfaces overlap (negative gap: maps whose cells reach across the
         # interface, as a network's smooth output does) the cells touch; the rim is where the gap is 0
         g_ref = max(float(np.median(face_gap[direct])), 0.0)
-        g_core = g_ref + core_width
     else:
         g_ref = float(np.percentile(face_gap, 5))
-        g_core = g_ref + core_width
+    g_core = g_ref + core_width
     if g_ref > touch:
         return ContactEstimate(gap_um=g_ref)
     step = 0.005
