@@ -43,3 +43,17 @@ def test_no_truth_for_real_sources(tmp_path):
     summary = Stream(cam, out, make_segmenter(), once=True, settle_s=0.0, use_events=False, voxel_size_um=VOXEL,
                      frame_interval_s=3.0, write_masks=False).run()
     assert summary["truth"] is None
+
+
+def test_resumed_run_keeps_the_uncertainties_in_the_fit(tmp_path):
+    cam, out = tmp_path / "cam", tmp_path / "out"
+    _write_series(cam, [1.6, 2.2, 2.6])
+    kw = dict(once=True, settle_s=0.0, use_events=False, voxel_size_um=VOXEL, frame_interval_s=3.0, write_masks=False)
+    Stream(cam, out, make_segmenter(), **kw).run()
+    for i, r in enumerate([2.8, 2.9], start=3):
+        np.save(cam / f"frame_{i:04d}.npy", conjugate_distance(r, shift_um=0.05 * i))
+    first = Stream(cam, out, make_segmenter(), **kw).run()["synapses"][0]
+    fresh_out = tmp_path / "fresh"
+    fresh = Stream(cam, fresh_out, make_segmenter(), **kw).run()["synapses"][0]
+    assert first["n_frames"] == 5 and first["area_fit"]["weighted"] is True
+    assert first["A_max_err_um2"] == pytest.approx(fresh["A_max_err_um2"], rel=1e-4)
