@@ -317,6 +317,12 @@ def contact_surface(
     else:
         g_ref = float(np.percentile(face_gap, 5))
     g_core = g_ref + core_width
+    # direct faces at the contact's own gap are certainly in contact: a lower bound for the area
+    sure = direct & (face_gap <= g_core)
+    r_direct = 0.0
+    if sure.any():
+        cross = np.cross(tri[sure, 1] - tri[sure, 0], tri[sure, 2] - tri[sure, 0])
+        r_direct = math.sqrt(0.5 * float(np.linalg.norm(cross, axis=1).sum()) / math.pi)
     if g_ref > touch:
         return ContactEstimate(gap_um=g_ref)
     step = 0.005
@@ -339,6 +345,9 @@ def contact_surface(
     else:
         # the mid-surface ends before the fit range (e.g. a cell cut by the field of view)
         r0 = r_core
+    # the lower bound binds where the gap jumps by whole coarse voxels just outside the rim (EDT-style
+    # maps with the contact along Z), which defeats the extrapolation
+    r0 = max(r0, r_direct)
     a0 = math.pi * r0 * r0
     if a0 <= 0:
         return ContactEstimate(gap_um=g_ref)
