@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from deepis_rt.analysis.contact import ContactEstimate, contact_surface
 from deepis_rt.analysis.frame import Cell, FrameAnalysis, Synapse, analyze
 from deepis_rt.analysis.kinetics import KineticFit, fit_saturation, saturation
 from deepis_rt.analysis.masks import cell_masks, is_mask, label_volume
@@ -35,6 +36,8 @@ __all__ = [
     "label_volume",
     "surface_area_um2",
     "contact_area_um2",
+    "contact_surface",
+    "ContactEstimate",
     "KineticFit",
     "fit_saturation",
     "saturation",

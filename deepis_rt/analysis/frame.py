@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from deepis_rt.analysis.contact import contact_surface
 from deepis_rt.analysis.masks import (
     _voxel_size,
     cell_masks,
@@ -21,7 +22,7 @@ from deepis_rt.analysis.masks import (
     label_instances,
     label_volume,
 )
-from deepis_rt.analysis.measure import contact_area_um2, surface_area_um2
+from deepis_rt.analysis.measure import surface_area_um2
 from deepis_rt.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,11 @@ class Cell:
 class Synapse:
     """One CAR-T / target contact in one frame (columns of ``synapses.csv``).
 
-    ``is_area_um2`` is the contact-surface area (mesh estimator, see
-    :func:`~deepis_rt.analysis.measure.contact_area_um2`); the IS mean RI, dry
-    mass and areal density use the paper's IS mask (dilation overlap).
-    ``tcell_track`` / ``target_track`` are filled by the tracker.
+    ``is_area_um2`` is the contact-surface area (sub-voxel estimator, see
+    :func:`~deepis_rt.analysis.contact.contact_surface`) and ``is_area_err_um2``
+    its one-sigma uncertainty; the IS mean RI, dry mass and areal density use the
+    paper's IS mask (dilation overlap). ``tcell_track`` / ``target_track`` are
+    filled by the tracker.
     """
 
     synapse_id: int
@@ -74,6 +76,7 @@ class Synapse:
     is_density_fg_um2: float
     tcell_track: int | None = None
     target_track: int | None = None
+    is_area_err_um2: float = math.nan
 
 
 @dataclass
@@ -257,13 +260,14 @@ def analyze(
             # contact estimate on a small crop around the IS (global coordinates)
             off = [s.start for s in crop]
             is_glob = tuple(slice(s.start + o, s.stop + o) for s, o in zip(is_box, off, strict=True))
-            ccrop = _grow(is_glob, 3, shape)
+            ccrop = _grow(is_glob, 4, shape)
             clab = cell_labels[ccrop]
             t_i, b_j = clab == i, clab == j
             # other cells in the crop must not be taken for this pair's zero band
             d_pair = np.where((clab == 0) | t_i | b_j, d[ccrop], np.float32(0))
-            area = contact_area_um2(t_i, b_j, d_pair, vs, t, band_fraction=band_fraction)
-            if area < max(min_is_area_um2, 1e-9):
+            contact = contact_surface(t_i, b_j, d_pair, vs, t, band_fraction=band_fraction, noise_um=noise_um)
+            area = contact.area_um2
+            if not contact.in_contact or area < max(min_is_area_um2, 1e-9):
                 continue
             is_mean_ri = is_dry = is_density = math.nan
             if r is not None:
@@ -279,6 +283,7 @@ def analyze(
                     is_mean_ri=is_mean_ri,
                     is_dry_mass_pg=is_dry,
                     is_density_fg_um2=is_density,
+                    is_area_err_um2=contact.area_err_um2,
                 )
             )
     log.debug("analyze: %d CAR-T, %d target, %d synapse(s)", n_t, n_b, len(synapses))

@@ -9,7 +9,9 @@ Surface area
     boundary without its staircase. On analytic spheres (r = 3-4.5 um) the
     mesh area is within ~3 % of the area of the mask's shape.
 
-IS contact area (``contact_area_um2``)
+IS contact area (``contact_area_um2``): the *previous* estimator, kept for comparison
+    (``benchmarks/is_area_phantoms.py`` runs it next to the current one);
+    :func:`~deepis_rt.analysis.analyze` uses :func:`deepis_rt.analysis.contact.contact_surface`.
     The area of the surface where the CAR-T and the target face each other
     across the thin zero band of the distance map, or touch directly:
 

@@ -39,6 +39,7 @@ SYNAPSE_COLUMNS: tuple[str, ...] = (
     "is_mean_ri",
     "is_dry_mass_pg",
     "is_density_fg_um2",
+    "is_area_err_um2",
 )
 
 
@@ -100,6 +101,7 @@ def synapse_rows(frame: int, time_s: float, tracked: TrackedFrame | FrameAnalysi
             s.is_mean_ri,
             s.is_dry_mass_pg,
             s.is_density_fg_um2,
+            s.is_area_err_um2,
         )
         rows.append({k: _clean(v) for k, v in zip(SYNAPSE_COLUMNS, values, strict=True)})
     return rows

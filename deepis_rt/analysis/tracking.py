@@ -81,6 +81,7 @@ class SynapseHistory:
     frame: list[int] = field(default_factory=list)
     time_s: list[float] = field(default_factory=list)
     is_area_um2: list[float] = field(default_factory=list)
+    is_area_err_um2: list[float] = field(default_factory=list)
     is_dry_mass_pg: list[float] = field(default_factory=list)
     is_density_fg_um2: list[float] = field(default_factory=list)
     tcell_volume_um3: list[float] = field(default_factory=list)
@@ -201,6 +202,7 @@ class SynapseTracker:
         self._window: list[_WindowFrame] = []
         self._next_id = 1
         self._frame = 0
+        self._frame_times_s: list[float] = []  # every frame's time: when a synapse may have formed
         self._active: set[tuple[int, int]] = set()
         self._seen: set[tuple[int, int]] = set()
         self._above: dict[tuple[int, int], bool] = {}
@@ -311,6 +313,7 @@ class SynapseTracker:
         del self._window[: -self.window_frames]
 
         events = self._synapse_events(analysis, cell_tracks, t)
+        self._frame_times_s.append(t)
         tracked = TrackedFrame(self._frame, t, analysis, cell_tracks, events)
         self._frame += 1
         for ev in events:
@@ -336,6 +339,7 @@ class SynapseTracker:
             h.frame.append(self._frame)
             h.time_s.append(t)
             h.is_area_um2.append(s.is_area_um2)
+            h.is_area_err_um2.append(getattr(s, "is_area_err_um2", math.nan))
             h.is_dry_mass_pg.append(s.is_dry_mass_pg)
             h.is_density_fg_um2.append(s.is_density_fg_um2)
             h.tcell_volume_um3.append(tc.volume_um3 if tc else math.nan)
@@ -363,6 +367,15 @@ class SynapseTracker:
         self._active = set(now)
         return events
 
+    def _onset_window_s(self, h: SynapseHistory) -> float:
+        """How long before its first frame in contact a synapse may have formed."""
+        times = np.asarray(self._frame_times_s, dtype=float)
+        before = times[times < h.onset_s]
+        if before.size:
+            return float(h.onset_s - before.max())
+        steps = np.diff(h.time_s)
+        return float(np.median(steps)) if steps.size else 0.0
+
     @property
     def histories(self) -> dict[tuple[int, int], SynapseHistory]:
         """Time courses per synapse key (CAR-T track, target track)."""
@@ -381,7 +394,8 @@ class SynapseTracker:
                     duration_s=float(h.time_s[-1] - h.time_s[0]),
                     n_frames=len(h.time_s),
                     max_is_area_um2=float(np.nanmax(h.is_area_um2)),
-                    area_fit=fit_saturation(t_rel, h.is_area_um2),
+                    area_fit=fit_saturation(t_rel, h.is_area_um2, sigma=h.is_area_err_um2,
+                                            onset_window_s=self._onset_window_s(h)),
                     displacement_fit=fit_saturation(t_rel, h.displacement_um()),
                 )
             )

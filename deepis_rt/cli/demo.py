@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -54,8 +55,14 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
     t_start = time.time()
     _prepare_out(out)
     segmenter = deepis_rt.load(model, backend=backend)
-    interval_s = make_video(seed, DEFAULT_SHAPE, DEFAULT_VOXEL_SIZE_UM, frames).frame_interval_s
+    video = make_video(seed, DEFAULT_SHAPE, DEFAULT_VOXEL_SIZE_UM, frames)
+    interval_s = video.frame_interval_s
     camera = Path(tempfile.mkdtemp(prefix="deepis-camera-"))
+    # the demo knows its truth: summary.json reports it next to the fitted kinetics
+    (camera / "synth.json").write_text(json.dumps({
+        "generator": "deepis_rt.synth", "seed": seed, "n_frames": frames, "a_max_um2": video.a_max_um2,
+        "tau_half_s": video.tau_half_s, "onset_s": video.onset_s, "frame_interval_s": interval_s,
+    }))
     click.echo(
         f"demo: a synthetic {frames}-frame video (one tomogram every {interval_s:g} s of acquisition time, "
         f"played at one per {pace:g} s) -> {camera}", err=True

@@ -154,6 +154,18 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
         onset_txt = f"{onset:.1f} s" if onset is not None else "-"
         click.echo(f"  synapse {s.get('synapse_id')} (CAR-T track {s.get('tcell_track')}, target track "
                    f"{s.get('target_track')}): onset {onset_txt}, {s.get('n_frames')} frames, {kin}")
+    truth = summary.get("truth")
+    if truth:
+        def _txt(entry: dict, unit: str) -> str:
+            fitted, err = entry.get("fitted"), entry.get("fit_err")
+            got = "-" if fitted is None else f"{fitted:.1f}" + ("" if err is None else f" +- {err:.1f}")
+            rel = entry.get("rel_error")
+            true = entry.get("true")
+            true_txt = "-" if true is None else f"{true:.1f}"
+            return f"true {true_txt} {unit}, fitted {got}" + ("" if rel is None else f" ({100 * rel:+.0f} %)")
+
+        click.echo(f"synthetic truth: A_max {_txt(truth['A_max_um2'], 'um^2')}; "
+                   f"tau_half {_txt(truth['tau_half_s'], 's')}")
     if out is not None:
         click.echo(f"results: {out}/ (frames.csv, cells.csv, synapses.csv, summary.json, masks/, plots/)")
 

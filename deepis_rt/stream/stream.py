@@ -600,9 +600,18 @@ class Stream:
                 "latency_ms": {"p50": lat.p50_ms, "p95": lat.p95_ms, "p99": lat.p99_ms, "mean": lat.mean_ms,
                                "max": lat.max_ms, "n": lat.n},
             },
-            "synapses": [{"synapse_id": i + 1, **s.to_dict()} for i, s in enumerate(self.tracker.summary())],
+            "synapses": (synapses := [{"synapse_id": i + 1, **s.to_dict()}
+                                      for i, s in enumerate(self.tracker.summary())]),
+            "truth": self._truth_vs_fit(synapses),
             "events": [dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in self._events[-200:]],
         }
+
+    def _truth_vs_fit(self, synapses: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Synthetic sources (``synth.json`` in the folder): true kinetics next to the fit."""
+        from deepis_rt.synth.truth import compare_kinetics, kinetics_truth
+
+        truth = kinetics_truth(self.source) if self.source is not None else None
+        return None if truth is None else compare_kinetics(truth, synapses)
 
     def _refresh(self, final: bool) -> None:
         self._last_refresh = time.time()

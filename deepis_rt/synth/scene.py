@@ -119,8 +119,16 @@ def _cell(rng: np.random.Generator, kind: int) -> Cell:
 
 
 def make_video(seed: int, shape: tuple[int, int, int], voxel_size_um: tuple[float, float, float],
-               n_frames: int) -> VideoParams:
-    """Draw the parameters of video ``seed`` (deterministic)."""
+               n_frames: int, kinetics: dict | None = None) -> VideoParams:
+    """Draw the parameters of video ``seed`` (deterministic).
+
+    ``kinetics`` prescribes some of the drawn values instead: any of ``a_max_um2``,
+    ``tau_half_s``, ``onset_s`` (contact onset, s; None for no contact) and
+    ``frame_interval_s``. Everything else is drawn as usual, so a prescribed video
+    differs from the drawn one only in those values. A large ``a_max_um2`` (the
+    paper's ~106 um^2) needs a target large enough for the contact disc: the target
+    radius is raised to 1.15 x the disc radius when needed.
+    """
     rng = np.random.default_rng([int(seed), 7919])
     grid = Grid(tuple(int(s) for s in shape), tuple(float(v) for v in voxel_size_um))  # type: ignore[arg-type]
     dt = rng.uniform(3.0, 8.0)
@@ -150,6 +158,8 @@ def make_video(seed: int, shape: tuple[int, int, int], voxel_size_um: tuple[floa
             "background_ri": rng.normal(scale=0.0003),
         },
     )
+    if kinetics:
+        _prescribe(params, kinetics)
     if rng.random() < 0.4:
         kind = CART if rng.random() < 0.6 else TARGET
         second = _cell(rng, kind)
@@ -163,6 +173,27 @@ def make_video(seed: int, shape: tuple[int, int, int], voxel_size_um: tuple[floa
                 params.second, params.second_center_um = second, c
                 break
     return params
+
+
+_KINETIC_KEYS = ("a_max_um2", "tau_half_s", "onset_s", "frame_interval_s")
+
+
+def _prescribe(params: VideoParams, kinetics: dict) -> None:
+    from deepis_rt.errors import ConfigError
+
+    unknown = set(kinetics) - set(_KINETIC_KEYS)
+    if unknown:
+        raise ConfigError(f"synth: unknown kinetics {sorted(unknown)}; expected some of {list(_KINETIC_KEYS)}")
+    for key, value in kinetics.items():
+        if value is None and key != "onset_s":
+            raise ConfigError(f"synth: kinetics {key} must be a number")
+        if value is not None and key != "onset_s" and not float(value) > 0:
+            raise ConfigError(f"synth: kinetics {key}={value!r} must be positive")
+        setattr(params, key, None if value is None else float(value))
+    disc_radius = float(np.sqrt(params.a_max_um2 / np.pi))
+    smallest = params.target.radius_um * float(np.min(params.target.axes_scale)) * (1 - float(np.sum(params.target.modulation["wave_amps"])))
+    if smallest < 1.15 * disc_radius:
+        params.target.radius_um *= 1.15 * disc_radius / smallest
 
 
 # --------------------------------------------------------------------------- geometry per frame

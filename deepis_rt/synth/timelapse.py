@@ -100,10 +100,11 @@ def iter_timelapse(
     voxel_size_um: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
     frames: Sequence[int] | None = None,
     with_truth_area: bool = True,
+    kinetics: dict | None = None,
 ) -> Iterator[SynthFrame]:
     """Yield the frames of a synthetic video one by one (see :func:`generate_timelapse`)."""
     shape, vs = _check(n_frames, shape, voxel_size_um)
-    params = make_video(seed, shape, vs, n_frames)
+    params = make_video(seed, shape, vs, n_frames, kinetics)
     for k in (range(n_frames) if frames is None else frames):
         r = render_frame(params, int(k), with_truth_area=with_truth_area)
         yield SynthFrame(ri=r.ri, labels=r.labels, distance_um=r.distance_um, truth=r.truth,
@@ -117,6 +118,7 @@ def generate_timelapse(
     voxel_size_um: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
     frames: Sequence[int] | None = None,
     with_truth_area: bool = True,
+    kinetics: dict | None = None,
 ) -> list[SynthFrame]:
     """A synthetic time-lapse of a CAR-T cell meeting a target cell.
 
@@ -138,12 +140,15 @@ def generate_timelapse(
         Render only these frame indices.
     with_truth_area : bool
         Measure the geometric IS area (a few ms per frame); training turns it off.
+    kinetics : dict, optional
+        Prescribed ``a_max_um2``, ``tau_half_s``, ``onset_s``, ``frame_interval_s``
+        instead of drawn ones (see :func:`deepis_rt.synth.scene.make_video`).
 
     Returns
     -------
     list of SynthFrame
     """
-    return list(iter_timelapse(n_frames, seed, shape, voxel_size_um, frames, with_truth_area))
+    return list(iter_timelapse(n_frames, seed, shape, voxel_size_um, frames, with_truth_area, kinetics))
 
 
 def write_timelapse(
@@ -154,6 +159,7 @@ def write_timelapse(
     voxel_size_um: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
     fmt: str = "tiff",
     progress: bool | None = None,
+    kinetics: dict | None = None,
 ) -> Path:
     """Write a synthetic time-lapse and its ground truth to a folder.
 
@@ -180,10 +186,10 @@ def write_timelapse(
     out.mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(exist_ok=True)
     (out / "distance").mkdir(exist_ok=True)
-    params = make_video(seed, shape, vs, n_frames)
+    params = make_video(seed, shape, vs, n_frames, kinetics)
     rows = []
     disable = (not _isatty()) if progress is None else not progress
-    for frame in tqdm(iter_timelapse(n_frames, seed, shape, vs), total=n_frames, desc="synth", unit="frame",
+    for frame in tqdm(iter_timelapse(n_frames, seed, shape, vs, kinetics=kinetics), total=n_frames, desc="synth", unit="frame",
                       disable=disable):
         k = frame.truth["frame"]
         name = f"frame_{k:06d}"

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 from conftest import VOXEL, conjugate_distance
@@ -8,6 +9,7 @@ from deepis_rt.checkpoint import save_checkpoint
 from deepis_rt.cli import main
 from deepis_rt.io import write_tomogram
 from deepis_rt.model import build_model
+from deepis_rt.synth.scene import make_video
 
 
 def _setup(tmp_path, tiny_overrides):
@@ -54,7 +56,10 @@ def test_demo_runs_end_to_end_and_protects_foreign_folders(tmp_path, tiny_overri
     assert res.exit_code == 0, res.output
     assert "frames: 2 ok, 0 failed" in res.output and "demo finished" in res.output
     assert len((out / "frames.csv").read_text().splitlines()) == 3
-    assert (out / "summary.json").is_file()
+    # the demo knows its truth: reported next to the fit
+    truth = json.loads((out / "summary.json").read_text())["truth"]
+    assert truth["truth"]["a_max_um2"] == pytest.approx(make_video(2026, (64, 128, 128), (0.5, 0.25, 0.25), 2).a_max_um2)
+    assert "synthetic truth: A_max true" in res.output
     # a second demo replaces its own results; a folder it did not make is left alone
     assert CliRunner().invoke(main, args).exit_code == 0
     foreign = tmp_path / "mine"

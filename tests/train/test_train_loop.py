@@ -42,9 +42,14 @@ def test_edge_weight_band():
 
 
 def test_metrics_on_two_touching_boxes():
-    d = np.zeros((20, 40, 40), np.float32)
-    d[5:15, 10:30, 5:20] = 1.0  # CAR-T
-    d[5:15, 10:30, 20:35] = -1.0  # target; interface x=19.5, 10 x 20 voxels = 5 um x 5 um
+    from scipy import ndimage as ndi
+
+    box_t = np.zeros((20, 40, 40), bool)
+    box_g = np.zeros((20, 40, 40), bool)
+    box_t[5:15, 10:30, 5:20] = True  # CAR-T
+    box_g[5:15, 10:30, 20:35] = True  # target; interface x=19.5, 10 x 20 voxels = 5 um x 5 um
+    # a signed distance map (the analysis reads its values as distances), made as ground truth is
+    d = (ndi.distance_transform_edt(box_t, sampling=VS) - ndi.distance_transform_edt(box_g, sampling=VS)).astype(np.float32)
     cart, target = masks_from_distance(d, VS)
     assert dice(cart, cart) == 1.0 and dice(cart, target) == 0.0
     assert is_area_um2(d, VS) == pytest.approx(25.0, rel=0.15)
