@@ -81,4 +81,17 @@ def describe_machine() -> dict[str, Any]:
     except Exception:
         pass
     info["libraries"] = library_versions()
+    info["cpu_flags"] = _cpu_flags()
     return info
+
+
+def _cpu_flags() -> list[str] | None:
+    """The CPU's feature flags (``/proc/cpuinfo``; what ``lscpu`` prints as Flags), None elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return sorted(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
