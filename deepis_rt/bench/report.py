@@ -249,7 +249,8 @@ def _targets_lines(mr: dict[str, Any]) -> list[str]:
             measured = "-" if t["measured"] is None else f"{100 * t['measured']:.1f}%"
             wanted = f"{100 * t['target']:.0f}%"
         else:
-            measured, wanted = f"{_f(t['measured'], 3)}x", f"{t['target']}x"
+            measured = "-" if t["measured"] is None else f"{_f(t['measured'], 3)}x"
+            wanted = f"{t['target']}x"
         lines.append(f"{t['name']}: measured {measured} vs target >= {wanted} -> {verdict} ({t['note']})")
     return lines
 

@@ -361,9 +361,9 @@ def load(
     ----------
     path : path, optional
         A checkpoint (``.pt``), an ONNX file, or an export folder; None: the bundled checkpoint.
-    backend : {"auto", "tensorrt", "onnxruntime", "torch"} or a specific one
-        ``"auto"`` tries TensorRT > ONNX Runtime GPU > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU;
-        the specific names are ``"onnxruntime-cpu"``, ``"onnxruntime-gpu"``, ``"torch-cpu"``,
+    backend : {"auto", "tensorrt", "onnxruntime", "openvino", "torch"} or a specific one
+        ``"auto"`` tries TensorRT > ONNX Runtime GPU > PyTorch CUDA > OpenVINO CPU > ONNX Runtime CPU >
+        PyTorch CPU; the specific names are ``"openvino-cpu"``, ``"onnxruntime-cpu"``, ``"onnxruntime-gpu"``, ``"torch-cpu"``,
         ``"torch-cuda"``. Why each faster one was skipped is logged and kept in
         :attr:`Segmenter.backend_report`. ``"triton"``: the network runs on a Triton Inference
         Server (``url="host:8000"``, ``model_name="deepis"``; see ``runners/triton_runner.py``).
@@ -377,7 +377,9 @@ def load(
     overlap, batch_size, blend, analyze, stitch_on_disk
         See :class:`Segmenter`.
     **runner_options
-        Backend options: ``precision`` ("fp32"/"fp16" on GPUs), ``cuda_graphs``, ``num_threads``,
+        Backend options: ``precision`` ("fp32"/"fp16" on GPUs; "bf16" on CPUs that have it, OpenVINO
+        only, never chosen by ``auto`` alone), ``performance_hint`` ("latency"/"throughput") and
+        ``num_requests`` (OpenVINO), ``cuda_graphs``, ``num_threads``,
         ``execution_mode`` (ONNX Runtime), ``ort_tensorrt`` (use ONNX Runtime's TensorRT EP).
 
     Raises
