@@ -35,7 +35,7 @@ def _memory_gib() -> float | None:
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide the numbers ('-' when absent)."""
     out: dict[str, str] = {}
-    for name in ("deepis_rt", "torch", "onnxruntime", "onnx", "tensorrt", "numpy", "scipy"):
+    for name in ("deepis_rt", "torch", "onnxruntime", "openvino", "onnx", "tensorrt", "numpy", "scipy"):
         try:
             mod = importlib.import_module(name)
             out[name] = str(getattr(mod, "__version__", "?"))

@@ -200,6 +200,7 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
         "libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items() if k != "onnxruntime_providers")
         + (f"; ORT providers: {libs['onnxruntime_providers']}" if libs.get("onnxruntime_providers") else ""),
         f"matrix-product peak (measured in this run): {peaks}",
+        *([f"CPU flags: {' '.join(m['cpu_flags'])}"] if m.get("cpu_flags") else []),
         ("settings of the first merged run (each model's own are in its Run line): " if report.get("merged_from")
          else "settings: ")
         + f"batches {s['batches']}, {s['frames']} tiles timed per row after {s['warmup_calls']} warm-up "
