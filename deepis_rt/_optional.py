@@ -17,10 +17,11 @@ from deepis_rt.errors import MissingDependencyError
 log = logging.getLogger(__name__)
 
 #: module name -> (pip extra, what it is for)
-_EXTRAS: dict[str, tuple[str, str]] = {
+_EXTRAS: dict[str, tuple[str | None, str]] = {
     "tensorrt": ("tensorrt", "building and running TensorRT engines"),
     "onnx": ("dev", "exporting ONNX models"),
     "onnxruntime": ("dev", "the ONNX Runtime backend"),
+    "openvino": (None, "the OpenVINO backend"),
     "onnxslim": ("dev", "simplifying exported ONNX graphs"),
     "ray": ("cluster", "running archives on a Ray cluster"),
     "tritonclient": ("cluster", "serving from Triton Inference Server"),

@@ -35,7 +35,7 @@ def _memory_gib() -> float | None:
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide the numbers ('-' when absent)."""
     out: dict[str, str] = {}
-    for name in ("deepis_rt", "torch", "onnxruntime", "onnx", "tensorrt", "numpy", "scipy"):
+    for name in ("deepis_rt", "torch", "onnxruntime", "openvino", "onnx", "tensorrt", "numpy", "scipy"):
         try:
             mod = importlib.import_module(name)
             out[name] = str(getattr(mod, "__version__", "?"))
@@ -81,4 +81,17 @@ def describe_machine() -> dict[str, Any]:
     except Exception:
         pass
     info["libraries"] = library_versions()
+    info["cpu_flags"] = _cpu_flags()
     return info
+
+
+def _cpu_flags() -> list[str] | None:
+    """The CPU's feature flags (``/proc/cpuinfo``; what ``lscpu`` prints as Flags), None elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return sorted(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None

@@ -11,7 +11,41 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PeakResult", "matmul_peak"]
+__all__ = ["PeakResult", "matmul_peak", "cpu_bf16_unsupported_reason", "CPU_BF16_FLAGS"]
+
+#: CPU flags (``/proc/cpuinfo``) of native BF16 matrix arithmetic (AVX-512 BF16 dot products, AMX tiles)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_bf16_unsupported_reason() -> str | None:
+    """None when this CPU multiplies BF16 matrices natively, else why not.
+
+    Without AVX512_BF16 or AMX a BF16 product is emulated (converted to FP32): timing it would
+    give a figure no BF16 backend can use, so the probe reports "unsupported" instead. Linux reads
+    the CPU flags; elsewhere OpenVINO's CPU capabilities decide (when installed).
+    """
+    flags = _cpu_flags()
+    if flags is not None:
+        if flags & set(CPU_BF16_FLAGS):
+            return None
+        return f"this CPU has no native BF16 matrix instructions (none of {', '.join(CPU_BF16_FLAGS)} in its flags)"
+    try:
+        from deepis_rt.runtime.runners.openvino_runner import bf16_unavailable_reason
+
+        return bf16_unavailable_reason()
+    except Exception as exc:
+        return f"cannot tell whether this CPU has BF16 ({type(exc).__name__}: {exc})"
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,14 @@ TARGETS = {
     "pipeline_vs_compute": 0.9,   # whole pipeline vs compute-only throughput
     "torch_fp16_vs_fp32": 3.0,    # PyTorch FP16 vs FP32 on a GPU
     "gpu_fraction_of_peak": 0.25,  # best GPU backend vs the FP16 matrix-product peak (paper preset)
+    "openvino_fp32_vs_ort": 1.3,  # OpenVINO FP32 vs ONNX Runtime FP32 (CPU; stated for the paper preset)
+    "openvino_bf16_vs_ort": 2.0,  # OpenVINO BF16 vs ONNX Runtime FP32 (CPU with BF16)
 }
 
 
 def _peak(peaks: Sequence[dict[str, Any]], device: str, precision: str) -> dict[str, Any] | None:
     dev = "cuda" if device.startswith("cuda") else "cpu"
-    prec = precision if dev == "cuda" else "fp32"
+    prec = precision if dev == "cuda" or precision == "bf16" else "fp32"
     for p in peaks:
         if p["device"] == dev and p["precision"] == prec and p.get("tflops"):
             return p
@@ -97,6 +99,7 @@ def finish_model(model: dict[str, Any], rows: list[dict[str, Any]], pipeline: li
             "ONNX Runtime CPU vs PyTorch eager FP32 (CPU)", TARGETS["ort_cpu_vs_torch"],
             ort_cpu["throughput_fps"] / torch_cpu["throughput_fps"],
             f"best batch of each: onnxruntime-cpu b{ort_cpu['batch']} vs torch-cpu b{torch_cpu['batch']}"))
+    targets += _openvino_targets(rows, model, ort_cpu)
     ran = [p for p in pipeline if p.get("ratio_vs_compute") is not None]
     if ran:
         fastest = max(ran, key=lambda p: p["throughput_fps"])
@@ -120,6 +123,28 @@ def finish_model(model: dict[str, Any], rows: list[dict[str, Any]], pipeline: li
             f"for the paper preset (this model: {model.get('preset') or model['name']})"))
     return {"model": model, "baseline": f"{base_backend} fp32", "rows": rows, "pipeline": pipeline,
             "targets": targets}
+
+
+def _openvino_targets(rows: Sequence[dict[str, Any]], model: dict[str, Any],
+                      ort_cpu: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """OpenVINO FP32 and BF16 vs ONNX Runtime FP32 (best batch of each); a skipped BF16 row says why."""
+    out: list[dict[str, Any]] = []
+    if ort_cpu is None:
+        return out
+    which = model.get("preset") or model["name"]
+    for precision, key in (("fp32", "openvino_fp32_vs_ort"), ("bf16", "openvino_bf16_vs_ort")):
+        best = _best(_ok(rows, "openvino-cpu", precision))
+        if best is not None:
+            out.append(_target(f"OpenVINO {precision.upper()} vs ONNX Runtime FP32 (CPU)", TARGETS[key],
+                               best["throughput_fps"] / ort_cpu["throughput_fps"],
+                               f"best batch of each: openvino-cpu {precision} b{best['batch']} vs onnxruntime-cpu "
+                               f"b{ort_cpu['batch']}; stated for the paper preset (this model: {which})"))
+            continue
+        skipped = [r for r in rows if r["backend"] == "openvino-cpu" and r["precision"] == precision]
+        if skipped:
+            out.append(_target(f"OpenVINO {precision.upper()} vs ONNX Runtime FP32 (CPU)", TARGETS[key], None,
+                               f"not measured: {skipped[0]['status']}: {skipped[0]['reason']}"))
+    return out
 
 
 # -- renderings ---------------------------------------------------------------------------------
@@ -166,13 +191,16 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
     libs = m.get("libraries", {})
     gpu = f"{m['gpu']} (cc {m['gpu_compute_capability']}, {m['gpu_memory_gib']} GiB)" if m.get("gpu") else "none"
     peaks = ", ".join(f"{p['device']} {p['precision']} {_f(p['tflops'], 3)} TFLOP/s"
-                      + (f" ({p['size']}^2)" if p.get("size") else "") for p in report["peaks"]) or "-"
+                      + (f" ({p['size']}^2)" if p.get("size") else "")
+                      + (f" [{p.get('status')}: {p.get('reason')}]" if p.get("status") not in (None, "ok") else "")
+                      for p in report["peaks"]) or "-"
     s = report["settings"]
     return [
         f"machine: {m['cpu']}, {m['cpu_cores']} CPUs, {m['memory_gib']} GiB; GPU: {gpu}; {m['os']}, Python {m['python']}",
         "libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items() if k != "onnxruntime_providers")
         + (f"; ORT providers: {libs['onnxruntime_providers']}" if libs.get("onnxruntime_providers") else ""),
         f"matrix-product peak (measured in this run): {peaks}",
+        *([f"CPU flags: {' '.join(m['cpu_flags'])}"] if m.get("cpu_flags") else []),
         ("settings of the first merged run (each model's own are in its Run line): " if report.get("merged_from")
          else "settings: ")
         + f"batches {s['batches']}, {s['frames']} tiles timed per row after {s['warmup_calls']} warm-up "
@@ -222,7 +250,8 @@ def _targets_lines(mr: dict[str, Any]) -> list[str]:
             measured = "-" if t["measured"] is None else f"{100 * t['measured']:.1f}%"
             wanted = f"{100 * t['target']:.0f}%"
         else:
-            measured, wanted = f"{_f(t['measured'], 3)}x", f"{t['target']}x"
+            measured = "-" if t["measured"] is None else f"{_f(t['measured'], 3)}x"
+            wanted = f"{t['target']}x"
         lines.append(f"{t['name']}: measured {measured} vs target >= {wanted} -> {verdict} ({t['note']})")
     return lines
 

@@ -56,11 +56,14 @@ def measure_peaks(variants: Sequence[Variant], quick: bool = False, threads: int
 
     wanted = []
     for v in variants:
-        pair = ("cuda" if v.is_gpu else "cpu", v.precision if v.is_gpu else "fp32")
+        pair = ("cuda" if v.is_gpu else "cpu", v.precision if v.is_gpu or v.precision == "bf16" else "fp32")
         if pair not in wanted and (pair[0] == "cpu" or unavailable_reason("torch-cuda") is None):
             wanted.append(pair)
     peaks = []
     for device, precision in wanted:
+        if device == "cpu" and precision == "bf16":
+            peaks.append(_cpu_bf16_peak(quick, threads))
+            continue
         dtype = torch.float16 if precision == "fp16" else torch.float32
         size = (1024 if device == "cpu" else 4096) if quick else None
         # "fp32" convolutions on a GPU run in TF32 when cuDNN allows it (PyTorch's default): the FP32
@@ -86,6 +89,30 @@ def measure_peaks(variants: Sequence[Variant], quick: bool = False, threads: int
     return peaks
 
 
+def _cpu_bf16_peak(quick: bool, threads: int | None) -> dict[str, Any]:
+    """The CPU's BF16 matrix-product peak, or why it has none (an emulated BF16 product is no peak)."""
+    import torch
+
+    from deepis_rt.bench.peak import cpu_bf16_unsupported_reason, matmul_peak
+
+    why = cpu_bf16_unsupported_reason()
+    if why is not None:
+        log.info("bench | cpu bf16 matrix-product peak: unsupported (%s)", why)
+        return {"device": "cpu", "precision": "bf16", "tflops": None, "status": "unsupported", "reason": why}
+    old_threads = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(int(threads))
+        res = matmul_peak("cpu", torch.bfloat16, size=1024 if quick else None, min_seconds=0.2 if quick else 0.5)
+        return {"device": "cpu", "precision": "bf16", "tflops": res.tflops, "size": res.size,
+                "seconds_per_product": res.seconds, "math": "bf16", "threads": torch.get_num_threads(),
+                "status": "ok"}
+    except Exception as exc:  # a probe must not end the run
+        return {"device": "cpu", "precision": "bf16", "tflops": None, "status": "failed", "reason": _reason(exc)}
+    finally:
+        torch.set_num_threads(old_threads)
+
+
 def _row(variant: Variant, batch: int, status: str, reason: str = "", **values: Any) -> dict[str, Any]:
     return {"backend": variant.backend, "precision": variant.precision, "device": variant.device,
             "batch": int(batch), "status": status, "reason": reason, **values}
@@ -95,7 +122,7 @@ def _bench_variant(variant: Variant, model: Any, batches: Sequence[int], frames:
                    tiles: np.ndarray, volumes: list[np.ndarray], reference: np.ndarray | None, threads: int | None, engines_dir: Path,
                    pipeline_dir: Path | None, progress: Callable[[str], None]) -> tuple[list, dict | None, Any]:
     """Rows of one variant, its pipeline result, and its batch-1 output (the reference, for the baseline)."""
-    why = unavailable_reason(variant.backend)
+    why = unavailable_reason(variant.backend, variant.precision)
     if why is not None:
         return [_row(variant, b, "skipped", why) for b in batches], None, None
     progress(f"{model.name}: {variant.label}: setting up")

@@ -4,7 +4,9 @@ Backends (``--backends``):
 
 ==========================  =====================================================================
 ``torch-cpu``               PyTorch eager on the CPU, FP32 (the baseline on a machine without a GPU)
-``onnxruntime-cpu``         ONNX Runtime, CPU execution provider (what ``deepis_rt.load`` runs on a CPU)
+``onnxruntime-cpu``         ONNX Runtime, CPU execution provider
+``openvino-cpu``            OpenVINO, CPU plugin: FP32 (what ``deepis_rt.load`` runs on a CPU) and BF16
+                            (measured only where the CPU has it; otherwise a skipped row with the reason)
 ``torch-cuda``              PyTorch eager on the GPU, FP32 (the GPU baseline) and FP16
 ``torch-cuda-graphs``       the same, replayed as CUDA graphs
 ``onnxruntime-cuda``        ONNX Runtime, CUDA execution provider (onnxruntime-gpu)
@@ -26,13 +28,14 @@ from deepis_rt.errors import ConfigError
 __all__ = ["BACKENDS", "Variant", "expand_backends", "plan_variants", "unavailable_reason", "make_runner"]
 
 BACKENDS: tuple[str, ...] = (
-    "torch-cpu", "onnxruntime-cpu", "torch-cuda", "torch-cuda-graphs", "onnxruntime-cuda",
+    "torch-cpu", "onnxruntime-cpu", "openvino-cpu", "torch-cuda", "torch-cuda-graphs", "onnxruntime-cuda",
     "onnxruntime-tensorrt", "tensorrt",
 )
-_GPU = frozenset(BACKENDS[2:])
+_GPU = frozenset(BACKENDS[3:])
 #: precisions measured when --precision is not given
 _DEFAULT_PRECISIONS = {name: ("fp32",) if name not in _GPU else ("fp32", "fp16") for name in BACKENDS}
-_GROUPS = {"all": BACKENDS, "cpu": BACKENDS[:2], "gpu": BACKENDS[2:]}
+_DEFAULT_PRECISIONS["openvino-cpu"] = ("fp32", "bf16")
+_GROUPS = {"all": BACKENDS, "cpu": BACKENDS[:3], "gpu": BACKENDS[3:]}
 
 
 @dataclass(frozen=True)
@@ -80,13 +83,17 @@ def expand_backends(names: Iterable[str]) -> list[str]:
 def plan_variants(backends: Sequence[str], precisions: Sequence[str] | None = None) -> list[Variant]:
     """The variants to measure; a baseline (PyTorch eager FP32) is added first when missing."""
     for p in precisions or ():
-        if p not in ("fp32", "fp16"):
-            raise ConfigError(f"bench: unknown precision {p!r}; use fp32 and/or fp16")
+        if p not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"bench: unknown precision {p!r}; use fp32, fp16 (GPUs) and/or bf16 (openvino-cpu)")
     variants: list[Variant] = []
     for backend in backends:
         for precision in (precisions or _DEFAULT_PRECISIONS[backend]):
             if backend == "torch-cpu" and precision == "fp16":
                 continue  # refused by TorchRunner: half convolutions on a CPU are slow, not a product path
+            if precision == "bf16" and backend != "openvino-cpu":
+                continue  # BF16 is OpenVINO's CPU precision
+            if backend == "openvino-cpu" and precision == "fp16":
+                continue  # FP16 is a GPU precision
             variants.append(Variant(backend, precision))
     gpu_run = any(v.is_gpu for v in variants) and unavailable_reason("torch-cuda") is None
     baseline = Variant("torch-cuda" if gpu_run else "torch-cpu", "fp32")
@@ -98,8 +105,8 @@ def plan_variants(backends: Sequence[str], precisions: Sequence[str] | None = No
     return variants
 
 
-def unavailable_reason(backend: str) -> str | None:
-    """None when ``backend`` can run on this machine, else why not (and what to install)."""
+def unavailable_reason(backend: str, precision: str | None = None) -> str | None:
+    """None when ``backend`` (in ``precision``) can run on this machine, else why not (and what to install)."""
     from deepis_rt._optional import is_available
     from deepis_rt.runtime.backends import cuda_available
     from deepis_rt.runtime.runners.onnxruntime_runner import ort_providers
@@ -120,6 +127,15 @@ def unavailable_reason(backend: str) -> str | None:
         from deepis_rt.export.tensorrt import tensorrt_unavailable_reason
 
         return tensorrt_unavailable_reason()
+    if backend == "openvino-cpu":
+        from deepis_rt.runtime.runners.openvino_runner import bf16_unavailable_reason, openvino_available
+
+        if not openvino_available():
+            return "OpenVINO is not installed (pip install openvino)"
+        if precision == "bf16":
+            return bf16_unavailable_reason()
+        if not is_available("onnx"):
+            return "exporting to ONNX needs the onnx package"
     return None
 
 
@@ -127,7 +143,7 @@ def make_runner(variant: Variant, model: Any, max_batch: int, threads: int | Non
                 engines_dir: str | Path = "engines") -> Any:
     """An inactive runner for ``variant`` (the runtime's own runner classes, so the numbers are what
     ``deepis_rt.load`` runs). ONNX files and engines are made lazily, in ``activate()``."""
-    from deepis_rt.runtime.runners import OnnxRuntimeRunner, TensorRTRunner, TorchRunner
+    from deepis_rt.runtime.runners import OnnxRuntimeRunner, OpenVINORunner, TensorRTRunner, TorchRunner
 
     b, p = variant.backend, variant.precision
     if b == "torch-cpu":
@@ -141,6 +157,12 @@ def make_runner(variant: Variant, model: Any, max_batch: int, threads: int | Non
     onnx = (lambda: str(model.onnx_fp16())) if p == "fp16" else (lambda: str(model.onnx_fp32()))
     if b == "onnxruntime-cpu":
         return OnnxRuntimeRunner(onnx, provider="cpu", intra_op_threads=threads)
+    if b == "openvino-cpu":
+        from deepis_rt.runtime.source import default_cache_dir
+
+        # the FP32 graph in both precisions (OpenVINO converts to BF16 itself)
+        return OpenVINORunner(lambda: str(model.onnx_fp32()), precision=p, num_threads=threads,
+                              cache_dir=default_cache_dir() / "openvino")
     if b == "onnxruntime-cuda":
         # TF32 off: the fp32 row computes in FP32. activate() refuses a session that lost the CUDA
         # provider, so a row that says GPU ran on the GPU

@@ -30,11 +30,12 @@ def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="Benchmark a preset with random weights instead (repeatable; throughput does not depend "
                    "on the weights).")
 @click.option("--backends", default="all", show_default=True, callback=_str_list,
-              help="Comma-separated: torch-cpu, onnxruntime-cpu, torch-cuda, torch-cuda-graphs, onnxruntime-cuda, "
+              help="Comma-separated: torch-cpu, onnxruntime-cpu, openvino-cpu, torch-cuda, torch-cuda-graphs, onnxruntime-cuda, "
                    "onnxruntime-tensorrt, tensorrt, or the groups all, cpu, gpu. Unavailable ones are reported "
                    "as skipped with the reason. PyTorch eager FP32 (the baseline) is always run.")
 @click.option("--precision", "precisions", default=None, callback=_str_list,
-              help="fp32 and/or fp16 [default: fp32 on the CPU, both on a GPU].")
+              help="fp32, fp16 (GPUs) and/or bf16 (openvino-cpu, on CPUs with AVX512_BF16 or AMX) "
+                   "[default: fp32 on the CPU plus bf16 for openvino-cpu, fp32 and fp16 on a GPU].")
 @click.option("--batch", "batches", default="1,2", show_default=True, callback=_int_list,
               help="Batch sizes (tiles per call), comma-separated.")
 @click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True,

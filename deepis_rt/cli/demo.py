@@ -33,7 +33,7 @@ def _prepare_out(out: Path) -> None:
 @click.option("--pace", type=float, default=3.0, show_default=True, metavar="S",
               help="Seconds between two frames written into the camera folder (holotomography time-lapses take one "
                    "tomogram every 3-8 s).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch"]), default="auto",
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "openvino", "torch"]), default="auto",
               show_default=True)
 @click.option("--model", type=click.Path(exists=True, path_type=Path), default=None,
               help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint).")

@@ -77,7 +77,7 @@ def export(checkpoint: Path, out_dir: Path, name: str | None, opset: int, batch:
         click.echo(f"TensorRT: {verb} engine {result.engine.path}")
     else:
         click.echo(f"TensorRT: {result.trt_status}")
-    if triton_repo is not None:  # issue 9: deepis_rt/cluster/triton_repo.py
+    if triton_repo is not None:  # deepis_rt/cluster/triton_repo.py
         from deepis_rt.cluster.triton_repo import write_triton_repository
 
         repo = write_triton_repository(result, triton_repo, instance_kind=triton_kind, platform=triton_backend)

@@ -177,8 +177,11 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
               show_default=True, help="Results folder (an earlier run there is continued).")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch", "triton"]), default="auto",
-              show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "openvino", "torch", "triton"]),
+              default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Ask for a precision: fp16 on GPUs, bf16 on CPUs with AVX512_BF16 or AMX (OpenVINO; changes the "
+                   "numbers slightly, see docs/export.md) [default: the backend's exact default].")
 @click.option("--url", default=None, metavar="HOST:PORT",
               help="Triton server for --backend triton [default: $DEEPIS_TRITON_URL].")
 @click.option("--model-name", default="deepis", show_default=True, help="Model name on the Triton server.")
@@ -204,12 +207,14 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
               "timeout, out of memory) before they are recorded 'retry' for the next run.")
 def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, once, idle_timeout,
            max_frames, settle, max_batch, no_masks, jsonl, url=None, model_name="deepis", ri_scale=None,
-           ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S) -> None:
+           ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, precision=None) -> None:
     """Watch SOURCE for tomograms; segment, measure and track synapses as frames arrive."""
     import deepis_rt
     from deepis_rt.stream import Stream
 
-    remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # issue 9: Triton server
+    remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # a Triton server
+    if precision is not None:
+        remote["precision"] = precision
     segmenter = load_when_available(lambda: deepis_rt.load(model, backend=backend, **remote), retry_for)
     reporter = BackendReporter(jsonl=jsonl)
     s = Stream(

@@ -1,4 +1,8 @@
-"""Choosing a backend: TensorRT > ONNX Runtime GPU > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU.
+"""Choosing a backend: TensorRT > ONNX Runtime GPU > PyTorch CUDA > OpenVINO CPU > ONNX Runtime CPU > PyTorch CPU.
+
+Every backend in ``auto`` is exact (FP32, or FP16 on GPUs where the export's parity allows it);
+BF16 on a CPU changes the numbers, so it runs only when asked for (``precision="bf16"``, OpenVINO
+on a CPU that has it) and never comes from ``auto`` alone.
 
 Each candidate has a probe that says whether it can run here and, if not, why; ``auto`` takes the
 first that probes well *and* activates, and the report says why every faster one was skipped.
@@ -17,6 +21,11 @@ from deepis_rt._optional import is_available
 from deepis_rt.errors import BackendError, ConfigError, MissingDependencyError
 from deepis_rt.runtime.runners import OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
 from deepis_rt.runtime.runners.onnxruntime_runner import ort_providers
+from deepis_rt.runtime.runners.openvino_runner import (
+    OpenVINORunner,
+    bf16_unavailable_reason,
+    openvino_available,
+)
 from deepis_rt.runtime.source import ModelSource, default_cache_dir
 
 __all__ = ["AUTO_ORDER", "BackendChoice", "select_runner", "cuda_available", "tensorrt_available",
@@ -25,13 +34,14 @@ __all__ = ["AUTO_ORDER", "BackendChoice", "select_runner", "cuda_available", "te
 log = logging.getLogger(__name__)
 
 #: fastest first
-AUTO_ORDER = ("tensorrt", "onnxruntime-gpu", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
+AUTO_ORDER = ("tensorrt", "onnxruntime-gpu", "torch-cuda", "openvino-cpu", "onnxruntime-cpu", "torch-cpu")
 
 _ALIASES = {
     "auto": AUTO_ORDER,
     "tensorrt": ("tensorrt",),
     "onnxruntime": ("onnxruntime-gpu", "onnxruntime-cpu"),
     "torch": ("torch-cuda", "torch-cpu"),
+    "openvino": ("openvino-cpu",),
     **{name: (name,) for name in AUTO_ORDER},
 }
 
@@ -168,6 +178,14 @@ def _probe(name: str, source: ModelSource, device: str | None) -> tuple[bool, st
         if source.engine is None and not source.has_onnx and source.checkpoint is None:
             return False, "no engine, ONNX file or checkpoint to build one from"
         return True, ""
+    if name == "openvino-cpu":
+        if not openvino_available():
+            return False, "OpenVINO is not installed (pip install openvino)"
+        if not source.has_onnx:
+            ok, why = _export_can_run()
+            if not ok:
+                return False, why
+        return True, ""
     if name.startswith("onnxruntime"):
         providers = ort_providers()
         if not providers:
@@ -194,6 +212,8 @@ def _make_runner(name: str, source: ModelSource, device: str | None, cache_dir: 
         return TorchRunner(source.checkpoint, device=gpu_device, precision=precision or "fp16",
                            cuda_graphs=bool(options.get("cuda_graphs", True)),
                            allow_tf32=bool(options.get("allow_tf32", False)))
+    if name == "openvino-cpu":
+        return _openvino_runner(source, cache_dir, options)
     if name == "onnxruntime-cpu":
         return OnnxRuntimeRunner(lambda: str(onnx_for_checkpoint(source, cache_dir)), provider="cpu",
                                  intra_op_threads=options.get("num_threads"),
@@ -231,6 +251,28 @@ def _make_runner(name: str, source: ModelSource, device: str | None, cache_dir: 
     raise ConfigError(f"unknown backend {name!r}")
 
 
+def _precision_unsupported(name: str, precision: str | None) -> str | None:
+    """Why ``name`` cannot run ``precision`` (None when it can, or when no precision was asked for)."""
+    if precision == "bf16" and name != "openvino-cpu":
+        return "precision 'bf16' runs on OpenVINO (openvino-cpu) only"
+    if name == "openvino-cpu" and precision not in (None, "fp32", "bf16"):
+        return f"OpenVINO runs 'fp32' or 'bf16' on a CPU, not {precision!r}"
+    return None
+
+
+def _openvino_runner(source: ModelSource, cache_dir: Any, options: dict[str, Any]) -> Runner:
+    """OpenVINO on the CPU from the FP32 ONNX; compiled models cached in ``<cache>/openvino``."""
+    precision = options.get("precision") or "fp32"
+    if precision == "bf16" and bf16_unavailable_reason() is None:  # else the runner refuses it
+        from deepis_rt.export.precision_parity import warn_if_bf16_disagrees
+
+        warn_if_bf16_disagrees(source, cache_dir)
+    ov_cache = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "openvino"
+    return OpenVINORunner(lambda: str(onnx_for_checkpoint(source, cache_dir)), precision=precision,
+                          num_threads=options.get("num_threads"), hint=options.get("performance_hint", "latency"),
+                          num_requests=options.get("num_requests"), cache_dir=ov_cache)
+
+
 def select_runner(
     source: ModelSource,
     backend: str = "auto",
@@ -260,7 +302,8 @@ def select_runner(
     report: list[BackendChoice] = []
     engines_dir = Path(engines_dir)
     for name in _ALIASES[backend]:
-        ok, why = _probe(name, source, device)
+        precision_why = _precision_unsupported(name, options.get("precision"))
+        ok, why = (False, precision_why) if precision_why else _probe(name, source, device)
         if not ok:
             report.append(BackendChoice(name, "skipped", why))
             continue

@@ -392,9 +392,9 @@ def load(
     ----------
     path : path, optional
         A checkpoint (``.pt``), an ONNX file, or an export folder; None: the bundled checkpoint.
-    backend : {"auto", "tensorrt", "onnxruntime", "torch"} or a specific one
-        ``"auto"`` tries TensorRT > ONNX Runtime GPU > PyTorch CUDA > ONNX Runtime CPU > PyTorch CPU;
-        the specific names are ``"onnxruntime-cpu"``, ``"onnxruntime-gpu"``, ``"torch-cpu"``,
+    backend : {"auto", "tensorrt", "onnxruntime", "openvino", "torch"} or a specific one
+        ``"auto"`` tries TensorRT > ONNX Runtime GPU > PyTorch CUDA > OpenVINO CPU > ONNX Runtime CPU >
+        PyTorch CPU; the specific names are ``"openvino-cpu"``, ``"onnxruntime-cpu"``, ``"onnxruntime-gpu"``, ``"torch-cpu"``,
         ``"torch-cuda"``. Why each faster one was skipped is logged and kept in
         :attr:`Segmenter.backend_report`. ``"triton"``: the network runs on a Triton Inference
         Server (``url="host:8000"``, ``model_name="deepis"``; see ``runners/triton_runner.py``).
@@ -408,9 +408,11 @@ def load(
     overlap, batch_size, blend, analyze, stitch_on_disk
         See :class:`Segmenter`.
     **runner_options
-        Backend options: ``precision`` ("fp32"/"fp16" on GPUs), ``cuda_graphs``, ``num_threads``,
-        ``execution_mode`` (ONNX Runtime), ``ort_tensorrt`` (use ONNX Runtime's TensorRT EP),
-        ``allow_tf32`` (PyTorch CUDA and ONNX Runtime CUDA: let "fp32" use TF32; off by default).
+        Backend options: ``precision`` ("fp32"/"fp16" on GPUs; "bf16" on CPUs that have it, OpenVINO
+        only, never chosen by ``auto`` alone), ``performance_hint`` ("latency"/"throughput") and
+        ``num_requests`` (OpenVINO), ``cuda_graphs``, ``num_threads``, ``execution_mode`` (ONNX
+        Runtime), ``ort_tensorrt`` (use ONNX Runtime's TensorRT EP), ``allow_tf32`` (PyTorch CUDA and
+        ONNX Runtime CUDA: let "fp32" use TF32; off by default).
 
     Raises
     ------
@@ -419,7 +421,7 @@ def load(
     BackendError
         No requested backend can run here; the message lists why each was rejected.
     """
-    if backend == "triton":  # remote inference on a Triton server (issue 9: runners/triton_runner.py)
+    if backend == "triton":  # remote inference on a Triton server (runners/triton_runner.py)
         from deepis_rt.runtime.runners.triton_runner import load_triton
 
         return load_triton(path, device=device, segmenter_options=dict(

@@ -33,7 +33,14 @@ def test_quick_bench_with_a_tiny_model_on_the_cpu(tmp_path, tiny_overrides):
     assert 0 < ort["fraction_of_peak"] and ort["speedup_vs_baseline"] > 0
     if not torch.cuda.is_available():
         assert rows["tensorrt"]["status"] == "skipped" and rows["tensorrt"]["reason"]
-    assert {p["backend"] for p in mr["pipeline"]} == {"torch-cpu", "onnxruntime-cpu"}
+    from deepis_rt._optional import is_available
+
+    ov = {"openvino-cpu"} if is_available("openvino") else set()
+    assert {p["backend"] for p in mr["pipeline"]} == {"torch-cpu", "onnxruntime-cpu"} | ov
+    if ov:  # FP32 exact; BF16 a row of its own (skipped with the reason on CPUs without it)
+        fp32 = [r for r in mr["rows"] if r["backend"] == "openvino-cpu" and r["precision"] == "fp32"]
+        assert fp32[0]["status"] == "ok" and fp32[0]["accuracy"]["max_abs_um"] < 1e-3
+        assert any(r["backend"] == "openvino-cpu" and r["precision"] == "bf16" for r in mr["rows"])
     assert all(p["frames_ok"] == 1 and p["ratio_vs_compute"] > 0 for p in mr["pipeline"])
     assert [t["name"] for t in mr["targets"]][0].startswith("ONNX Runtime CPU")
     assert "| onnxruntime-cpu | fp32 | 1 |" in (out / "r.md").read_text()

@@ -19,8 +19,8 @@ class _Broken(FakeRunner):
 
 
 def test_backend_lists_and_baseline_first():
-    assert expand_backends(["cpu", "torch-cpu"]) == ["torch-cpu", "onnxruntime-cpu"]
-    assert expand_backends(["all"])[:2] == ["torch-cpu", "onnxruntime-cpu"]
+    assert expand_backends(["cpu", "torch-cpu"]) == ["torch-cpu", "onnxruntime-cpu", "openvino-cpu"]
+    assert expand_backends(["all"])[:3] == ["torch-cpu", "onnxruntime-cpu", "openvino-cpu"]
     with pytest.raises(ConfigError, match="unknown backend"):
         expand_backends(["cuda-magic"])
     variants = plan_variants(["onnxruntime-cpu"])

@@ -1,4 +1,4 @@
-"""One conformance suite for every runner (PyTorch CPU, ONNX Runtime CPU, fake; GPU ones marked)."""
+"""One conformance suite for every runner (PyTorch CPU, ONNX Runtime CPU, OpenVINO CPU, fake; GPU ones marked)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def _make(kind, ckpt, onnx):
         return TorchRunner(load_checkpoint(ckpt), device="cpu")
     if kind == "onnxruntime-cpu":
         return OnnxRuntimeRunner(onnx, provider="cpu")
+    if kind.startswith("openvino-cpu"):
+        import tempfile
+
+        from deepis_rt.runtime.runners import OpenVINORunner
+
+        hint = "throughput" if kind.endswith("throughput") else "latency"
+        return OpenVINORunner(onnx, hint=hint, cache_dir=tempfile.mkdtemp(prefix="deepis-rt-ov-cache-"))
     if kind == "torch-cuda-fp32":
         return TorchRunner(load_checkpoint(ckpt), device="cuda")
     if kind == "torch-cuda-fp16-graphs":
@@ -46,6 +53,8 @@ RUNNERS = [
     "fake",
     "torch-cpu",
     "onnxruntime-cpu",
+    "openvino-cpu",
+    "openvino-cpu-throughput",
     pytest.param("torch-cuda-fp32", marks=pytest.mark.gpu),
     pytest.param("torch-cuda-fp16-graphs", marks=pytest.mark.gpu),
     pytest.param("onnxruntime-cuda", marks=pytest.mark.gpu),
@@ -60,6 +69,8 @@ def runner(request, tiny_checkpoint, tiny_onnx):
 
         if "CUDAExecutionProvider" not in ort_providers():
             pytest.skip("onnxruntime-gpu is not installed")
+    if request.param.startswith("openvino"):
+        pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
     r = _make(request.param, tiny_checkpoint, tiny_onnx)
     yield r
     r.deactivate()

@@ -33,6 +33,13 @@ def seg_ort(tiny_checkpoint, tiny_onnx, onnx_cache):
     seg.close()
 
 
+def _best_exact_cpu() -> str:
+    """What ``auto`` picks on a CPU: OpenVINO FP32 where installed, else ONNX Runtime."""
+    from deepis_rt._optional import is_available
+
+    return "openvino-cpu" if is_available("openvino") else "onnxruntime-cpu"
+
+
 def test_public_names():
     assert deepis_rt.load is deepis_rt.runtime.load
     assert deepis_rt.Segmenter is Segmenter and deepis_rt.FrameResult is FrameResult
@@ -65,7 +72,7 @@ def test_resampled_input_comes_back_on_its_grid(seg_ort, make_ri):
 def test_load_onnx_file_and_export_folder(tiny_onnx, tmp_path, make_ri):
     ri = make_ri((16, 32, 32))
     direct = deepis_rt.load(tiny_onnx, analyze=False)
-    assert direct.backend == "onnxruntime-cpu"
+    assert direct.backend == _best_exact_cpu()
     assert direct.tile_zyx == (16, 32, 32)  # meta read from the ONNX file
     folder = tmp_path / "export"
     folder.mkdir()
@@ -93,7 +100,7 @@ def test_export_folder_manifest_is_verified(tiny_onnx, tmp_path):
                 "engine": None}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     seg = deepis_rt.load(folder, analyze=False)
-    assert seg.backend == "onnxruntime-cpu" and seg.tile_zyx == (16, 32, 32)
+    assert seg.backend == _best_exact_cpu() and seg.tile_zyx == (16, 32, 32)
     with open(folder / "tiny.fp32.onnx", "ab") as f:
         f.write(b"tampered")
     with pytest.raises(DeepisError, match="sha256"):
@@ -130,19 +137,21 @@ def test_no_bundled_checkpoint_is_a_clear_error(monkeypatch):
         deepis_rt.load()
 
 
-def _force(monkeypatch, cuda=False, trt=False, providers=("CPUExecutionProvider",)):
+def _force(monkeypatch, cuda=False, trt=False, providers=("CPUExecutionProvider",), openvino=False):
     monkeypatch.setattr(backends, "cuda_available", lambda: cuda)
     monkeypatch.setattr(backends, "tensorrt_available", lambda: trt)
     monkeypatch.setattr(backends, "ort_providers", lambda: list(providers))
+    monkeypatch.setattr(backends, "openvino_available", lambda: openvino)
 
 
 def test_auto_prefers_onnxruntime_cpu_and_reports_why(tiny_checkpoint, onnx_cache, tiny_onnx, monkeypatch):
-    _force(monkeypatch)
+    _force(monkeypatch)  # no OpenVINO (tests/runtime/test_openvino.py covers the order with it)
     seg = deepis_rt.load(tiny_checkpoint, cache_dir=onnx_cache, analyze=False)
     assert seg.backend == "onnxruntime-cpu"
     report = {c.backend: c for c in seg.backend_report}
-    assert [c.backend for c in seg.backend_report] == list(backends.AUTO_ORDER[:4])
+    assert [c.backend for c in seg.backend_report] == list(backends.AUTO_ORDER[:5])
     assert report["tensorrt"].status == "skipped" and "CUDA" in report["tensorrt"].reason
+    assert report["openvino-cpu"].status == "skipped" and "OpenVINO is not installed" in report["openvino-cpu"].reason
     assert report["onnxruntime-cpu"].status == "chosen"
     assert "torch-cpu" not in report  # never tried: a faster one worked
 
@@ -151,7 +160,7 @@ def test_auto_falls_back_to_torch_without_onnxruntime(tiny_checkpoint, monkeypat
     _force(monkeypatch, providers=())
     seg = deepis_rt.load(tiny_checkpoint, analyze=False)
     assert seg.backend == "torch-cpu"
-    assert "onnxruntime is not installed" in str(seg.backend_report[3])
+    assert "onnxruntime is not installed" in str(seg.backend_report[4])
 
 
 def test_auto_falls_back_when_a_backend_fails_to_start(tiny_checkpoint, monkeypatch):
