@@ -78,10 +78,12 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
                 time.sleep(max(0.0, pace - (time.time() - t0)))
         except BaseException as exc:  # surfaced after the stream ends
             writer_error.append(exc)
+            stream.stop()  # no more frames will come
 
     writer = threading.Thread(target=_microscope, name="demo-microscope", daemon=True)
-    stream = Stream(camera, out, segmenter, frame_interval_s=interval_s, settle_s=0.3,
-                    idle_timeout_s=max(10.0, 4 * pace), max_frames=frames)
+    # the stream ends after the video's last frame, however slowly a loaded machine writes them (an
+    # idle timeout would end it early and lose frames); a failing writer stops it
+    stream = Stream(camera, out, segmenter, frame_interval_s=interval_s, settle_s=0.3, max_frames=frames)
     stream.start()
     writer.start()
     try:
