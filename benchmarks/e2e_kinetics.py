@@ -18,25 +18,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from deepis_rt.bench.machine import describe_machine
+
 KINETICS = {"a_max_um2": 106.0, "tau_half_s": 40.0, "onset_s": 4.0, "frame_interval_s": 3.0}
 
-
-def _cpu() -> dict:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        out = ""
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    return {"model": info.get("Model name", platform.processor()).strip(), "cpus": info.get("CPU(s)", "").strip(),
-            "flags": info.get("Flags", "").strip()}
 
 
 def _fit_row(name: str, fit) -> dict:
@@ -110,7 +101,7 @@ def main() -> None:
     report = {
         "kinetics_truth": KINETICS, "frames": args.frames, "seed": args.seed, "true_onset_s": onset_true,
         "backend": summary.get("backend"), "stream_wall_s": stream_s, "total_wall_s": time.time() - t_start,
-        "summary_truth_block": summary.get("truth"), "fits": fits, "per_frame": rows, "machine": _cpu(),
+        "summary_truth_block": summary.get("truth"), "fits": fits, "per_frame": rows, "machine": describe_machine(),
     }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "e2e_kinetics.json").write_text(json.dumps(report, indent=2, default=float) + "\n")

@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from deepis_rt.bench.machine import describe_machine
 
 VOXELS = {"0.4x0.2x0.2": (0.4, 0.2, 0.2), "0.2 iso": (0.2, 0.2, 0.2), "0.5x0.25x0.25": (0.5, 0.25, 0.25)}
 BOX_UM = 20.0
@@ -158,15 +158,6 @@ def measure(d, vs):
     return new, err, old
 
 
-def _cpu() -> dict:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        out = ""
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    return {"model": info.get("Model name", platform.processor()).strip(), "cpus": info.get("CPU(s)", "").strip(),
-            "flags": info.get("Flags", "").strip()}
-
 
 def _pct(x):
     return f"{100 * x:+.0f} %"
@@ -215,7 +206,7 @@ def main() -> None:
         t = r["true_um2"]
         r["new_error_um2"], r["old_error_um2"] = r["new_um2"] - t, r["old_um2"] - t
         r["within_bound"] = abs(r["new_um2"] - t) <= 0.5 + 0.05 * t if t > 0 else r["new_um2"] == 0.0
-    machine = _cpu()
+    machine = describe_machine()
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "is_area_phantoms.json").write_text(json.dumps(
         {"rows": rows, "machine": machine, "wall_s": time.time() - t0, "quick": args.quick}, indent=2) + "\n")
@@ -248,7 +239,7 @@ def main() -> None:
     z = np.array([(r["new_um2"] - r["true_um2"]) / r["new_err_um2"] for r in contact if r["new_err_um2"] > 0])
     md += ["", f"Uncertainty check: |error| <= 1 sigma in {100 * np.mean(np.abs(z) <= 1):.0f} %, <= 2 sigma in "
            f"{100 * np.mean(np.abs(z) <= 2):.0f} % of {len(z)} contacts (all phantoms).", "",
-           f"Machine: {machine['model']}, {machine['cpus']} CPUs; flags: {machine['flags']}", ""]
+           f"Machine: {machine['cpu']}, {machine['cpu_cores']} CPUs; flags: {' '.join(machine['cpu_flags'] or [])}", ""]
     (args.results / "is_area_phantoms.md").write_text("\n".join(md))
     print("\n".join(md))
 
