@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import VOXEL, conjugate_distance
+from stream_support import VOXEL, conjugate_distance
 
 from deepis_rt.checkpoint import save_checkpoint
 from deepis_rt.cli import main

@@ -9,7 +9,15 @@ import time
 
 import numpy as np
 import pytest
-from conftest import RI0, RI_PER_UM, VOXEL, IdentityRunner, conjugate_distance, conjugate_tomogram
+from stream_support import (
+    RI0,
+    RI_PER_UM,
+    SHAPE,
+    VOXEL,
+    IdentityRunner,
+    conjugate_distance,
+    conjugate_tomogram,
+)
 
 from deepis_rt.errors import BackendUnavailableError, InputError
 from deepis_rt.io import write_tomogram
@@ -50,8 +58,6 @@ class FlakyRunner(IdentityRunner):
 
 
 def _segmenter(runner, batch_size: int = 1) -> Segmenter:
-    from conftest import SHAPE
-
     meta = {"voxel_size_um": list(VOXEL), "ri_normalization": {"offset": RI0, "scale": RI_PER_UM},
             "medium_ri": RI0, "tile_zyx": list(SHAPE)}
     return Segmenter(runner, meta, batch_size=batch_size)

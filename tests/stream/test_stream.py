@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHAPE, VOXEL, conjugate_tomogram, make_segmenter
+from stream_support import SHAPE, VOXEL, conjugate_tomogram, make_segmenter
 
 from deepis_rt.io import write_tomogram
 from deepis_rt.stream import Stream
@@ -229,7 +229,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {tests!r})
-    from stream.conftest import make_segmenter
+    from stream.stream_support import make_segmenter
     from deepis_rt.stream import Stream
     import deepis_rt.stream.results as results
 

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import VOXEL, conjugate_distance, make_segmenter
+from stream_support import VOXEL, conjugate_tomogram, make_segmenter
 
 from deepis_rt.stream import Stream
 
@@ -13,7 +13,7 @@ from deepis_rt.stream import Stream
 def _write_series(cam, radii):
     cam.mkdir()
     for i, r in enumerate(radii):
-        np.save(cam / f"frame_{i:04d}.npy", conjugate_distance(r, shift_um=0.05 * i))
+        np.save(cam / f"frame_{i:04d}.npy", conjugate_tomogram(r, shift_um=0.05 * i))
 
 
 def test_summary_reports_truth_next_to_fit_and_uses_the_uncertainty(tmp_path):
@@ -51,7 +51,7 @@ def test_resumed_run_keeps_the_uncertainties_in_the_fit(tmp_path):
     kw = dict(once=True, settle_s=0.0, use_events=False, voxel_size_um=VOXEL, frame_interval_s=3.0, write_masks=False)
     Stream(cam, out, make_segmenter(), **kw).run()
     for i, r in enumerate([2.8, 2.9], start=3):
-        np.save(cam / f"frame_{i:04d}.npy", conjugate_distance(r, shift_um=0.05 * i))
+        np.save(cam / f"frame_{i:04d}.npy", conjugate_tomogram(r, shift_um=0.05 * i))
     first = Stream(cam, out, make_segmenter(), **kw).run()["synapses"][0]
     fresh_out = tmp_path / "fresh"
     fresh = Stream(cam, fresh_out, make_segmenter(), **kw).run()["synapses"][0]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import SHAPE, VOXEL, conjugate_tomogram, make_segmenter
+from stream_support import SHAPE, VOXEL, conjugate_tomogram, make_segmenter
 
 from deepis_rt.stream import Stream
 
@@ -176,7 +176,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, sys, tracemalloc
     sys.path.insert(0, {tests!r})
-    from stream.conftest import IdentityRunner
+    from stream.stream_support import IdentityRunner
     from deepis_rt.runtime import Segmenter
     from deepis_rt.stream import Stream
 
