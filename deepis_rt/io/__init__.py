@@ -1,6 +1,14 @@
 """Reading and writing tomograms and label volumes (TIFF/OME-TIFF, NumPy, Tomocube TCF, MATLAB)."""
 
-from deepis_rt.io.readers import SUFFIXES, iter_tomograms, read_labels, read_sidecar, read_tomogram
+from deepis_rt.io.readers import (
+    SUFFIXES,
+    TimePoint,
+    iter_tomograms,
+    read_labels,
+    read_sidecar,
+    read_tomogram,
+    time_points,
+)
 from deepis_rt.io.tomogram import MAX_VOLUME_BYTES, Tomogram
 from deepis_rt.io.writers import FORMATS, suffix_for, write_labels, write_tomogram
 
@@ -11,6 +19,8 @@ __all__ = [
     "FORMATS",
     "read_tomogram",
     "iter_tomograms",
+    "time_points",
+    "TimePoint",
     "read_labels",
     "read_sidecar",
     "write_tomogram",

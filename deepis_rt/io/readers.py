@@ -30,6 +30,7 @@ import logging
 import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -376,6 +377,39 @@ def iter_tomograms(path: str | Path, voxel_size_um: Sequence[float] | float | No
     ImplausibleRIError
         Values that cannot be RI after decoding (an :class:`InputError`).
     """
+    for point in time_points(path, voxel_size_um, ri_scale=ri_scale, ri_offset=ri_offset, as_ri=as_ri):
+        yield point.read()
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """One time point of a file, read (and checked) only when :meth:`read` is called.
+
+    Attributes
+    ----------
+    index : int or None
+        The time point's index in a multi-time-point file; None for a single-volume file.
+    time_s : float or None
+        Its acquisition time, when the file records one.
+    read : callable
+        Returns the :class:`Tomogram`; raises (:class:`InputError`, :class:`FileFormatError`) for a
+        time point that cannot be read, without affecting the file's other time points.
+    """
+
+    index: int | None
+    time_s: float | None
+    read: Callable[[], Tomogram]
+
+
+def time_points(path: str | Path, voxel_size_um: Sequence[float] | float | None = None, *,
+                ri_scale: float | None = None, ri_offset: float | None = None,
+                as_ri: bool = True) -> list[TimePoint]:
+    """The time points of a file, each read only when asked for, so that one damaged time point
+    of a time-lapse costs that frame and not the ones after it.
+
+    The file's header (type, layout, declared shapes) is checked here; voxels are read by each
+    :attr:`TimePoint.read`. Parameters and errors as :func:`iter_tomograms`.
+    """
     path = Path(path)
     where = where_of(path)
     override = normalize_voxel_size(voxel_size_um, where)
@@ -388,17 +422,23 @@ def iter_tomograms(path: str | Path, voxel_size_um: Sequence[float] | float | No
     vs = override if override is not None else file_vs
     if vs is None:
         log.debug("%s: no voxel size in the file and none given", where)
-    for data, time_s, index in items:
-        src = str(path) if index is None else f"{path}#t{index}"
-        here = where if index is None else f"{where} (time point {index})"
-        values = _volume(data)
-        if as_ri:
-            if values.dtype.kind == "f":
-                values = check_values(values, here)
-            values = decoder(values, here)
-        ri = check_values(values, here)
-        yield Tomogram(ri=ri, voxel_size_um=vs, source=src, time_s=time_s, frame_index=index,
-                       medium_ri=None if medium is None else float(medium))
+
+    def reader(data: Any, time_s: float | None, index: int | None) -> Callable[[], Tomogram]:
+        def read() -> Tomogram:
+            src = str(path) if index is None else f"{path}#t{index}"
+            here = where if index is None else f"{where} (time point {index})"
+            values = _volume(data)
+            if as_ri:
+                if values.dtype.kind == "f":
+                    values = check_values(values, here)
+                values = decoder(values, here)
+            ri = check_values(values, here)
+            return Tomogram(ri=ri, voxel_size_um=vs, source=src, time_s=time_s, frame_index=index,
+                            medium_ri=None if medium is None else float(medium))
+
+        return read
+
+    return [TimePoint(index, time_s, reader(data, time_s, index)) for data, time_s, index in items]
 
 
 def read_tomogram(path: str | Path, voxel_size_um: Sequence[float] | float | None = None, *,

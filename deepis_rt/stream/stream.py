@@ -357,38 +357,44 @@ class Stream:
             self._close_pipeline_input()
 
     def _read_file(self, ff: Any) -> None:
-        from deepis_rt.io import iter_tomograms
+        from deepis_rt.io import time_points
 
         name = ff.path.name
         t0 = time.perf_counter()
         try:
             s = self.settings
-            tomograms = iter_tomograms(ff.path, voxel_size_um=s.voxel_size_um, ri_scale=s.ri_scale,
-                                       ri_offset=s.ri_offset)
-            for index, tomo in enumerate(tomograms):
-                multi = tomo.frame_index is not None
-                source = f"{name}:t{index:04d}" if multi else name
-                if source in self._done_sources:
-                    continue
-                if self._limit_reached() or self._stop.is_set():
-                    return
-                task = self._new_task(source, ff, tomo)
-                task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
-                try:
-                    self._check_volume(task)
-                except Exception as exc:
-                    mark_failed(task, "read", exc)
-                self._read_q.put(task)
-                t0 = time.perf_counter()
-        except Exception as exc:
+            points = time_points(ff.path, voxel_size_um=s.voxel_size_um, ri_scale=s.ri_scale, ri_offset=s.ri_offset)
+        except Exception as exc:  # the file itself (type, header, layout): one failed frame
             if self._limit_reached():
                 return
             task = self._new_task(name, ff, None)
             mark_failed(task, "read", exc)
             task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
             self._read_q.put(task)
+            return
+        for index, point in enumerate(points):
+            # each time point is its own frame: a damaged one is recorded failed and the rest are read
+            source = f"{name}:t{index:04d}" if point.index is not None else name
+            if source in self._done_sources:
+                continue  # done by an earlier run: not even read
+            if self._limit_reached() or self._stop.is_set():
+                return
+            try:
+                tomo = point.read()
+            except Exception as exc:
+                task = self._new_task(source, ff, None, time_s=point.time_s)
+                mark_failed(task, "read", exc)
+            else:
+                task = self._new_task(source, ff, tomo)
+                try:
+                    self._check_volume(task)
+                except Exception as exc:
+                    mark_failed(task, "read", exc)
+            task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
+            self._read_q.put(task)
+            t0 = time.perf_counter()
 
-    def _new_task(self, source: str, ff: Any, tomo: Any) -> FrameTask:
+    def _new_task(self, source: str, ff: Any, tomo: Any, time_s: float | None = None) -> FrameTask:
         with self._lock:
             # a frame recorded ``retry`` by an earlier run keeps its number (its row is replaced)
             frame = self.results.retry_frame(source) if self.results is not None else None
@@ -398,9 +404,10 @@ class Stream:
             self._frames_read += 1
         if self._t0_mtime is None:
             self._t0_mtime = ff.mtime
-        time_s = None
         if tomo is not None and tomo.time_s is not None:
             time_s = float(tomo.time_s)
+        elif time_s is not None:  # the file's time of a time point that could not be read
+            time_s = float(time_s)
         elif self.settings.frame_interval_s is not None:
             time_s = frame * self.settings.frame_interval_s
         else:

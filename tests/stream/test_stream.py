@@ -141,14 +141,14 @@ def test_bad_input_never_stops_the_stream(tmp_path, monkeypatch):
     cam, out = tmp_path / "cam", tmp_path / "out"
     cam.mkdir()
     expected = _bad_inputs(cam)
-    real = dio.iter_tomograms
+    real = dio.time_points
 
     def flaky(path, *a, **k):
         if Path(path).name == "frame_0006.npy":
             raise PermissionError(13, "Permission denied", str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(dio, "iter_tomograms", flaky)
+    monkeypatch.setattr(dio, "time_points", flaky)
     summary = Stream(cam, out, make_segmenter(), once=True, settle_s=0.0, use_events=False).run()
     rows = _rows(out / "frames.csv")
     assert [int(r["frame"]) for r in rows] == list(range(len(rows)))  # no gaps, no duplicates

@@ -63,19 +63,23 @@ def test_tiled_time_lapse_expands_exactly_like_a_classic_one_with_restart(tmp_pa
     assert syn == results["classic"][1] and cells == results["classic"][2]  # identical measurements
 
 
-def test_broken_tiled_time_point_is_a_failed_frame_never_a_crash(tmp_path):
+def test_broken_tiled_time_point_is_a_failed_frame_and_the_later_ones_are_read(tmp_path):
     cam, out = tmp_path / "cam", tmp_path / "out"
     cam.mkdir()
     write_tiled_tcf(cam / "movie.tcf", [conjugate_tomogram(r) for r in RADII[:3]], uint8=True,
-                    tile=(16, 32, 32), pad_to=None)
+                    tile=(16, 32, 32), pad_to=None, time_interval_s=4.0)
     with h5py.File(cam / "movie.tcf", "r+") as f:
         del f["Data/3D/000001/TILE_01"]
     _run(cam, out)
     frames = _rows(out / "frames.csv")
-    assert [r["status"] for r in frames] == ["ok", "failed"]
+    assert [r["status"] for r in frames] == ["ok", "failed", "ok"]  # the time point after it is not lost
+    assert [r["source"] for r in frames] == [f"movie.tcf:t{i:04d}" for i in range(3)]
+    assert [float(r["time_s"]) for r in frames] == [0.0, 4.0, 8.0]
     assert "time point 1" in frames[1]["error"] and "TILE_01 is missing" in frames[1]["error"]
-    assert len(list((out / "masks").iterdir())) == 1  # no mask for the broken frame
+    assert len(list((out / "masks").iterdir())) == 2  # no mask for the broken frame
     assert "TILE_01" in (out / "errors.log").read_text()
+    _run(cam, out)  # a second run: every time point is recorded, nothing is read or added again
+    assert _rows(out / "frames.csv") == frames
 
 
 def test_submit_decodes_integers_and_takes_an_explicit_scale():
