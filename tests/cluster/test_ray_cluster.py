@@ -255,8 +255,8 @@ def test_worker_node_killed_mid_batch(cluster, node_labels, tmp_path, monkeypatc
                            ray_address=cluster.address, num_workers=2, retries=0, progress=False,
                            stream_settings={"max_batch": 1, "write_masks": False})
     killer.join(timeout=5)
-    # the head's free CPU took a new worker in place of the lost one
-    assert f"a new worker on {node_labels['127.0.0.2']} replaces one of the lost node" in caplog.text
+    # (whether the head also starts a replacement worker depends on how far the batch got when the node
+    # died, so the log line saying so is not asserted; where every item ran is)
     assert not worker.alive()
     assert os.environ.get("RAY_AUTH_MODE") is None  # this process's Ray settings are as they were
     saved = _check_complete(out, 3, 3)
