@@ -59,12 +59,18 @@ def plot_synapse(
     t = np.asarray(history.time_s, dtype=float)
     t_rel = t - history.onset_s if t.size else t
     area = np.asarray(history.is_area_um2, dtype=float)
+    err = np.asarray(history.is_area_err_um2, dtype=float)
+    has_err = err.shape == area.shape and area.size > 0 and bool(np.isfinite(err).all())
     if fit is None:
-        fit = fit_saturation(t_rel, area)
+        fit = fit_saturation(t_rel, area, sigma=err if has_err else None)
 
     fig = Figure(figsize=(7.0, 8.0), layout="constrained")
     ax_a, ax_m, ax_v = fig.subplots(3, 1, sharex=True)
-    ax_a.plot(t_rel, area, "o", ms=4, color="tab:blue", label="IS area (measured)")
+    if has_err:  # the estimator's uncertainty, the weights of the fit
+        ax_a.errorbar(t_rel, area, yerr=err, fmt="o", ms=4, capsize=2, color="tab:blue",
+                      label="IS area (measured, ± is_area_err_um2)")
+    else:
+        ax_a.plot(t_rel, area, "o", ms=4, color="tab:blue", label="IS area (measured)")
     if fit.success and t_rel.size:
         tt = np.linspace(0.0, max(float(t_rel.max()), 1e-9), 200)
         ax_a.plot(tt, fit.predict(tt), "-", color="tab:red", label=_fit_label(fit, "µm²"))

@@ -78,3 +78,28 @@ def test_plots_are_written(tmp_path):
     (history,) = tr2.histories.values()
     out = plot_synapse(history, tmp_path / "short.png")
     assert out.exists()
+
+
+def test_area_plot_shows_the_uncertainty_it_is_fitted_with(tmp_path, monkeypatch):
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.figure import Figure
+
+    tr = SynapseTracker()
+    for f in range(25):
+        tr.update(_frame(f), time_s=3.0 * f)
+    (history,) = tr.histories.values()
+    figures = []
+    real_savefig = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    history.is_area_err_um2[:] = [0.5 + 0.01 * i for i in range(len(history.is_area_err_um2))]
+    plot_synapse(history, tmp_path / "with_err.png", dpi=72)
+    (bars,) = [c for c in figures[-1].axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars.lines[2][0].get_segments()) == len(history.is_area_um2)  # one bar per frame
+    history.is_area_err_um2[:] = [math.nan] * len(history.is_area_err_um2)  # unknown: plain points
+    plot_synapse(history, tmp_path / "without_err.png", dpi=72)
+    assert not [c for c in figures[-1].axes[0].containers if isinstance(c, ErrorbarContainer)]
