@@ -21,6 +21,7 @@ finished and written before the iteration ends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -613,11 +614,18 @@ class Stream:
             "events": [dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in self._events[-200:]],
         }
 
-    def _truth_vs_fit(self, synapses: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """Synthetic sources (``synth.json`` in the folder): true kinetics next to the fit."""
-        from deepis_rt.synth.truth import compare_kinetics, kinetics_truth
+    @functools.cached_property
+    def _source_truth(self) -> dict[str, Any] | None:
+        """The true kinetics of a synthetic source (``synth.json`` in the folder), read once."""
+        from deepis_rt.synth.truth import kinetics_truth
 
-        truth = kinetics_truth(self.source) if self.source is not None else None
+        return kinetics_truth(self.source) if self.source is not None else None
+
+    def _truth_vs_fit(self, synapses: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Synthetic sources: true kinetics next to the fit."""
+        from deepis_rt.synth.truth import compare_kinetics
+
+        truth = self._source_truth
         return None if truth is None else compare_kinetics(truth, synapses)
 
     def _refresh(self, final: bool) -> None:
