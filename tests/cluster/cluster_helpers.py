@@ -45,8 +45,12 @@ def reference_distance(x: np.ndarray) -> np.ndarray:
     return (2.0 * np.tanh(x)).astype(np.float32)
 
 
-def marking_runner(marks_dir: str, delay_s: float = 0.0, tile=TILE):
-    """A FakeRunner that leaves ``<node ip>_<pid>_<ns>`` in ``marks_dir`` at every call: where work runs, and when."""
+def marking_runner(marks_dir: str, delay_s: float = 0.0, tile=TILE, hold_ip: str | None = None):
+    """A FakeRunner that leaves ``<node ip>_<pid>_<ns>`` in ``marks_dir`` at every call: where work runs, and when.
+
+    ``hold_ip``: on the node with that address, the second call (and any later one) never returns,
+    so an item is certainly in flight there when a test kills that node.
+    """
     import os
     import time
 
@@ -58,15 +62,19 @@ def marking_runner(marks_dir: str, delay_s: float = 0.0, tile=TILE):
 
             ip = ray.util.get_node_ip_address() if ray.is_initialized() else "local"
             Path(marks_dir, f"{ip}_{os.getpid()}_{time.monotonic_ns()}").touch()
+            if ip == hold_ip and sum(p.name.startswith(f"{ip}_") for p in Path(marks_dir).iterdir()) >= 2:
+                while True:  # until the node is killed
+                    time.sleep(1.0)
             return super().infer_impl(batch)
 
     return MarkingRunner(delay_s=delay_s, fixed_spatial_zyx=tile)
 
 
-def marking_factory(marks_dir: str, delay_s: float):
+def marking_factory(marks_dir: str, delay_s: float, hold_ip: str | None = None):
     """Picklable Segmenter factory around :func:`marking_runner` (workers import this module)."""
     import functools
 
     from deepis_rt.cluster.ray_batch import make_segmenter
 
-    return functools.partial(make_segmenter, functools.partial(marking_runner, str(marks_dir), delay_s), META)
+    runner = functools.partial(marking_runner, str(marks_dir), delay_s, hold_ip=hold_ip)
+    return functools.partial(make_segmenter, runner, META)

@@ -244,14 +244,14 @@ def test_worker_node_killed_mid_batch(cluster, node_labels, tmp_path, monkeypatc
     marks.mkdir()
     worker = cluster.nodes[1]
 
-    def kill_worker_node():  # once the worker node is half-way through an item
+    def kill_worker_node():  # once the worker node is half-way through an item (held there: see hold_ip)
         _wait_for(lambda: len(_marks(marks, WORKER_IP)) >= 2, 120, "the worker node to run an item")
         cluster.kill(worker)
 
     killer = threading.Thread(target=kill_worker_node, daemon=True)
     killer.start()
     with caplog.at_level(logging.INFO, logger="deepis_rt.cluster"):
-        report = run_batch(archive, out, segmenter_factory=marking_factory(marks, DELAY_S),
+        report = run_batch(archive, out, segmenter_factory=marking_factory(marks, DELAY_S, hold_ip=WORKER_IP),
                            ray_address=cluster.address, num_workers=2, retries=0, progress=False,
                            stream_settings={"max_batch": 1, "write_masks": False})
     killer.join(timeout=5)
