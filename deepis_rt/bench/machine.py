@@ -81,11 +81,11 @@ def describe_machine() -> dict[str, Any]:
     except Exception:
         pass
     info["libraries"] = library_versions()
-    info["cpu_flags"] = _cpu_flags()
+    info["cpu_flags"] = cpu_flags()
     return info
 
 
-def _cpu_flags() -> list[str] | None:
+def cpu_flags() -> list[str] | None:
     """The CPU's feature flags (``/proc/cpuinfo``; what ``lscpu`` prints as Flags), None elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:

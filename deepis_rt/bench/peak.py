@@ -17,17 +17,6 @@ __all__ = ["PeakResult", "matmul_peak", "cpu_bf16_unsupported_reason", "CPU_BF16
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def _cpu_flags() -> set[str] | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
 def cpu_bf16_unsupported_reason() -> str | None:
     """None when this CPU multiplies BF16 matrices natively, else why not.
 
@@ -35,7 +24,10 @@ def cpu_bf16_unsupported_reason() -> str | None:
     give a figure no BF16 backend can use, so the probe reports "unsupported" instead. Linux reads
     the CPU flags; elsewhere OpenVINO's CPU capabilities decide (when installed).
     """
-    flags = _cpu_flags()
+    from deepis_rt.bench.machine import cpu_flags
+
+    listed = cpu_flags()
+    flags = None if listed is None else set(listed)
     if flags is not None:
         if flags & set(CPU_BF16_FLAGS):
             return None

@@ -48,11 +48,13 @@ def test_openvino_missing_is_a_skipped_row(monkeypatch):
 
 
 def test_bf16_peak_probe(monkeypatch):
-    monkeypatch.setattr(peak, "_cpu_flags", lambda: {"avx2", "fma"})
+    from deepis_rt.bench import machine
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: ["avx2", "fma"])
     assert "avx512_bf16" in peak.cpu_bf16_unsupported_reason()
     res = suite._cpu_bf16_peak(quick=True, threads=1)
     assert res["status"] == "unsupported" and res["tflops"] is None and res["precision"] == "bf16"
-    monkeypatch.setattr(peak, "_cpu_flags", lambda: {"avx2", "amx_bf16"})
+    monkeypatch.setattr(machine, "cpu_flags", lambda: ["avx2", "amx_bf16"])
     assert peak.cpu_bf16_unsupported_reason() is None
 
 
