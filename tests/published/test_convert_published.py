@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from log_capture import captured_warnings
 from unet3d_glob_reference import make_reference, reference_output_zyx, save_like_cnntrainer
 
 from deepis_rt.checkpoint import load_checkpoint
@@ -21,20 +20,6 @@ FS, TF = 16, 4
 
 
 
-@contextmanager
-def _captured(caplog):
-    """'deepis_rt' warnings into caplog, whatever an earlier CLI invocation did to that logger."""
-    logger = logging.getLogger("deepis_rt")
-    saved = logger.propagate, logger.level
-    logger.propagate = False  # records reach caplog's handler once, here
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(caplog.handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(caplog.handler)
-        logger.propagate = saved[0]
-        logger.setLevel(saved[1])
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +41,7 @@ def test_convert_round_trip(published, tmp_path, caplog):
     payload = torch.load(out, weights_only=True)
     assert payload["format"] == "deepis-rt-checkpoint" and "optimizer" not in payload
     assert not any(k.startswith(("ConBR0", "classifier")) for k in payload["state_dict"])
-    with _captured(caplog):
+    with captured_warnings(caplog):
         ckpt = load_checkpoint(out)
     assert not [r for r in caplog.records if "ASSUMED" in r.getMessage()]
     meta = ckpt.meta
@@ -91,7 +76,7 @@ def test_convert_partial_keeps_the_rest_assumed(published, tmp_path, caplog):
     res = CliRunner().invoke(main, ["convert", str(path), str(out), "--ri-normalization", "1.337", "0.02"])
     assert res.exit_code == 0, res.output
     assert "still assumed (not stated): distance_output, voxel_size_um" in res.output
-    with _captured(caplog):
+    with captured_warnings(caplog):
         ckpt = load_checkpoint(out)
     notes = [r.getMessage() for r in caplog.records if "ASSUMED" in r.getMessage()]
     assert len(notes) == 1 and "--output-unit" in notes[0] and "--ri-normalization" not in notes[0]

@@ -7,14 +7,13 @@ names, original (Y, X, Z) layout) and saved the way ``CNNTrainer.save`` does.
 from __future__ import annotations
 
 import json
-import logging
 import pickle
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from log_capture import captured_warnings
 from unet3d_glob_reference import make_reference, reference_output_zyx, save_like_cnntrainer
 
 from deepis_rt.checkpoint import load_checkpoint
@@ -33,20 +32,6 @@ def _kept_parameters(net) -> int:
 
 
 
-@contextmanager
-def _captured(caplog):
-    """'deepis_rt' warnings into caplog, whatever an earlier CLI invocation did to that logger."""
-    logger = logging.getLogger("deepis_rt")
-    saved = logger.propagate, logger.level
-    logger.propagate = False  # records reach caplog's handler once, here
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(caplog.handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(caplog.handler)
-        logger.propagate = saved[0]
-        logger.setLevel(saved[1])
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +103,7 @@ def test_load_api_segments_with_the_published_file(published, caplog):
     import deepis_rt
 
     net, path = published
-    with _captured(caplog):
+    with captured_warnings(caplog):
         seg = deepis_rt.load(path, backend="torch", analyze=False)
         deepis_rt.load(path, backend="torch", analyze=False)
     notices = [r for r in caplog.records if "ASSUMED" in r.getMessage() and str(path) in r.getMessage()]
@@ -132,7 +117,7 @@ def test_load_api_segments_with_the_published_file(published, caplog):
 def test_assumptions_announced_once(tmp_path, caplog):
     net = make_reference(FS, TF, seed=9)
     path = save_like_cnntrainer(net, tmp_path / "m.pth.tar", train_step=False)
-    with _captured(caplog):
+    with captured_warnings(caplog):
         load_checkpoint(path)
         load_checkpoint(path)
     notices = [r.getMessage() for r in caplog.records if "ASSUMED" in r.getMessage()]
