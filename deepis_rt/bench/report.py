@@ -192,6 +192,7 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
     gpu = f"{m['gpu']} (cc {m['gpu_compute_capability']}, {m['gpu_memory_gib']} GiB)" if m.get("gpu") else "none"
     peaks = ", ".join(f"{p['device']} {p['precision']} {_f(p['tflops'], 3)} TFLOP/s"
                       + (f" ({p['size']}^2)" if p.get("size") else "")
+                      + (f" [run {p['run']}: {', '.join(p.get('models') or [])}]" if p.get("run") else "")
                       + (f" [{p.get('status')}: {p.get('reason')}]" if p.get("status") not in (None, "ok") else "")
                       for p in report["peaks"]) or "-"
     s = report["settings"]
@@ -199,7 +200,9 @@ def _context_lines(report: dict[str, Any]) -> list[str]:
         f"machine: {m['cpu']}, {m['cpu_cores']} CPUs, {m['memory_gib']} GiB; GPU: {gpu}; {m['os']}, Python {m['python']}",
         "libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items() if k != "onnxruntime_providers")
         + (f"; ORT providers: {libs['onnxruntime_providers']}" if libs.get("onnxruntime_providers") else ""),
-        f"matrix-product peak (measured in this run): {peaks}",
+        ("matrix-product peak (measured in each merged run, under that run's load; each model's "
+         f"'of peak' uses its own run's): {peaks}" if report.get("merged_from")
+         else f"matrix-product peak (measured in this run): {peaks}"),
         *([f"CPU flags: {' '.join(m['cpu_flags'])}"] if m.get("cpu_flags") else []),
         ("settings of the first merged run (each model's own are in its Run line): " if report.get("merged_from")
          else "settings: ")
@@ -349,9 +352,14 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not reports:
         raise ValueError("merge_reports: no reports")
     merged = json.loads(json.dumps(_clean(reports[0])))
+    # each run measured its own peak under its own load, and its models' fractions of peak use it:
+    # every peak says which run and models it belongs to
+    merged["peaks"] = []
+    for run, report in enumerate(reports, start=1):
+        names = [str(m.get("model", {}).get("name", "?")) for m in report["models"]]
+        merged["peaks"] += [{**p, "run": run, "models": names} for p in _clean(report["peaks"])]
     for extra in reports[1:]:
-        merged["models"] += extra["models"]
-        merged["peaks"] += [p for p in extra["peaks"] if p not in merged["peaks"]]
+        merged["models"] += json.loads(json.dumps(_clean(extra["models"])))
         merged["elapsed_s"] = round((merged.get("elapsed_s") or 0) + (extra.get("elapsed_s") or 0), 1)
         merged["load_average_after"] = extra.get("load_average_after")
     merged["merged_from"] = len(reports)

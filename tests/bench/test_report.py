@@ -121,3 +121,7 @@ def test_merge_reports_concatenates_models_and_keeps_commands():
     assert [x["model"]["name"] for x in m["models"]] == ["a", "b"]
     assert m["commands"] == ["x", "y"] and m["elapsed_s"] == 3.0 and m["load_average_after"] == [2.0]
     assert len(m["peaks"]) == 2 and a["models"] == [{"model": {"name": "a"}}]  # inputs untouched
+    # each peak names the run and models it belongs to, even where two runs measured the same value
+    assert [(p["run"], p["models"]) for p in m["peaks"]] == [(1, ["a"]), (2, ["b"])]
+    same = rp.merge_reports([a, {**b, "peaks": [{"device": "cpu", "tflops": 1.0}]}])
+    assert [p["run"] for p in same["peaks"]] == [1, 2]
