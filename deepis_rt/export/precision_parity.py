@@ -18,6 +18,10 @@ elsewhere it stops with a clear error)::
 
 The JSON is also stored where :func:`find_parity_report` looks (``<cache>/openvino/parity/``),
 so later ``precision="bf16"`` loads of the same checkpoint are checked against it.
+
+On a CPU without BF16, ``--emulate`` estimates the report: the same frames through PyTorch with
+BF16 rounding emulated in FP32 (:func:`emulate_bf16`). An estimate is labelled as such, is not
+stored in the cache and never gates ``precision="bf16"``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numpy as np
 from deepis_rt.errors import BackendError
 
 __all__ = ["BF16_MIN_LABEL_AGREEMENT", "CLASSES", "label_parity", "summarize_parity", "heldout_frames",
-           "bf16_parity_report", "find_parity_report", "warn_if_bf16_disagrees", "format_markdown", "main"]
+           "bf16_parity_report", "emulate_bf16", "emulated_bf16_parity_report", "find_parity_report", "warn_if_bf16_disagrees", "format_markdown", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +170,80 @@ def bf16_parity_report(checkpoint: str | Path | None = None, videos: int = 2, fr
             "machine": describe_machine(), "summary": summary, "rows": rows}
 
 
+def emulate_bf16(model: Any) -> list[Any]:
+    """Make a torch model compute as a BF16 CPU does, in FP32 arithmetic: the estimate for CPUs without BF16.
+
+    BF16 CPUs (AVX512_BF16's ``vdpbf16ps``, AMX) multiply BF16 operands and accumulate in FP32, and
+    OpenVINO keeps the activations between layers in BF16. Here, in place: the weights of every
+    convolution and linear layer are rounded to BF16 (biases stay FP32, as OpenVINO keeps them), and
+    every leaf module rounds its tensor inputs to BF16 before computing in FP32. The product of two
+    BF16 numbers is exact in FP32, so a convolution then equals the BF16 hardware's up to the order
+    of accumulation. The network's output is not rounded (OpenVINO returns FP32).
+
+    This rounds wherever OpenVINO stores BF16, and a little more often (batch norms are not fused
+    into the convolutions first, so their inputs are rounded once more). It is an estimate, no
+    substitute for the measured report: :func:`find_parity_report` ignores emulated reports.
+
+    Returns
+    -------
+    list
+        The hook handles (``.remove()`` each to stop rounding activations; the weights stay rounded).
+    """
+    import torch
+
+    def to_bf16(t: Any) -> Any:
+        return t.to(torch.bfloat16).to(t.dtype) if torch.is_tensor(t) and t.is_floating_point() else t
+
+    weighted = (torch.nn.modules.conv._ConvNd, torch.nn.Linear)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, weighted):
+                module.weight.copy_(to_bf16(module.weight))
+
+    def round_inputs(_module: Any, args: tuple) -> tuple:
+        return tuple(to_bf16(a) for a in args)
+
+    return [m.register_forward_pre_hook(round_inputs) for m in model.modules() if not list(m.children())]
+
+
+def emulated_bf16_parity_report(checkpoint: str | Path | None = None, videos: int = 2,
+                                frames: Sequence[int] | None = None, num_threads: int | None = None,
+                                cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """BF16 emulated in FP32 (:func:`emulate_bf16`, PyTorch CPU) against FP32, on held-out frames.
+
+    Runs on any CPU, so a machine without BF16 can estimate what the measured report
+    (:func:`bf16_parity_report`) will say. The report has ``"emulated": true`` and is never used as
+    the gate of ``precision="bf16"``.
+    """
+    import deepis_rt
+    from deepis_rt.runtime.source import resolve_source
+
+    source = resolve_source(checkpoint)
+    opts = {"analyze": False, "cache_dir": cache_dir, "num_threads": num_threads}
+    with deepis_rt.load(checkpoint, backend="torch", device="cpu", **opts) as fp32, \
+            deepis_rt.load(checkpoint, backend="torch", device="cpu", **opts) as bf16:
+        if fp32.runner.model is bf16.runner.model:
+            raise BackendError("bf16 parity | emulation needs two copies of the network")
+        handles = emulate_bf16(bf16.runner.model)
+        try:
+            vs = fp32.model_voxel_size_um
+            held = heldout_frames(vs, fp32.tile_zyx, videos, frames)
+            rows = compare_segmenters(fp32, bf16, held, vs)
+        finally:
+            for h in handles:
+                h.remove()
+        describe = {**bf16.describe(), "math": "fp32 with bf16 rounding of weights and layer inputs (emulated)"}
+    summary = summarize_parity(rows)
+    summary["rule"] = f"label_agreement >= {BF16_MIN_LABEL_AGREEMENT}"
+    summary["rule_met"] = bool(summary["label_agreement_min"] >= BF16_MIN_LABEL_AGREEMENT)
+    from deepis_rt.bench.machine import describe_machine
+
+    return {"report": "bf16 vs fp32 parity, EMULATED (FP32 arithmetic with BF16 rounding, PyTorch CPU)",
+            "emulated": True, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "checkpoint": str(source.path), "checkpoint_sha256": source.sha256, "precision": "bf16 (emulated)",
+            "reference": "fp32", "runner": describe, "machine": describe_machine(), "summary": summary, "rows": rows}
+
+
 def _report_paths(source: Any, cache_dir: str | Path | None) -> list[Path]:
     from deepis_rt.runtime.source import default_cache_dir
 
@@ -192,6 +270,9 @@ def find_parity_report(source: Any, cache_dir: str | Path | None = None) -> tupl
             report = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             log.warning("load | %s: unreadable BF16 parity report (%s); ignored", path, exc)
+            continue
+        if report.get("emulated"):
+            log.warning("load | %s: an emulated BF16 estimate, not a measurement; ignored", path)
             continue
         if report.get("checkpoint_sha256") not in (None, getattr(source, "sha256", None)):
             log.warning("load | %s: BF16 parity report of another checkpoint; ignored", path)
@@ -250,27 +331,33 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", dest="json_path", default=None)
     parser.add_argument("--markdown", dest="md_path", default=None)
+    parser.add_argument("--emulate", action="store_true",
+                        help="estimate on any CPU: BF16 rounding emulated in FP32 with PyTorch (never used as "
+                             "the gate of precision='bf16')")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    make = emulated_bf16_parity_report if args.emulate else bf16_parity_report
     try:
-        report = bf16_parity_report(args.checkpoint, videos=args.videos, num_threads=args.threads,
-                                    cache_dir=args.cache_dir)
+        report = make(args.checkpoint, videos=args.videos, num_threads=args.threads, cache_dir=args.cache_dir)
     except BackendError as exc:
-        out(f"error: {exc}")
+        out(f"error: {exc}" + ("" if args.emulate else "\n(an estimate on this CPU: add --emulate)"))
         return 2
     from deepis_rt.runtime.source import resolve_source
 
     text = json.dumps(report, indent=2)
-    cached = _report_paths(resolve_source(args.checkpoint), args.cache_dir)[-1]
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(text)
+    cached = None
+    if not report.get("emulated"):  # only measurements gate precision='bf16'
+        cached = _report_paths(resolve_source(args.checkpoint), args.cache_dir)[-1]
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(text)
     if args.json_path:
         Path(args.json_path).write_text(text)
     md = format_markdown(report)
     if args.md_path:
         Path(args.md_path).write_text(md)
     out(md)
-    out(f"stored for later precision='bf16' loads: {cached}")
+    out(f"stored for later precision='bf16' loads: {cached}" if cached is not None else
+        "an emulated estimate: not stored for precision='bf16' loads (only a measured report gates BF16)")
     return 0
 
 

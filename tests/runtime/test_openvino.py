@@ -211,7 +211,54 @@ def test_parity_tool_refuses_cleanly_without_bf16(monkeypatch):
                         lambda *a, **k: (_ for _ in ()).throw(BackendError("bf16 parity | no BF16 here")))
     lines = []
     assert pp.main([], out=lines.append) == 2
-    assert lines == ["error: bf16 parity | no BF16 here"]
+    assert lines == ["error: bf16 parity | no BF16 here\n(an estimate on this CPU: add --emulate)"]
+
+
+def test_bf16_emulation_rounds_operands_not_accumulation():
+    """An emulated convolution equals an exact (float64) one on BF16-rounded input and weights, bias kept."""
+    import torch
+
+    from deepis_rt.export.precision_parity import emulate_bf16
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(8, 4, 3, padding=1)
+    x = torch.randn(1, 8, 6, 6, 6)
+    exact32 = conv(x)
+    bf = torch.bfloat16
+    want = torch.nn.functional.conv3d(x.to(bf).double(), conv.weight.to(bf).double(), conv.bias.double(), padding=1)
+    handles = emulate_bf16(conv)
+    got = conv(x)
+    assert (got.double() - want).abs().max() < 1e-5  # FP32 accumulation of exact BF16 products
+    assert (got - exact32).abs().max() > 1e-4  # the rounding is really there
+    assert conv.weight.to(bf).float().equal(conv.weight)  # weights hold BF16 values
+    for h in handles:
+        h.remove()
+    assert (conv(x).double() - want).abs().max() > 1e-5  # inputs no longer rounded
+
+
+def test_emulated_report_estimates_but_never_gates(tiny_checkpoint, onnx_cache, tmp_path, caplog):
+    from deepis_rt.export import precision_parity as pp
+
+    lines = []
+    out_json = tmp_path / "emulated.json"
+    assert pp.main([str(tiny_checkpoint), "--emulate", "--videos", "1", "--cache-dir", str(onnx_cache),
+                    "--json", str(out_json)], out=lines.append) == 0
+    report = json.loads(out_json.read_text())
+    assert report["emulated"] is True and "EMULATED" in report["report"] and len(report["rows"]) == 4
+    s = report["summary"]
+    assert 0 < s["max_abs_um"] < 1.0 and 0.9 < s["label_agreement_min"] <= 1.0
+    assert "not stored" in lines[-1]
+    source = resolve_source(tiny_checkpoint)
+    assert not (onnx_cache / "openvino" / "parity" / f"{source.sha256[:16]}.json").exists()
+    # an emulated report put where a measured one is looked for is ignored, loudly
+    sidecar = tiny_checkpoint.with_name(tiny_checkpoint.name + ".bf16-parity.json")
+    sidecar.write_text(out_json.read_text())
+    try:
+        with caplog.at_level(logging.WARNING, logger=pp.__name__):
+            assert pp.find_parity_report(source, onnx_cache) is None
+        assert "emulated BF16 estimate, not a measurement" in caplog.text
+    finally:
+        sidecar.unlink()
 
 
 def test_parity_report_refused_on_this_cpu_without_bf16(ov, no_bf16):
