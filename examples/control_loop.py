@@ -70,13 +70,19 @@ def main() -> None:
             for _ in range(args.frames):
                 ri, voxel_size_um, t = scope.acquire()
                 stream.submit(ri, time_s=t, voxel_size_um=voxel_size_um)  # blocks when the pipeline is full
-            stream.end_input()
 
         threading.Thread(target=acquire_all, daemon=True).start()
+        pending = args.frames
         for result in stream:
+            if result.status == "retry":  # the backend stayed unavailable past retry_for_s (a remote server)
+                stream.resubmit(result)  # the same frame again; tracks are re-linked in frame order
+                continue
             areas = ", ".join(f"{s.is_area_um2:.1f} um^2" for s in result.synapses) or "no synapse"
             print(f"t={result.time_s:6.1f} s  frame {result.frame:3d}  {result.status}  {areas}  "
                   f"(next frame in {scope.interval_s:g} s)")
+            pending -= 1
+            if pending == 0:
+                stream.end_input()  # every frame is ok or failed: finish
 
 
 if __name__ == "__main__":

@@ -36,13 +36,17 @@ class FrameResult:
     frame, time_s, source : optional
         Where the frame came from (filled by streams; None for plain calls).
     status : str
-        ``"ok"``, or ``"failed"`` for a frame a stream could not process (see :meth:`failed`).
+        ``"ok"``, ``"failed"`` for a frame a stream could not process (see :meth:`failed`), or
+        ``"retry"`` for one a stream could not process while its backend was unavailable.
     error : str or None
         Why the frame failed.
     latency_ms : float or None
         Arrival-to-result latency (filled by streams).
     tracked : object or None
         The tracker's view of this frame (filled by streams).
+    retry_input : object or None
+        For a ``"retry"`` frame given with ``Stream.submit()``: what
+        :meth:`deepis_rt.stream.Stream.resubmit` needs to process it again (its checked volume).
     """
 
     distance: np.ndarray
@@ -58,6 +62,7 @@ class FrameResult:
     error: str | None = None
     latency_ms: float | None = None
     tracked: Any = None
+    retry_input: Any = field(default=None, repr=False)
 
     @classmethod
     def failed(cls, error: str, **fields: Any) -> FrameResult:

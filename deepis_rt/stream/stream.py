@@ -41,10 +41,11 @@ from deepis_rt.stream.pipeline import (
     mark_failed,
     run_callbacks,
 )
-from deepis_rt.stream.results import STAGES, ResultsFolder
+from deepis_rt.stream.results import ResultsFolder
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S, BackendEvent, BackendHealth, RetryPolicy
 from deepis_rt.stream.stages import AnalyseStage, InferStage, PreprocessStage
 from deepis_rt.stream.watch import FolderWatcher
+from deepis_rt.stream.writer import FrameWriter
 
 __all__ = ["Stream", "StreamSettings"]
 
@@ -156,7 +157,6 @@ class Stream:
         on_backend: Callable[[BackendEvent], None] | None = None,
         **settings: Any,
     ) -> None:
-        from deepis_rt.analysis import SynapseTracker
         from deepis_rt.analysis.tables import CELL_COLUMNS, SYNAPSE_COLUMNS
         from deepis_rt.errors import ConfigError, InputError
 
@@ -172,8 +172,7 @@ class Stream:
         self._event_callbacks = [on_synapse_event] if on_synapse_event else []
         self._backend_callbacks = [on_backend] if on_backend else []
         self.results = ResultsFolder(out, CELL_COLUMNS, SYNAPSE_COLUMNS) if out is not None else None
-        self.tracker = SynapseTracker(area_threshold_um2=self.settings.area_threshold_um2,
-                                      on_event=self._on_event)
+        self.writer = FrameWriter(self.results, self.settings, self._on_event)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._input_closed = threading.Event()
@@ -182,10 +181,6 @@ class Stream:
         self._next_frame = 0
         self._frames_read = 0
         self._t0_mtime: float | None = None
-        self._latencies_ms: list[float] = []
-        self._n_ok = 0
-        self._n_failed = 0
-        self._n_retry = 0
         self._run_started = time.time()
         self._last_refresh = 0.0
         self._events: list[Any] = []
@@ -196,8 +191,7 @@ class Stream:
         self._watcher: FolderWatcher | None = None
         self._previous_summary: dict[str, Any] = {}
         self._backend_events: list[BackendEvent] = []
-        self._last_tracked_frame = -1
-        self._relink_needed = False
+        self._resubmitted: set[tuple[int, str]] = set()  # (frame, source) given again, not yet written
         self.health = BackendHealth(RetryPolicy(retry_for_s=self.settings.retry_for_s),
                                     on_event=self._on_backend_event, waiting=self._frames_waiting, stop=self._stop)
 
@@ -216,7 +210,7 @@ class Stream:
             self._t0_mtime = self._previous_summary.get("t0_mtime")
             if committed:
                 log.info("stream: continuing %s after %d committed frame(s)", self.results.root, len(committed))
-                self._replay(committed)
+                self.writer.replay(committed)
         self._done_sources = done_sources
         # laptrack (pandas, scikit-learn) takes seconds to import: do it now, not on the first frame
         threading.Thread(target=_warm_imports, name="deepis-warmup", daemon=True).start()
@@ -253,6 +247,7 @@ class Stream:
         """
         if not self._started:
             self.start()
+        self._check_input_open("submit")
         with self._lock:
             frame = self._next_frame
             self._next_frame += 1
@@ -269,6 +264,47 @@ class Stream:
         task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
         self._read_q.put(task)
         return frame
+
+    def resubmit(self, result: Any) -> int:
+        """Give again a frame of :meth:`submit` that came back with ``status == "retry"``.
+
+        The frame keeps its number, time and volume (``result.retry_input``): with a results folder
+        its ``retry`` row is replaced, and tracks are re-linked in frame order when the stream ends.
+        Blocks while the pipeline is full. Returns the frame number.
+
+        Raises
+        ------
+        ConfigError
+            ``result`` is not a ``retry`` result of a submitted frame of this stream, it was given
+            again already, or :meth:`end_input` was called.
+        """
+        from deepis_rt.errors import ConfigError
+
+        held, status = getattr(result, "retry_input", None), getattr(result, "status", None)
+        if status != "retry" or held is None:
+            raise ConfigError(
+                "stream: resubmit() takes a result of submit() with status 'retry' (got status "
+                f"{status!r}{', already given again or read from a file' if status == 'retry' else ''})"
+            )
+        self._check_input_open("resubmit")
+        result.retry_input = None
+        task = FrameTask(frame=result.frame, source=result.source, time_s=result.time_s, volume=held.volume,
+                         voxel_size_um=held.voxel_size_um, medium_ri=held.medium_ri)
+        with self._lock:
+            self._resubmitted.add((task.frame, task.source))
+        self._read_q.put(task)
+        return task.frame
+
+    def _check_input_open(self, what: str) -> None:
+        from deepis_rt.errors import ConfigError
+
+        if self._input_closed.is_set():
+            raise ConfigError(f"stream: {what}() after end_input() or stop(): the stream takes no more frames")
+
+    @property
+    def tracker(self) -> Any:
+        """The :class:`~deepis_rt.analysis.SynapseTracker` linking this stream's frames."""
+        return self.writer.tracker
 
     def end_input(self) -> None:
         """No more frames will come: finish those in flight, then end the iteration."""
@@ -442,102 +478,22 @@ class Stream:
                 task = inbox.get()
                 if task is STOP:
                     break
-                result = self._finish(task)
+                with self._lock:
+                    resubmitted = (task.frame, task.source) in self._resubmitted
+                    self._resubmitted.discard((task.frame, task.source))
+                result = self.writer.finish(task, resubmitted=resubmitted)
+                run_callbacks(self._frame_callbacks, result)
+                if time.time() - self._last_refresh >= self.settings.refresh_s:
+                    self._refresh(final=False)
                 self._out_q.put(result)
         finally:
-            if self._relink_needed and self.results is not None:
+            if self.writer.relink_needed:
                 try:
-                    self._relink()
+                    self.writer.relink()
                 except Exception:
                     log.exception("stream: re-linking tracks failed; track ids of retried frames may be off")
             self._refresh(final=True)
             self._out_q.put(STOP)
-
-    def _finish(self, task: FrameTask) -> Any:
-        from deepis_rt.analysis.tables import cell_rows, synapse_rows
-        from deepis_rt.runtime import FrameResult
-
-        result = task.result
-        if task.ok:
-            t0 = time.perf_counter()
-            if task.frame < self._last_tracked_frame:  # a frame recorded ``retry`` by an earlier run
-                self._relink_needed = True
-            self._last_tracked_frame = max(self._last_tracked_frame, task.frame)
-            try:
-                task.tracked = self.tracker.update(result, task.time_s)
-            except Exception as exc:
-                mark_failed(task, "track", exc)
-            task.timings_ms["track"] = (time.perf_counter() - t0) * 1e3
-        if result is None:
-            result = FrameResult.failed(task.error or "unknown error")
-        result.frame = task.frame
-        result.source = task.source
-        result.time_s = task.time_s
-        result.tracked = task.tracked
-        t0 = time.perf_counter()
-        cells: list[dict] = []
-        syns: list[dict] = []
-        if task.ok:
-            cells = cell_rows(task.frame, task.time_s, task.tracked)
-            syns = synapse_rows(task.frame, task.time_s, task.tracked)
-            if self.results is not None and self.settings.write_masks:
-                try:
-                    self._write_mask(task.frame, result)
-                except Exception as exc:
-                    log.warning("stream | %s: mask not written: %s", task.source, exc)
-        elif task.retry:
-            again = (f"the next run on {self.results.root} processes it again"
-                     if self.results is not None and task.path is not None else "submit it again")
-            log.warning("stream | %s: %s; recorded 'retry': %s", task.source, task.error, again)
-        else:
-            log.warning("stream | %s: %s; skipped", task.source, task.error)
-            if self.results is not None:
-                self.results.log_error(task.source, task.error or "")
-        task.timings_ms["write"] = (time.perf_counter() - t0) * 1e3
-        # file complete -> results written (the commit below adds well under a millisecond)
-        latency_ms = (time.time() - task.complete_at) * 1e3
-        row = {
-            "frame": task.frame,
-            "source": task.source,
-            "time_s": task.time_s,
-            "status": task.status,
-            "error": task.error or "",
-            "latency_ms": latency_ms,
-            **{f"{st}_ms": task.timings_ms.get(st) for st in STAGES},
-        }
-        if self.results is not None:
-            self.results.commit_frame(row, cells, syns)
-        result.status = row["status"]
-        result.error = task.error
-        result.latency_ms = latency_ms
-        result.timings_ms.update(task.timings_ms)
-        if task.ok:
-            self._n_ok += 1
-            self._latencies_ms.append(latency_ms)
-        elif task.retry:
-            self._n_retry += 1
-        else:
-            self._n_failed += 1
-        run_callbacks(self._frame_callbacks, result)
-        if time.time() - self._last_refresh >= self.settings.refresh_s:
-            self._refresh(final=False)
-        return result
-
-    def _write_mask(self, frame: int, result: Any) -> None:
-        import tifffile
-
-        from deepis_rt.stream.results import atomic_write_bytes  # noqa: F401 - same tmp+rename idea
-
-        assert self.results is not None
-        path = self.results.masks / f"frame_{frame:06d}.ome.tif"
-        tmp = path.with_name(f".{path.name}.tmp")
-        vz, vy, vx = result.voxel_size_um
-        tifffile.imwrite(
-            tmp, np.ascontiguousarray(result.labels, dtype=np.uint8), ome=True, compression="zlib",
-            metadata={"axes": "ZYX", "PhysicalSizeZ": vz, "PhysicalSizeY": vy, "PhysicalSizeX": vx,
-                      "PhysicalSizeZUnit": "µm", "PhysicalSizeYUnit": "µm", "PhysicalSizeXUnit": "µm"},
-        )
-        tmp.replace(path)
 
     def _frames_waiting(self) -> int:
         return sum(q.qsize() for q in getattr(self, "_waiting_queues", ()))
@@ -561,25 +517,13 @@ class Stream:
         except (OSError, ValueError):
             return {}
 
-    def _replay(self, committed: list[dict[str, str]]) -> None:
-        from deepis_rt.stream.replay import replay_tracker
-
-        assert self.results is not None
-        replayed = replay_tracker(self.tracker, committed, self.results.cell_rows, self.results.synapse_rows)
-        self._last_tracked_frame = max(replayed, default=-1)
-
-    def _relink(self) -> None:
-        from deepis_rt.stream.replay import relink_results
-
-        assert self.results is not None
-        self.tracker = relink_results(self.results, self.settings.area_threshold_um2, self._on_event)
-
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""
         from deepis_rt.bench.stats import latency_stats
 
         elapsed = max(time.time() - self._run_started, 1e-9)
-        lat = latency_stats(self._latencies_ms)
+        w = self.writer
+        lat = latency_stats(w.latencies_ms)
         total_ok = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "ok")
         total_failed = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "failed")
         total_retry = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "retry")
@@ -593,23 +537,24 @@ class Stream:
             "ri_scale": self.settings.ri_scale,
             "ri_offset": self.settings.ri_offset,
             "t0_mtime": self._t0_mtime,
-            "frames_ok": total_ok if self.results else self._n_ok,
-            "frames_failed": total_failed if self.results else self._n_failed,
+            "frames_ok": total_ok if self.results else w.n_ok,
+            "frames_failed": total_failed if self.results else w.n_failed,
             # transient failures past retry_for_s: processed again by the next run on this folder
-            "frames_retry": total_retry if self.results else self._n_retry,
+            # (files) or given again with resubmit() (submitted frames)
+            "frames_retry": total_retry if self.results else w.n_retry,
             "run": {
-                "frames_ok": self._n_ok,
-                "frames_failed": self._n_failed,
-                "frames_retry": self._n_retry,
+                "frames_ok": w.n_ok,
+                "frames_failed": w.n_failed,
+                "frames_retry": w.n_retry,
                 "backend": {**self.health.describe(),
                             "events": [dataclasses.asdict(e) for e in self._backend_events[-50:]]},
                 "wall_s": elapsed,
-                "throughput_fps": (self._n_ok + self._n_failed + self._n_retry) / elapsed,
+                "throughput_fps": (w.n_ok + w.n_failed + w.n_retry) / elapsed,
                 "latency_ms": {"p50": lat.p50_ms, "p95": lat.p95_ms, "p99": lat.p99_ms, "mean": lat.mean_ms,
                                "max": lat.max_ms, "n": lat.n},
             },
             "synapses": (synapses := [{"synapse_id": i + 1, **s.to_dict()}
-                                      for i, s in enumerate(self.tracker.summary())]),
+                                      for i, s in enumerate(self.writer.tracker.summary())]),
             "truth": self._truth_vs_fit(synapses),
             "events": [dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in self._events[-200:]],
         }
@@ -639,6 +584,6 @@ class Stream:
         try:
             from deepis_rt.analysis.plots import plot_synapses
 
-            plot_synapses(self.tracker, self.results.plots)
+            plot_synapses(self.writer.tracker, self.results.plots)
         except Exception:
             log.exception("stream: plots not written")

@@ -324,6 +324,76 @@ def test_frames_redone_after_later_ones_are_tracked_in_frame_order(contact_serie
     assert a[0]["onset_s"] == pytest.approx(5.0)  # frame 1, not frame 3 where the first run saw it
 
 
+def _submit_all(stream, volumes):
+    """Submit from another thread (submit() blocks while the pipeline is full)."""
+    def feed():
+        for i, vol in enumerate(volumes):
+            stream.submit(vol, time_s=5.0 * i, voxel_size_um=VOXEL)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("folder", [True, False], ids=["results-folder", "in-memory"])
+def test_submitted_retry_frames_given_again_keep_their_number_and_order(contact_series, tmp_path, folder):
+    """Frames given with submit() that end ``retry`` come back with what resubmit() needs; given
+    again they keep their frame numbers, replace their rows, and tracks are re-linked in frame order
+    (also without a results folder), so the result equals that of a run without an outage."""
+    from deepis_rt.errors import ConfigError
+
+    volumes = contact_series[1]
+    ref_out = tmp_path / "ref" if folder else None
+    ref = Stream(None, ref_out, _segmenter(FlakyRunner()), max_batch=1, write_masks=False, refresh_s=3600.0)
+    feeder = _submit_all(ref, volumes)
+    feeder.join()
+    ref.end_input()
+    assert [r.status for r in ref] == ["ok"] * 6
+    ref.close()
+
+    runner = FlakyRunner()
+    runner.on_call = lambda n: runner.down.set() if n == 2 else (runner.down.clear() if n == 6 else None)
+    out = tmp_path / "out" if folder else None
+    stream = Stream(None, out, _segmenter(runner), max_batch=1, write_masks=False, refresh_s=3600.0,
+                    retry_for_s=0.0)
+    feeder = _submit_all(stream, volumes)
+    it = iter(stream)
+    first = [next(it) for _ in volumes]
+    feeder.join()
+    assert [r.status for r in first] == ["ok", "retry", "retry", "ok", "ok", "ok"]
+    with pytest.raises(ConfigError, match="status 'ok'"):
+        stream.resubmit(first[0])
+    retried = [r for r in first if r.status == "retry"]
+    assert all(r.retry_input is not None and r.retry_input.volume.shape == volumes[0].shape for r in retried)
+    if folder:
+        assert [row["status"] for row in _rows(out / "frames.csv")].count("retry") == 2
+    assert [stream.resubmit(r) for r in retried] == [1, 2]
+    with pytest.raises(ConfigError, match="already given again"):
+        stream.resubmit(retried[0])
+    stream.end_input()
+    redone = list(it)
+    stream.close()
+    assert [(r.frame, r.status, r.time_s) for r in redone] == [(1, "ok", 5.0), (2, "ok", 10.0)]
+    with pytest.raises(ConfigError, match="after end_input"):
+        stream.submit(volumes[0], time_s=99.0, voxel_size_um=VOXEL)
+
+    summary, ref_summary = stream.summary(), ref.summary()
+    assert (summary["frames_ok"], summary["frames_failed"], summary["frames_retry"]) == (6, 0, 0)
+    keys = ("tcell_track", "target_track", "n_frames", "onset_s")
+    assert [tuple(s[k] for k in keys) for s in summary["synapses"]] == \
+        [tuple(s[k] for k in keys) for s in ref_summary["synapses"]]
+    assert summary["synapses"][0]["onset_s"] == pytest.approx(5.0)  # frame 1, given again after frame 5
+    if folder:
+        rows = _rows(out / "frames.csv")
+        assert [(int(r["frame"]), r["status"]) for r in rows] == [(i, "ok") for i in range(6)]
+
+        def table(path, columns):
+            return sorted(tuple(r[c] for c in columns) for r in _rows(path))
+
+        syn_cols = ["frame", "synapse_id", "tcell_track", "target_track", "is_area_um2"]
+        assert table(out / "synapses.csv", syn_cols) == table(ref_out / "synapses.csv", syn_cols)
+
+
 def test_cli_says_once_that_the_backend_is_unavailable_and_once_that_it_is_back(capsys):
     from deepis_rt.cli.stream import BackendReporter
     from deepis_rt.stream.retry import BackendEvent
