@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from deepis_rt.cli.stream import file_options
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 
 
@@ -38,15 +39,7 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
               help="[default: 1 where the cluster has GPUs, 0 with --backend triton or without GPUs].")
 @click.option("--max-workers-per-node", type=click.IntRange(1), default=None,
               help="At most this many Ray actors on one node.")
-@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
-              help="Voxel size in um for files that carry none.")
-@click.option("--frame-interval", type=float, default=None, metavar="S",
-              help="Seconds between frames for files without time stamps (default: file times).")
-@click.option("--medium-ri", type=float, default=None, help="Medium RI (default: from the file or 1.337).")
-@click.option("--ri-scale", type=float, default=None, metavar="S",
-              help="Files hold RI as value x S + O (not for TCF, which declares its encoding). Default: "
-                   "RI as stored, integers 10000-20000 as RI x 10 000; other values are refused.")
-@click.option("--ri-offset", type=float, default=None, metavar="O", help="See --ri-scale (default 0).")
+@file_options
 @click.option("--max-batch", type=int, default=4, show_default=True, help="Frames inferred together.")
 @click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

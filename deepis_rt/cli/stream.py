@@ -14,6 +14,25 @@ import click
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 
 
+def file_options(command: Any) -> Any:
+    """The options that say how to read tomogram files (``stream`` and ``batch``): --voxel-size,
+    --frame-interval, --medium-ri, --ri-scale, --ri-offset."""
+    options = [
+        click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
+                     help="Voxel size in um for files that carry none."),
+        click.option("--frame-interval", type=float, default=None, metavar="S",
+                     help="Seconds between frames for files without time stamps (default: file times)."),
+        click.option("--medium-ri", type=float, default=None, help="Medium RI (default: from the file or 1.337)."),
+        click.option("--ri-scale", type=float, default=None, metavar="S",
+                     help="Files hold RI as value x S + O (not for TCF, which declares its encoding). Default: "
+                          "RI as stored, integers 10000-20000 as RI x 10 000; other values are refused."),
+        click.option("--ri-offset", type=float, default=None, metavar="O", help="See --ri-scale (default 0)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def load_when_available(load: Any, retry_for_s: float) -> Any:
     """``load()``, retried like a frame while its server is unavailable (e.g. restarting) at start-up."""
     from deepis_rt.stream.retry import BackendHealth, RetryPolicy
@@ -185,15 +204,7 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 @click.option("--url", default=None, metavar="HOST:PORT",
               help="Triton server for --backend triton [default: $DEEPIS_TRITON_URL].")
 @click.option("--model-name", default="deepis", show_default=True, help="Model name on the Triton server.")
-@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
-              help="Voxel size in um for files that carry none.")
-@click.option("--frame-interval", type=float, default=None, metavar="S",
-              help="Seconds between frames for files without time stamps (default: file times).")
-@click.option("--medium-ri", type=float, default=None, help="Medium RI (default: from the file or 1.337).")
-@click.option("--ri-scale", type=float, default=None, metavar="S",
-              help="Files hold RI as value x S + O (not for TCF, which declares its encoding). Default: "
-                   "RI as stored, integers 10000-20000 as RI x 10 000; other values are refused.")
-@click.option("--ri-offset", type=float, default=None, metavar="O", help="See --ri-scale (default 0).")
+@file_options
 @click.option("--once", is_flag=True, help="Process what is in the folder now, then exit.")
 @click.option("--idle-timeout", type=float, default=None, metavar="S", help="Exit after S seconds without new frames.")
 @click.option("--max-frames", type=int, default=None, metavar="N", help="Exit after N frames.")
