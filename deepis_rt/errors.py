@@ -33,6 +33,7 @@ __all__ = [
     "EngineCacheError",
     "ClusterError",
     "ClusterAuthError",
+    "ResultsWriteError",
 ]
 
 
@@ -137,3 +138,11 @@ class ClusterError(DeepisError, ConnectionError):
 
 class ClusterAuthError(ClusterError):
     """A Ray cluster requires token authentication and no token it accepts is available here."""
+
+
+class ResultsWriteError(DeepisError, OSError):
+    """A stream's results folder cannot be written (disk full, permissions, folder removed).
+
+    The stream stops: frames in flight are not committed, and the next run on the same folder
+    processes every frame that was not committed.
+    """

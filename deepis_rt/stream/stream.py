@@ -192,6 +192,8 @@ class Stream:
         self._previous_summary: dict[str, Any] = {}
         self._backend_events: list[BackendEvent] = []
         self._resubmitted: set[tuple[int, str]] = set()  # (frame, source) given again, not yet written
+        self._fatal: Exception | None = None  # the results folder could not be written: the stream stops
+        self._not_written: list[int] = []  # frames dropped after that
         self.health = BackendHealth(RetryPolicy(retry_for_s=self.settings.retry_for_s),
                                     on_event=self._on_backend_event, waiting=self._frames_waiting, stop=self._stop)
 
@@ -296,8 +298,10 @@ class Stream:
         return task.frame
 
     def _check_input_open(self, what: str) -> None:
-        from deepis_rt.errors import ConfigError
+        from deepis_rt.errors import ConfigError, ResultsWriteError
 
+        if self._fatal is not None:
+            raise ResultsWriteError(f"{self._fatal}; {what}() refused")
         if self._input_closed.is_set():
             raise ConfigError(f"stream: {what}() after end_input() or stop(): the stream takes no more frames")
 
@@ -326,6 +330,8 @@ class Stream:
             item = self._out_q.get()
             if item is STOP:
                 self._finished = True
+                if self._fatal is not None:
+                    raise self._fatal
                 break
             yield item
 
@@ -478,10 +484,17 @@ class Stream:
                 task = inbox.get()
                 if task is STOP:
                     break
+                if self._fatal is not None:  # draining after a write failure: nothing more is committed
+                    self._not_written.append(task.frame)
+                    continue
                 with self._lock:
                     resubmitted = (task.frame, task.source) in self._resubmitted
                     self._resubmitted.discard((task.frame, task.source))
-                result = self.writer.finish(task, resubmitted=resubmitted)
+                try:
+                    result = self.writer.finish(task, resubmitted=resubmitted)
+                except Exception as exc:
+                    self._write_failed(task, exc)
+                    continue
                 run_callbacks(self._frame_callbacks, result)
                 if time.time() - self._last_refresh >= self.settings.refresh_s:
                     self._refresh(final=False)
@@ -494,6 +507,28 @@ class Stream:
                     log.exception("stream: re-linking tracks failed; track ids of retried frames may be off")
             self._refresh(final=True)
             self._out_q.put(STOP)
+
+    def _write_failed(self, task: FrameTask, exc: Exception) -> None:
+        """The results could not be written: stop taking frames, drain the pipeline, end the iteration
+        with :class:`~deepis_rt.errors.ResultsWriteError`. Nothing uncommitted is lost for files: the
+        next run on the folder processes every frame without a committed row."""
+        from deepis_rt.errors import ResultsWriteError
+
+        where = self.results.root if self.results is not None else "results"
+        again = ("the next run on the same folder processes every frame not committed"
+                 if self.source is not None else "frames given with submit() from this one on were not written")
+        self._fatal = ResultsWriteError(
+            f"stream | {where}: cannot write the results of frame {task.frame} ({task.source}): "
+            f"{type(exc).__name__}: {exc}; stopped ({again})")
+        self._not_written.append(task.frame)
+        log.error("%s", self._fatal, exc_info=log.isEnabledFor(logging.DEBUG))
+        self._stop.set()
+        self._input_closed.set()
+        if self._producer is None:
+            # frames come from submit(): the end-of-input marker goes in from another thread, as the
+            # pipeline may be full and this (writer) thread must keep draining it meanwhile; a folder
+            # reader sees the stop and puts the marker in itself, after its last frame
+            threading.Thread(target=self._close_pipeline_input, name="deepis-stop", daemon=True).start()
 
     def _frames_waiting(self) -> int:
         return sum(q.qsize() for q in getattr(self, "_waiting_queues", ()))
