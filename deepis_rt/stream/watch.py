@@ -117,6 +117,7 @@ class FolderWatcher:
         self._done: set[str] = set(skip or ())
         # name -> (size, mtime_ns, monotonic time the signature was first seen)
         self._pending: dict[str, tuple[int, int, float]] = {}
+        self._unlistable_since: float | None = None  # the folder could not be listed since then
         self._event = threading.Event()
         self._wakeup = _Wakeup(self.folder, self._event) if use_events else None
 
@@ -136,9 +137,15 @@ class FolderWatcher:
     def _candidates(self) -> list[os.DirEntry]:
         try:
             entries = list(os.scandir(self.folder))
-        except OSError as exc:
-            log.warning("watch | %s: cannot list folder (%s); will retry", self.folder, exc)
+        except OSError as exc:  # e.g. a network share that dropped out: said once, retried every scan
+            if self._unlistable_since is None:
+                self._unlistable_since = time.monotonic()
+                log.warning("watch | %s: cannot list folder (%s); retrying until it is back", self.folder, exc)
             return []
+        if self._unlistable_since is not None:
+            log.warning("watch | %s: folder readable again after %.0f s", self.folder,
+                        time.monotonic() - self._unlistable_since)
+            self._unlistable_since = None
         out = []
         for entry in entries:
             name = entry.name

@@ -71,3 +71,25 @@ def test_events_wake_up_early(tmp_path):
         assert time.monotonic() - t0 < 5.5
     finally:
         w.close()
+
+
+def test_a_folder_that_drops_out_is_said_once_and_picked_up_again(tmp_path, caplog):
+    """A network share that disappears for a while: one warning when it goes, one when it is back,
+    and the files written meanwhile are found."""
+    import logging
+
+    share = tmp_path / "share"
+    share.mkdir()
+    w = FolderWatcher(share, settle_s=0.0, use_events=False)
+    moved = tmp_path / "unmounted"
+    share.rename(moved)
+    with caplog.at_level(logging.WARNING, logger="deepis_rt.stream.watch"):
+        assert [w.scan() for _ in range(5)] == [[]] * 5
+        _touch(moved / "frame_0001.npy")
+        moved.rename(share)
+        w.scan()
+        found = w.scan()
+    assert [x.path.name for x in found] == ["frame_0001.npy"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert "cannot list folder" in messages[0] and "readable again" in messages[1]
