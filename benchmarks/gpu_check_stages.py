@@ -127,8 +127,10 @@ def stage_env(args: argparse.Namespace) -> dict[str, Any]:
                 break
     facts["cpu"] = {"cores": os.cpu_count(), "avx512f": "avx512f" in cpu_flags.split(),
                     "amx": "amx_tile" in cpu_flags.split()}
-    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    facts["commit"] = git.stdout.strip() or None
+    # a bare GPU image may have no git: the commit is then unknown, the other facts still count
+    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO) \
+        if shutil.which("git") else None
+    facts["commit"] = (git.stdout.strip() or None) if git is not None else None
     return {"status": "ok", **facts}
 
 

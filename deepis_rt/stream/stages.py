@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -52,25 +53,32 @@ class InferStage(Stage):
         todo = [t for t in tasks if t.output is None]  # after a split, halves already done stay done
         if not todo:
             return
+        tiles = int(getattr(self.segmenter, "batch_size", 1) or 1)
+        out_of_memory = False
         try:
             outputs = self.segmenter.infer_prepared([t.prepared for t in todo])
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            if not is_out_of_memory(exc) or (len(todo) == 1 and tiles == 1):
                 raise
-            if len(todo) > 1:
-                half = len(todo) // 2
-                log.warning("stream: out of memory on a batch of %d frames; splitting it (%s)", len(todo), exc)
-                self._infer(todo[:half])
-                self._infer(todo[half:])
-                return
-            tiles = int(getattr(self.segmenter, "batch_size", 1) or 1)
-            if tiles > 1:
-                self.segmenter.batch_size = tiles // 2
+            if len(todo) > 1:  # the text only: a handler that keeps records would keep exc's traceback
+                log.warning("stream: out of memory on a batch of %d frames; splitting it (%s)", len(todo), str(exc))
+            else:
                 log.warning("stream | %s: out of memory with %d tiles per call; using %d from now on",
                             todo[0].source, tiles, tiles // 2)
+            out_of_memory = True
+        if out_of_memory:
+            # retried only here, outside the except clause, after a collection: the exception's
+            # traceback (through reference cycles, even once out of scope) holds the frames of the
+            # failed attempt, and with them its device tensors; retrying while they live runs out again
+            gc.collect()
+            if len(todo) > 1:
+                half = len(todo) // 2
+                self._infer(todo[:half])
+                self._infer(todo[half:])
+            else:
+                self.segmenter.batch_size = tiles // 2
                 self._infer(todo)
-                return
-            raise
+            return
         for task, out in zip(todo, outputs, strict=True):
             task.output = out
 

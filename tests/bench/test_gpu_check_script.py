@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -37,3 +39,13 @@ def test_gpu_check_dry_run_writes_every_stage(tmp_path):
         assert reports[stage]["status"] == expected and reports[stage]["dry_run"] is True
     assert reports["summary"]["stages"]["tensorrt"] == expected
     assert (out / "summary.md").is_file() and (out / "engines").is_dir()
+
+
+def test_env_stage_without_git_or_nvidia_smi(tmp_path, monkeypatch):
+    """The GPU machine gets a copy of the repository; it may have no git (nor nvidia-smi) on its PATH."""
+    spec = importlib.util.spec_from_file_location("gpu_check_stages", REPO / "benchmarks" / "gpu_check_stages.py")
+    stages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stages)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no git, no nvidia-smi
+    facts = stages.stage_env(argparse.Namespace(out=tmp_path))
+    assert facts["status"] == "ok" and facts["commit"] is None and facts["libraries"]["torch"]

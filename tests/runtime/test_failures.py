@@ -231,6 +231,33 @@ def test_triton_error_answers_are_classified(status, message, transient):
         assert isinstance(err, BackendOutOfMemoryError)
 
 
+def test_out_of_memory_frees_the_failed_calls_tensors_without_a_collection():
+    """Once the typed error is dropped, what the failed forward pass held is freed at once (no cycle)."""
+    import gc
+    import weakref
+
+    from deepis_rt.runtime.runners.torch_runner import TorchRunner
+
+    held = []
+
+    class Greedy(torch.nn.Module):
+        def forward(self, x):
+            activations = torch.empty(1 << 16)
+            held.append(weakref.ref(activations))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with TorchRunner(Greedy(), device="cpu") as runner:
+            with pytest.raises(BackendOutOfMemoryError):
+                runner.infer(_x())
+            assert held and held[0]() is None
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @pytest.mark.gpu
 def test_real_cuda_out_of_memory_is_transient():
     """A real CUDA out-of-memory error (asking for twice the GPU's memory) comes out typed and transient."""

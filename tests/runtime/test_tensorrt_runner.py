@@ -70,6 +70,22 @@ def test_abandoned_stream_then_reuse(tiny_onnx, engines):
         np.testing.assert_allclose(again[1], runner.infer(batches[1]), atol=1e-5)
 
 
+def test_forward_device_output_is_ready_on_the_callers_stream(tiny_onnx, engines):
+    """The benchmark's breakdown reads forward_device's output on its own stream, without synchronising."""
+    import torch
+
+    from deepis_rt.runtime.runners import TensorRTRunner
+
+    build = _engine(tiny_onnx, engines)
+    x = np.random.default_rng(4).standard_normal((2, 1, 16, 32, 32)).astype(np.float32)
+    with TensorRTRunner(build.data) as runner:
+        runner.infer(x)  # warm-up
+        with torch.cuda.stream(runner._stream):
+            torch.cuda._sleep(100_000_000)  # the runner's stream is busy: the engine's output comes late
+        y = runner.forward_device(torch.from_numpy(2 * x).cuda()).cpu().numpy()  # read on the caller's stream
+        np.testing.assert_allclose(y, runner.infer(2 * x), atol=1e-5)
+
+
 def test_dynamic_profile_small_volume_segments(tiny_checkpoint, tiny_onnx, engines, make_ri):
     """A volume smaller than a tile, through an engine with a profile range: no profile error."""
     import deepis_rt

@@ -287,6 +287,45 @@ def test_out_of_memory_on_one_large_frame_halves_the_tile_batch(tmp_path):
     assert seg.batch_size == 1 and runner.calls[:3] == [4, 2, 1]
 
 
+def test_out_of_memory_retry_runs_after_the_failed_attempt_is_freed():
+    """The failed attempt's tensors (held by the exception's traceback, through a reference cycle in
+    Runner.infer) are freed before the split batch runs: on a GPU they are the memory it needs."""
+    import gc
+    import weakref
+
+    import torch
+
+    from deepis_rt.stream.pipeline import FrameTask
+    from deepis_rt.stream.stages import InferStage, PreprocessStage
+
+    held, alive_at_call = [], []
+
+    class GreedyRunner(FlakyRunner):
+        def infer_impl(self, batch):
+            alive_at_call.append(sum(ref() is not None for ref in held))
+            activations = torch.empty(1 << 16)  # what a forward pass holds when it runs out of memory
+            held.append(weakref.ref(activations))
+            return super().infer_impl(batch)
+
+    runner = GreedyRunner()
+    runner.oom_above = 1
+    seg = _segmenter(runner.activate(), batch_size=4)
+    tasks = [FrameTask(frame=i, source=f"memory:{i:04d}", volume=conjugate_tomogram(2.0 + 0.1 * i),
+                       voxel_size_um=VOXEL) for i in range(4)]
+    for task in tasks:
+        PreprocessStage(seg).process(task)
+    enabled = gc.isenabled()
+    gc.disable()  # no collection by chance: only the stage's own
+    try:
+        InferStage(seg).process_batch(tasks)
+    finally:
+        if enabled:
+            gc.enable()
+    assert runner.calls == [4, 2, 1, 1, 2, 1, 1]
+    assert alive_at_call == [0] * 7, alive_at_call
+    assert all(np.allclose(t.output, seg.infer_prepared([t.prepared])[0]) for t in tasks)
+
+
 def test_frames_redone_after_later_ones_are_tracked_in_frame_order(contact_series, tmp_path):
     """An outage shorter than the run: frames 1-2 (where the synapse forms) recorded ``retry``, 3-5 ok;
     the next run redoes 1-2 and re-links all tracks in frame order, so tables and synapse kinetics

@@ -439,6 +439,54 @@ def test_run_engine_checks_shape_uses_own_stream_and_releases_its_context(trt, o
         run_engine(engine, torch.zeros((1, 1, 16, 64, 64)), ops=HostOps())
 
 
+class CallerOps(HostOps):
+    """HostOps with a current stream: the caller's, or the one a ``stream_scope`` makes current."""
+
+    def __init__(self):
+        super().__init__()
+        self.caller = self.current = HostStream()
+
+    def current_stream(self):
+        return self.current
+
+    @contextlib.contextmanager
+    def stream_scope(self, stream):
+        saved, self.current = self.current, stream
+        try:
+            yield
+        finally:
+            self.current = saved
+
+    def wait_for_current(self, stream):
+        # (waiting stream, stream waited for, engine runs enqueued so far)
+        self.log.append(("wait", stream.cuda_stream, self.current.cuda_stream, len(ct.FakeContext._streams)))
+
+
+def test_forward_device_output_is_ready_on_the_callers_stream(trt, onnx_files, tmp_path):
+    """The caller's stream is ordered after the engine (it reads the output there), the host is not blocked."""
+    import torch
+
+    from deepis_rt.runtime.runners import TensorRTRunner
+
+    ops = CallerOps()
+    runner = TensorRTRunner(_engine_bytes(tmp_path, onnx_files[0], dynamic=False), device="cuda:0", ops=ops)
+    runner.activate()
+    own, caller = runner._stream.cuda_stream, ops.caller.cuda_stream
+    x = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 1, 32, 64, 64)).astype(np.float32))
+    ops.log.clear()
+    y = runner.forward_device(x)
+    assert torch.allclose(y, 2 * x + 1)
+    assert ("wait", own, caller, 0) in ops.log  # the engine runs after the caller's input is made
+    assert ("wait", caller, own, 1) in ops.log  # the caller reads y after the engine has written it
+    assert ("keep_alive", caller) in ops.log and not any(e[0] == "sync" for e in ops.log)
+    # in the data path the runner's stream is the current one: nothing more to order
+    ops.log.clear()
+    with ops.stream_scope(runner._stream):
+        runner.forward_device(x)
+    assert all(e[1] == own for e in ops.log if e[0] in ("wait", "keep_alive")), ops.log
+    runner.deactivate()
+
+
 def test_loader_uses_the_fp16_flag_on_old_tensorrt_without_fp16_onnx(trt, onnx_files, tmp_path, monkeypatch):
     from deepis_rt.runtime import backends
     from deepis_rt.runtime.source import ModelSource

@@ -126,10 +126,11 @@ class Runner(ABC):
             try:
                 out = self.infer_impl(batch)
             except Exception as exc:  # out-of-memory of torch / ONNX Runtime -> a typed, transient error
-                typed = classify(exc, self.name)
-                if typed is exc:
+                if classify(exc, self.name) is exc:
                     raise
-                raise typed from exc
+                # the typed error is never bound to a local: its traceback holds this frame, so a local
+                # would make a cycle keeping the failed call's (device) tensors alive until a collection
+                raise classify(exc, self.name) from exc
             self.inference_time_s = time.perf_counter() - start
         out = np.asarray(out, dtype=np.float32)
         if out.shape != tuple(batch.shape):

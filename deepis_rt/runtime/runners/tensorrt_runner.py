@@ -208,8 +208,9 @@ class TensorRTRunner(Runner):
         The runner's stream first waits for the caller's current stream (where ``x`` was made; a
         no-op inside the data path, whose compute stream is the runner's). Batches beyond the
         profile's maximum run as consecutive chunks through the one context; a batch below its
-        minimum is padded (and the padding dropped from the output). The output belongs to the
-        runner's stream: synchronise it (:meth:`synchronize`) or order other streams after it.
+        minimum is padded (and the padding dropped from the output). The output is ready on the
+        caller's current stream, as with the other runners: that stream then waits for the
+        runner's (on the GPU, the host is not blocked) and the output is kept alive for it.
         """
         import torch
 
@@ -218,6 +219,7 @@ class TensorRTRunner(Runner):
         ops, ctx = self._ops, self._context
         n = int(x.shape[0])
         with ops.device_scope():
+            caller = ops.current_stream()
             ops.wait_for_current(self._stream)
         with ops.device_scope(), ops.stream_scope(self._stream):
             x = x.to(self.device, dtype=self.input_dtype).contiguous()
@@ -243,7 +245,13 @@ class TensorRTRunner(Runner):
             # x may have been made on another stream: keep it until this stream has consumed it
             ops.keep_alive(x, self._stream)
             y = y[:n] if total != n else y
-            return y.float() if y.dtype != torch.float32 else y
+            y = y.float() if y.dtype != torch.float32 else y
+            if caller != self._stream:
+                # the caller reads y on its own stream (e.g. the benchmark's copy): order it after the
+                # engine, or it reads y before the engine has written it
+                ops.wait_for_current(caller)
+                ops.keep_alive(y, caller)
+            return y
 
     def infer_impl(self, batch: Any) -> np.ndarray:
         import torch
