@@ -179,10 +179,12 @@ def _cells(r: dict[str, Any]) -> list[str]:
 
     dice = f"{_dice('tcell')}/{_dice('target')}" if acc else "-"
     frac = r.get("fraction_of_peak")
+    # PyTorch's allocator sees only its own tensors: TensorRT and ONNX Runtime rows show the device's use
+    dev = r.get("device_peak_mib") if str(r["backend"]).startswith("torch") else r.get("device_used_mib")
     return [r["backend"], r["precision"], str(r["batch"]), _f(r["throughput_fps"], 4), _f(lat["p50_ms"], 1),
             _f(lat["p95_ms"], 1), _f(lat["p99_ms"], 1), _f(r.get("speedup_vs_baseline"), 2),
             _f(r.get("achieved_tflops"), 3), "-" if frac is None else f"{100 * frac:.1f}%",
-            _f(r.get("host_peak_rss_mib"), 0), _f(r.get("device_peak_mib"), 0), _f(acc.get("max_abs_um"), 2),
+            _f(r.get("host_peak_rss_mib"), 0), _f(dev, 0), _f(acc.get("max_abs_um"), 2),
             _f(acc.get("p99_abs_um"), 2), dice, "ok"]
 
 
@@ -298,7 +300,9 @@ def to_markdown(report: dict[str, Any], title: str = "deepis-rt bench") -> str:
     lines += ["", "Columns: tiles/s = throughput (one tile = one frame of the model's tile size); latency "
               "percentiles per call (one batch); speed-up vs the baseline at the same batch; TFLOP/s = FLOPs "
               "per tile x tiles/s; of peak = that over the matrix-product peak of the same device and "
-              "precision; host MiB = peak resident memory of the process during the row; errors and Dice "
+              "precision; host MiB = peak resident memory of the process during the row; dev MiB = PyTorch's "
+              "peak allocation for torch rows, and for TensorRT and ONNX Runtime rows (whose memory PyTorch "
+              "does not see) the GPU memory in use after the row, all processes; errors and Dice "
               "vs the baseline's output on a synthetic conjugate (masks: distance beyond +-half the voxel pitch)."]
     for mr in report["models"]:
         lines += ["", f"## {mr['model']['name']}", "", _model_line(mr), ""]

@@ -125,3 +125,14 @@ def test_merge_reports_concatenates_models_and_keeps_commands():
     assert [(p["run"], p["models"]) for p in m["peaks"]] == [(1, ["a"]), (2, ["b"])]
     same = rp.merge_reports([a, {**b, "peaks": [{"device": "cpu", "tflops": 1.0}]}])
     assert [p["run"] for p in same["peaks"]] == [1, 2]
+
+
+def test_device_memory_column_uses_what_each_backend_can_see():
+    """PyTorch's allocator counts only torch tensors: TensorRT / ONNX Runtime rows show the GPU's use."""
+    base = {"precision": "fp16", "batch": 1, "throughput_fps": 1.0, "status": "ok",
+            "latency_ms": {"p50_ms": 1.0, "p95_ms": 1.0, "p99_ms": 1.0},
+            "device_peak_mib": 12.0, "device_used_mib": 3456.0}
+    dev = rp._COLUMNS.index("dev MiB")
+    assert rp._cells({**base, "backend": "torch-cuda"})[dev] == "12"
+    assert rp._cells({**base, "backend": "tensorrt"})[dev] == "3456"
+    assert rp._cells({**base, "backend": "onnxruntime-gpu"})[dev] == "3456"
