@@ -5,7 +5,8 @@
 #   OUT=/tmp/x bash benchmarks/gpu_check.sh --dry-run        (any machine: every stage runs, GPU ones skip)
 #
 # Expects torch (CUDA), onnx and onnxruntime installed; needs no network and no TensorRT (deepis-rt's
-# other dependencies: installed, or wheels in $WHEELHOUSE; env.json lists any missing). Stages run
+# other dependencies: installed, or wheels carried in .whl/ (benchmarks/gpu_wheels.sh) or $WHEELHOUSE;
+# env.json lists any still missing). Stages run
 # cheapest and most informative first; each has its own time budget (`timeout`) and writes
 # $OUT/<stage>.json (+ .log) the moment it ends, so a kill loses one stage, not the run:
 #
@@ -25,7 +26,7 @@ DRY=""
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY="--dry-run" ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -69,11 +70,19 @@ stage() {
   log "$name: exit $rc -> $OUT/$name.json"
 }
 
-# offline machines: deepis-rt's own dependencies from a carried wheel folder, when one is given
-if [ -n "${WHEELHOUSE:-}" ]; then
-  log "installing dependencies from $WHEELHOUSE (no network)"
-  timeout 90 "$PY" -m pip install --no-index --find-links "$WHEELHOUSE" -e . > "$OUT/pip_install.log" 2>&1 \
-    || log "pip install from $WHEELHOUSE failed (see pip_install.log); using PYTHONPATH"
+# offline machines: the dependencies their image lacks, from a carried wheel folder (.whl/, made by
+# benchmarks/gpu_wheels.sh, or $WHEELHOUSE), into a private folder on PYTHONPATH: no network, no resolution
+WHEELHOUSE="${WHEELHOUSE:-$PWD/.whl}"
+if compgen -G "$WHEELHOUSE/*.whl" > /dev/null; then
+  SITE="${GPU_CHECK_SITE:-${TMPDIR:-/tmp}/deepis-gpu-site}"
+  log "installing $(ls "$WHEELHOUSE"/*.whl | wc -l) carried wheel(s) from $WHEELHOUSE into $SITE (no network)"
+  if timeout 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" \
+      "$WHEELHOUSE"/*.whl > "$OUT/pip_install.log" 2>&1; then
+    export PYTHONPATH="$PYTHONPATH:$SITE"
+    export DEEPIS_GPU_CHECK_SITE="$SITE"
+  else
+    log "installing the carried wheels failed (see pip_install.log); stages run without them"
+  fi
 fi
 stage env 25
 stage pytest-gpu 90

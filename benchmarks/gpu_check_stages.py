@@ -119,6 +119,11 @@ def stage_env(args: argparse.Namespace) -> dict[str, Any]:
     needed = ("numpy", "scipy", "skimage", "tifffile", "h5py", "click", "tqdm", "matplotlib", "onnx", "onnxscript",
               "onnxruntime", "laptrack", "watchdog", "filelock", "pytest")
     facts["missing_dependencies"] = [m for m in needed if importlib.util.find_spec(m) is None]
+    site = os.environ.get("DEEPIS_GPU_CHECK_SITE")  # wheels carried to this machine (gpu_check.sh)
+    if site:
+        from importlib.metadata import distributions
+
+        facts["carried_wheels"] = sorted(f"{d.metadata['Name']} {d.version}" for d in distributions(path=[site]))
     cpu_flags = ""
     if Path("/proc/cpuinfo").is_file():
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -20,8 +20,12 @@ STAGES = ["env", "pytest-gpu", "datapath", "bench-deepis-lite", "bench-deepis", 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_check_dry_run_writes_every_stage(tmp_path):
+    """Also: wheels carried to an offline machine are installed (no network) where every stage imports them."""
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DEEPIS_RT_CACHE": str(tmp_path / "cache")}
+    wheels = tmp_path / "wheels"
+    _probe_wheel(wheels)
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DEEPIS_RT_CACHE": str(tmp_path / "cache"),
+           "WHEELHOUSE": str(wheels), "GPU_CHECK_SITE": str(tmp_path / "site")}
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -39,6 +43,25 @@ def test_gpu_check_dry_run_writes_every_stage(tmp_path):
         assert reports[stage]["status"] == expected and reports[stage]["dry_run"] is True
     assert reports["summary"]["stages"]["tensorrt"] == expected
     assert (out / "summary.md").is_file() and (out / "engines").is_dir()
+    assert reports["env"]["carried_wheels"] == ["deepis_gpu_probe 0.1"]  # seen by a stage's Python
+
+
+def _probe_wheel(folder: Path) -> Path:
+    """A minimal pure-Python wheel (what benchmarks/gpu_wheels.sh fetches, without the network)."""
+    import zipfile
+
+    name, version = "deepis_gpu_probe", "0.1"
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": "VALUE = 42\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for member, text in files.items():
+            z.writestr(member, text)
+        z.writestr(f"{info}/RECORD", "".join(f"{m},,\n" for m in files) + f"{info}/RECORD,,\n")
+    return path
 
 
 def test_env_stage_without_git_or_nvidia_smi(tmp_path, monkeypatch):
