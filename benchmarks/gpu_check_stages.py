@@ -112,9 +112,12 @@ def stage_env(args: argparse.Namespace) -> dict[str, Any]:
     except Exception:
         facts["onnxruntime_providers"] = []
     if shutil.which("nvidia-smi"):
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                            "--format=csv,noheader"], capture_output=True, text=True, timeout=15)
-        facts["nvidia_smi"] = q.stdout.strip() or q.stderr.strip()
+        try:
+            q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
+                                "--format=csv,noheader"], capture_output=True, text=True, timeout=15)
+            facts["nvidia_smi"] = q.stdout.strip() or q.stderr.strip()
+        except (OSError, subprocess.TimeoutExpired) as exc:  # a hung driver query costs this fact only
+            facts["nvidia_smi"] = f"{type(exc).__name__}: {exc}"
     # what deepis-rt and its tests import: a missing one explains failed stages at a glance
     needed = ("numpy", "scipy", "skimage", "tifffile", "h5py", "click", "tqdm", "matplotlib", "onnx", "onnxscript",
               "onnxruntime", "laptrack", "watchdog", "filelock", "pytest")

@@ -72,3 +72,25 @@ def test_env_stage_without_git_or_nvidia_smi(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no git, no nvidia-smi
     facts = stages.stage_env(argparse.Namespace(out=tmp_path))
     assert facts["status"] == "ok" and facts["commit"] is None and facts["libraries"]["torch"]
+
+
+def test_env_stage_survives_a_hung_nvidia_smi(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_check_stages", REPO / "benchmarks" / "gpu_check_stages.py")
+    stages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stages)
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nsleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(stages.subprocess, "run", _run_with_timeout(stages.subprocess.run, 0.5))
+    facts = stages.stage_env(argparse.Namespace(out=tmp_path))
+    assert facts["status"] == "ok" and facts["nvidia_smi"].startswith("TimeoutExpired")
+
+
+def _run_with_timeout(run, seconds):
+    def short(cmd, *args, **kwargs):
+        if cmd and cmd[0] == "nvidia-smi":
+            kwargs["timeout"] = seconds
+        return run(cmd, *args, **kwargs)
+
+    return short
