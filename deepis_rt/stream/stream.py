@@ -193,7 +193,6 @@ class Stream:
         self._backend_events: list[BackendEvent] = []
         self._resubmitted: set[tuple[int, str]] = set()  # (frame, source) given again, not yet written
         self._fatal: Exception | None = None  # the results folder could not be written: the stream stops
-        self._not_written: list[int] = []  # frames dropped after that
         self.health = BackendHealth(RetryPolicy(retry_for_s=self.settings.retry_for_s),
                                     on_event=self._on_backend_event, waiting=self._frames_waiting, stop=self._stop)
 
@@ -485,7 +484,6 @@ class Stream:
                 if task is STOP:
                     break
                 if self._fatal is not None:  # draining after a write failure: nothing more is committed
-                    self._not_written.append(task.frame)
                     continue
                 with self._lock:
                     resubmitted = (task.frame, task.source) in self._resubmitted
@@ -514,13 +512,12 @@ class Stream:
         next run on the folder processes every frame without a committed row."""
         from deepis_rt.errors import ResultsWriteError
 
-        where = self.results.root if self.results is not None else "results"
+        where = f"stream | {self.results.root}" if self.results is not None else "stream"
         again = ("the next run on the same folder processes every frame not committed"
                  if self.source is not None else "frames given with submit() from this one on were not written")
         self._fatal = ResultsWriteError(
-            f"stream | {where}: cannot write the results of frame {task.frame} ({task.source}): "
+            f"{where}: cannot write the results of frame {task.frame} ({task.source}): "
             f"{type(exc).__name__}: {exc}; stopped ({again})")
-        self._not_written.append(task.frame)
         log.error("%s", self._fatal, exc_info=log.isEnabledFor(logging.DEBUG))
         self._stop.set()
         self._input_closed.set()
