@@ -39,7 +39,8 @@ import numpy as np
 from deepis_rt.errors import BackendError
 
 __all__ = ["BF16_MIN_LABEL_AGREEMENT", "CLASSES", "label_parity", "summarize_parity", "heldout_frames",
-           "bf16_parity_report", "emulate_bf16", "emulated_bf16_parity_report", "find_parity_report", "warn_if_bf16_disagrees", "format_markdown", "main"]
+           "bf16_parity_report", "emulate_bf16", "emulated_bf16_parity_report", "find_parity_report",
+           "warn_if_bf16_disagrees", "format_markdown", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,9 @@ def emulate_bf16(model: Any) -> list[Any]:
     def to_bf16(t: Any) -> Any:
         return t.to(torch.bfloat16).to(t.dtype) if torch.is_tensor(t) and t.is_floating_point() else t
 
-    weighted = (torch.nn.modules.conv._ConvNd, torch.nn.Linear)
+    nn = torch.nn
+    weighted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                nn.Linear)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, weighted):
