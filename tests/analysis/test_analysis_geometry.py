@@ -39,6 +39,24 @@ def test_ellipsoid_surface_beats_voxel_faces(geometry, vs):
     assert faces > 1.3 * expected
 
 
+def test_one_voxel_thick_cell_is_measured_not_a_crash():
+    """A cell one voxel thick (a flat cell in the first Z slice, a small fragment kept by a lower
+    min_cell_volume_um3): its smoothed mask never reaches the mesh level; the raw mask is meshed."""
+    vs = (0.5, 0.25, 0.25)
+    plate = np.zeros((16, 64, 64), bool)
+    plate[0, 10:50, 10:50] = True  # 10 x 10 um, 0.5 um thick: 50 um^3
+    expected = 2 * 100.0 + 40.0 * 0.5  # both faces and the rim
+    assert surface_area_um2(plate, vs) == pytest.approx(expected, rel=0.1)
+    d = np.zeros(plate.shape, np.float32)
+    d[plate] = 0.3
+    (cell,) = analyze(d, None, vs).cells
+    assert cell.volume_um3 == pytest.approx(50.0)
+    assert cell.surface_um2 == pytest.approx(expected, rel=0.1)
+    d[8, 30, 30] = 0.3  # a one-voxel speck, kept when the debris filter is off
+    fa = analyze(d, None, vs, min_cell_volume_um3=0.0)
+    assert len(fa.cells) == 2 and all(c.surface_um2 > 0 for c in fa.cells)
+
+
 # contact radius >= 3 um at anisotropic voxels, several orientations, both map conventions
 CASES = [
     ("edt", (1, 0, 0), 3.0),
