@@ -256,6 +256,8 @@ def analyze(
             crop = _grow(region, is_dilation_voxels + 1, shape)
             lab = cell_labels[crop]
             is_ij = dilate(lab == i, is_dilation_voxels) & dilate(lab == j, is_dilation_voxels)
+            # a neighbouring cell's voxels are not this pair's IS (nor counted in two synapses)
+            is_ij &= (lab == 0) | (lab == i) | (lab == j)
             if not is_ij.any():
                 continue
             is_box = ndi.find_objects(is_ij.astype(np.int8))[0]
