@@ -187,7 +187,7 @@ def analyze(
     alpha_um3_per_pg : float
         Refractive-index increment (0.185 um^3/pg = 0.185 mL/g).
     threshold_um : float, optional
-        Mask threshold; default half the smallest voxel edge (the paper).
+        Mask threshold (>= 0); default half the smallest voxel edge (the paper).
     is_dilation_voxels : int
         Dilation of each mask for the paper's IS mask.
     min_is_area_um2 : float
@@ -202,6 +202,8 @@ def analyze(
     d, r = _check_inputs(distance, ri)
     vs = _voxel_size(voxel_size_um)
     t = float(threshold_um) if threshold_um is not None else default_threshold_um(vs)
+    if not (math.isfinite(t) and t >= 0):
+        raise InputError(f"analysis | threshold_um={threshold_um!r}: expected a number >= 0 (um)")
     voxel_volume = float(np.prod(vs))
 
     tmask, bmask = cell_masks(d, t)
@@ -242,7 +244,7 @@ def analyze(
     # zero-band voxels count as a cell's (for the contact surface) only when their sign is
     # above the background noise: restores exact distance maps, ignores noise of network output
     noise_um = background_noise_um(d, t)
-    band_fraction = min(max(3.0 * noise_um / t, 0.05), 1.0)
+    band_fraction = min(max(3.0 * noise_um / t, 0.05), 1.0) if t > 0 else 1.0
     synapses: list[Synapse] = []
     reach = 2 * is_dilation_voxels + 1
     shape = d.shape
@@ -254,6 +256,8 @@ def analyze(
             crop = _grow(region, is_dilation_voxels + 1, shape)
             lab = cell_labels[crop]
             is_ij = dilate(lab == i, is_dilation_voxels) & dilate(lab == j, is_dilation_voxels)
+            # a neighbouring cell's voxels are not this pair's IS (nor counted in two synapses)
+            is_ij &= (lab == 0) | (lab == i) | (lab == j)
             if not is_ij.any():
                 continue
             is_box = ndi.find_objects(is_ij.astype(np.int8))[0]

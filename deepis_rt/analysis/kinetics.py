@@ -105,7 +105,7 @@ def fit_saturation(
     -------
     KineticFit
         With ``success=False`` (not an exception) for fewer than 3 usable
-        points, no time span, or a fit that does not converge.
+        points, no time span, no value above 0, or a fit that does not converge.
     """
     t = np.asarray(t_s, dtype=float).ravel()
     v = np.asarray(y, dtype=float).ravel()
@@ -130,6 +130,8 @@ def fit_saturation(
     span = float(t.max() - t.min())
     if span <= 0:
         return KineticFit(n_points=n, message="all samples at the same time")
+    if not (v > 0).any():
+        return KineticFit(n_points=n, message="no value above 0: nothing rises, tau_half is undefined")
     t_pos = t[t > 0]
     tau0 = float(np.median(t_pos)) if t_pos.size else span / 2
     a0 = max(float(np.max(v)) * 1.2, 1e-9)

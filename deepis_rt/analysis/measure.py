@@ -91,7 +91,8 @@ def surface_area_um2(mask: np.ndarray, voxel_size_um: Sequence[float], sigma_vox
         Voxel size (Z, Y, X) in um.
     sigma_voxels : float
         Gaussian smoothing (in voxels along each axis) applied before marching
-        cubes at level 0.5; 0 meshes the raw mask.
+        cubes at level 0.5; 0 meshes the raw mask (so do masks one voxel thick, whose
+        smoothed field stays below 0.5).
     """
     if not mask.any():
         return 0.0
@@ -99,6 +100,8 @@ def surface_area_um2(mask: np.ndarray, voxel_size_um: Sequence[float], sigma_vox
     field = np.pad(mask.astype(np.float32), pad)
     if sigma_voxels > 0:
         field = ndi.gaussian_filter(field, sigma_voxels, mode="constant", truncate=3.0)
+        if field.max() <= 0.5:  # one voxel thick: the smoothed mask stays below the level; mesh it raw
+            field = np.pad(mask.astype(np.float32), pad)
     verts, faces, _, _ = measure.marching_cubes(field, 0.5, spacing=tuple(float(v) for v in voxel_size_um))
     return float(measure.mesh_surface_area(verts, faces))
 

@@ -42,7 +42,8 @@ def plot_synapse(
     path : str or Path
         Output PNG file; parent folders are created.
     fit : KineticFit, optional
-        Saturation fit of the IS area from onset; fitted here when omitted.
+        Saturation fit of the IS area from onset; fitted here when omitted (with the onset free
+        within the median frame interval before the first frame in contact, as the tracker does).
     dpi : int
         Resolution.
 
@@ -61,8 +62,9 @@ def plot_synapse(
     area = np.asarray(history.is_area_um2, dtype=float)
     err = np.asarray(history.is_area_err_um2, dtype=float)
     has_err = err.shape == area.shape and area.size > 0 and bool(np.isfinite(err).all())
-    if fit is None:
-        fit = fit_saturation(t_rel, area, sigma=err if has_err else None)
+    if fit is None:  # as SynapseTracker.summary() does: onset free within the frame interval before
+        window = float(np.median(np.diff(t))) if t.size > 1 else 0.0
+        fit = fit_saturation(t_rel, area, sigma=err if has_err else None, onset_window_s=window)
 
     fig = Figure(figsize=(7.0, 8.0), layout="constrained")
     ax_a, ax_m, ax_v = fig.subplots(3, 1, sharex=True)

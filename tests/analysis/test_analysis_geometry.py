@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from deepis_rt.analysis import analyze, contact_area_um2, surface_area_um2
 
@@ -37,6 +38,24 @@ def test_ellipsoid_surface_beats_voxel_faces(geometry, vs):
         for k in range(3)
     )
     assert faces > 1.3 * expected
+
+
+def test_one_voxel_thick_cell_is_measured_not_a_crash():
+    """A cell one voxel thick (a flat cell in the first Z slice, a small fragment kept by a lower
+    min_cell_volume_um3): its smoothed mask never reaches the mesh level; the raw mask is meshed."""
+    vs = (0.5, 0.25, 0.25)
+    plate = np.zeros((16, 64, 64), bool)
+    plate[0, 10:50, 10:50] = True  # 10 x 10 um, 0.5 um thick: 50 um^3
+    expected = 2 * 100.0 + 40.0 * 0.5  # both faces and the rim
+    assert surface_area_um2(plate, vs) == pytest.approx(expected, rel=0.1)
+    d = np.zeros(plate.shape, np.float32)
+    d[plate] = 0.3
+    (cell,) = analyze(d, None, vs).cells
+    assert cell.volume_um3 == pytest.approx(50.0)
+    assert cell.surface_um2 == pytest.approx(expected, rel=0.1)
+    d[8, 30, 30] = 0.3  # a one-voxel speck, kept when the debris filter is off
+    fa = analyze(d, None, vs, min_cell_volume_um3=0.0)
+    assert len(fa.cells) == 2 and all(c.surface_um2 > 0 for c in fa.cells)
 
 
 # contact radius >= 3 um at anisotropic voxels, several orientations, both map conventions
@@ -148,3 +167,31 @@ def test_ri_quantities(geometry):
     fa2 = analyze(d, None, vs)
     assert np.isnan(fa2.cells[0].mean_ri) and np.isnan(fa2.synapses[0].is_density_fg_um2)
     assert fa2.synapses[0].is_area_um2 == pytest.approx(syn.is_area_um2)
+
+
+def test_is_quantities_of_a_pair_leave_out_a_neighbouring_cell(geometry):
+    """Two CAR-T cells side by side (one voxel apart) on one target: each synapse's IS mass is its own.
+
+    The voxels of CAR-T 2 next to CAR-T 1 lie in the overlap of CAR-T 1's and the target's dilated
+    masks; counted there, CAR-T 2's protein entered synapse 1 (and was counted twice)."""
+    vs = (0.5, 0.25, 0.25)
+    shape = (24, 48, 80)
+    tgt = np.zeros(shape, bool)
+    tgt[4:20, 8:40, 8:72] = True
+    t1 = np.zeros(shape, bool)
+    t1[4:20, 40:46, 10:38] = True
+    t2 = np.zeros(shape, bool)
+    t2[4:20, 40:46, 39:70] = True  # one voxel (x = 38) between the two CAR-T cells
+    ri = np.full(shape, 1.337, np.float32)
+    ri[tgt], ri[t1] = 1.38, 1.37
+    alone = analyze(geometry.edt_signed(t1, tgt, vs), ri, vs, min_cell_volume_um3=5.0)
+    ri[t2] = 1.39
+    both = analyze(geometry.edt_signed(t1 | t2, tgt, vs), ri, vs, min_cell_volume_um3=5.0)
+    (s_alone,) = alone.synapses
+    s1 = next(s for s in both.synapses if s.tcell_id == 1)
+    assert s1.is_area_um2 == pytest.approx(s_alone.is_area_um2)
+    assert s1.is_dry_mass_pg == pytest.approx(s_alone.is_dry_mass_pg, rel=1e-5)
+    lab = both.cell_labels
+    cross = ndi.generate_binary_structure(3, 1)
+    own = ndi.binary_dilation(lab == 1, cross, 2) & ndi.binary_dilation(lab == 3, cross, 2) & (lab != 2)
+    assert s1.is_mean_ri == pytest.approx(float(ri[own].mean()), abs=1e-6)

@@ -49,3 +49,15 @@ def test_too_few_points_is_a_result_not_an_exception(t, y, reason):
     assert math.isnan(fit.a_max) and math.isnan(fit.tau_half_s)
     assert np.isnan(fit.predict(np.array([1.0, 2.0]))).all()
     assert fit.to_dict()["a_max"] is None
+
+
+@pytest.mark.parametrize("sigma", [None, 0.5])
+def test_all_zero_values_are_not_a_fit(sigma):
+    """Nothing rises (a CAR-T that never moves): A_max = 0 leaves tau_half free; the fit returned its
+    starting guess (the median time) as tau_half with a finite error, and success=True."""
+    t = np.arange(0.0, 300.0, 3.0)
+    sig = None if sigma is None else np.full(t.size, sigma)
+    fit = fit_saturation(t, np.zeros(t.size), sigma=sig, onset_window_s=3.0)
+    assert not fit.success and "0" in fit.message
+    assert math.isnan(fit.tau_half_s) and math.isnan(fit.tau_half_err_s) and math.isnan(fit.a_max)
+    assert fit.n_points == t.size

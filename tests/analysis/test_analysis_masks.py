@@ -82,3 +82,16 @@ def test_analyze_rejects_bad_input(bad):
 def test_analyze_rejects_mismatched_ri():
     with pytest.raises(InputError, match="RI volume"):
         analyze(np.zeros((4, 4, 4), np.float32), np.zeros((4, 4, 5), np.float32), VS)
+
+
+def test_threshold_override_zero_works_and_negative_is_refused(geometry):
+    """threshold_um=0 (the sign of an exact map) is a valid choice; a negative or NaN threshold
+    would make a voxel both CAR-T and target (or no cell at all) and is refused."""
+    d, tc, tg, _ = geometry.conjugate((30, 60, 60), VS, 3.0, 4.0, 2.0, (0, 0, 1), (6, 6, 6), "exact")
+    fa = analyze(d, None, VS, threshold_um=0.0)
+    assert fa.threshold_um == 0.0
+    assert [c.kind for c in fa.cells] == ["tcell", "target"] and len(fa.synapses) == 1
+    np.testing.assert_array_equal(fa.cell_labels > 0, (d > 0) | (d < 0))
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(InputError, match="threshold_um"):
+            analyze(d, None, VS, threshold_um=bad)

@@ -103,3 +103,34 @@ def test_area_plot_shows_the_uncertainty_it_is_fitted_with(tmp_path, monkeypatch
     history.is_area_err_um2[:] = [math.nan] * len(history.is_area_err_um2)  # unknown: plain points
     plot_synapse(history, tmp_path / "without_err.png", dpi=72)
     assert not [c for c in figures[-1].axes[0].containers if isinstance(c, ErrorbarContainer)]
+
+
+def test_plot_fits_like_the_summary_when_no_fit_is_given(tmp_path, monkeypatch):
+    """plot_synapse(history, path) alone fitted with the onset fixed at the first frame in contact:
+    its legend showed a shorter tau_half than summary.json for the same synapse."""
+    from matplotlib.figure import Figure
+
+    from deepis_rt.analysis.plots import _fit_label
+
+    figures = []
+    real_savefig = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    rng = np.random.default_rng(0)
+    tr = SynapseTracker()
+    for k in range(60):  # 3 s frames; contact begins at 4 s, first seen at 6 s
+        t = 3.0 * k
+        area = float(saturation(np.array(t - 4.0), 106.0, 40.0)) if t > 4.0 else 0.0
+        fa = _frame(0)
+        syn = Synapse(1, 1, 2, area + rng.normal(0, 0.3), 1.36, 1.0, 50.0, is_area_err_um2=1.0)
+        fa.synapses = [syn] if area else []
+        tr.update(fa, time_s=t)
+    (summary,) = tr.summary()
+    (history,) = tr.histories.values()
+    plot_synapse(history, tmp_path / "alone.png", dpi=72)
+    legend = [t.get_text() for t in figures[-1].axes[0].get_legend().get_texts()]
+    assert _fit_label(summary.area_fit, "µm²") in legend
