@@ -274,7 +274,7 @@ class SynapseTracker:
         return ids
 
     # -- public API -------------------------------------------------------------------------
-    def update(self, frame: object, time_s: float | None = None) -> TrackedFrame:
+    def update(self, frame: object, time_s: float | None = None, frame_number: int | None = None) -> TrackedFrame:
         """Add one frame; fill ``track_id`` / ``tcell_track`` / ``target_track`` in place.
 
         Parameters
@@ -283,6 +283,9 @@ class SynapseTracker:
             The analysed frame (e.g. the runtime's ``FrameResult``).
         time_s : float, optional
             Acquisition time; default ``frame.time_s`` if present, else the frame index.
+        frame_number : int, optional
+            The frame's number as its source counts it (a stream's ``frame``, which skips frames
+            that failed): recorded in the events and histories. Default: the updates counted from 0.
 
         Returns
         -------
@@ -293,6 +296,7 @@ class SynapseTracker:
         if time_s is None:
             time_s = getattr(frame, "time_s", None)
         t = float(self._frame if time_s is None else time_s)
+        number = self._frame if frame_number is None else int(frame_number)
         coords: dict[str, np.ndarray] = {}
         ids: dict[str, np.ndarray] = {}
         by_kind: dict[str, list[Cell]] = {"tcell": [], "target": []}
@@ -312,9 +316,9 @@ class SynapseTracker:
         self._window.append(_WindowFrame(coords, ids))
         del self._window[: -self.window_frames]
 
-        events = self._synapse_events(analysis, cell_tracks, t)
+        events = self._synapse_events(analysis, cell_tracks, t, number)
         self._frame_times_s.append(t)
-        tracked = TrackedFrame(self._frame, t, analysis, cell_tracks, events)
+        tracked = TrackedFrame(number, t, analysis, cell_tracks, events)
         self._frame += 1
         for ev in events:
             if self.on_event is not None:
@@ -322,7 +326,7 @@ class SynapseTracker:
         return tracked
 
     def _synapse_events(
-        self, analysis: FrameAnalysis, cell_tracks: dict[int, int], t: float
+        self, analysis: FrameAnalysis, cell_tracks: dict[int, int], t: float, number: int
     ) -> list[SynapseEvent]:
         events: list[SynapseEvent] = []
         cells = {c.cell_id: c for c in analysis.cells}
@@ -336,7 +340,7 @@ class SynapseTracker:
             now[key] = s
             tc, tg = cells.get(s.tcell_id), cells.get(s.target_id)
             h = self._histories.setdefault(key, SynapseHistory(*key))
-            h.frame.append(self._frame)
+            h.frame.append(number)
             h.time_s.append(t)
             h.is_area_um2.append(s.is_area_um2)
             h.is_area_err_um2.append(getattr(s, "is_area_err_um2", math.nan))
@@ -348,7 +352,7 @@ class SynapseTracker:
 
         def emit(kind: str, key: tuple[int, int], area: float, direction: str | None = None) -> None:
             thr = self.area_threshold_um2 if kind == "area_threshold_crossed" else None
-            events.append(SynapseEvent(kind, self._frame, t, key[0], key[1], area, direction, thr))
+            events.append(SynapseEvent(kind, number, t, key[0], key[1], area, direction, thr))
 
         for key in sorted(self._active - set(now)):
             emit("lost", key, 0.0)

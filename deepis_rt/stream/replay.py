@@ -65,7 +65,7 @@ def replay_tracker(
                     is_area_err_um2=num(r.get("is_area_err_um2"))))
             empty = np.zeros((0, 0, 0), np.uint8)
             analysis = FrameAnalysis(labels=empty, cell_labels=empty.astype(np.int32), cells=cells, synapses=synapses)
-            tracker.update(analysis, num(frame_row["time_s"]))
+            tracker.update(analysis, num(frame_row["time_s"]), frame_number=frame)
             replayed[frame] = analysis
     finally:
         tracker.on_event = on_event

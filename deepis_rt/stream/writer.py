@@ -93,7 +93,7 @@ class FrameWriter:
                 self.relink_needed = True
             self.last_tracked_frame = max(self.last_tracked_frame, task.frame)
             try:
-                task.tracked = self.tracker.update(result, task.time_s)
+                task.tracked = self.tracker.update(result, task.time_s, frame_number=task.frame)
             except Exception as exc:
                 mark_failed(task, "track", exc)
             else:
@@ -174,7 +174,7 @@ class FrameWriter:
         tracker = SynapseTracker(area_threshold_um2=self.settings.area_threshold_um2, on_event=None)
         for frame in sorted(self._tracked):
             time_s, analysis = self._tracked[frame]
-            tracker.update(analysis, time_s)
+            tracker.update(analysis, time_s, frame_number=frame)
         tracker.on_event = self.on_event
         self.tracker = tracker
         log.info("stream: tracks re-linked in frame order after frames that were given again")

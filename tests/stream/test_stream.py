@@ -225,6 +225,25 @@ def test_submit_callbacks_and_iteration(contact_series):
     assert "3-D" in res[0].error
 
 
+def test_events_carry_the_streams_frame_numbers_after_a_failed_frame(contact_series):
+    """A frame that fails takes a frame number but never reaches the tracker: the synapse events of
+    later frames still name the frame in which they happened (as frames.csv and synapses.csv do)."""
+    radii, volumes = contact_series  # apart, forming, growing, growing, broken, re-formed
+    events = []
+    with Stream(None, None, make_segmenter(), on_synapse_event=events.append) as stream:
+        stream.submit(np.zeros((4, 4), np.float32), time_s=0.0, voxel_size_um=VOXEL)  # frame 0 fails
+        for i, vol in enumerate(volumes):
+            stream.submit(vol, time_s=5.0 * (i + 1), voxel_size_um=VOXEL)  # frames 1..6
+        stream.end_input()
+        results = list(stream)
+    assert [r.status for r in results] == ["failed"] + ["ok"] * len(volumes)
+    by_kind = {e.kind: e for e in events if e.kind != "area_threshold_crossed"}
+    assert [e.kind for e in events if e.kind != "area_threshold_crossed"] == ["formed", "lost", "re-formed"]
+    assert (by_kind["formed"].frame, by_kind["lost"].frame, by_kind["re-formed"].frame) == (2, 5, 6)
+    formed = next(r for r in results if r.frame == 2)
+    assert formed.tracked.frame == 2 and [e.kind for e in formed.tracked.events][:1] == ["formed"]
+
+
 _KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
