@@ -4,7 +4,8 @@ Supported formats (chosen by the file suffix):
 
 * ``.tif`` / ``.tiff`` — OME-TIFF (``PhysicalSizeX/Y/Z``, converted to um) or ImageJ
   hyperstacks (``spacing`` for Z, the X/Y resolution tags for Y/X). Axes ``ZYX`` or
-  ``TZYX`` (one tomogram per time point, read from its own pages).
+  ``TZYX`` (one tomogram per time point, read from its own pages); unlabelled planes (``C``,
+  ``Q``, ``I``) are Z; 2-D images along T (``TYX``) or with colour samples are refused.
 * ``.npy`` / ``.npz`` — voxel size from a ``<name>.json`` sidecar
   (``{"voxel_size_um": [z, y, x], "time_s": ..., "medium_ri": ...}``) or the caller.
   In ``.npz`` the array named ``ri`` (else ``tomogram``, ``input``, else the only one) is used.
@@ -141,8 +142,12 @@ def _tiff_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float
     try:
         series, shape, axes = _tiff_series(tif, where)
         check_declared(shape, series.dtype, where)
-        if len(shape) == 4 and axes[0] not in "TQI":
-            raise InputError(f"{where}: 4-D TIFF with axes {axes!r}; expected T, Z, Y, X")
+        # planes are Z, or unlabelled: C (how tifffile labels the planes of a 3-D array written without
+        # axes), Q / I (plain multi-page TIFF); planes along T are a time-lapse of 2-D images
+        if axes[-2:] != "YX" or axes[-3] not in "ZCQI" or (len(axes) == 4 and axes[0] not in "TQI"):
+            raise InputError(f"{where}: TIFF axes {axes!r} (shape {shape}) are not Z, Y, X or T, Z, Y, X: the file "
+                             "holds 2-D images (time points or colour samples), not a tomogram; export the RI "
+                             "tomogram as a Z stack (one per time point)")
         vs = _tiff_voxel_size(tif)
         data = series.asarray().reshape(shape) if len(shape) == 3 else None
     except InputError:

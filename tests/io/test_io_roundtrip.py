@@ -184,3 +184,18 @@ def test_rejects_non_numeric_and_unknown_and_corrupt(tmp_path, ri):
         read_tomogram(tmp_path / "empty.h5")
     with pytest.raises(InputError, match="no such file"):
         read_tomogram(tmp_path / "missing.tif")
+
+
+@pytest.mark.parametrize("axes,shape,kwargs", [
+    ("TYX", (6, 10, 12), {"ome": True}),  # a time-lapse of 2-D images (e.g. projections)
+    ("TYX", (6, 10, 12), {"imagej": True}),  # the same from ImageJ (frames, no slices)
+    ("YXS", (10, 12, 3), {"photometric": "rgb"}),  # an RGB picture
+])
+def test_tiff_without_z_planes_is_refused_not_read_as_a_volume(tmp_path, axes, shape, kwargs):
+    data = np.full(shape, 1.35, np.float32) if axes != "YXS" else np.full(shape, 135, np.uint8)
+    meta = {} if axes == "YXS" else {"metadata": {"axes": axes}}
+    tifffile.imwrite(tmp_path / "planes.tif", data, **kwargs, **meta)
+    with tifffile.TiffFile(tmp_path / "planes.tif") as tif:
+        assert tif.series[0].axes == axes
+    with pytest.raises(InputError, match=f"planes.tif: TIFF axes '{axes}'.*Z stack"):
+        read_tomogram(tmp_path / "planes.tif", VS, ri_scale=0.01 if axes == "YXS" else None)
