@@ -29,6 +29,7 @@ import functools
 import json
 import logging
 import re
+import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -127,6 +128,35 @@ def _tiff_series(tif: Any, where: str) -> tuple[Any, tuple[int, ...], str]:
     return series, shape, axes
 
 
+def _check_complete(tif: Any, where: str) -> None:
+    """Refuse a TIFF cut short (still being written, an interrupted copy): tifffile only logs a chain of
+    pages (IFDs) that breaks off, or a description past the end of the file, and reads what is left: a
+    volume with fewer planes or, without the OME-XML / ImageJ description (written last), a wrong layout."""
+    n = len(tif.pages)  # follows the chain to its end or to its break
+    fmt, fh = tif.tiff, tif.filehandle
+    first = tif.pages.first
+    try:
+        fh.seek(first.offset)
+        count = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
+        entries = fh.read(count * fmt.tagsize)
+        codes = {struct.unpack(tif.byteorder + "H", entries[i:i + 2])[0] for i in range(0, len(entries), fmt.tagsize)}
+        offset = tif.pages[n - 1].offset
+        fh.seek(offset)
+        count = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
+        fh.seek(offset + fmt.tagnosize + count * fmt.tagsize)
+        following = struct.unpack(fmt.offsetformat, fh.read(fmt.offsetsize))[0]
+    except (struct.error, OSError):
+        codes, following = set(), -1
+    if following != 0:
+        what = f"the TIFF breaks off after page {n} (the next page lies past the end of the file or is damaged)"
+    elif 270 in codes and 270 not in first.tags:
+        what = "the description of the first page (OME-XML / ImageJ metadata) lies past the end of the file"
+    else:
+        return
+    raise FileFormatError(f"{where}: {what}; the file is incomplete or corrupt: check that it was written or "
+                          "copied completely")
+
+
 def _open_tiff(path: Path, where: str) -> Any:
     import tifffile
 
@@ -140,6 +170,7 @@ def _open_tiff(path: Path, where: str) -> Any:
 def _tiff_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
     tif = _open_tiff(path, where)
     try:
+        _check_complete(tif, where)
         series, shape, axes = _tiff_series(tif, where)
         check_declared(shape, series.dtype, where)
         # planes are Z, or unlabelled: C (how tifffile labels the planes of a 3-D array written without

@@ -199,3 +199,25 @@ def test_tiff_without_z_planes_is_refused_not_read_as_a_volume(tmp_path, axes, s
         assert tif.series[0].axes == axes
     with pytest.raises(InputError, match=f"planes.tif: TIFF axes '{axes}'.*Z stack"):
         read_tomogram(tmp_path / "planes.tif", VS, ri_scale=0.01 if axes == "YXS" else None)
+
+
+@pytest.mark.parametrize("series,where", [(False, "pages"), (True, "pages"), (True, "description")],
+                         ids=["ZYX", "TZYX", "TZYX-description"])
+def test_tiff_cut_short_is_refused_not_read_with_fewer_planes(tmp_path, ri, series, where):
+    """A TIFF still being written (or copied) ends in the middle of its chain of pages, or of the OME-XML
+    that tifffile writes last; tifffile only logs that and reads what is left: a volume with fewer planes,
+    or, without the OME-XML, all time points as one volume."""
+    data = np.stack([ri, ri + np.float32(0.01)]) if series else ri
+    path = tmp_path / "cut.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "TZYX" if series else "ZYX", "PhysicalSizeZ": 0.5,
+                                                     "PhysicalSizeY": 0.25, "PhysicalSizeX": 0.25})
+    with tifffile.TiffFile(path) as tif:
+        if where == "pages":
+            cut = tif.pages[len(tif.pages) - 2].offset  # the second-to-last page and all after it are lost
+        else:
+            cut = tif.pages.first.tags["ImageDescription"].valueoffset + 100  # every page, part of the OME-XML
+            assert cut > tif.pages[len(tif.pages) - 1].offset
+    path.write_bytes(path.read_bytes()[:cut])
+    what = "breaks off after page" if where == "pages" else "description of the first page"
+    with pytest.raises(FileFormatError, match=f"cut.ome.tif: .*{what}.*incomplete"):
+        list(iter_tomograms(path, VS))
