@@ -328,10 +328,10 @@ def _mat_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float,
              "uint32": "u4", "int8": "i1"}
     if cls not in kinds:
         raise InputError(f"{where}: variable 'input' is of MATLAB class {cls}; expected a numeric array")
-    # MATLAB order (Y, X, Z[, T]) -> ([T,] Z, Y, X) for the check
+    # MATLAB order (Y, X, Z[, T]) -> ([T,] Z, Y, X) for the check; other dimensions as they are (refused)
     mshape = tuple(shape)
-    check_declared(mshape[-1:] + mshape[:-1] if len(mshape) == 3 else (mshape[3], mshape[2]) + mshape[:2],
-                   kinds[cls], where)
+    order = {3: (2, 0, 1), 4: (3, 2, 0, 1)}.get(len(mshape), range(len(mshape)))
+    check_declared(tuple(mshape[i] for i in order), kinds[cls], where)
     # files before MATLAB 7.3 are not HDF5: scipy.io reads the variable whole, even a time series
     try:
         data = scipy.io.loadmat(str(path), variable_names=["input"])["input"]

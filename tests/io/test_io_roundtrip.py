@@ -136,6 +136,14 @@ def test_mat_files_become_zyx(tmp_path):
     assert new.shape == (8, 16, 20) and new.ri[7, 3, 5] == pytest.approx(1.4)
 
 
+def test_mat_file_of_more_than_four_dimensions_is_refused(tmp_path):
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "5d.mat", {"input": np.full((16, 20, 8, 2, 3), 1.337)})  # (Y, X, Z, T, C)
+    with pytest.raises(InputError, match="5d.mat: 5-D data"):
+        list(iter_tomograms(tmp_path / "5d.mat", VS))
+
+
 def test_labels_round_trip(tmp_path):
     labels = np.random.default_rng(1).integers(0, 4, size=(6, 10, 12)).astype(np.uint8)
     path = write_labels(tmp_path / "l.tif", labels, VS)
