@@ -4,7 +4,8 @@ Supported formats (chosen by the file suffix):
 
 * ``.tif`` / ``.tiff`` — OME-TIFF (``PhysicalSizeX/Y/Z``, converted to um) or ImageJ
   hyperstacks (``spacing`` for Z, the X/Y resolution tags for Y/X). Axes ``ZYX`` or
-  ``TZYX`` (one tomogram per time point, read from its own pages).
+  ``TZYX`` (one tomogram per time point, read from its own pages); unlabelled planes (``C``,
+  ``Q``, ``I``) are Z; 2-D images along T (``TYX``) or with colour samples are refused.
 * ``.npy`` / ``.npz`` — voxel size from a ``<name>.json`` sidecar
   (``{"voxel_size_um": [z, y, x], "time_s": ..., "medium_ri": ...}``) or the caller.
   In ``.npz`` the array named ``ri`` (else ``tomogram``, ``input``, else the only one) is used.
@@ -28,6 +29,7 @@ import functools
 import json
 import logging
 import re
+import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -126,6 +128,35 @@ def _tiff_series(tif: Any, where: str) -> tuple[Any, tuple[int, ...], str]:
     return series, shape, axes
 
 
+def _check_complete(tif: Any, where: str) -> None:
+    """Refuse a TIFF cut short (still being written, an interrupted copy): tifffile only logs a chain of
+    pages (IFDs) that breaks off, or a description past the end of the file, and reads what is left: a
+    volume with fewer planes or, without the OME-XML / ImageJ description (written last), a wrong layout."""
+    n = len(tif.pages)  # follows the chain to its end or to its break
+    fmt, fh = tif.tiff, tif.filehandle
+    first = tif.pages.first
+    try:
+        fh.seek(first.offset)
+        count = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
+        entries = fh.read(count * fmt.tagsize)
+        codes = {struct.unpack(tif.byteorder + "H", entries[i:i + 2])[0] for i in range(0, len(entries), fmt.tagsize)}
+        offset = tif.pages[n - 1].offset
+        fh.seek(offset)
+        count = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
+        fh.seek(offset + fmt.tagnosize + count * fmt.tagsize)
+        following = struct.unpack(fmt.offsetformat, fh.read(fmt.offsetsize))[0]
+    except (struct.error, OSError):
+        codes, following = set(), -1
+    if following != 0:
+        what = f"the TIFF breaks off after page {n} (the next page lies past the end of the file or is damaged)"
+    elif 270 in codes and 270 not in first.tags:
+        what = "the description of the first page (OME-XML / ImageJ metadata) lies past the end of the file"
+    else:
+        return
+    raise FileFormatError(f"{where}: {what}; the file is incomplete or corrupt: check that it was written or "
+                          "copied completely")
+
+
 def _open_tiff(path: Path, where: str) -> Any:
     import tifffile
 
@@ -139,10 +170,15 @@ def _open_tiff(path: Path, where: str) -> Any:
 def _tiff_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
     tif = _open_tiff(path, where)
     try:
+        _check_complete(tif, where)
         series, shape, axes = _tiff_series(tif, where)
         check_declared(shape, series.dtype, where)
-        if len(shape) == 4 and axes[0] not in "TQI":
-            raise InputError(f"{where}: 4-D TIFF with axes {axes!r}; expected T, Z, Y, X")
+        # planes are Z, or unlabelled: C (how tifffile labels the planes of a 3-D array written without
+        # axes), Q / I (plain multi-page TIFF); planes along T are a time-lapse of 2-D images
+        if axes[-2:] != "YX" or axes[-3] not in "ZCQI" or (len(axes) == 4 and axes[0] not in "TQI"):
+            raise InputError(f"{where}: TIFF axes {axes!r} (shape {shape}) are not Z, Y, X or T, Z, Y, X: the file "
+                             "holds 2-D images (time points or colour samples), not a tomogram; export the RI "
+                             "tomogram as a Z stack (one per time point)")
         vs = _tiff_voxel_size(tif)
         data = series.asarray().reshape(shape) if len(shape) == 3 else None
     except InputError:
@@ -292,10 +328,10 @@ def _mat_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float,
              "uint32": "u4", "int8": "i1"}
     if cls not in kinds:
         raise InputError(f"{where}: variable 'input' is of MATLAB class {cls}; expected a numeric array")
-    # MATLAB order (Y, X, Z[, T]) -> ([T,] Z, Y, X) for the check
+    # MATLAB order (Y, X, Z[, T]) -> ([T,] Z, Y, X) for the check; other dimensions as they are (refused)
     mshape = tuple(shape)
-    check_declared(mshape[-1:] + mshape[:-1] if len(mshape) == 3 else (mshape[3], mshape[2]) + mshape[:2],
-                   kinds[cls], where)
+    order = {3: (2, 0, 1), 4: (3, 2, 0, 1)}.get(len(mshape), range(len(mshape)))
+    check_declared(tuple(mshape[i] for i in order), kinds[cls], where)
     # files before MATLAB 7.3 are not HDF5: scipy.io reads the variable whole, even a time series
     try:
         data = scipy.io.loadmat(str(path), variable_names=["input"])["input"]

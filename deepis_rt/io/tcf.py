@@ -29,17 +29,18 @@ instead of failing inside HDF5.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepis_rt.errors import FileFormatError, MissingDependencyError
+from deepis_rt.errors import DeepisError, FileFormatError, MissingDependencyError
 from deepis_rt.io.tomogram import check_declared, where_of
 
 __all__ = ["TcfFile", "TcfTile", "open_tcf", "read_time_point", "tcf_items", "describe_tcf"]
@@ -177,7 +178,7 @@ class TcfFile:
     path: Path
     format_version: str | None
     time_points: list[str]
-    layouts: list[str]  # "classic" or "tiled", per time point
+    layouts: list[str]  # "classic", "tiled" or "damaged" (unreadable metadata), per time point
     size_zyx: tuple[int, int, int] | None
     voxel_size_um: tuple[float, float, float] | None
     time_interval_s: float | None
@@ -199,6 +200,19 @@ def _open(path: Path, where: str) -> Any:
     except Exception as exc:
         raise FileFormatError(f"{where}: not a readable HDF5/TCF file ({type(exc).__name__}: {exc}); "
                               "check that the file is complete") from None
+
+
+@contextlib.contextmanager
+def _damaged(where: str) -> Iterator[None]:
+    """What h5py raises on damaged metadata (RuntimeError, KeyError, ... without the file's name) as a
+    :class:`FileFormatError`."""
+    try:
+        yield
+    except DeepisError:
+        raise
+    except Exception as exc:
+        raise FileFormatError(f"{where}: damaged HDF5 structure ({type(exc).__name__}: {exc}); the file is "
+                              "truncated or corrupt") from None
 
 
 def _order(name: str) -> tuple[int, int | str]:
@@ -239,21 +253,23 @@ def open_tcf(path: str | Path, where: str | None = None) -> TcfFile:
     path = Path(path)
     where = where or where_of(path)
     h5py = _h5py()
-    with _open(path, where) as f:
+    with _open(path, where) as f, _damaged(where):
         if "Data/3D" not in f or not isinstance(f["Data/3D"], h5py.Group):
             raise FileFormatError(f"{where}: no /Data/3D group; not a Tomocube TCF file with RI tomograms")
         grp = f["Data/3D"]
         names, layouts, times = [], [], []
         for name in sorted(grp.keys(), key=_order):
-            obj = grp.get(name)
-            if isinstance(obj, h5py.Dataset):
-                layouts.append("classic")
-            elif isinstance(obj, h5py.Group):
-                layouts.append("tiled")
-            else:
+            try:
+                obj = grp.get(name)
+                kind = "classic" if isinstance(obj, h5py.Dataset) else "tiled" if isinstance(obj, h5py.Group) else None
+                time_s = None if kind is None else _float(obj, "Time")
+            except Exception:  # a damaged time point fails alone, when it is read
+                kind, time_s = "damaged", None
+            if kind is None:
                 continue
+            layouts.append(kind)
             names.append(name)
-            times.append(_float(obj, "Time"))
+            times.append(time_s)
         if not names:
             raise FileFormatError(f"{where}: /Data/3D holds no time points (neither datasets nor tile groups)")
         sizes = [_int(grp, f"Size{ax}", f"{where} /Data/3D") for ax in _AXES]
@@ -398,7 +414,7 @@ def read_time_point(path: str | Path, name: str, where: str | None = None, decod
         f = h5py.File(path, "r")
     except Exception as exc:
         raise FileFormatError(f"{here}: the file became unreadable ({type(exc).__name__}: {exc})") from None
-    with f:
+    with f, _damaged(here):
         obj = f.get(f"Data/3D/{name}")
         if obj is None:
             raise FileFormatError(f"{here}: time point disappeared while the file was being read")
@@ -465,7 +481,7 @@ def describe_tcf(path: str | Path) -> dict[str, Any]:
     tcf = open_tcf(path, where)
     h5py = _h5py()
     compression: set[str] = set()
-    with _open(path, where) as f:
+    with _open(path, where) as f, _damaged(where):
         grp = f["Data/3D"]
 
         def visit(_name: str, obj: Any) -> None:

@@ -136,6 +136,14 @@ def test_mat_files_become_zyx(tmp_path):
     assert new.shape == (8, 16, 20) and new.ri[7, 3, 5] == pytest.approx(1.4)
 
 
+def test_mat_file_of_more_than_four_dimensions_is_refused(tmp_path):
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "5d.mat", {"input": np.full((16, 20, 8, 2, 3), 1.337)})  # (Y, X, Z, T, C)
+    with pytest.raises(InputError, match="5d.mat: 5-D data"):
+        list(iter_tomograms(tmp_path / "5d.mat", VS))
+
+
 def test_labels_round_trip(tmp_path):
     labels = np.random.default_rng(1).integers(0, 4, size=(6, 10, 12)).astype(np.uint8)
     path = write_labels(tmp_path / "l.tif", labels, VS)
@@ -184,3 +192,40 @@ def test_rejects_non_numeric_and_unknown_and_corrupt(tmp_path, ri):
         read_tomogram(tmp_path / "empty.h5")
     with pytest.raises(InputError, match="no such file"):
         read_tomogram(tmp_path / "missing.tif")
+
+
+@pytest.mark.parametrize("axes,shape,kwargs", [
+    ("TYX", (6, 10, 12), {"ome": True}),  # a time-lapse of 2-D images (e.g. projections)
+    ("TYX", (6, 10, 12), {"imagej": True}),  # the same from ImageJ (frames, no slices)
+    ("YXS", (10, 12, 3), {"photometric": "rgb"}),  # an RGB picture
+])
+def test_tiff_without_z_planes_is_refused_not_read_as_a_volume(tmp_path, axes, shape, kwargs):
+    data = np.full(shape, 1.35, np.float32) if axes != "YXS" else np.full(shape, 135, np.uint8)
+    meta = {} if axes == "YXS" else {"metadata": {"axes": axes}}
+    tifffile.imwrite(tmp_path / "planes.tif", data, **kwargs, **meta)
+    with tifffile.TiffFile(tmp_path / "planes.tif") as tif:
+        assert tif.series[0].axes == axes
+    with pytest.raises(InputError, match=f"planes.tif: TIFF axes '{axes}'.*Z stack"):
+        read_tomogram(tmp_path / "planes.tif", VS, ri_scale=0.01 if axes == "YXS" else None)
+
+
+@pytest.mark.parametrize("series,where", [(False, "pages"), (True, "pages"), (True, "description")],
+                         ids=["ZYX", "TZYX", "TZYX-description"])
+def test_tiff_cut_short_is_refused_not_read_with_fewer_planes(tmp_path, ri, series, where):
+    """A TIFF still being written (or copied) ends in the middle of its chain of pages, or of the OME-XML
+    that tifffile writes last; tifffile only logs that and reads what is left: a volume with fewer planes,
+    or, without the OME-XML, all time points as one volume."""
+    data = np.stack([ri, ri + np.float32(0.01)]) if series else ri
+    path = tmp_path / "cut.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "TZYX" if series else "ZYX", "PhysicalSizeZ": 0.5,
+                                                     "PhysicalSizeY": 0.25, "PhysicalSizeX": 0.25})
+    with tifffile.TiffFile(path) as tif:
+        if where == "pages":
+            cut = tif.pages[len(tif.pages) - 2].offset  # the second-to-last page and all after it are lost
+        else:
+            cut = tif.pages.first.tags["ImageDescription"].valueoffset + 100  # every page, part of the OME-XML
+            assert cut > tif.pages[len(tif.pages) - 1].offset
+    path.write_bytes(path.read_bytes()[:cut])
+    what = "breaks off after page" if where == "pages" else "description of the first page"
+    with pytest.raises(FileFormatError, match=f"cut.ome.tif: .*{what}.*incomplete"):
+        list(iter_tomograms(path, VS))

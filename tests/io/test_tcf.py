@@ -13,7 +13,7 @@ import pytest
 from tcf_helpers import MEDIUM_RI, VS, random_ri, write_classic_tcf, write_tiled_tcf
 
 from deepis_rt.errors import FileFormatError, ImplausibleRIError, MissingDependencyError
-from deepis_rt.io import iter_tomograms, read_labels, read_tomogram
+from deepis_rt.io import iter_tomograms, read_labels, read_tomogram, time_points
 
 SHAPE = (10, 20, 36)  # not a multiple of the (8, 16, 16) tiles: every axis has a padded edge tile
 
@@ -231,3 +231,37 @@ def test_info_describes_a_classic_tcf(tmp_path):
     desc = describe(tmp_path / "c.tcf")
     assert desc["layout"] == "classic" and desc["compression"] == "none" and "10 000" in desc["encoding"]
     assert desc["time_interval_s"] == pytest.approx(3.0) and "tiles" not in desc
+
+
+def _damage_attribute(path, name: str, occurrence: int) -> None:
+    """Corrupt the datatype of the ``occurrence``-th attribute called ``name`` (bit rot in the file's metadata)."""
+    raw = bytearray(path.read_bytes())
+    at, start = -1, 0
+    for _ in range(occurrence + 1):
+        at = raw.index(name.encode(), start)
+        start = at + 1
+    raw[at + (len(name) + 8) // 8 * 8] ^= 0xFF  # the datatype's version, after the NUL-ended name padded to 8 bytes
+    path.write_bytes(bytes(raw))
+
+
+def test_damaged_metadata_of_one_time_point_fails_that_time_point_alone(tmp_path):
+    path = tmp_path / "rot.tcf"
+    write_tiled_tcf(path, _volumes(3), uint8=False)
+    _damage_attribute(path, "ScalarType", 1)  # time point 1: h5py raises RuntimeError on any attribute look-up
+    got = []
+    for point in time_points(path):
+        try:
+            got.append(point.read().frame_index)
+        except FileFormatError as exc:
+            got.append(str(exc))
+    assert got[0] == 0 and got[2] == 2
+    assert got[1].startswith("io | rot.tcf, time point 1 (/Data/3D/000001): damaged HDF5 structure"), got[1]
+    assert "truncated or corrupt" in got[1]
+
+
+def test_damaged_file_metadata_is_a_file_format_error(tmp_path):
+    path = tmp_path / "rot.tcf"
+    write_tiled_tcf(path, _volumes(2), uint8=False)
+    _damage_attribute(path, "TimeInterval", 0)  # /Data/3D itself
+    with pytest.raises(FileFormatError, match="io | rot.tcf: damaged HDF5 structure.*truncated or corrupt"):
+        time_points(path)
