@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 __all__ = ["SynapseEvent", "TrackedFrame", "SynapseHistory", "SynapseSummary", "SynapseTracker"]
 
 EVENT_KINDS = ("formed", "lost", "re-formed", "area_threshold_crossed")
+#: a synapse in contact from the tracker's first frame formed before it, at most this many observed
+#: durations earlier as far as the kinetics fit looks (its errors then say how well tau_half is known)
+UNOBSERVED_ONSET_SPANS = 10.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class SynapseSummary:
     max_is_area_um2: float
     area_fit: KineticFit
     displacement_fit: KineticFit
+    #: False when the pair was in contact from the tracker's first frame: ``onset_s`` is then the first
+    #: observation, not the formation, and the area fit looked for the onset further back
+    onset_observed: bool = True
 
     def to_dict(self) -> dict:
         """JSON-safe dict for ``summary.json`` (NaN becomes None)."""
@@ -123,6 +129,7 @@ class SynapseSummary:
             "tcell_track": self.tcell_track,
             "target_track": self.target_track,
             "onset_s": clean(self.onset_s),
+            "onset_observed": self.onset_observed,
             "duration_s": clean(self.duration_s),
             "n_frames": self.n_frames,
             "max_is_area_um2": clean(self.max_is_area_um2),
@@ -371,14 +378,23 @@ class SynapseTracker:
         self._active = set(now)
         return events
 
+    def _onset_observed(self, h: SynapseHistory) -> bool:
+        """Whether the tracker saw a frame before the synapse's first frame in contact."""
+        return bool((np.asarray(self._frame_times_s, dtype=float) < h.onset_s).any())
+
     def _onset_window_s(self, h: SynapseHistory) -> float:
         """How long before its first frame in contact a synapse may have formed."""
         times = np.asarray(self._frame_times_s, dtype=float)
         before = times[times < h.onset_s]
-        if before.size:
+        if before.size:  # within the interval since the last frame without contact
             return float(h.onset_s - before.max())
+        # in contact from the first frame: formed at an unknown time before it. Bounding the onset
+        # by one interval there would force a short tau_half with confident errors; the fit looks
+        # much further back instead, and its errors grow where the data cannot pin the onset down
         steps = np.diff(h.time_s)
-        return float(np.median(steps)) if steps.size else 0.0
+        step = float(np.median(steps)) if steps.size else 0.0
+        span = float(h.time_s[-1] - h.time_s[0]) if len(h.time_s) > 1 else 0.0
+        return max(step, UNOBSERVED_ONSET_SPANS * span)
 
     @property
     def histories(self) -> dict[tuple[int, int], SynapseHistory]:
@@ -401,6 +417,7 @@ class SynapseTracker:
                     area_fit=fit_saturation(t_rel, h.is_area_um2, sigma=h.is_area_err_um2,
                                             onset_window_s=self._onset_window_s(h)),
                     displacement_fit=fit_saturation(t_rel, h.displacement_um()),
+                    onset_observed=self._onset_observed(h),
                 )
             )
         return out

@@ -148,6 +148,39 @@ def test_summary_fits_area_and_displacement():
     assert {"onset_s", "duration_s", "A_max_um2", "tau_half_s", "r_squared", "displacement_fit"} <= set(d)
 
 
+@pytest.mark.parametrize("formed_before_s", [20.0, 60.0])
+def test_synapse_in_contact_from_the_first_frame_is_not_fitted_as_if_it_formed_then(formed_before_s):
+    """Recording starts after the contact formed: the onset is not observed. The fit must not pin it to
+    one interval before the first frame (that gave tau_half 14.7 +- 0.5 s or 3.6 +- 0.3 s for a true 40 s);
+    it finds the onset itself, and the truth lies within its stated errors."""
+    rng = np.random.default_rng(5)
+    tr = SynapseTracker()
+    t = np.arange(0.0, 150.0, 3.0)
+    sigma = 1.5
+    area = saturation(t + formed_before_s, 106.0, 40.0) + rng.normal(0, sigma, t.size)
+    for k, tk in enumerate(t):
+        f = frame([("tcell", (8.0, 10.0, 10.0), 250.0), ("target", (8.0, 25.0, 10.0), 900.0)], [(0, 1, area[k])])
+        f.synapses[0].is_area_err_um2 = sigma
+        tr.update(f, time_s=tk)
+    (s,) = tr.summary()
+    assert s.onset_observed is False and s.to_dict()["onset_observed"] is False
+    fit = s.area_fit
+    assert fit.success and fit.weighted
+    assert abs(fit.tau_half_s - 40.0) < 3 * fit.tau_half_err_s + 2.0, (fit.tau_half_s, fit.tau_half_err_s)
+    assert abs(fit.a_max - 106.0) < 3 * fit.a_max_err + 2.0, (fit.a_max, fit.a_max_err)
+    assert fit.onset_offset_s == pytest.approx(-formed_before_s, abs=max(10.0, 3 * fit.tau_half_err_s))
+
+
+def test_a_synapse_that_forms_while_recording_has_an_observed_onset():
+    tr = SynapseTracker()
+    cells = [("tcell", (8.0, 10.0, 10.0), 250.0), ("target", (8.0, 25.0, 10.0), 900.0)]
+    for k in range(8):
+        tr.update(frame(cells, [(0, 1, 10.0 * k)] if k >= 2 else []), time_s=3.0 * k)
+    (s,) = tr.summary()
+    assert s.onset_observed is True and s.onset_s == 6.0
+    assert -3.0 <= s.area_fit.onset_offset_s <= 0.0  # within the interval since the last frame apart
+
+
 def test_end_to_end_with_analyze(geometry):
     """Real distance maps: a CAR-T drifts onto a target, touches, and keeps its track."""
     vs = (0.5, 0.25, 0.25)
