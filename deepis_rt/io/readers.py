@@ -26,6 +26,7 @@ time point at a time. Readers are pure functions of the file.
 from __future__ import annotations
 
 import functools
+import html
 import json
 import logging
 import re
@@ -50,8 +51,11 @@ log = logging.getLogger(__name__)
 #: File suffixes (lower case) the readers understand.
 SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".npy", ".npz", ".tcf", ".h5", ".hdf5", ".mat")
 
-_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3,
-               "m": 1e6, "cm": 1e4, "pixel": None, "": None}
+_UNIT_TO_UM = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3,
+               "mm": 1e3, "m": 1e6, "cm": 1e4, "inch": 25400.0, "pixel": None, "": None}
+#: TIFF ResolutionUnit -> um per unit, for ImageJ files whose description names no unit (as ImageJ reads
+#: them: inch or cm from the tag; "none" leaves the image uncalibrated)
+_TIFF_RESOLUTION_UNIT_TO_UM = {2: 25400.0, 3: 1e4}
 
 # one time point of a file: (volume or a function that reads it, time_s, frame_index); time series are
 # read one time point at a time (hours-long time-lapses do not fit in memory)
@@ -84,9 +88,9 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- TIFF
 def _tiff_voxel_size(tif: Any) -> tuple[float, float, float] | None:
     if tif.is_ome and tif.ome_metadata:
-        m = re.search(r"<Pixels\b[^>]*>", tif.ome_metadata)
+        m = re.search(r"<(?:[\w-]+:)?Pixels\b[^>]*>", tif.ome_metadata)  # with or without a namespace prefix
         if m:
-            attrs = dict(re.findall(r'(\w+)="([^"]*)"', m.group(0)))
+            attrs = {k: html.unescape(v) for k, v in re.findall(r'(\w+)="([^"]*)"', m.group(0))}
             out = []
             for ax in "ZYX":
                 val = attrs.get(f"PhysicalSize{ax}")
@@ -100,8 +104,12 @@ def _tiff_voxel_size(tif: Any) -> tuple[float, float, float] | None:
             return tuple(out)  # type: ignore[return-value]
     ij = tif.imagej_metadata
     if ij and "spacing" in ij:
-        factor = _UNIT_TO_UM.get(str(ij.get("unit", "um")), None)
         tags = tif.pages[0].tags
+        if "unit" in ij:
+            factor = _UNIT_TO_UM.get(str(ij["unit"]), None)
+        else:  # no unit in the description: ImageJ takes it from the ResolutionUnit tag, else uncalibrated
+            unit_tag = tags.get("ResolutionUnit")
+            factor = _TIFF_RESOLUTION_UNIT_TO_UM.get(int(unit_tag.value) if unit_tag is not None else 1)
         try:
             xr = tags["XResolution"].value
             yr = tags["YResolution"].value

@@ -49,6 +49,35 @@ def test_imagej_spacing(tmp_path, ri):
     assert read_tomogram(path).voxel_size_um == pytest.approx((0.6, 0.2, 0.2))
 
 
+def test_imagej_without_unit_is_read_as_imagej_reads_it(tmp_path, ri):
+    """No ``unit`` in the description: ImageJ takes the unit from the ResolutionUnit tag (cm, inch) and
+    otherwise leaves the image uncalibrated; reading such a file as um would make up a voxel size."""
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, ri, imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={"spacing": 0.6})
+    assert read_tomogram(path).voxel_size_um is None  # uncalibrated: the caller must say (--voxel-size)
+    tifffile.imwrite(path, ri, imagej=True, resolution=(1e4 / 0.2, 1e4 / 0.2), resolutionunit="CENTIMETER",
+                     metadata={"spacing": 0.6e-4})
+    assert read_tomogram(path).voxel_size_um == pytest.approx((0.6, 0.2, 0.2))
+
+
+def test_ome_voxel_size_with_greek_mu_entities_or_a_namespace_prefix(tmp_path, ri):
+    import re
+
+    path = tmp_path / "ome.tif"
+    write_tomogram(path, ri, VS, fmt="tiff")
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata
+    variants = {
+        "greek mu": xml.replace("µm", "\u03bcm"),
+        "entity": xml.replace("µm", "&#181;m"),
+        "prefix": re.sub(r"<(/?)(\w+)", r"<\1ome:\2", xml).replace('xmlns="', 'xmlns:ome="'),
+    }
+    for name, text in variants.items():
+        assert text != xml, name
+        tifffile.tiffcomment(path, text.encode())
+        assert read_tomogram(path).voxel_size_um == pytest.approx(VS), name
+
+
 def test_voxel_size_argument_overrides_and_npy_without_sidecar(tmp_path, ri):
     np.save(tmp_path / "bare.npy", ri)
     assert read_tomogram(tmp_path / "bare.npy").voxel_size_um is None
