@@ -141,8 +141,15 @@ def _check_complete(tif: Any, where: str) -> None:
     pages (IFDs) that breaks off, or a description past the end of the file, and reads what is left: a
     volume with fewer planes or, without the OME-XML / ImageJ description (written last), a wrong layout."""
     n = len(tif.pages)  # follows the chain to its end or to its break
-    fmt, fh = tif.tiff, tif.filehandle
-    first = tif.pages.first
+    if n == 0:
+        return  # no page at all: the series check says so
+    first = tif.pages[0]
+    try:
+        fmt, fh = tif.tiff, tif.filehandle
+        fmt.tagnoformat, fmt.tagnosize, fmt.tagsize, fmt.offsetformat, fmt.offsetsize  # noqa: B018
+    except AttributeError:  # a tifffile without these internals: the check is not possible
+        log.debug("%s: this tifffile does not expose the IFD layout; completeness not checked", where)
+        return
     try:
         fh.seek(first.offset)
         count = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
