@@ -187,6 +187,11 @@ def _tiff_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float
     try:
         _check_complete(tif, where)
         series, shape, axes = _tiff_series(tif, where)
+        # a multi-position file holds one series per position; thumbnails and previews differ in shape
+        alike = sum(tuple(s.shape) == tuple(series.shape) for s in tif.series[1:])
+        if alike:
+            log.warning("%s: holds %d series of the same shape (several positions?); only the first is read: "
+                        "export one position per file to process the others", where, alike + 1)
         check_declared(shape, series.dtype, where)
         # planes are Z, or unlabelled: C (how tifffile labels the planes of a 3-D array written without
         # axes), Q / I (plain multi-page TIFF); planes along T are a time-lapse of 2-D images

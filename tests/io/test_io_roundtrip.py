@@ -49,6 +49,18 @@ def test_imagej_spacing(tmp_path, ri):
     assert read_tomogram(path).voxel_size_um == pytest.approx((0.6, 0.2, 0.2))
 
 
+def test_several_positions_in_one_tiff_are_said_not_silently_dropped(tmp_path, ri, caplog):
+    import logging
+
+    path = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        for _ in range(3):
+            tw.write(np.round(ri * 10000).astype(np.uint16), metadata={"axes": "ZYX"})
+    with caplog.at_level(logging.WARNING, logger="deepis_rt.io.readers"):
+        assert read_tomogram(path).ri.shape == ri.shape
+    assert "3 series of the same shape" in caplog.text and "only the first is read" in caplog.text
+
+
 def test_imagej_without_unit_is_read_as_imagej_reads_it(tmp_path, ri):
     """No ``unit`` in the description: ImageJ takes the unit from the ResolutionUnit tag (cm, inch) and
     otherwise leaves the image uncalibrated; reading such a file as um would make up a voxel size."""
