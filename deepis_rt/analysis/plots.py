@@ -31,7 +31,8 @@ def _fit_label(fit: KineticFit, unit: str) -> str:
 
 
 def plot_synapse(
-    history: SynapseHistory, path: str | Path, fit: KineticFit | None = None, dpi: int = 150
+    history: SynapseHistory, path: str | Path, fit: KineticFit | None = None, dpi: int = 150,
+    fit_onset_s: float | None = None,
 ) -> Path:
     """Write a PNG with the synapse's IS area (and fit), IS dry mass and cell volumes.
 
@@ -46,6 +47,9 @@ def plot_synapse(
         within the median frame interval before the first frame in contact, as the tracker does).
     dpi : int
         Resolution.
+    fit_onset_s : float, optional
+        First frame of the contact ``fit`` describes, when not the first contact (a pair that parted
+        and met again: ``SynapseSummary.fit_onset_s``); the curve is drawn from there.
 
     Returns
     -------
@@ -74,8 +78,9 @@ def plot_synapse(
     else:
         ax_a.plot(t_rel, area, "o", ms=4, color="tab:blue", label="IS area (measured)")
     if fit.success and t_rel.size:
-        tt = np.linspace(0.0, max(float(t_rel.max()), 1e-9), 200)
-        ax_a.plot(tt, fit.predict(tt), "-", color="tab:red", label=_fit_label(fit, "µm²"))
+        shift = 0.0 if fit_onset_s is None or not np.isfinite(fit_onset_s) else float(fit_onset_s) - history.onset_s
+        tt = np.linspace(shift, max(float(t_rel.max()), shift + 1e-9), 200)
+        ax_a.plot(tt, fit.predict(tt - shift), "-", color="tab:red", label=_fit_label(fit, "µm²"))
     else:
         ax_a.plot([], [], " ", label=_fit_label(fit, "µm²"))
     ax_a.set_ylabel("IS area (µm²)")
@@ -120,10 +125,12 @@ def plot_synapse(
 
 def plot_synapses(tracker: SynapseTracker, out_dir: str | Path, dpi: int = 150) -> list[Path]:
     """One PNG per synapse of ``tracker`` into ``out_dir`` (see :func:`synapse_plot_name`)."""
-    fits = {(s.tcell_track, s.target_track): s.area_fit for s in tracker.summary()}
+    summaries = {(s.tcell_track, s.target_track): s for s in tracker.summary()}
     paths = []
     for key, history in sorted(tracker.histories.items()):
+        s = summaries.get(key)
         paths.append(
-            plot_synapse(history, Path(out_dir) / synapse_plot_name(history), fits.get(key), dpi=dpi)
+            plot_synapse(history, Path(out_dir) / synapse_plot_name(history), s.area_fit if s else None, dpi=dpi,
+                         fit_onset_s=s.fit_onset_s if s else None)
         )
     return paths

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,9 +115,14 @@ class SynapseSummary:
     max_is_area_um2: float
     area_fit: KineticFit
     displacement_fit: KineticFit
-    #: False when the pair was in contact from the tracker's first frame: ``onset_s`` is then the first
-    #: observation, not the formation, and the area fit looked for the onset further back
+    #: False when the fitted contact was present from the tracker's first frame: its onset is then not
+    #: observed, and the area fit looked for it further back
     onset_observed: bool = True
+    #: contacts of this pair: a separation of more frames than the tracker's ``max_gap_frames`` starts a
+    #: new one (a shorter dropout does not)
+    episodes: int = 1
+    #: first frame in contact of the contact the fits describe (the longest; ``onset_s`` when one)
+    fit_onset_s: float = math.nan
 
     def to_dict(self) -> dict:
         """JSON-safe dict for ``summary.json`` (NaN becomes None)."""
@@ -130,6 +135,8 @@ class SynapseSummary:
             "target_track": self.target_track,
             "onset_s": clean(self.onset_s),
             "onset_observed": self.onset_observed,
+            "episodes": self.episodes,
+            "fit_onset_s": clean(self.fit_onset_s),
             "duration_s": clean(self.duration_s),
             "n_frames": self.n_frames,
             "max_is_area_um2": clean(self.max_is_area_um2),
@@ -378,22 +385,32 @@ class SynapseTracker:
         self._active = set(now)
         return events
 
-    def _onset_observed(self, h: SynapseHistory) -> bool:
-        """Whether the tracker saw a frame before the synapse's first frame in contact."""
-        return bool((np.asarray(self._frame_times_s, dtype=float) < h.onset_s).any())
+    def _episodes(self, h: SynapseHistory) -> list[slice]:
+        """The pair's contacts, as slices of its history: observations separated by more frames
+        without contact than ``max_gap_frames`` belong to different contacts (the cells parted and
+        met again); a shorter dropout (a missed segmentation) does not split a contact."""
+        times = np.sort(np.asarray(self._frame_times_s, dtype=float))
+        t = np.asarray(h.time_s, dtype=float)
+        starts = [0] + [i for i in range(1, t.size)
+                        if np.count_nonzero((times > t[i - 1]) & (times < t[i])) > self.max_gap_frames]
+        return [slice(a, b) for a, b in zip(starts, starts[1:] + [t.size], strict=True)]
 
-    def _onset_window_s(self, h: SynapseHistory) -> float:
-        """How long before its first frame in contact a synapse may have formed."""
+    def _onset_observed(self, onset_s: float) -> bool:
+        """Whether the tracker saw a frame before a contact's first frame."""
+        return bool((np.asarray(self._frame_times_s, dtype=float) < onset_s).any())
+
+    def _onset_window_s(self, onset_s: float, time_s: Sequence[float]) -> float:
+        """How long before its first frame (``onset_s``) a contact observed at ``time_s`` may have formed."""
         times = np.asarray(self._frame_times_s, dtype=float)
-        before = times[times < h.onset_s]
+        before = times[times < onset_s]
         if before.size:  # within the interval since the last frame without contact
-            return float(h.onset_s - before.max())
+            return float(onset_s - before.max())
         # in contact from the first frame: formed at an unknown time before it. Bounding the onset
         # by one interval there would force a short tau_half with confident errors; the fit looks
         # much further back instead, and its errors grow where the data cannot pin the onset down
-        steps = np.diff(h.time_s)
+        steps = np.diff(time_s)
         step = float(np.median(steps)) if steps.size else 0.0
-        span = float(h.time_s[-1] - h.time_s[0]) if len(h.time_s) > 1 else 0.0
+        span = float(time_s[-1] - time_s[0]) if len(time_s) > 1 else 0.0
         return max(step, UNOBSERVED_ONSET_SPANS * span)
 
     @property
@@ -405,7 +422,15 @@ class SynapseTracker:
         """Per synapse: onset, duration, saturation fits of IS area and CAR-T displacement."""
         out = []
         for key, h in sorted(self._histories.items()):
-            t_rel = np.asarray(h.time_s) - h.onset_s
+            episodes = self._episodes(h)
+            # the kinetics of one contact: the longest (the first of equally long ones); a pair that
+            # parted and met again starts from zero area, which one curve through both cannot follow
+            ep = max(episodes, key=lambda s: (s.stop - s.start, -s.start))
+            time_s = list(h.time_s[ep])
+            fit_onset = time_s[0]
+            t_rel = np.asarray(time_s) - fit_onset
+            centroids = np.asarray(h.tcell_centroid_um[ep], dtype=float).reshape(-1, 3)
+            displacement = np.linalg.norm(centroids - centroids[0], axis=1) if len(centroids) else np.zeros(0)
             out.append(
                 SynapseSummary(
                     tcell_track=key[0],
@@ -414,10 +439,12 @@ class SynapseTracker:
                     duration_s=float(h.time_s[-1] - h.time_s[0]),
                     n_frames=len(h.time_s),
                     max_is_area_um2=float(np.nanmax(h.is_area_um2)),
-                    area_fit=fit_saturation(t_rel, h.is_area_um2, sigma=h.is_area_err_um2,
-                                            onset_window_s=self._onset_window_s(h)),
-                    displacement_fit=fit_saturation(t_rel, h.displacement_um()),
-                    onset_observed=self._onset_observed(h),
+                    area_fit=fit_saturation(t_rel, h.is_area_um2[ep], sigma=h.is_area_err_um2[ep],
+                                            onset_window_s=self._onset_window_s(fit_onset, time_s)),
+                    displacement_fit=fit_saturation(t_rel, displacement),
+                    onset_observed=self._onset_observed(fit_onset),
+                    episodes=len(episodes),
+                    fit_onset_s=fit_onset,
                 )
             )
         return out

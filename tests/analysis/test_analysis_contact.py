@@ -158,7 +158,8 @@ def test_tracker_gives_the_fit_the_interval_before_onset(geometry):
         tracker.update(analyze(d, None, vs), time_s=5.0 * i)
     (s,) = tracker.summary()
     assert s.onset_s == 10.0
-    assert tracker._onset_window_s(tracker.histories[(s.tcell_track, s.target_track)]) == 5.0
+    h = tracker.histories[(s.tcell_track, s.target_track)]
+    assert tracker._onset_window_s(h.onset_s, h.time_s) == 5.0
     assert s.area_fit.success and -5.0 <= s.area_fit.onset_offset_s <= 0.0
 
 

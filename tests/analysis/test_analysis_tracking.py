@@ -181,6 +181,39 @@ def test_a_synapse_that_forms_while_recording_has_an_observed_onset():
     assert -3.0 <= s.area_fit.onset_offset_s <= 0.0  # within the interval since the last frame apart
 
 
+def test_a_pair_that_parts_and_meets_again_is_fitted_on_one_contact():
+    """Two contacts (the cells part for 5 frames, then meet again and stay): one curve through both
+    cannot follow a second rise from zero; the fit describes the longest contact, from its own onset.
+    A dropout of one frame (a missed segmentation) does not split a contact."""
+    rng = np.random.default_rng(2)
+    cells = [("tcell", (8.0, 10.0, 10.0), 250.0), ("target", (8.0, 25.0, 10.0), 900.0)]
+    tr = SynapseTracker()
+    dt = 3.0
+    first = [saturation(dt * k + 1.0, 106.0, 40.0) for k in range(6)]  # a brief first contact
+    times, k = [], 0
+    for a in first:
+        tr.update(frame(cells, [(0, 1, a)]), time_s=dt * k)
+        k += 1
+    for _ in range(5):  # apart
+        tr.update(frame(cells), time_s=dt * k)
+        k += 1
+    second_onset = dt * k
+    for j in range(40):
+        if j == 12:  # one frame missed by the segmentation: the same contact goes on
+            tr.update(frame(cells), time_s=dt * k)
+        else:
+            area = saturation(dt * j + 1.0, 106.0, 40.0) + rng.normal(0, 1.0)
+            tr.update(frame(cells, [(0, 1, area)]), time_s=dt * k)
+            times.append(dt * k)
+        k += 1
+    (s,) = tr.summary()
+    assert s.episodes == 2 and s.onset_s == 0.0 and s.fit_onset_s == second_onset and s.onset_observed
+    assert s.area_fit.n_points == 39
+    assert s.area_fit.tau_half_s == pytest.approx(40.0, rel=0.2) and s.area_fit.a_max == pytest.approx(106.0, rel=0.1)
+    d = s.to_dict()
+    assert d["episodes"] == 2 and d["fit_onset_s"] == second_onset
+
+
 def test_end_to_end_with_analyze(geometry):
     """Real distance maps: a CAR-T drifts onto a target, touches, and keeps its track."""
     vs = (0.5, 0.25, 0.25)
