@@ -391,8 +391,9 @@ class SynapseTracker:
         met again); a shorter dropout (a missed segmentation) does not split a contact."""
         times = np.sort(np.asarray(self._frame_times_s, dtype=float))
         t = np.asarray(h.time_s, dtype=float)
-        starts = [0] + [i for i in range(1, t.size)
-                        if np.count_nonzero((times > t[i - 1]) & (times < t[i])) > self.max_gap_frames]
+        # frames the tracker saw strictly between consecutive observations of the pair
+        between = np.searchsorted(times, t[1:], "left") - np.searchsorted(times, t[:-1], "right")
+        starts = [0] + [int(i) + 1 for i in np.flatnonzero(between > self.max_gap_frames)]
         return [slice(a, b) for a, b in zip(starts, starts[1:] + [t.size], strict=True)]
 
     def _onset_observed(self, onset_s: float) -> bool:
