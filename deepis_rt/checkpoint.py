@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -312,10 +313,16 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        blocking = _blocking_globals(path, exc)
+        found = f" ({', '.join(blocking)})" if blocking else ""
+        numpy_hint = " (numpy values as float(x) / int(x))" if any(n.startswith("numpy") for n in blocking) else ""
         raise UnsafeCheckpointError(
-            f"{where}: refused — the file holds objects other than tensors and plain "
-            f"containers, and checkpoints are only loaded with weights_only=True; "
-            f"nothing in it was run. Detail: {str(exc).splitlines()[0]}"
+            f"{where}: refused — it holds objects other than tensors and plain containers{found}, and "
+            f"checkpoints are only loaded with torch.load(weights_only=True); nothing in it was run. If you "
+            f"trust the file, re-save just its weights where it was made, leaving out the other "
+            f"entries{numpy_hint}: torch.save({{'network': ckpt['network']}}, 'weights.pth') for a "
+            f"published-DeepIS file, deepis_rt.save_checkpoint('model.pt', ckpt['state_dict'], config=...) "
+            f"for a deepis-rt one; then load that file"
         ) from None
     except Exception as exc:  # truncated / corrupt zip, bad records, ...
         raise CheckpointError(f"{where}: corrupt or truncated file ({type(exc).__name__}: {exc})") from None
@@ -383,6 +390,19 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
     if announce:
         _notice(ckpt.meta, where)
     return ckpt
+
+
+def _blocking_globals(path: Path, exc: Exception) -> list[str]:
+    """The objects (``module.name``) that made ``weights_only`` loading refuse ``path``.
+
+    Zip-format files are disassembled statically (nothing is run) and every such object is listed;
+    for the format of PyTorch before 1.6, the one torch's error names.
+    """
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # the legacy format, or opcodes the disassembler does not know
+        names = []
+    return names or re.findall(r"GLOBAL (\S+) was not an allowed global", str(exc))[:1]
 
 
 def _is_legacy_torch_file(head: bytes) -> bool:
