@@ -300,7 +300,9 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
         raise CheckpointError(f"{where}: empty file")
     if size > _MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"{where}: {size / 1e9:.1f} GB is too large for a DeepIS checkpoint")
-    if not zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(path):
+        _check_torch_zip(path, where)
+    else:
         with open(path, "rb") as f:
             head = f.read(16)
         if head.startswith(b"PK\x03\x04"):
@@ -390,6 +392,26 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
     if announce:
         _notice(ckpt.meta, where)
     return ckpt
+
+
+def _check_torch_zip(path: Path, where: str) -> None:
+    """Refuse, by the archive's directory alone, a zip that is a TorchScript model or not from ``torch.save``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load reports it
+    if any(n.endswith("constants.pkl") for n in names):
+        raise CheckpointError(
+            f"{where}: a TorchScript model (torch.jit.save), not a checkpoint; loading TorchScript runs its "
+            "code, so it is not read here. Save the weights where the model was made, "
+            "torch.save(model.state_dict(), 'weights.pth'), and load that file (or an ONNX export)"
+        )
+    if not any(n.endswith("data.pkl") for n in names):
+        raise CheckpointError(
+            f"{where}: a zip archive, but not a PyTorch checkpoint (no data.pkl; e.g. a .npz or a zipped "
+            "folder); give the file written by torch.save"
+        )
 
 
 def _blocking_globals(path: Path, exc: Exception) -> list[str]:

@@ -157,3 +157,28 @@ def test_meta_must_be_plain(tmp_path, tiny_model):
 def test_meta_with_str_subclass_round_trips(tmp_path, tiny_model):
     path = save_checkpoint(tmp_path / "c.pt", tiny_model, meta={"training": {"torch": torch.__version__}})
     assert load_checkpoint(path).meta["training"]["torch"] == str(torch.__version__)
+
+
+class _Scripted(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 1, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_zip_files_that_are_not_checkpoints_named_as_what_they_are(tmp_path):
+    """A TorchScript model (.pt of torch.jit.save) or a .npz is not 'corrupt', and weights_only=False is never advised."""
+    scripted = tmp_path / "model.pt"
+    torch.jit.script(_Scripted()).save(str(scripted))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(scripted)
+    msg = str(err.value)
+    assert "TorchScript" in msg and "state_dict()" in msg
+    assert "corrupt" not in msg and "weights_only=False" not in msg and "weights_only` set to `False" not in msg
+    np = pytest.importorskip("numpy")
+    np.savez(tmp_path / "weights.npz", w=np.zeros(3))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path / "weights.npz")
+    assert "not a PyTorch checkpoint" in str(err.value) and "corrupt" not in str(err.value)
