@@ -178,12 +178,16 @@ def _checksum(config: dict, preset: str | None, meta: dict, state_dict: Mapping[
 
 
 def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Accept state dicts saved from ``nn.DataParallel`` / DDP (``module.`` prefix)."""
-    keys = list(state_dict)
-    if keys and all(k.startswith("module.") for k in keys):
-        log.info("checkpoint: stripping the 'module.' prefix of a DataParallel state dict")
-        return {k[len("module."):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
+    """Accept state dicts saved from ``nn.DataParallel`` / DDP (``module.`` prefix) and ``torch.compile``
+    (``_orig_mod.``), nested in either order."""
+    state_dict = dict(state_dict)
+    while state_dict:
+        prefix = next((p for p in ("module.", "_orig_mod.") if all(k.startswith(p) for k in state_dict)), None)
+        if prefix is None:
+            break
+        log.info("checkpoint: stripping the %r prefix of a DataParallel / torch.compile state dict", prefix)
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def save_checkpoint(
@@ -201,7 +205,7 @@ def save_checkpoint(
         Destination (``.pt``); parent folders are created.
     model : DeepIS or state dict
         The network (its config is used) or a bare state dict (then give ``config``).
-        ``nn.DataParallel``-wrapped models are unwrapped.
+        ``nn.DataParallel``-wrapped and ``torch.compile``-d models are unwrapped.
     config : ModelConfig, optional
         Required when ``model`` is a state dict.
     meta : mapping, optional
@@ -214,8 +218,13 @@ def save_checkpoint(
     Path
         The written file.
     """
-    if isinstance(model, torch.nn.DataParallel):
-        model = model.module
+    while not isinstance(model, DeepIS):  # DataParallel / DDP (.module), torch.compile (._orig_mod)
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            break
     if isinstance(model, DeepIS):
         config = model.config if config is None else config
         state_dict = model.state_dict()

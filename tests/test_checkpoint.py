@@ -50,6 +50,26 @@ def test_dataparallel_prefix_accepted(tmp_path, tiny_model):
     load_checkpoint(save_checkpoint(tmp_path / "w.pt", wrapped))
 
 
+def test_torch_compile_prefix_accepted(tmp_path, tiny_model):
+    """torch.compile wraps the network (state dict keys '_orig_mod.'), alone or with DataParallel."""
+    compiled = torch.compile(tiny_model)  # not run: wrapping is enough to rename the keys
+    assert next(iter(compiled.state_dict())).startswith("_orig_mod.")
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        ref = tiny_model(x)
+    sd = compiled.state_dict()
+    paths = [save_checkpoint(tmp_path / "c.pt", compiled),
+             save_checkpoint(tmp_path / "sd.pt", sd, config=tiny_model.config),
+             save_checkpoint(tmp_path / "dp.pt", torch.nn.DataParallel(compiled))]
+    raw = torch.load(paths[0], weights_only=True)  # a file whose stored state dict still has the prefixes
+    raw["state_dict"] = {f"module._orig_mod.{k}": v for k, v in raw["state_dict"].items()}
+    raw.pop("checksum")
+    torch.save(raw, tmp_path / "raw.pt")
+    for path in paths + [tmp_path / "raw.pt"]:
+        with torch.no_grad():
+            assert torch.equal(load_checkpoint(path).build()(x), ref), path
+
+
 class _Evil:
     def __init__(self, target):
         self.target = target

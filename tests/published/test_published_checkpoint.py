@@ -171,6 +171,19 @@ def test_legacy_serialisation_and_bare_state_dict_accepted(tmp_path):
     assert load_checkpoint(bare).meta["source"]["epoch"] is None
 
 
+@pytest.mark.parametrize("prefix", ["module._orig_mod.", "_orig_mod.module.", "_orig_mod."])
+def test_torch_compile_prefix_accepted(published, tmp_path, prefix):
+    """The published code trained under torch.compile (with or without DataParallel) saves '_orig_mod.' keys."""
+    net, path = published
+    payload = torch.load(path, weights_only=True)
+    payload["network"] = {prefix + k[len("module."):]: v for k, v in payload["network"].items()}
+    torch.save(payload, tmp_path / "compiled.pth.tar")
+    ckpt = load_checkpoint(tmp_path / "compiled.pth.tar")
+    assert ckpt.config == load_checkpoint(path).config
+    x = _x(6, n=1)
+    assert _rel_err(ckpt.build()(x).detach().numpy(), reference_output_zyx(net, x).numpy()) < 1e-5
+
+
 def test_truncated_file_refused(published, tmp_path):
     _, path = published
     cut = tmp_path / "cut.pth.tar"
