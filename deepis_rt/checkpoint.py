@@ -368,6 +368,14 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{where}: state_dict must map names to tensors")
     state_dict = _strip_prefix(state_dict)
+    try:
+        if not isinstance(payload["meta"] or {}, Mapping):
+            raise CheckpointError(f"checkpoint meta: a {type(payload['meta']).__name__}, expected a dict")
+        _check_plain(payload["meta"] or {}, "meta")
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{where}: {exc}; write it with deepis_rt.save_checkpoint(path, state_dict, config=..., meta=...)"
+        ) from None
     meta = dict(DEFAULT_META)
     meta.update(payload["meta"] or {})
     preset = payload.get("preset")

@@ -202,3 +202,17 @@ def test_zip_files_that_are_not_checkpoints_named_as_what_they_are(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tmp_path / "weights.npz")
     assert "not a PyTorch checkpoint" in str(err.value) and "corrupt" not in str(err.value)
+
+
+@pytest.mark.parametrize("meta", [{"metrics": {"dice": torch.tensor(0.91)}}, {"tags": {"a", "b"}}, [1, 2]])
+@pytest.mark.parametrize("keep_checksum", [True, False])
+def test_meta_edited_with_non_plain_values_refused(tmp_path, tiny_model, meta, keep_checksum):
+    """A file whose meta was edited by hand (a tensor metric, a set) is refused, not a TypeError (load or info)."""
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model)
+    payload = torch.load(path, weights_only=True)
+    payload["meta"] = dict(payload["meta"], **meta) if isinstance(meta, dict) else meta
+    if not keep_checksum:
+        payload.pop("checksum")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"c\.pt: .*meta.*save_checkpoint"):
+        load_checkpoint(path)
