@@ -325,7 +325,11 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         blocking = _blocking_globals(path, exc)
-        found = f" ({', '.join(blocking)})" if blocking else ""
+        if blocking:
+            found = f" ({', '.join(blocking)})"
+        else:  # no object named: a damaged pickle fails the same way
+            detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(exc))
+            found = ", or is corrupt" + (f" ({detail.group(1)[:80]})" if detail else "")
         numpy_hint = " (numpy values as float(x) / int(x))" if any(n.startswith("numpy") for n in blocking) else ""
         raise UnsafeCheckpointError(
             f"{where}: refused — it holds objects other than tensors and plain containers{found}, and "

@@ -138,6 +138,23 @@ def test_byte_flip_in_tensor_data_detected(tmp_path, tiny_model):
         load_checkpoint(path)
 
 
+def test_byte_flip_in_pickle_reported_as_possibly_corrupt(tmp_path, tiny_model):
+    """A damaged data.pkl fails weights_only like a foreign object does; the message must not only blame objects."""
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    raw = bytearray(path.read_bytes())
+    local = info.header_offset  # name and extra-field lengths of the local header (its padding differs)
+    offset = local + 30 + int.from_bytes(raw[local + 26:local + 28], "little") + int.from_bytes(
+        raw[local + 28:local + 30], "little")
+    assert raw[offset + 2] == ord("}")  # the payload dict's opcode, after PROTO 2
+    raw[offset + 2] ^= 0xFF  # an opcode weights_only does not know
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert "corrupt" in str(err.value)
+
+
 def test_wrong_format_and_versions(tmp_path, tiny_model):
     torch.save({"hello": 1}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="not a deepis-rt checkpoint"):
