@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -177,12 +178,16 @@ def _checksum(config: dict, preset: str | None, meta: dict, state_dict: Mapping[
 
 
 def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Accept state dicts saved from ``nn.DataParallel`` / DDP (``module.`` prefix)."""
-    keys = list(state_dict)
-    if keys and all(k.startswith("module.") for k in keys):
-        log.info("checkpoint: stripping the 'module.' prefix of a DataParallel state dict")
-        return {k[len("module."):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
+    """Accept state dicts saved from ``nn.DataParallel`` / DDP (``module.`` prefix) and ``torch.compile``
+    (``_orig_mod.``), nested in either order."""
+    state_dict = dict(state_dict)
+    while state_dict:
+        prefix = next((p for p in ("module.", "_orig_mod.") if all(k.startswith(p) for k in state_dict)), None)
+        if prefix is None:
+            break
+        log.info("checkpoint: stripping the %r prefix of a DataParallel / torch.compile state dict", prefix)
+        state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
 
 
 def save_checkpoint(
@@ -200,7 +205,7 @@ def save_checkpoint(
         Destination (``.pt``); parent folders are created.
     model : DeepIS or state dict
         The network (its config is used) or a bare state dict (then give ``config``).
-        ``nn.DataParallel``-wrapped models are unwrapped.
+        ``nn.DataParallel``-wrapped and ``torch.compile``-d models are unwrapped.
     config : ModelConfig, optional
         Required when ``model`` is a state dict.
     meta : mapping, optional
@@ -213,8 +218,13 @@ def save_checkpoint(
     Path
         The written file.
     """
-    if isinstance(model, torch.nn.DataParallel):
-        model = model.module
+    while not isinstance(model, DeepIS):  # DataParallel / DDP (.module), torch.compile (._orig_mod)
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            break
     if isinstance(model, DeepIS):
         config = model.config if config is None else config
         state_dict = model.state_dict()
@@ -299,7 +309,9 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
         raise CheckpointError(f"{where}: empty file")
     if size > _MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"{where}: {size / 1e9:.1f} GB is too large for a DeepIS checkpoint")
-    if not zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(path):
+        _check_torch_zip(path, where)
+    else:
         with open(path, "rb") as f:
             head = f.read(16)
         if head.startswith(b"PK\x03\x04"):
@@ -312,10 +324,20 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        blocking = _blocking_globals(path, exc)
+        if blocking:
+            found = f" ({', '.join(blocking)})"
+        else:  # no object named: a damaged pickle fails the same way
+            detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(exc))
+            found = ", or is corrupt" + (f" ({detail.group(1)[:80]})" if detail else "")
+        numpy_hint = " (numpy values as float(x) / int(x))" if any(n.startswith("numpy") for n in blocking) else ""
         raise UnsafeCheckpointError(
-            f"{where}: refused — the file holds objects other than tensors and plain "
-            f"containers, and checkpoints are only loaded with weights_only=True; "
-            f"nothing in it was run. Detail: {str(exc).splitlines()[0]}"
+            f"{where}: refused — it holds objects other than tensors and plain containers{found}, and "
+            f"checkpoints are only loaded with torch.load(weights_only=True); nothing in it was run. If you "
+            f"trust the file, re-save just its weights where it was made, leaving out the other "
+            f"entries{numpy_hint}: torch.save({{'network': ckpt['network']}}, 'weights.pth') for a "
+            f"published-DeepIS file, deepis_rt.save_checkpoint('model.pt', ckpt['state_dict'], config=...) "
+            f"for a deepis-rt one; then load that file"
         ) from None
     except Exception as exc:  # truncated / corrupt zip, bad records, ...
         raise CheckpointError(f"{where}: corrupt or truncated file ({type(exc).__name__}: {exc})") from None
@@ -350,6 +372,14 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{where}: state_dict must map names to tensors")
     state_dict = _strip_prefix(state_dict)
+    try:
+        if not isinstance(payload["meta"] or {}, Mapping):
+            raise CheckpointError(f"checkpoint meta: a {type(payload['meta']).__name__}, expected a dict")
+        _check_plain(payload["meta"] or {}, "meta")
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{where}: {exc}; write it with deepis_rt.save_checkpoint(path, state_dict, config=..., meta=...)"
+        ) from None
     meta = dict(DEFAULT_META)
     meta.update(payload["meta"] or {})
     preset = payload.get("preset")
@@ -383,6 +413,39 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
     if announce:
         _notice(ckpt.meta, where)
     return ckpt
+
+
+def _check_torch_zip(path: Path, where: str) -> None:
+    """Refuse, by the archive's directory alone, a zip that is a TorchScript model or not from ``torch.save``."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load reports it
+    if any(n.endswith("constants.pkl") for n in names):
+        raise CheckpointError(
+            f"{where}: a TorchScript model (torch.jit.save), not a checkpoint; loading TorchScript runs its "
+            "code, so it is not read here. Save the weights where the model was made, "
+            "torch.save(model.state_dict(), 'weights.pth'), and load that file (or an ONNX export)"
+        )
+    if not any(n.endswith("data.pkl") for n in names):
+        raise CheckpointError(
+            f"{where}: a zip archive, but not a PyTorch checkpoint (no data.pkl; e.g. a .npz or a zipped "
+            "folder); give the file written by torch.save"
+        )
+
+
+def _blocking_globals(path: Path, exc: Exception) -> list[str]:
+    """The objects (``module.name``) that made ``weights_only`` loading refuse ``path``.
+
+    Zip-format files are disassembled statically (nothing is run) and every such object is listed;
+    for the format of PyTorch before 1.6, the one torch's error names.
+    """
+    try:
+        names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # the legacy format, or opcodes the disassembler does not know
+        names = []
+    return names or re.findall(r"GLOBAL (\S+) was not an allowed global", str(exc))[:1]
 
 
 def _is_legacy_torch_file(head: bytes) -> bool:

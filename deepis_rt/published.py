@@ -6,13 +6,14 @@ The authors' code (Jinyeop3110/2020__DeepIS) saves with ``CNNTrainer.save``::
                 "optimizer": Adam state_dict, "best_metric": float or 0-d tensor}, "<name>.pth.tar")
 
 where ``network`` is the state dict of ``nn.DataParallel(Unet3D_glob(feature_scale, trans_feature))``
-(every key starts with ``module.``). Such a file is read with ``torch.load(weights_only=True)``
-like any checkpoint (nothing in it is run); this module recognises it by its keys and shapes,
-infers ``feature_scale`` and ``trans_feature``, checks every tensor against the architecture they
-imply (naming the first key that differs), drops what inference does not use (``ConBR0``, the
-auxiliary ``classifier3`` / ``classifier4`` heads, the optimizer state) and permutes every
-convolution kernel from the original (Y, X, Z) tensor layout to deepis-rt's (Z, Y, X), so the
-network of preset ``deepis-2020`` gives the original's output on the same voxels.
+(every key starts with ``module.``; like ``_orig_mod.`` of ``torch.compile``, it is removed). Such a
+file is read with ``torch.load(weights_only=True)`` like any checkpoint (nothing in it is run); this
+module recognises it by its keys and shapes, infers ``feature_scale`` and ``trans_feature``, checks
+every tensor against the architecture they imply (naming the first key that differs), drops what
+inference does not use (``ConBR0``, the auxiliary ``classifier3`` / ``classifier4`` heads, the
+optimizer state) and permutes every convolution kernel from the original (Y, X, Z) tensor layout to
+deepis-rt's (Z, Y, X), so the network of preset ``deepis-2020`` gives the original's output on the
+same voxels.
 
 What such a file does not record (the input scaling, the output unit, the voxel size) is assumed
 (:data:`ASSUMED_META`) and listed in ``meta["assumed"]`` until ``deepis-rt convert`` states it.
@@ -67,10 +68,10 @@ _PROBE_KEYS = ("conv1.conv1.0.weight", "gcn1.weight", "final.0.weight")
 
 
 def _strip_module(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    keys = list(state_dict)
-    if keys and all(k.startswith("module.") for k in keys):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
+    """Without the ``module.`` (DataParallel) and ``_orig_mod.`` (torch.compile) prefixes."""
+    from deepis_rt.checkpoint import _strip_prefix
+
+    return _strip_prefix(state_dict)
 
 
 def _network(payload: Any) -> tuple[Mapping[str, Any], bool] | None:

@@ -50,6 +50,26 @@ def test_dataparallel_prefix_accepted(tmp_path, tiny_model):
     load_checkpoint(save_checkpoint(tmp_path / "w.pt", wrapped))
 
 
+def test_torch_compile_prefix_accepted(tmp_path, tiny_model):
+    """torch.compile wraps the network (state dict keys '_orig_mod.'), alone or with DataParallel."""
+    compiled = torch.compile(tiny_model)  # not run: wrapping is enough to rename the keys
+    assert next(iter(compiled.state_dict())).startswith("_orig_mod.")
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        ref = tiny_model(x)
+    sd = compiled.state_dict()
+    paths = [save_checkpoint(tmp_path / "c.pt", compiled),
+             save_checkpoint(tmp_path / "sd.pt", sd, config=tiny_model.config),
+             save_checkpoint(tmp_path / "dp.pt", torch.nn.DataParallel(compiled))]
+    raw = torch.load(paths[0], weights_only=True)  # a file whose stored state dict still has the prefixes
+    raw["state_dict"] = {f"module._orig_mod.{k}": v for k, v in raw["state_dict"].items()}
+    raw.pop("checksum")
+    torch.save(raw, tmp_path / "raw.pt")
+    for path in paths + [tmp_path / "raw.pt"]:
+        with torch.no_grad():
+            assert torch.equal(load_checkpoint(path).build()(x), ref), path
+
+
 class _Evil:
     def __init__(self, target):
         self.target = target
@@ -118,6 +138,23 @@ def test_byte_flip_in_tensor_data_detected(tmp_path, tiny_model):
         load_checkpoint(path)
 
 
+def test_byte_flip_in_pickle_reported_as_possibly_corrupt(tmp_path, tiny_model):
+    """A damaged data.pkl fails weights_only like a foreign object does; the message must not only blame objects."""
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    raw = bytearray(path.read_bytes())
+    local = info.header_offset  # name and extra-field lengths of the local header (its padding differs)
+    offset = local + 30 + int.from_bytes(raw[local + 26:local + 28], "little") + int.from_bytes(
+        raw[local + 28:local + 30], "little")
+    assert raw[offset + 2] == ord("}")  # the payload dict's opcode, after PROTO 2
+    raw[offset + 2] ^= 0xFF  # an opcode weights_only does not know
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert "corrupt" in str(err.value)
+
+
 def test_wrong_format_and_versions(tmp_path, tiny_model):
     torch.save({"hello": 1}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="not a deepis-rt checkpoint"):
@@ -157,3 +194,42 @@ def test_meta_must_be_plain(tmp_path, tiny_model):
 def test_meta_with_str_subclass_round_trips(tmp_path, tiny_model):
     path = save_checkpoint(tmp_path / "c.pt", tiny_model, meta={"training": {"torch": torch.__version__}})
     assert load_checkpoint(path).meta["training"]["torch"] == str(torch.__version__)
+
+
+class _Scripted(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 1, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_zip_files_that_are_not_checkpoints_named_as_what_they_are(tmp_path):
+    """A TorchScript model (.pt of torch.jit.save) or a .npz is not 'corrupt', and weights_only=False is never advised."""
+    scripted = tmp_path / "model.pt"
+    torch.jit.script(_Scripted()).save(str(scripted))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(scripted)
+    msg = str(err.value)
+    assert "TorchScript" in msg and "state_dict()" in msg
+    assert "corrupt" not in msg and "weights_only=False" not in msg and "weights_only` set to `False" not in msg
+    np = pytest.importorskip("numpy")
+    np.savez(tmp_path / "weights.npz", w=np.zeros(3))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path / "weights.npz")
+    assert "not a PyTorch checkpoint" in str(err.value) and "corrupt" not in str(err.value)
+
+
+@pytest.mark.parametrize("meta", [{"metrics": {"dice": torch.tensor(0.91)}}, {"tags": {"a", "b"}}, [1, 2]])
+@pytest.mark.parametrize("keep_checksum", [True, False])
+def test_meta_edited_with_non_plain_values_refused(tmp_path, tiny_model, meta, keep_checksum):
+    """A file whose meta was edited by hand (a tensor metric, a set) is refused, not a TypeError (load or info)."""
+    path = save_checkpoint(tmp_path / "c.pt", tiny_model)
+    payload = torch.load(path, weights_only=True)
+    payload["meta"] = dict(payload["meta"], **meta) if isinstance(meta, dict) else meta
+    if not keep_checksum:
+        payload.pop("checksum")
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"c\.pt: .*meta.*save_checkpoint"):
+        load_checkpoint(path)

@@ -6,6 +6,7 @@ names, original (Y, X, Z) layout) and saved the way ``CNNTrainer.save`` does.
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 
@@ -170,6 +171,19 @@ def test_legacy_serialisation_and_bare_state_dict_accepted(tmp_path):
     assert load_checkpoint(bare).meta["source"]["epoch"] is None
 
 
+@pytest.mark.parametrize("prefix", ["module._orig_mod.", "_orig_mod.module.", "_orig_mod."])
+def test_torch_compile_prefix_accepted(published, tmp_path, prefix):
+    """The published code trained under torch.compile (with or without DataParallel) saves '_orig_mod.' keys."""
+    net, path = published
+    payload = torch.load(path, weights_only=True)
+    payload["network"] = {prefix + k[len("module."):]: v for k, v in payload["network"].items()}
+    torch.save(payload, tmp_path / "compiled.pth.tar")
+    ckpt = load_checkpoint(tmp_path / "compiled.pth.tar")
+    assert ckpt.config == load_checkpoint(path).config
+    x = _x(6, n=1)
+    assert _rel_err(ckpt.build()(x).detach().numpy(), reference_output_zyx(net, x).numpy()) < 1e-5
+
+
 def test_truncated_file_refused(published, tmp_path):
     _, path = published
     cut = tmp_path / "cut.pth.tar"
@@ -232,6 +246,27 @@ def test_pickled_object_in_published_file_refused_and_nothing_runs(published, tm
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "plain.pth.tar")
     assert not target.exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("extra, named", [
+    ({"best_metric": np.float64(0.053456)}, "multiarray.scalar"),  # a loss computed with numpy
+    ({"history": np.zeros(3)}, "multiarray._reconstruct"),
+    ({"args": argparse.Namespace(lr=1e-4, feature_scale=16)}, "argparse.Namespace"),
+])
+def test_refusal_names_the_blocking_object_and_what_to_do(published, tmp_path, legacy, extra, named):
+    """weights_only refuses the whole file for one numpy value or Namespace: the message says which and how to re-save."""
+    _, path = published
+    payload = torch.load(path, weights_only=True)
+    payload.update(extra)
+    blocked = tmp_path / "extra.pth.tar"
+    torch.save(payload, blocked, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafeCheckpointError) as err:
+        load_checkpoint(blocked)
+    msg = str(err.value)
+    assert named in msg and "weights_only=True" in msg and "nothing in it was run" in msg
+    assert "torch.save(" in msg and "'network'" in msg  # how to re-save only the weights
+    assert "\x1b" not in msg and "Weights only load failed" not in msg  # not torch's terminal text
 
 
 def test_deepis_2020_preset_structure():
