@@ -57,3 +57,15 @@ def test_missing_dependency_names_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'deepis-rt\[tensorrt\]'"):
         import_optional("tensorrt")
+
+
+def test_output_path_that_cannot_be_created_is_one_clear_line(tmp_path):
+    # e.g. a typo in a parent folder, a read-only share, a file where a folder should be
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = CliRunner().invoke(main, ["synth", str(blocker / "video"), "--frames", "1", "--shape", "16", "32", "32",
+                                    "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and not isinstance(res.exception, OSError)
+    line = res.output.strip().splitlines()[-1]
+    assert line.startswith("deepis-rt: error: ") and str(blocker) in line
