@@ -69,3 +69,11 @@ def test_output_path_that_cannot_be_created_is_one_clear_line(tmp_path):
     assert "Traceback" not in res.output and not isinstance(res.exception, OSError)
     line = res.output.strip().splitlines()[-1]
     assert line.startswith("deepis-rt: error: ") and str(blocker) in line
+
+
+@pytest.mark.parametrize("voxel", [["nan", "0.25", "0.25"], ["inf", "0.25", "0.25"]])
+def test_synth_refuses_a_voxel_size_that_is_not_a_number(tmp_path, voxel):
+    res = CliRunner().invoke(main, ["synth", str(tmp_path / "v"), "--frames", "1", "--shape", "16", "32", "32",
+                                    "--voxel-size", *voxel, "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "voxel size must be three positive numbers" in res.output
