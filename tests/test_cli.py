@@ -77,3 +77,12 @@ def test_synth_refuses_a_voxel_size_that_is_not_a_number(tmp_path, voxel):
                                     "--voxel-size", *voxel, "--no-progress"])
     assert res.exit_code == 2, res.output
     assert "voxel size must be three positive numbers" in res.output
+
+
+@pytest.mark.parametrize("content", [b"", b"hello\n", b"II*\x00" + bytes(range(256)) * 4])
+def test_info_on_an_onnx_file_that_is_not_a_model_is_one_clear_line(tmp_path, content):
+    path = tmp_path / "model.onnx"  # empty, text, a TIFF renamed
+    path.write_bytes(content)
+    res = CliRunner().invoke(main, ["info", str(path)])
+    assert res.exit_code == 2, res.output
+    assert "not a readable ONNX model" in res.output and "Traceback" not in res.output
