@@ -395,7 +395,9 @@ class Stream:
                     continue
                 if s.once and not watcher.has_pending:
                     break
-                if s.idle_timeout_s is not None and time.monotonic() - last_new >= s.idle_timeout_s:
+                # a file still being written (or settling) is a new frame on its way, not idleness
+                if s.idle_timeout_s is not None and not watcher.has_pending \
+                        and time.monotonic() - last_new >= s.idle_timeout_s:
                     log.info("stream: no new frame for %.1f s; stopping", s.idle_timeout_s)
                     break
                 if self._input_closed.is_set():

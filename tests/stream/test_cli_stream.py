@@ -101,3 +101,14 @@ def test_batch_refuses_options_out_of_range_before_any_item_runs(tmp_path):
     assert "deepis-rt: error: stream: frame_interval_s" in res.output
     assert not out.exists()
 
+
+def test_idle_timeout_waits_for_files_still_settling(tmp_path, tiny_overrides):
+    # frames already in the folder are not "no new frames": an idle timeout shorter than --settle
+    # used to end the stream before they were complete, with nothing processed
+    ckpt, cam = _setup(tmp_path, tiny_overrides)
+    (cam / "frame_2.npy").unlink()
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["stream", "--source", str(cam), "--out", str(out), "--model", str(ckpt),
+                                    "--backend", "torch", "--settle", "1", "--idle-timeout", "0.2"])
+    assert res.exit_code == 0, res.output
+    assert "frames: 2 ok, 0 failed this run" in res.output
