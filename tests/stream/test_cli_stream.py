@@ -112,3 +112,11 @@ def test_idle_timeout_waits_for_files_still_settling(tmp_path, tiny_overrides):
                                     "--backend", "torch", "--settle", "1", "--idle-timeout", "0.2"])
     assert res.exit_code == 0, res.output
     assert "frames: 2 ok, 0 failed this run" in res.output
+
+
+def test_demo_refuses_zero_frames_before_touching_anything(tmp_path):
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(main, ["demo", "--out", str(out), "--frames", "0"])
+    assert res.exit_code == 2, res.output
+    assert "--frames" in res.output and "max_frames" not in res.output
+    assert not out.exists()
