@@ -86,3 +86,15 @@ def test_info_on_an_onnx_file_that_is_not_a_model_is_one_clear_line(tmp_path, co
     res = CliRunner().invoke(main, ["info", str(path)])
     assert res.exit_code == 2, res.output
     assert "not a readable ONNX model" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--lr", "nan"], "lr"), (["--lr", "0"], "lr"), (["--lr", "-0.001"], "lr"),
+    (["--max-minutes", "-1"], "max_minutes"), (["--max-minutes", "0"], "max_minutes"),
+])
+def test_train_refuses_options_out_of_range(tmp_path, option, message):
+    out = tmp_path / "ckpt.pt"
+    res = CliRunner().invoke(main, ["train", "--synthetic", "--out", str(out), "--steps", "1", "--val-frames", "0",
+                                    "--no-progress", *option])
+    assert res.exit_code == 2, res.output
+    assert f"deepis-rt: error: train: {message}" in res.output and not out.exists()
