@@ -57,3 +57,44 @@ def test_missing_dependency_names_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'deepis-rt\[tensorrt\]'"):
         import_optional("tensorrt")
+
+
+def test_output_path_that_cannot_be_created_is_one_clear_line(tmp_path):
+    # e.g. a typo in a parent folder, a read-only share, a file where a folder should be
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = CliRunner().invoke(main, ["synth", str(blocker / "video"), "--frames", "1", "--shape", "16", "32", "32",
+                                    "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and not isinstance(res.exception, OSError)
+    line = res.output.strip().splitlines()[-1]
+    assert line.startswith("deepis-rt: error: ") and str(blocker) in line
+
+
+@pytest.mark.parametrize("voxel", [["nan", "0.25", "0.25"], ["inf", "0.25", "0.25"]])
+def test_synth_refuses_a_voxel_size_that_is_not_a_number(tmp_path, voxel):
+    res = CliRunner().invoke(main, ["synth", str(tmp_path / "v"), "--frames", "1", "--shape", "16", "32", "32",
+                                    "--voxel-size", *voxel, "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "voxel size must be three positive numbers" in res.output
+
+
+@pytest.mark.parametrize("content", [b"", b"hello\n", b"II*\x00" + bytes(range(256)) * 4])
+def test_info_on_an_onnx_file_that_is_not_a_model_is_one_clear_line(tmp_path, content):
+    path = tmp_path / "model.onnx"  # empty, text, a TIFF renamed
+    path.write_bytes(content)
+    res = CliRunner().invoke(main, ["info", str(path)])
+    assert res.exit_code == 2, res.output
+    assert "not a readable ONNX model" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--lr", "nan"], "lr"), (["--lr", "0"], "lr"), (["--lr", "-0.001"], "lr"),
+    (["--max-minutes", "-1"], "max_minutes"), (["--max-minutes", "0"], "max_minutes"),
+])
+def test_train_refuses_options_out_of_range(tmp_path, option, message):
+    out = tmp_path / "ckpt.pt"
+    res = CliRunner().invoke(main, ["train", "--synthetic", "--out", str(out), "--steps", "1", "--val-frames", "0",
+                                    "--no-progress", *option])
+    assert res.exit_code == 2, res.output
+    assert f"deepis-rt: error: train: {message}" in res.output and not out.exists()

@@ -28,7 +28,7 @@ def _prepare_out(out: Path) -> None:
 @click.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("deepis-demo"),
               show_default=True, help="Where results and plots are left.")
-@click.option("--frames", type=int, default=20, show_default=True, help="Frames of the synthetic video.")
+@click.option("--frames", type=click.IntRange(min=1), default=20, show_default=True, help="Frames of the synthetic video.")
 @click.option("--seed", type=int, default=2026, show_default=True, help="Seed of the synthetic video.")
 @click.option("--pace", type=float, default=3.0, show_default=True, metavar="S",
               help="Seconds between two frames written into the camera folder (holotomography time-lapses take one "

@@ -12,7 +12,8 @@ from deepis_rt.errors import DeepisError
 
 
 class _Group(click.Group):
-    """Turns a DeepisError (a user's mistake, missing file, ...) into one clear line, exit 2."""
+    """Turns a DeepisError (a user's mistake, missing file, ...) or a file that cannot be read or
+    written (wrong path, no permission, disk full) into one clear line, exit 2."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -20,6 +21,13 @@ class _Group(click.Group):
         except DeepisError as exc:
             logging.getLogger("deepis_rt").debug("traceback", exc_info=True)
             click.echo(f"deepis-rt: error: {exc}", err=True)
+            ctx.exit(2)
+        except OSError as exc:
+            if exc.filename is None:  # not about a path the user gave
+                raise
+            logging.getLogger("deepis_rt").debug("traceback", exc_info=True)
+            click.echo(f"deepis-rt: error: {exc.filename}: {exc.strerror or exc}; check the path and its permissions",
+                       err=True)
             ctx.exit(2)
 
 

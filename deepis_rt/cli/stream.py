@@ -221,20 +221,21 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
            ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, precision=None) -> None:
     """Watch SOURCE for tomograms; segment, measure and track synapses as frames arrive."""
     import deepis_rt
-    from deepis_rt.stream import Stream
+    from deepis_rt.stream import Stream, StreamSettings
 
+    settings = dict(
+        retry_for_s=retry_for, voxel_size_um=tuple(voxel_size) if voxel_size else None,
+        frame_interval_s=frame_interval, medium_ri=medium_ri, once=once, idle_timeout_s=idle_timeout,
+        max_frames=max_frames, settle_s=settle, max_batch=max_batch, write_masks=not no_masks,
+        ri_scale=ri_scale, ri_offset=ri_offset,
+    )
+    StreamSettings(**settings)  # an option out of range is said before the model loads
     remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # a Triton server
     if precision is not None:
         remote["precision"] = precision
     segmenter = load_when_available(lambda: deepis_rt.load(model, backend=backend, **remote), retry_for)
     reporter = BackendReporter(jsonl=jsonl)
-    s = Stream(
-        source, out, segmenter, on_backend=reporter, retry_for_s=retry_for,
-        voxel_size_um=tuple(voxel_size) if voxel_size else None,
-        frame_interval_s=frame_interval, medium_ri=medium_ri, once=once, idle_timeout_s=idle_timeout,
-        max_frames=max_frames, settle_s=settle, max_batch=max_batch, write_masks=not no_masks,
-        ri_scale=ri_scale, ri_offset=ri_offset,
-    )
+    s = Stream(source, out, segmenter, on_backend=reporter, **settings)
     if not jsonl:
         click.echo(f"watching {source} with {segmenter.backend}; results in {out}/ (Ctrl-C to stop)", err=True)
     summary = run_stream(s.start(), jsonl=jsonl, reporter=reporter)

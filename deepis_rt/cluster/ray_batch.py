@@ -413,6 +413,7 @@ def run_batch(
     unknown = set(stream_settings) - set(StreamSettings.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"batch | unknown stream setting(s) {sorted(unknown)}")
+    StreamSettings(**stream_settings)  # a setting out of range fails here, not in every item
     archive, out = Path(archive), Path(out)
     items = find_items(archive, out)
     started = time.time()

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from deepis_rt.errors import EngineCacheError, ExportError
+from deepis_rt.errors import EngineCacheError, ExportError, FileFormatError
 from deepis_rt.info import register
 
 __all__ = ["describe_onnx", "describe_export", "describe_engine", "describe_engines_dir", "describe_exports_dir"]
@@ -35,7 +35,13 @@ def describe_onnx(path: Path) -> dict[str, Any]:
     from deepis_rt.checkpoint import file_sha256
     from deepis_rt.export.onnx_export import read_onnx_meta
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise FileFormatError(f"info | {path}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
+                              "check that the file is complete") from None
+    if not proto.graph.node:  # an empty file, or bytes that happen to parse as an empty message
+        raise FileFormatError(f"info | {path}: not a readable ONNX model (no graph); check that the file is complete")
     names = {v: k.lower() for k, v in onnx.TensorProto.DataType.items()}
 
     def tensors(values: Any) -> list[dict[str, Any]]:

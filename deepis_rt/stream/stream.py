@@ -98,18 +98,26 @@ class StreamSettings:
 
         if self.max_batch < 1 or self.queue_size < 1:
             raise ConfigError("stream: max_batch and queue_size must be >= 1")
-        if self.settle_s < 0 or self.poll_s <= 0:
+        # written so that NaN fails too
+        if not (np.isfinite(self.settle_s) and self.settle_s >= 0) or not self.poll_s > 0:
             raise ConfigError("stream: settle_s must be >= 0 and poll_s > 0")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError("stream: max_frames must be >= 1")
-        from deepis_rt.io.ri import RIScale
+        if self.frame_interval_s is not None and not (np.isfinite(self.frame_interval_s) and self.frame_interval_s > 0):
+            raise ConfigError(f"stream: frame_interval_s must be a positive number of seconds, got {self.frame_interval_s}")
+        if self.idle_timeout_s is not None and not self.idle_timeout_s >= 0:
+            raise ConfigError(f"stream: idle_timeout_s must be >= 0 seconds, got {self.idle_timeout_s}")
+        from deepis_rt.io.ri import RI_RANGE, RIScale
 
+        if self.medium_ri is not None and not RI_RANGE[0] <= self.medium_ri <= RI_RANGE[1]:
+            raise ConfigError(f"stream: medium_ri must be a refractive index ({RI_RANGE[0]}-{RI_RANGE[1]}), "
+                              f"got {self.medium_ri}")
         RIScale.from_args(self.ri_scale, self.ri_offset, "stream")  # validates
-        if self.retry_for_s < 0:
+        if not self.retry_for_s >= 0:
             raise ConfigError(f"stream: retry_for_s must be >= 0, got {self.retry_for_s}")
         if self.voxel_size_um is not None:
             self.voxel_size_um = tuple(float(v) for v in self.voxel_size_um)  # type: ignore[assignment]
-            if len(self.voxel_size_um) != 3 or min(self.voxel_size_um) <= 0:
+            if len(self.voxel_size_um) != 3 or not all(np.isfinite(v) and v > 0 for v in self.voxel_size_um):
                 raise ConfigError(f"stream: voxel_size_um must be 3 positive numbers, got {self.voxel_size_um}")
 
 
@@ -387,7 +395,9 @@ class Stream:
                     continue
                 if s.once and not watcher.has_pending:
                     break
-                if s.idle_timeout_s is not None and time.monotonic() - last_new >= s.idle_timeout_s:
+                # a file still being written (or settling) is a new frame on its way, not idleness
+                if s.idle_timeout_s is not None and not watcher.has_pending \
+                        and time.monotonic() - last_new >= s.idle_timeout_s:
                     log.info("stream: no new frame for %.1f s; stopping", s.idle_timeout_s)
                     break
                 if self._input_closed.is_set():

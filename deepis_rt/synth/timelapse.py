@@ -85,7 +85,7 @@ def _check(n_frames: int, shape: Sequence[int], voxel_size_um: Sequence[float]) 
     vs = tuple(float(v) for v in voxel_size_um)
     if len(shape) != 3 or min(shape) < 8:
         raise ConfigError(f"synth: shape must be three sizes >= 8 (Z, Y, X), got {shape}")
-    if len(vs) != 3 or min(vs) <= 0:
+    if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
         raise ConfigError(f"synth: voxel size must be three positive numbers (Z, Y, X) um, got {vs}")
     extent = [s * v for s, v in zip(shape, vs, strict=False)]
     if min(extent) < 24.0:

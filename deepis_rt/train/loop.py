@@ -104,6 +104,10 @@ class TrainConfig:
             raise ConfigError(f"train: crop must be three sizes (Z, Y, X), got {self.crop_zyx}")
         if not self.synthetic and not self.data_dir:
             raise ConfigError("train: give --data DIR or --synthetic")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train: lr must be a positive number, got {self.lr}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"train: max_minutes must be > 0, got {self.max_minutes}")
 
 
 def state_path(out: str | Path) -> Path:

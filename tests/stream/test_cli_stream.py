@@ -67,3 +67,56 @@ def test_demo_runs_end_to_end_and_protects_foreign_folders(tmp_path, tiny_overri
     (foreign / "data.txt").write_text("precious")
     res = CliRunner().invoke(main, [*args[:1], "--out", str(foreign), *args[3:]])
     assert res.exit_code == 2 and (foreign / "data.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--frame-interval", "-2"], "frame_interval_s"),       # frames would get negative times
+    (["--frame-interval", "0"], "frame_interval_s"),
+    (["--idle-timeout", "-1"], "idle_timeout_s"),
+    (["--medium-ri", "nan"], "medium_ri"),                 # dry mass silently left empty
+    (["--medium-ri", "1337"], "medium_ri"),                # negative dry masses
+    (["--settle", "nan"], "settle_s"),                     # no file would ever be complete: --once never ends
+    (["--voxel-size", "nan", "0.25", "0.25"], "voxel_size_um"),
+    (["--max-batch", "0"], "max_batch"),
+])
+def test_stream_refuses_options_out_of_range_before_loading_the_model(tmp_path, option, message):
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    # the model does not exist: a refused option must be said before anything is loaded
+    args = ["stream", "--source", str(cam), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "no.pt"),
+            "--once", *option]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert f"deepis-rt: error: stream: {message}" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_refuses_options_out_of_range_before_any_item_runs(tmp_path):
+    archive = tmp_path / "archive"
+    write_tomogram(archive / "a" / "frame_0.npy", 1.337 + 0.01 * (conjugate_distance(2.5) > 0), VOXEL, fmt="npy")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["batch", str(archive), "--out", str(out), "--model", str(tmp_path / "no.pt"),
+                                    "--frame-interval", "-1", "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "deepis-rt: error: stream: frame_interval_s" in res.output
+    assert not out.exists()
+
+
+def test_idle_timeout_waits_for_files_still_settling(tmp_path, tiny_overrides):
+    # frames already in the folder are not "no new frames": an idle timeout shorter than --settle
+    # used to end the stream before they were complete, with nothing processed
+    ckpt, cam = _setup(tmp_path, tiny_overrides)
+    (cam / "frame_2.npy").unlink()
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["stream", "--source", str(cam), "--out", str(out), "--model", str(ckpt),
+                                    "--backend", "torch", "--settle", "1", "--idle-timeout", "0.2"])
+    assert res.exit_code == 0, res.output
+    assert "frames: 2 ok, 0 failed this run" in res.output
+
+
+def test_demo_refuses_zero_frames_before_touching_anything(tmp_path):
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(main, ["demo", "--out", str(out), "--frames", "0"])
+    assert res.exit_code == 2, res.output
+    assert "--frames" in res.output and "max_frames" not in res.output
+    assert not out.exists()
