@@ -216,9 +216,12 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 @click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
               metavar="SECONDS", help="How long frames wait for a backend that is unavailable (server restarting, "
               "timeout, out of memory) before they are recorded 'retry' for the next run.")
+@click.option("--allow-other-source", is_flag=True,
+              help="Continue an --out folder made from another source folder (the same frames, moved); "
+                   "frames of the same names count as done.")
 def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, once, idle_timeout,
            max_frames, settle, max_batch, no_masks, jsonl, url=None, model_name="deepis", ri_scale=None,
-           ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, precision=None) -> None:
+           ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, precision=None, allow_other_source=False) -> None:
     """Watch SOURCE for tomograms; segment, measure and track synapses as frames arrive."""
     import deepis_rt
     from deepis_rt.stream import Stream, StreamSettings
@@ -227,7 +230,7 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
         retry_for_s=retry_for, voxel_size_um=tuple(voxel_size) if voxel_size else None,
         frame_interval_s=frame_interval, medium_ri=medium_ri, once=once, idle_timeout_s=idle_timeout,
         max_frames=max_frames, settle_s=settle, max_batch=max_batch, write_masks=not no_masks,
-        ri_scale=ri_scale, ri_offset=ri_offset,
+        ri_scale=ri_scale, ri_offset=ri_offset, check_source=not allow_other_source,
     )
     StreamSettings(**settings)  # an option out of range is said before the model loads
     remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # a Triton server

@@ -145,7 +145,9 @@ def process_item(item: BatchItem, out: str | os.PathLike, segmenter: Any, stream
     try:
         _reset_if_nothing_ok(result_dir)
         source = _source_folder(item, out)
+        # an item's results folder is named after the item: an archive moved elsewhere continues there
         settings = {"once": True, "settle_s": 0.0, "poll_s": 0.05, "use_events": False, "refresh_s": 3600.0,
+                    "check_source": False,
                     **stream_settings}
         with Stream(source, result_dir, segmenter, **settings) as stream:
             summary = stream.run()

@@ -92,6 +92,9 @@ class StreamSettings:
     #: how long frames wait for a backend that fails transiently (server restarting or unreachable,
     #: timed out, overloaded, out of memory) before they are recorded ``retry`` (s); see stream/retry.py
     retry_for_s: float = DEFAULT_RETRY_FOR_S
+    #: refuse a results folder that holds the results of another source folder (its frames would count
+    #: as done, and new frames of the same names be skipped); off for the same frames moved elsewhere
+    check_source: bool = True
 
     def __post_init__(self) -> None:
         from deepis_rt.errors import ConfigError
@@ -212,11 +215,14 @@ class Stream:
         self._started = True
         done_sources: set[str] = set()
         if self.results is not None:
+            self._previous_summary = self._read_previous_summary()
+            self._check_same_source(self._previous_summary)
             committed = self.results.open()
             done_sources = self.results.done_sources
             self._next_frame = self.results.next_frame
-            self._previous_summary = self._read_previous_summary()
             self._t0_mtime = self._previous_summary.get("t0_mtime")
+            if not self._previous_summary:  # the source is on record from the start (see _check_same_source)
+                self.results.write_summary(self.summary())
             if committed:
                 log.info("stream: continuing %s after %d committed frame(s)", self.results.root, len(committed))
                 self.writer.replay(committed)
@@ -516,6 +522,24 @@ class Stream:
             self._refresh(final=True)
             self._out_q.put(STOP)
 
+    def _check_same_source(self, previous: dict[str, Any]) -> None:
+        """Refuse to continue a results folder made from another source folder: its frames count as
+        done by file name, so the new folder's frames of the same names would be skipped."""
+        from deepis_rt.errors import ConfigError
+
+        recorded = previous.get("source_path")
+        if self.source is None or recorded is None or not self.settings.check_source:
+            return
+        if not any(previous.get(k) for k in ("frames_ok", "frames_failed", "frames_retry")):
+            return
+        here = str(self.source.resolve())
+        if recorded != here:
+            assert self.results is not None
+            raise ConfigError(
+                f"stream | {self.results.root}: holds the results of {recorded}, not of {here}; continuing it "
+                "would count frames of the same names as done and skip them: give another --out (or, for the "
+                "same frames moved to a new folder, --allow-other-source)")
+
     def _write_failed(self, task: FrameTask, exc: Exception) -> None:
         """The results could not be written: stop taking frames, drain the pipeline, end the iteration
         with :class:`~deepis_rt.errors.ResultsWriteError`. Nothing uncommitted is lost for files: the
@@ -575,6 +599,8 @@ class Stream:
             "device": getattr(seg, "device", None),
             "model": getattr(seg, "model_info", {}),
             "source": str(self.source) if self.source else None,
+            # the source folder as an absolute path: a later run on this results folder checks it
+            "source_path": str(self.source.resolve()) if self.source else None,
             # how inputs were turned into RI: None = as stored / RI x 10 000 integers (deepis_rt.io.ri)
             "ri_scale": self.settings.ri_scale,
             "ri_offset": self.settings.ri_offset,

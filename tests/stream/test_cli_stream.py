@@ -120,3 +120,28 @@ def test_demo_refuses_zero_frames_before_touching_anything(tmp_path):
     assert res.exit_code == 2, res.output
     assert "--frames" in res.output and "max_frames" not in res.output
     assert not out.exists()
+
+
+def test_a_results_folder_of_another_source_is_refused_not_silently_skipped(tmp_path):
+    """Two experiments whose files have the same names, one --out: the second run would count its
+    frames as done (by file name) and skip them all; it is refused, unless the same frames moved."""
+    from stream_support import VOXEL, conjugate_tomogram, make_segmenter
+
+    from deepis_rt.errors import ConfigError
+    from deepis_rt.io import write_tomogram
+    from deepis_rt.stream import Stream
+
+    first, second, out = tmp_path / "exp1", tmp_path / "exp2", tmp_path / "results"
+    for folder, radius in ((first, 2.0), (second, 3.0)):
+        folder.mkdir()
+        for i in range(2):
+            write_tomogram(folder / f"frame_{i:04d}.npy", conjugate_tomogram(radius), VOXEL, fmt="npy")
+    settings = {"once": True, "settle_s": 0.0, "use_events": False, "write_masks": False}
+    assert Stream(first, out, make_segmenter(), **settings).run()["frames_ok"] == 2
+    with pytest.raises(ConfigError, match=r"holds the results of .*exp1, not of .*exp2.*--allow-other-source"):
+        Stream(second, out, make_segmenter(), **settings).start()
+    assert Stream(first, out, make_segmenter(), **settings).run()["frames_ok"] == 2  # the same source continues
+    moved = tmp_path / "moved"
+    first.rename(moved)  # the same frames in a new place: allowed when asked, nothing redone
+    summary = Stream(moved, out, make_segmenter(), check_source=False, **settings).run()
+    assert summary["run"]["frames_ok"] == 0 and summary["frames_ok"] == 2
