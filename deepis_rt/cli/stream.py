@@ -171,6 +171,10 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
                if amax is not None and tau is not None else "no kinetic fit (too few points)")
         onset = s.get("onset_s")
         onset_txt = f"{onset:.1f} s" if onset is not None else "-"
+        if s.get("onset_observed") is False:
+            onset_txt += " (in contact from the first frame: formed earlier)"
+        if (s.get("episodes") or 1) > 1 and s.get("fit_onset_s") is not None:
+            kin += f"; fit of the longest of {s['episodes']} contacts, from {s['fit_onset_s']:.1f} s"
         click.echo(f"  synapse {s.get('synapse_id')} (CAR-T track {s.get('tcell_track')}, target track "
                    f"{s.get('target_track')}): onset {onset_txt}, {s.get('n_frames')} frames, {kin}")
     truth = summary.get("truth")
@@ -244,3 +248,6 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
     summary = run_stream(s.start(), jsonl=jsonl, reporter=reporter)
     if not jsonl:
         print_summary(summary, out)
+    run = summary["run"]
+    if run["frames_retry"] or (run["frames_failed"] and not run["frames_ok"]):
+        sys.exit(1)  # for scripts: frames wait for the next run, or every frame of this run failed

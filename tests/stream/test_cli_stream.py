@@ -145,3 +145,19 @@ def test_a_results_folder_of_another_source_is_refused_not_silently_skipped(tmp_
     first.rename(moved)  # the same frames in a new place: allowed when asked, nothing redone
     summary = Stream(moved, out, make_segmenter(), check_source=False, **settings).run()
     assert summary["run"]["frames_ok"] == 0 and summary["frames_ok"] == 2
+
+
+def test_stream_exits_1_when_every_frame_of_the_run_failed(tmp_path, tiny_overrides):
+    """For scripts: a run in which no frame succeeded (here: files without a voxel size) is not a success."""
+    ckpt, _ = _setup(tmp_path, tiny_overrides)
+    cam = tmp_path / "bare"
+    cam.mkdir()
+    import numpy as np
+
+    for i in range(2):
+        np.save(cam / f"frame_{i}.npy", np.full((32, 64, 64), 1.337, np.float32))  # no sidecar: no voxel size
+    args = ["stream", "--source", str(cam), "--out", str(tmp_path / "out"), "--model", str(ckpt),
+            "--backend", "torch", "--once", "--settle", "0"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1, res.output
+    assert "0 ok, 2 failed this run" in res.output
