@@ -24,6 +24,12 @@ __all__ = ["FrameWriter", "RetryInput"]
 log = logging.getLogger(__name__)
 
 
+def _about(task: FrameTask) -> str:
+    """``stream | <source>: <error>``, without naming the source twice when the error already does."""
+    error = task.error or "unknown error"
+    return error if f"{task.source}:" in error else f"stream | {task.source}: {error}"
+
+
 class RetryInput:
     """What a frame given with ``submit()`` needs to be processed again after ``retry``.
 
@@ -123,9 +129,9 @@ class FrameWriter:
                 again = "give it again with stream.resubmit(result)"
             else:
                 again = f"the next run on {self.results.root if self.results else 'this folder'} processes it again"
-            log.warning("stream | %s: %s; recorded 'retry': %s", task.source, task.error, again)
+            log.warning("%s; recorded 'retry': %s", _about(task), again)
         else:
-            log.warning("stream | %s: %s; skipped", task.source, task.error)
+            log.warning("%s; skipped", _about(task))
             if self.results is not None:
                 self.results.log_error(task.source, task.error or "")
         task.timings_ms["write"] = (time.perf_counter() - t0) * 1e3
