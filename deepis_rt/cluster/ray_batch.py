@@ -409,7 +409,7 @@ def run_batch(
     if (cpus_per_worker is not None and cpus_per_worker <= 0) or (num_workers is not None and num_workers < 1) \
             or (max_workers_per_node is not None and max_workers_per_node < 1):
         raise ConfigError("batch | cpus_per_worker must be > 0, num_workers and max_workers_per_node >= 1")
-    from deepis_rt.stream.stream import StreamSettings
+    from deepis_rt.stream.settings import StreamSettings
 
     stream_settings = dict(stream_settings or {})
     unknown = set(stream_settings) - set(StreamSettings.__dataclass_fields__)
