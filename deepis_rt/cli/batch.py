@@ -22,8 +22,10 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint); "
                    "every worker must see it at this path.")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "torch", "triton"]),
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "openvino", "torch", "triton"]),
               default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Ask for a precision, as in `deepis-rt stream` [default: the backend's exact default].")
 @click.option("--url", default=None, metavar="HOST:PORT",
               help="Triton server for --backend triton [default: $DEEPIS_TRITON_URL].")
 @click.option("--model-name", default="deepis", show_default=True, help="Model name on the Triton server.")
@@ -46,7 +48,7 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 @click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
               metavar="SECONDS", help="How long frames wait for a backend that is unavailable (server restarting, "
               "timeout, out of memory) before they are recorded 'retry' (the next run processes them).")
-def batch(archive, out, ray_address, model, backend, url, model_name, retries, workers, cpus_per_worker,
+def batch(archive, out, ray_address, model, backend, precision, url, model_name, retries, workers, cpus_per_worker,
           gpus_per_worker, max_workers_per_node, voxel_size, frame_interval, medium_ri, max_batch, no_masks,
           no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S) -> None:
     """Segment, measure and track every time-lapse in ARCHIVE.
@@ -61,6 +63,8 @@ def batch(archive, out, ray_address, model, backend, url, model_name, retries, w
     from deepis_rt.cluster.ray_batch import run_batch
 
     load_options = {"url": url, "model_name": model_name} if backend == "triton" else {}
+    if precision is not None:
+        load_options["precision"] = precision
     stream_settings = {
         "voxel_size_um": tuple(voxel_size) if voxel_size else None,
         "frame_interval_s": frame_interval,

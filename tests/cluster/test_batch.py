@@ -161,6 +161,26 @@ def test_cli_batch(archive, tmp_path):
     assert summary["backend"] == "torch-cpu"
 
 
+def test_cli_batch_takes_the_backends_and_precision_of_stream(archive, tmp_path):
+    from click.testing import CliRunner
+
+    from deepis_rt.checkpoint import save_checkpoint
+    from deepis_rt.cli.main import main
+    from deepis_rt.model import build_model
+
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model("deepis-lite", widths=(4, 8, 8, 8, 8), skip_width=4),
+                           meta={"tile_zyx": list(TILE)})
+    src, out = _copy(archive, tmp_path), tmp_path / "out"
+    shutil.rmtree(src / "broken")
+    shutil.rmtree(src / "cellA")
+    res = CliRunner().invoke(main, ["batch", str(src), "--out", str(out), "--model", str(ckpt), "--backend",
+                                    "openvino", "--precision", "fp32", "--retries", "0", "--no-masks", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "cellB" / "summary.json").read_text())
+    assert summary["backend"] == "openvino-cpu"
+
+
 def test_combine_synapses(tmp_path):
     from deepis_rt.analysis.tables import SYNAPSE_COLUMNS
     from deepis_rt.cluster.ray_batch import combine_synapses
