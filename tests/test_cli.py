@@ -98,3 +98,13 @@ def test_train_refuses_options_out_of_range(tmp_path, option, message):
                                     "--no-progress", *option])
     assert res.exit_code == 2, res.output
     assert f"deepis-rt: error: train: {message}" in res.output and not out.exists()
+
+
+def test_serve_triton_refuses_a_folder_without_models(tmp_path):
+    """tritonserver would start on an empty repository and serve nothing: said at once instead."""
+    from click.testing import CliRunner
+
+    from deepis_rt.cli import main
+
+    res = CliRunner().invoke(main, ["serve-triton", str(tmp_path)])
+    assert res.exit_code == 2 and "no model here" in res.output and "--triton" in res.output

@@ -30,6 +30,12 @@ def serve_triton(repo: Path, http_port: int, grpc_port: int, address: str, home:
     import time
 
     from deepis_rt.cluster.triton_server import TritonServer, find_tritonserver
+    from deepis_rt.errors import ConfigError
+
+    models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+    if not models:  # tritonserver would start and serve nothing
+        raise ConfigError(f"serve-triton | {repo}: no model here (no <model>/config.pbtxt); write one with "
+                          "`deepis-rt export CKPT --triton REPO --triton-backend python`")
 
     server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, address=address,
                           distribution=find_tritonserver(home),

@@ -25,7 +25,8 @@ import click
               help="Steps per epoch (lr halves every 50 epochs) [default: 10 for --synthetic, one pass over --data].")
 @click.option("--voxel-size", nargs=3, type=float, default=(0.5, 0.25, 0.25), show_default=True, metavar="Z Y X",
               help="Voxel size (um) of the training data and the model.")
-@click.option("--val-frames", type=int, default=4, show_default=True, help="Synthetic validation frames (0: none).")
+@click.option("--val-frames", type=int, default=4, show_default=True, help="Validation: that many synthetic frames; with --data, any value but 0 holds out the last 20 % "
+                   "of the volumes (0: no validation).")
 @click.option("--val-every", type=int, default=0, show_default=True, help="Validate every N steps too (0: at the end).")
 @click.option("--save-every", type=int, default=50, show_default=True, help="Write <out>.state.pt every N steps.")
 @click.option("--max-minutes", type=float, default=None, help="Stop after this much wall time (state and checkpoint saved).")
