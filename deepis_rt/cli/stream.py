@@ -33,6 +33,16 @@ def file_options(command: Any) -> Any:
     return command
 
 
+def _say_why_nothing(source: Path) -> None:
+    """A --once run that found no frame at all: what was looked for, and where else frames may be."""
+    from deepis_rt.io.readers import SUFFIXES
+
+    folders = sum(1 for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    click.echo(f"no tomogram found in {source}: stream reads {', '.join(SUFFIXES)} files at the folder's top level"
+               + (f"; it holds {folders} folder(s): for an archive of time-lapses, use "
+                  f"`deepis-rt batch {source} --out DIR`" if folders else ""), err=True)
+
+
 def load_when_available(load: Any, retry_for_s: float) -> Any:
     """``load()``, retried like a frame while its server is unavailable (e.g. restarting) at start-up."""
     from deepis_rt.stream.retry import BackendHealth, RetryPolicy
@@ -249,5 +259,7 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
     if not jsonl:
         print_summary(summary, out)
     run = summary["run"]
+    if once and not (summary["frames_ok"] or summary["frames_failed"] or summary["frames_retry"]):
+        _say_why_nothing(Path(source))
     if run["frames_retry"] or (run["frames_failed"] and not run["frames_ok"]):
         sys.exit(1)  # for scripts: frames wait for the next run, or every frame of this run failed

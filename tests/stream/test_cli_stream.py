@@ -161,3 +161,14 @@ def test_stream_exits_1_when_every_frame_of_the_run_failed(tmp_path, tiny_overri
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 1, res.output
     assert "0 ok, 2 failed this run" in res.output
+
+
+def test_stream_once_on_a_folder_without_tomograms_says_where_to_look(tmp_path, tiny_overrides):
+    ckpt, _ = _setup(tmp_path, tiny_overrides)
+    archive = tmp_path / "archive"
+    (archive / "cell1").mkdir(parents=True)
+    (archive / "notes.txt").write_text("not a tomogram")
+    res = CliRunner().invoke(main, ["stream", "--source", str(archive), "--out", str(tmp_path / "out"),
+                                    "--model", str(ckpt), "--backend", "torch", "--once", "--settle", "0"])
+    assert res.exit_code == 0, res.output
+    assert "no tomogram found" in res.output and "deepis-rt batch" in res.output
