@@ -37,13 +37,12 @@ class RetryInput:
     :meth:`~deepis_rt.stream.Stream.resubmit` takes it; the volume is already checked and in RI.
     """
 
-    __slots__ = ("volume", "voxel_size_um", "medium_ri", "complete_at")
+    __slots__ = ("volume", "voxel_size_um", "medium_ri")
 
     def __init__(self, task: FrameTask) -> None:
         self.volume = task.volume
         self.voxel_size_um = task.voxel_size_um
         self.medium_ri = task.medium_ri
-        self.complete_at = task.complete_at
 
 
 class FrameWriter:

@@ -5,6 +5,7 @@ import io
 import math
 
 import numpy as np
+import pytest
 
 from deepis_rt.analysis import (
     CELL_COLUMNS,
@@ -19,6 +20,22 @@ from deepis_rt.analysis import (
     saturation,
     synapse_rows,
 )
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures the plots save, in order (to inspect what was drawn)."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    real_savefig = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return saved
 
 
 def _frame(f):
@@ -80,22 +97,13 @@ def test_plots_are_written(tmp_path):
     assert out.exists()
 
 
-def test_area_plot_shows_the_uncertainty_it_is_fitted_with(tmp_path, monkeypatch):
+def test_area_plot_shows_the_uncertainty_it_is_fitted_with(tmp_path, figures):
     from matplotlib.container import ErrorbarContainer
-    from matplotlib.figure import Figure
 
     tr = SynapseTracker()
     for f in range(25):
         tr.update(_frame(f), time_s=3.0 * f)
     (history,) = tr.histories.values()
-    figures = []
-    real_savefig = Figure.savefig
-
-    def keep(fig, *args, **kwargs):
-        figures.append(fig)
-        return real_savefig(fig, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
     history.is_area_err_um2[:] = [0.5 + 0.01 * i for i in range(len(history.is_area_err_um2))]
     plot_synapse(history, tmp_path / "with_err.png", dpi=72)
     (bars,) = [c for c in figures[-1].axes[0].containers if isinstance(c, ErrorbarContainer)]
@@ -105,21 +113,11 @@ def test_area_plot_shows_the_uncertainty_it_is_fitted_with(tmp_path, monkeypatch
     assert not [c for c in figures[-1].axes[0].containers if isinstance(c, ErrorbarContainer)]
 
 
-def test_plot_fits_like_the_summary_when_no_fit_is_given(tmp_path, monkeypatch):
+def test_plot_fits_like_the_summary_when_no_fit_is_given(tmp_path, figures):
     """plot_synapse(history, path) alone fitted with the onset fixed at the first frame in contact:
     its legend showed a shorter tau_half than summary.json for the same synapse."""
-    from matplotlib.figure import Figure
-
     from deepis_rt.analysis.plots import _fit_label
 
-    figures = []
-    real_savefig = Figure.savefig
-
-    def keep(fig, *args, **kwargs):
-        figures.append(fig)
-        return real_savefig(fig, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
     rng = np.random.default_rng(0)
     tr = SynapseTracker()
     for k in range(60):  # 3 s frames; contact begins at 4 s, first seen at 6 s
