@@ -2,6 +2,8 @@
 
 * ``tiff`` — OME-TIFF, axes ZYX, ``PhysicalSizeX/Y/Z`` in um.
 * ``npy`` — ``<name>.npy`` plus ``<name>.json`` sidecar (``voxel_size_um``, ``time_s``, ``medium_ri``).
+* label time-lapse — one OME-TIFF, axes TZYX, ``PhysicalSizeX/Y/Z`` in um and ``TimeIncrement`` in s
+  (:func:`write_labels_timelapse`).
 * ``tcf`` — Tomocube TCF layout (HDF5): ``/Data/3D/000000`` float32 RI (Z, Y, X) with
   attributes ``ResolutionX/Y/Z`` (um), ``SizeX/Y/Z``, ``DataCount`` and ``TimeInterval`` on
   ``/Data/3D``, ``Time`` on each dataset, the medium RI as attribute ``RI`` of ``/Info/Device``
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ import numpy as np
 from deepis_rt.errors import InputError
 from deepis_rt.io.tomogram import check_declared, check_values, normalize_voxel_size, where_of
 
-__all__ = ["write_tomogram", "write_labels", "FORMATS", "suffix_for"]
+__all__ = ["write_tomogram", "write_labels", "write_labels_timelapse", "FORMATS", "suffix_for"]
 
 log = logging.getLogger(__name__)
 
@@ -162,5 +164,57 @@ def write_labels(path: str | Path, labels: np.ndarray, voxel_size_um: Sequence[f
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
     tifffile.imwrite(tmp, labels.astype(np.uint8), ome=True, metadata=_ome_metadata(vs), compression="zlib")
+    os.replace(tmp, path)
+    return path
+
+
+def write_labels_timelapse(
+    path: str | Path,
+    frames: Iterable[np.ndarray | None],
+    n_frames: int,
+    shape_zyx: Sequence[int],
+    voxel_size_um: Sequence[float],
+    frame_interval_s: float,
+) -> Path:
+    """Write a label time-lapse as one uint8 OME-TIFF, axes TZYX, a frame at a time.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.ome.tif``.
+    frames : iterable of numpy.ndarray or None
+        ``n_frames`` label volumes of shape ``shape_zyx`` in time order; None for a time point without
+        labels (written as zeros). Read one at a time, so a long time-lapse is never held in memory.
+    n_frames : int
+        Number of time points.
+    shape_zyx : (Z, Y, X)
+        Shape of every frame.
+    voxel_size_um : (z, y, x)
+        Voxel size in um (``PhysicalSize*``).
+    frame_interval_s : float
+        Seconds between time points (``TimeIncrement``).
+    """
+    import tifffile
+
+    path = Path(path)
+    shape_zyx = tuple(int(s) for s in shape_zyx)
+    vs = normalize_voxel_size(voxel_size_um, where_of(path))
+    empty = np.zeros(shape_zyx, np.uint8)
+
+    def planes():
+        for i, labels in enumerate(frames):
+            if i >= n_frames:
+                break
+            volume = empty if labels is None else np.asarray(labels)
+            if volume.shape != shape_zyx:
+                raise InputError(f"{where_of(path)}: time point {i} has shape {volume.shape}, expected {shape_zyx}")
+            yield from volume.astype(np.uint8, copy=False)
+
+    meta = _ome_metadata(vs)
+    meta.update(axes="TZYX", TimeIncrement=float(frame_interval_s), TimeIncrementUnit="s")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tifffile.imwrite(tmp, planes(), shape=(int(n_frames), *shape_zyx), dtype=np.uint8, ome=True,
+                     metadata=meta, compression="zlib")
     os.replace(tmp, path)
     return path

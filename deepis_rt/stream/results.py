@@ -1,7 +1,8 @@
 """The results folder of a stream: incremental, atomic and restart-safe.
 
 Layout (DESIGN.md section 3): ``frames.csv``, ``cells.csv``, ``synapses.csv``,
-``summary.json``, ``masks/``, ``plots/``, ``errors.log``.
+``summary.json``, ``masks/``, ``plots/``, ``errors.log``; the OME-Zarr time-lapse
+``timelapse.ome.zarr`` and the TZYX OME-TIFF ``labels_tzyx.ome.tif`` (docs/results.md).
 
 How the guarantees are kept:
 
@@ -19,6 +20,8 @@ How the guarantees are kept:
   frame number, and its new row *replaces* the ``retry`` row (frames.csv rewritten atomically),
   so each frame has one row. Until that replacement, rows of ``cells.csv`` / ``synapses.csv``
   for it are dropped on open like those of any uncommitted frame.
+* **The time-lapse store** (:mod:`deepis_rt.stream.timelapse_store`) is written before the
+  frame's rows; on open, its time points of frames not committed ``ok`` are removed.
 * **Whole-file outputs** (``summary.json``, masks, plots) are written to a temporary
   name and renamed into place.
 """
@@ -180,6 +183,8 @@ class ResultsFolder:
         self.errors_log = self.root / "errors.log"
         self._lock = threading.Lock()
         self.committed: list[dict[str, str]] = []
+        #: the OME-Zarr time-lapse (set before :meth:`open` by the stream's writer; None: not written)
+        self.timelapse: Any = None
 
     def open(self) -> list[dict[str, str]]:
         """Create or repair the folder; returns the committed frame rows of earlier runs."""
@@ -190,6 +195,8 @@ class ResultsFolder:
         done = {int(r["frame"]) for r in self.committed if r["status"] != "retry"}
         self.cell_rows = self.cells.repair(done)
         self.synapse_rows = self.synapses.repair(done)
+        if self.timelapse is not None:
+            self.timelapse.open({int(r["frame"]) for r in self.committed if r["status"] == "ok"})
         # masks of uncommitted frames are left to be overwritten when the frame is redone
         return self.committed
 
@@ -248,3 +255,73 @@ class ResultsFolder:
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         atomic_write_json(self.root / "summary.json", summary)
+
+    def write_labels_tiff(self) -> Path | None:
+        """``labels_tzyx.ome.tif``: every frame's labels as one TZYX OME-TIFF (time index = frame).
+
+        From the time-lapse store, else from ``masks/``; None when neither holds a frame.
+        """
+        from deepis_rt.io.writers import write_labels_timelapse
+
+        path = self.root / LABELS_TIFF
+        store = self.timelapse
+        if store is not None and store.exists and any(t is not None for t in store.time_s):
+            times = store.time_s
+            arr = store.labels()
+            frames = (arr[t] if v is not None else None for t, v in enumerate(times))
+            return write_labels_timelapse(path, frames, len(times), arr.shape[1:], store.voxel_size_um,
+                                          store.frame_interval_s)
+        return self._labels_tiff_from_masks(path)
+
+    def _labels_tiff_from_masks(self, path: Path) -> Path | None:
+        import tifffile
+
+        from deepis_rt.io.writers import write_labels_timelapse
+        from deepis_rt.stream.timelapse_store import frame_interval
+
+        ok = {int(r["frame"]): r for r in self.committed if r["status"] == "ok"}
+        files = {f: self.masks / f"frame_{f:06d}.ome.tif" for f in sorted(ok)}
+        files = {f: p for f, p in files.items() if p.is_file()}
+        if not files:
+            return None
+        first = next(iter(files.values()))
+        with tifffile.TiffFile(first) as tif:
+            shape = tif.series[0].shape
+            pixels = tif.ome_metadata and _ome_pixels(tif.ome_metadata)
+        voxel = pixels or (1.0, 1.0, 1.0)
+        n = max(files) + 1
+        times = [None] * n
+        for f in files:
+            times[f] = _float_or_none(ok[f].get("time_s"))
+
+        def frames():
+            for t in range(n):
+                volume = tifffile.imread(files[t]) if t in files else None
+                yield volume if volume is None or volume.shape == shape else None
+
+        return write_labels_timelapse(path, frames(), n, shape, voxel, frame_interval(times))
+
+
+#: The TZYX OME-TIFF of every frame's labels, written at the end of a run.
+LABELS_TIFF = "labels_tzyx.ome.tif"
+
+
+def _float_or_none(text: Any) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _ome_pixels(ome_xml: str) -> tuple[float, float, float] | None:
+    """(z, y, x) ``PhysicalSize*`` of an OME-XML's first image, None when absent."""
+    import re
+
+    sizes = []
+    for ax in "ZYX":
+        m = re.search(rf'PhysicalSize{ax}="([0-9.eE+-]+)"', ome_xml)
+        if m is None:
+            return None
+        sizes.append(float(m.group(1)))
+    return tuple(sizes)  # type: ignore[return-value]

@@ -44,6 +44,10 @@ class StreamSettings:
     queue_size: int = 4
     #: write masks/ label volumes (OME-TIFF)
     write_masks: bool = True
+    #: the OME-Zarr time-lapse ``timelapse.ome.zarr``: "ri+labels", "labels" (no RI) or "off"
+    zarr: str = "ri+labels"
+    #: write ``report.html`` and ``report/`` at the end of the run (the CLI commands do)
+    report: bool = False
     #: seconds between refreshes of summary.json and plots/ during a run
     refresh_s: float = 10.0
     #: IS area (um^2) whose crossing is reported as an event
@@ -75,6 +79,10 @@ class StreamSettings:
             raise ConfigError(f"stream: medium_ri must be a refractive index ({RI_RANGE[0]}-{RI_RANGE[1]}), "
                               f"got {self.medium_ri}")
         RIScale.from_args(self.ri_scale, self.ri_offset, "stream")  # validates
+        from deepis_rt.stream.timelapse_store import ZARR_MODES
+
+        if self.zarr not in ZARR_MODES:
+            raise ConfigError(f"stream: zarr must be one of {', '.join(ZARR_MODES)}, got {self.zarr!r}")
         if not self.retry_for_s >= 0:
             raise ConfigError(f"stream: retry_for_s must be >= 0, got {self.retry_for_s}")
         if self.voxel_size_um is not None:

@@ -583,3 +583,5 @@ class Stream:
             plot_synapses(self.writer.tracker, self.results.plots)
         except Exception:
             log.exception("stream: plots not written")
+        if final:
+            self.writer.end_of_run()

@@ -53,7 +53,7 @@ class FrameWriter:
     results : ResultsFolder or None
         Where rows and masks go; None keeps results in memory only.
     settings : StreamSettings
-        ``area_threshold_um2`` and ``write_masks`` are used.
+        ``area_threshold_um2``, ``write_masks``, ``zarr`` and ``report`` are used.
     on_event : callable
         Receives the tracker's synapse events.
     """
@@ -63,6 +63,10 @@ class FrameWriter:
 
         self.results = results
         self.settings = settings
+        if results is not None and settings.zarr != "off":
+            from deepis_rt.stream.timelapse_store import STORE_NAME, TimelapseStore
+
+            results.timelapse = TimelapseStore(results.root / STORE_NAME, with_ri=settings.zarr == "ri+labels")
         self.on_event = on_event
         self.tracker = SynapseTracker(area_threshold_um2=settings.area_threshold_um2, on_event=on_event)
         self.n_ok = 0
@@ -122,6 +126,13 @@ class FrameWriter:
                     self.write_mask(task.frame, result)
                 except Exception as exc:
                     log.warning("stream | %s: mask not written: %s", task.source, exc)
+            if self.results is not None and self.results.timelapse is not None:
+                try:
+                    self.results.timelapse.write_frame(task.frame, task.time_s, result.labels,
+                                                       result.voxel_size_um, ri=task.volume)
+                except Exception as exc:
+                    log.warning("stream | %s: not written to %s: %s", task.source,
+                                self.results.timelapse.path.name, exc)
         elif task.retry:
             if task.path is None:  # given with submit(): the caller gives it again with resubmit()
                 result.retry_input = RetryInput(task)
@@ -183,6 +194,22 @@ class FrameWriter:
         tracker.on_event = self.on_event
         self.tracker = tracker
         log.info("stream: tracks re-linked in frame order after frames that were given again")
+
+    def end_of_run(self) -> None:
+        """The whole-run outputs: ``labels_tzyx.ome.tif``, and ``report.html`` when ``settings.report``."""
+        if self.results is None:
+            return
+        try:
+            self.results.write_labels_tiff()
+        except Exception:
+            log.exception("stream: %s not written", self.results.root / "labels_tzyx.ome.tif")
+        if self.settings.report:
+            try:
+                from deepis_rt.report import write_report
+
+                write_report(self.results.root)
+            except Exception:
+                log.exception("stream: report.html not written")
 
     def write_mask(self, frame: int, result: Any) -> None:
         """``masks/frame_NNNNNN.ome.tif``: the label volume, written to a temporary name, then renamed."""
