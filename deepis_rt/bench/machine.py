@@ -7,7 +7,7 @@ import os
 import platform
 from typing import Any
 
-__all__ = ["describe_machine", "library_versions"]
+__all__ = ["describe_machine", "library_versions", "gpu_list"]
 
 
 def _cpu_model() -> str:
@@ -57,6 +57,22 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def gpu_list() -> list[dict[str, Any]]:
+    """The CUDA GPUs PyTorch sees: ``[{"index", "name", "memory_gib"}]`` (empty without CUDA)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        gpus = []
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            gpus.append({"index": i, "name": props.name, "memory_gib": round(props.total_memory / 1024**3, 1)})
+        return gpus
+    except Exception:
+        return []
+
+
 def describe_machine() -> dict[str, Any]:
     """A plain dict describing this machine, for every benchmark report."""
     info: dict[str, Any] = {
@@ -80,6 +96,7 @@ def describe_machine() -> dict[str, Any]:
             info["gpu_memory_gib"] = round(props.total_memory / 1024**3, 1)
     except Exception:
         pass
+    info["gpus"] = gpu_list()
     info["libraries"] = library_versions()
     info["cpu_flags"] = cpu_flags()
     return info

@@ -55,7 +55,7 @@ class Variant:
 
     @property
     def device(self) -> str:
-        return "cuda:0" if self.is_gpu else "cpu"
+        return cuda_device() if self.is_gpu else "cpu"
 
     @property
     def is_baseline(self) -> bool:
@@ -139,6 +139,13 @@ def unavailable_reason(backend: str, precision: str | None = None) -> str | None
     return None
 
 
+def cuda_device() -> str:
+    """``"cuda:N"`` of the current CUDA device (``deepis-rt bench --device N`` makes GPU N current)."""
+    import torch
+
+    return f"cuda:{torch.cuda.current_device() if torch.cuda.is_available() else 0}"
+
+
 def make_runner(variant: Variant, model: Any, max_batch: int, threads: int | None = None,
                 engines_dir: str | Path = "engines") -> Any:
     """An inactive runner for ``variant`` (the runtime's own runner classes, so the numbers are what
@@ -152,7 +159,7 @@ def make_runner(variant: Variant, model: Any, max_batch: int, threads: int | Non
         return TorchRunner(model.module, device="cpu", num_threads=threads)
     if b in ("torch-cuda", "torch-cuda-graphs"):
         # a copy: .to(cuda) / .half() work in place, and the CPU module is shared with the exporter
-        return TorchRunner(lambda: copy.deepcopy(model.module()), device="cuda:0", precision=p,
+        return TorchRunner(lambda: copy.deepcopy(model.module()), device=cuda_device(), precision=p,
                            cuda_graphs=b == "torch-cuda-graphs")
     onnx = (lambda: str(model.onnx_fp16())) if p == "fp16" else (lambda: str(model.onnx_fp32()))
     if b == "onnxruntime-cpu":
@@ -166,7 +173,8 @@ def make_runner(variant: Variant, model: Any, max_batch: int, threads: int | Non
     if b == "onnxruntime-cuda":
         # TF32 off: the fp32 row computes in FP32. activate() refuses a session that lost the CUDA
         # provider, so a row that says GPU ran on the GPU
-        return OnnxRuntimeRunner(onnx, provider="cuda", allow_tf32=False)
+        return OnnxRuntimeRunner(onnx, provider="cuda", allow_tf32=False,
+                                 device_id=int(cuda_device().partition(":")[2]))
     if b == "onnxruntime-tensorrt":
         from deepis_rt.export import tensorrt as trt_cache
 
@@ -174,15 +182,17 @@ def make_runner(variant: Variant, model: Any, max_batch: int, threads: int | Non
         # native TensorRT row's, so the EP builds one engine (cached under engines/ort-trt) for all batches
         profile = trt_cache.profile_from_batch((1, max_batch, max_batch), model.tile_zyx)
         return OnnxRuntimeRunner(lambda: str(model.onnx_fp32()), provider="tensorrt", fp16=p == "fp16",
-                                 engines_dir=engines_dir, trt_profile=profile)
+                                 engines_dir=engines_dir, trt_profile=profile,
+                                 device_id=int(cuda_device().partition(":")[2]))
     if b == "tensorrt":
         def load_engine() -> bytes:
             from deepis_rt.export import tensorrt as trt_cache
 
             profile = trt_cache.profile_from_batch((1, max_batch, max_batch), model.tile_zyx)
             onnx_path = model.onnx_fp16() if p == "fp16" else model.onnx_fp32()
-            build = trt_cache.get_engine(onnx_path, engines_dir, p, profile, onnx_fp32_path=model.onnx_fp32())
-            return trt_cache.load_engine_bytes(build.path, env=trt_cache.current_engine_env())
+            build = trt_cache.get_engine(onnx_path, engines_dir, p, profile, onnx_fp32_path=model.onnx_fp32(),
+                                         device=cuda_device())
+            return trt_cache.load_engine_bytes(build.path, env=trt_cache.current_engine_env(cuda_device()))
 
-        return TensorRTRunner(load_engine, device="cuda:0")
+        return TensorRTRunner(load_engine, device=cuda_device())
     raise ConfigError(f"bench: unknown backend {b!r}")

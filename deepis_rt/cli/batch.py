@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from deepis_rt.cli.stream import file_options
+from deepis_rt.cli.run_options import command_record, config_option, device_option, gpu_device
+from deepis_rt.cli.stream import file_options, zarr_option
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 
 
@@ -48,9 +49,13 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 @click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
               metavar="SECONDS", help="How long frames wait for a backend that is unavailable (server restarting, "
               "timeout, out of memory) before they are recorded 'retry' (the next run processes them).")
+@zarr_option
+@device_option
+@config_option
 def batch(archive, out, ray_address, model, backend, precision, url, model_name, retries, workers, cpus_per_worker,
           gpus_per_worker, max_workers_per_node, voxel_size, frame_interval, medium_ri, max_batch, no_masks,
-          no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S) -> None:
+          no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, zarr="ri+labels",
+          device=None) -> None:
     """Segment, measure and track every time-lapse in ARCHIVE.
 
     \b
@@ -65,6 +70,11 @@ def batch(archive, out, ray_address, model, backend, precision, url, model_name,
     load_options = {"url": url, "model_name": model_name} if backend == "triton" else {}
     if precision is not None:
         load_options["precision"] = precision
+    if device is not None:
+        if ray_address:
+            raise click.BadParameter("Ray places its workers on GPUs itself; --device is for a run on this machine",
+                                     param_hint="'--device'")
+        load_options["device"] = gpu_device(device)
     stream_settings = {
         "voxel_size_um": tuple(voxel_size) if voxel_size else None,
         "frame_interval_s": frame_interval,
@@ -74,12 +84,15 @@ def batch(archive, out, ray_address, model, backend, precision, url, model_name,
         "max_batch": max_batch,
         "write_masks": not no_masks,
         "retry_for_s": retry_for,
+        "zarr": zarr,
+        "report": True,
     }
     report = run_batch(
         archive, out, model, backend, ray_address=ray_address, retries=retries, num_workers=workers,
         cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, max_workers_per_node=max_workers_per_node,
         load_options=load_options,
         stream_settings=stream_settings, progress=False if no_progress else None,
+        command=command_record(click.get_current_context()),
     )
     c = report.counts
     click.echo(f"items: {c['ok']} ok, {c['partial']} with failed frames, {c['failed']} failed, "

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from deepis_rt.cli.run_options import device_option
+
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
     try:
@@ -63,10 +65,12 @@ def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG: throughput per backend and latency distributions.")
 @click.option("--title", default="deepis-rt bench", show_default=True, help="Title of the Markdown report.")
+@device_option
 def bench(model_paths: tuple[Path, ...], presets: tuple[str, ...], backends: list[str], precisions: list[str] | None,
           batches: list[int], frames: int, warmup: int, pipeline: bool, pipeline_frames: int | None, tile: tuple[int, int, int] | None,
           quick: bool, threads: int | None, seed: int, cache_dir: Path | None, engines_dir: Path,
-          json_path: Path | None, md_path: Path | None, plot_path: Path | None, title: str) -> None:
+          json_path: Path | None, md_path: Path | None, plot_path: Path | None, title: str,
+          device: int | None = None) -> None:
     """Benchmark the backends available here side by side, against PyTorch eager FP32.
 
     For each backend x precision x batch: throughput, latency p50/p95/p99, peak host and device
@@ -93,6 +97,10 @@ def bench(model_paths: tuple[Path, ...], presets: tuple[str, ...], backends: lis
     if quick:
         tile = tile or (32, 64, 64)
         frames = min(frames, 2)
+    if device is not None:  # the GPU rows, the GPU peak and the memory figures on GPU N
+        import torch
+
+        torch.cuda.set_device(device)
     names = expand_backends(backends)
     models = [resolve_model(preset=p, tile_zyx=tile, seed=seed, cache_dir=cache_dir) for p in presets]
     models += [resolve_model(model_path=p, tile_zyx=tile, cache_dir=cache_dir) for p in model_paths]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from deepis_rt.cli.run_options import command_record, device_option, gpu_device
+
 _MARKER = ".deepis-demo"
 
 
@@ -37,7 +39,9 @@ def _prepare_out(out: Path) -> None:
               show_default=True)
 @click.option("--model", type=click.Path(exists=True, path_type=Path), default=None,
               help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint).")
-def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Path | None) -> None:
+@device_option
+def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Path | None,
+         device: int | None = None) -> None:
     """Stream a synthetic CAR-T / target-cell video through the bundled checkpoint.
 
     A writer thread plays the microscope: it writes one tomogram after another into a
@@ -54,7 +58,7 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
 
     t_start = time.time()
     _prepare_out(out)
-    segmenter = deepis_rt.load(model, backend=backend)
+    segmenter = deepis_rt.load(model, backend=backend, device=gpu_device(device))
     video = make_video(seed, DEFAULT_SHAPE, DEFAULT_VOXEL_SIZE_UM, frames)
     interval_s = video.frame_interval_s
     camera = Path(tempfile.mkdtemp(prefix="deepis-camera-"))
@@ -83,7 +87,8 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
     writer = threading.Thread(target=_microscope, name="demo-microscope", daemon=True)
     # the stream ends after the video's last frame, however slowly a loaded machine writes them (an
     # idle timeout would end it early and lose frames); a failing writer stops it
-    stream = Stream(camera, out, segmenter, frame_interval_s=interval_s, settle_s=0.3, max_frames=frames)
+    stream = Stream(camera, out, segmenter, frame_interval_s=interval_s, settle_s=0.3, max_frames=frames,
+                    report=True, command=command_record(click.get_current_context()))
     stream.start()
     writer.start()
     try:
@@ -95,4 +100,4 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
         raise click.ClickException(f"the synthetic microscope failed: {writer_error[0]}")
     click.echo("")
     print_summary(summary, out)
-    click.echo(f"demo finished in {time.time() - t_start:.0f} s; plots: {out / 'plots'}/")
+    click.echo(f"demo finished in {time.time() - t_start:.0f} s; report: {out / 'report.html'}")

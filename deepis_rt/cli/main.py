@@ -89,6 +89,9 @@ def _register_commands() -> None:
     from deepis_rt.cli import convert as _convert
 
     main.add_command(_convert.convert)
+    from deepis_rt.cli import report as _report
+
+    main.add_command(_report.report)
 
 
 _register_commands()

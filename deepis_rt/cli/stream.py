@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from deepis_rt.cli.run_options import command_record, config_option, device_option, gpu_device
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 
 
@@ -31,6 +32,13 @@ def file_options(command: Any) -> Any:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def zarr_option(command: Any) -> Any:
+    """``--zarr``: what the OME-Zarr time-lapse ``timelapse.ome.zarr`` holds (``stream`` and ``batch``)."""
+    return click.option("--zarr", type=click.Choice(["ri+labels", "labels", "off"]), default="ri+labels",
+                        show_default=True, help="What the OME-Zarr time-lapse OUT/timelapse.ome.zarr holds "
+                        "(docs/results.md): the RI and the labels, the labels only, or no store.")(command)
 
 
 def _say_why_nothing(source: Path) -> None:
@@ -200,7 +208,8 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
         click.echo(f"synthetic truth: A_max {_txt(truth['A_max_um2'], 'um^2')}; "
                    f"tau_half {_txt(truth['tau_half_s'], 's')}")
     if out is not None:
-        click.echo(f"results: {out}/ (frames.csv, cells.csv, synapses.csv, summary.json, masks/, plots/)")
+        click.echo(f"results: {out}/ (report.html, timelapse.ome.zarr, labels_tzyx.ome.tif, frames.csv, cells.csv, "
+                   "synapses.csv, summary.json, masks/, plots/)")
 
 
 @click.command()
@@ -233,9 +242,13 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 @click.option("--allow-other-source", is_flag=True,
               help="Continue an --out folder made from another source folder (the same frames, moved); "
                    "frames of the same names count as done.")
+@zarr_option
+@device_option
+@config_option
 def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, once, idle_timeout,
            max_frames, settle, max_batch, no_masks, jsonl, url=None, model_name="deepis", ri_scale=None,
-           ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, precision=None, allow_other_source=False) -> None:
+           ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, precision=None, allow_other_source=False,
+           zarr="ri+labels", device=None) -> None:
     """Watch SOURCE for tomograms; segment, measure and track synapses as frames arrive."""
     import deepis_rt
     from deepis_rt.stream import Stream, StreamSettings
@@ -244,15 +257,17 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
         retry_for_s=retry_for, voxel_size_um=tuple(voxel_size) if voxel_size else None,
         frame_interval_s=frame_interval, medium_ri=medium_ri, once=once, idle_timeout_s=idle_timeout,
         max_frames=max_frames, settle_s=settle, max_batch=max_batch, write_masks=not no_masks,
-        ri_scale=ri_scale, ri_offset=ri_offset, check_source=not allow_other_source,
+        ri_scale=ri_scale, ri_offset=ri_offset, check_source=not allow_other_source, zarr=zarr, report=True,
     )
     StreamSettings(**settings)  # an option out of range is said before the model loads
     remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # a Triton server
     if precision is not None:
         remote["precision"] = precision
-    segmenter = load_when_available(lambda: deepis_rt.load(model, backend=backend, **remote), retry_for)
+    segmenter = load_when_available(
+        lambda: deepis_rt.load(model, backend=backend, device=gpu_device(device), **remote), retry_for)
     reporter = BackendReporter(jsonl=jsonl)
-    s = Stream(source, out, segmenter, on_backend=reporter, **settings)
+    s = Stream(source, out, segmenter, on_backend=reporter, command=command_record(click.get_current_context()),
+               **settings)
     if not jsonl:
         click.echo(f"watching {source} with {segmenter.backend}; results in {out}/ (Ctrl-C to stop)", err=True)
     summary = run_stream(s.start(), jsonl=jsonl, reporter=reporter)

@@ -354,6 +354,7 @@ def run_batch(
     stream_settings: dict[str, Any] | None = None,
     progress: bool | None = None,
     on_item: Callable[[dict[str, Any]], None] | None = None,
+    command: dict[str, Any] | None = None,
 ) -> BatchReport:
     """Segment, measure and track every time-lapse of an archive, on Ray or in this process.
 
@@ -399,6 +400,8 @@ def run_batch(
         tqdm bar over completed items (default: when stderr is a terminal).
     on_item : callable, optional
         Called with each item's final record (as in the report).
+    command : dict, optional
+        The command line (``name``, ``argv``, ``options``), kept as ``settings.command`` in the report.
 
     Returns
     -------
@@ -425,6 +428,8 @@ def run_batch(
         settings={"model": None if model is None else str(model), "backend": backend, "retries": retries,
                   "ray_address": ray_address, **{k: v for k, v in stream_settings.items()}},
     )
+    if command is not None:  # the command line, for `deepis-rt batch --config batch_report.json`
+        report.settings["command"] = command
     todo: list[BatchItem] = []
     for item in items:
         marker = _read_marker(out, item)
@@ -438,8 +443,9 @@ def run_batch(
                  out / STATE_DIR)
 
     if segmenter_factory is None:
-        segmenter_factory = SegmenterSpec(None if model is None else str(model), backend, None,
-                                          dict(load_options or {}))
+        options = dict(load_options or {})
+        segmenter_factory = SegmenterSpec(None if model is None else str(model), backend, options.pop("device", None),
+                                          options)
     # in this process threads are left as they are; on Ray each actor gets its share of its node
     worker_args = (segmenter_factory, str(out), stream_settings, None)
     connection = None

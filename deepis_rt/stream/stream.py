@@ -82,6 +82,9 @@ class Stream:
     on_backend : callable, optional
         ``on_backend(event)`` (:class:`~deepis_rt.stream.retry.BackendEvent`) once when the backend
         becomes unavailable (frames wait and are retried for ``retry_for_s``) and once when it is back.
+    command : dict, optional
+        The command line that made this stream (``name``, ``argv``, ``options``), kept in
+        ``summary.json``'s reproducibility record for ``--config``.
     **settings
         Fields of :class:`StreamSettings`.
     """
@@ -94,6 +97,7 @@ class Stream:
         on_frame: Callable[[Any], None] | None = None,
         on_synapse_event: Callable[[Any], None] | None = None,
         on_backend: Callable[[BackendEvent], None] | None = None,
+        command: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         from deepis_rt.analysis.tables import CELL_COLUMNS, SYNAPSE_COLUMNS
@@ -107,6 +111,7 @@ class Stream:
         self.source = Path(source) if source is not None else None
         if self.source is not None and not self.source.is_dir():
             raise InputError(f"stream | {self.source}: no such folder")
+        self.command = command
         self._frame_callbacks = [on_frame] if on_frame else []
         self._event_callbacks = [on_synapse_event] if on_synapse_event else []
         self._backend_callbacks = [on_backend] if on_backend else []
@@ -514,6 +519,7 @@ class Stream:
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""
         from deepis_rt.bench.stats import latency_stats
+        from deepis_rt.report.record import run_record
 
         elapsed = max(time.time() - self._run_started, 1e-9)
         w = self.writer
@@ -553,6 +559,8 @@ class Stream:
                                       for i, s in enumerate(self.writer.tracker.summary())]),
             "truth": self._truth_vs_fit(synapses),
             "events": [dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in self._events[-200:]],
+            "reproducibility": run_record(seg, self.settings, self.command, self.source,
+                                          [r["source"] for r in (self.results.committed if self.results else [])]),
         }
 
     @functools.cached_property
