@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from deepis_rt.cli.run_options import command_record, config_option, device_option, gpu_device
-from deepis_rt.cli.stream import file_options, zarr_option
+from deepis_rt.cli.stream import file_options, output_options
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 
 
@@ -49,13 +49,13 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 @click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
               metavar="SECONDS", help="How long frames wait for a backend that is unavailable (server restarting, "
               "timeout, out of memory) before they are recorded 'retry' (the next run processes them).")
-@zarr_option
+@output_options
 @device_option
 @config_option
 def batch(archive, out, ray_address, model, backend, precision, url, model_name, retries, workers, cpus_per_worker,
           gpus_per_worker, max_workers_per_node, voxel_size, frame_interval, medium_ri, max_batch, no_masks,
           no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, zarr="ri+labels",
-          device=None) -> None:
+          device=None, no_report=False) -> None:
     """Segment, measure and track every time-lapse in ARCHIVE.
 
     \b
@@ -85,7 +85,7 @@ def batch(archive, out, ray_address, model, backend, precision, url, model_name,
         "write_masks": not no_masks,
         "retry_for_s": retry_for,
         "zarr": zarr,
-        "report": True,
+        "report": not no_report,
     }
     report = run_batch(
         archive, out, model, backend, ray_address=ray_address, retries=retries, num_workers=workers,

@@ -34,8 +34,12 @@ def file_options(command: Any) -> Any:
     return command
 
 
-def zarr_option(command: Any) -> Any:
-    """``--zarr``: what the OME-Zarr time-lapse ``timelapse.ome.zarr`` holds (``stream`` and ``batch``)."""
+def output_options(command: Any) -> Any:
+    """``--zarr`` (what the OME-Zarr time-lapse ``timelapse.ome.zarr`` holds) and ``--no-report``, for
+    ``stream`` and ``batch``."""
+    command = click.option("--no-report", is_flag=True,
+                           help="Do not write report.html at the end of the run (`deepis-rt report OUT` "
+                                "writes it any time).")(command)
     return click.option("--zarr", type=click.Choice(["ri+labels", "labels", "off"]), default="ri+labels",
                         show_default=True, help="What the OME-Zarr time-lapse OUT/timelapse.ome.zarr holds "
                         "(docs/results.md): the RI and the labels, the labels only, or no store.")(command)
@@ -242,13 +246,13 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 @click.option("--allow-other-source", is_flag=True,
               help="Continue an --out folder made from another source folder (the same frames, moved); "
                    "frames of the same names count as done.")
-@zarr_option
+@output_options
 @device_option
 @config_option
 def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, once, idle_timeout,
            max_frames, settle, max_batch, no_masks, jsonl, url=None, model_name="deepis", ri_scale=None,
            ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, precision=None, allow_other_source=False,
-           zarr="ri+labels", device=None) -> None:
+           zarr="ri+labels", device=None, no_report=False) -> None:
     """Watch SOURCE for tomograms; segment, measure and track synapses as frames arrive."""
     import deepis_rt
     from deepis_rt.stream import Stream, StreamSettings
@@ -257,7 +261,8 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
         retry_for_s=retry_for, voxel_size_um=tuple(voxel_size) if voxel_size else None,
         frame_interval_s=frame_interval, medium_ri=medium_ri, once=once, idle_timeout_s=idle_timeout,
         max_frames=max_frames, settle_s=settle, max_batch=max_batch, write_masks=not no_masks,
-        ri_scale=ri_scale, ri_offset=ri_offset, check_source=not allow_other_source, zarr=zarr, report=True,
+        ri_scale=ri_scale, ri_offset=ri_offset, check_source=not allow_other_source, zarr=zarr,
+        report=not no_report,
     )
     StreamSettings(**settings)  # an option out of range is said before the model loads
     remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # a Triton server

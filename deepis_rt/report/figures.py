@@ -73,11 +73,11 @@ def kinetics_figure(path: Path, synapse: Mapping[str, Any], rows: Sequence[Mappi
         t0 = float(fit_onset) + float(offset)
         tt = np.linspace(t0, max(float(t.max()), t0 + 1e-6), 200)
         weighted = (synapse.get("area_fit") or {}).get("weighted")
-        ax_a.plot(tt, _saturation(tt, a_max, tau, t0), "-", lw=2.2, color=FIT_COLOR,
-                  label=f"{'weighted ' if weighted else ''}fit: A_max {a_max:.1f}"
-                        f"{'' if synapse.get('A_max_err_um2') is None else ' ± %.1f' % synapse['A_max_err_um2']} µm², "
-                        f"τ½ {tau:.1f}{'' if synapse.get('tau_half_err_s') is None else ' ± %.1f' % synapse['tau_half_err_s']} s")
         a_err, tau_err = synapse.get("A_max_err_um2"), synapse.get("tau_half_err_s")
+        a_txt = f"{a_max:.1f}" + ("" if a_err is None else f" ± {a_err:.1f}")
+        tau_txt = f"{tau:.1f}" + ("" if tau_err is None else f" ± {tau_err:.1f}")
+        ax_a.plot(tt, _saturation(tt, a_max, tau, t0), "-", lw=2.2, color=FIT_COLOR,
+                  label=f"{'weighted ' if weighted else ''}fit: A_max {a_txt} µm², τ½ {tau_txt} s")
         if a_err is not None and tau_err is not None:
             rng = np.random.default_rng(0)
             a_s = np.abs(rng.normal(a_max, a_err, samples))

@@ -132,9 +132,9 @@ def _truth_table(truth: Mapping[str, Any]) -> str:
     rows = []
     for key, name, unit in (("A_max_um2", "A<sub>max</sub>", "µm²"), ("tau_half_s", "τ<sub>½</sub>", "s")):
         e = truth.get(key) or {}
-        rel = e.get("rel_error")
+        rel, err = e.get("rel_error"), e.get("fit_err")
         rows.append(f"<tr><td>{name} ({unit})</td><td>{_fmt(e.get('true'))}</td><td>{_fmt(e.get('fitted'))}"
-                    f"{'' if e.get('fit_err') is None else ' ± %.1f' % e['fit_err']}</td>"
+                    f"{'' if err is None else f' ± {err:.1f}'}</td>"
                     f"<td>{'–' if rel is None else f'{100 * rel:+.0f} %'}</td></tr>")
     return ("<table><tr><th></th><th>truth</th><th>fit</th><th>error</th></tr>" + "".join(rows) + "</table>"
             f"<p>Compared: synapse {_fmt(truth.get('synapse_id'))} (the one followed longest).</p>")

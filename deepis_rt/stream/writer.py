@@ -196,14 +196,16 @@ class FrameWriter:
         log.info("stream: tracks re-linked in frame order after frames that were given again")
 
     def end_of_run(self) -> None:
-        """The whole-run outputs: ``labels_tzyx.ome.tif``, and ``report.html`` when ``settings.report``."""
+        """The whole-run outputs: ``labels_tzyx.ome.tif``, and ``report.html`` when ``settings.report``
+        (kept as it is after a run that processed no frame)."""
         if self.results is None:
             return
         try:
             self.results.write_labels_tiff()
         except Exception:
             log.exception("stream: %s not written", self.results.root / "labels_tzyx.ome.tif")
-        if self.settings.report:
+        done_now = self.n_ok + self.n_failed + self.n_retry
+        if self.settings.report and (done_now or not (self.results.root / "report.html").exists()):
             try:
                 from deepis_rt.report import write_report
 

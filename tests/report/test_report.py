@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shutil
@@ -91,3 +90,17 @@ def test_report_renders_in_headless_chromium(results_folder, tmp_path):
     assert _has_colour(image, LABEL_COLORS[1], tol=60, min_pixels=100)
     # and it is a page, not a blank window: most of it is white, a good part is not
     assert 0.05 < float((image[..., :3] < 0.9).any(axis=-1).mean()) < 0.9
+
+
+def test_a_run_with_nothing_new_keeps_the_report(results_folder):
+    from stream_support import make_segmenter
+
+    from deepis_rt.stream import Stream
+
+    page = results_folder / "report.html"
+    before = page.stat().st_mtime_ns
+    summary = json.loads((results_folder / "summary.json").read_text())
+    with Stream(summary["source_path"], results_folder, make_segmenter(), once=True, settle_s=0.0,
+                frame_interval_s=3.0, report=True) as stream:
+        assert stream.run()["run"]["frames_ok"] == 0
+    assert page.stat().st_mtime_ns == before
