@@ -111,22 +111,28 @@ def kinetics_figure(path: Path, synapse: Mapping[str, Any], rows: Sequence[Mappi
     return _save(fig, path)
 
 
-def contact_figure(path: Path, panels: Sequence[tuple[float, Any]]) -> Path:
-    """Side view (top row) and en-face view (bottom row) of the contact, one column per time point.
+def contact_figure(path: Path, panels: Sequence[tuple[float, Any]], per_row: int = 6) -> Path:
+    """Side view above en-face view of the contact, one column per time point, ``per_row`` a row.
 
     ``panels``: ``(time_s, ContactPlanes)`` pairs.
     """
     n = len(panels)
-    fig = _figure(max(4.0, 1.55 * n + 0.6), 3.9)
-    axes = fig.subplots(2, n, squeeze=False)
+    cols = min(n, per_row)
+    groups = -(-n // cols)
+    fig = _figure(max(4.0, 1.9 * cols + 0.4), 3.9 * groups + 0.3)
+    axes = fig.subplots(2 * groups, cols, squeeze=False)
     # one grey scale for every panel, so that RI reads alike across time points
     ri_all = [p.ravel() for _, planes in panels for p in (planes.side_ri, planes.enface_ri) if p is not None]
     vmin, vmax = np.percentile(np.concatenate(ri_all), [1, 99.5]) if ri_all else (0.0, 1.0)
-    for col, (time_s, planes) in enumerate(panels):
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i, (time_s, planes) in enumerate(panels):
+        group, col = divmod(i, cols)
         extent = (-planes.half_width_um, planes.half_width_um, -planes.half_width_um, planes.half_width_um)
         for row, (lab, ri) in enumerate(((planes.side_labels, planes.side_ri),
                                          (planes.enface_labels, planes.enface_ri))):
-            ax = axes[row][col]
+            ax = axes[2 * group + row][col]
+            ax.set_axis_on()
             if ri is not None:
                 ax.imshow(ri, cmap="gray", extent=extent, vmin=vmin, vmax=vmax)
             else:
@@ -135,11 +141,10 @@ def contact_figure(path: Path, panels: Sequence[tuple[float, Any]]) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(f"{time_s:.0f} s", fontsize=8)
-        if col == 0:
-            axes[0][0].set_ylabel("side", fontsize=8)
-            axes[1][0].set_ylabel("en face", fontsize=8)
-    fig.suptitle(f"Contact over time ({2 * panels[0][1].half_width_um:.0f} µm planes)", fontsize=9)
+                ax.set_title(f"{time_s:.0f} s", fontsize=9)
+            if col == 0:
+                ax.set_ylabel("side" if row == 0 else "en face", fontsize=9)
+    fig.suptitle(f"Contact over time ({2 * panels[0][1].half_width_um:.0f} µm planes)", fontsize=10)
     return _save(fig, path)
 
 

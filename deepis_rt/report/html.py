@@ -86,11 +86,11 @@ class _Frames:
             return labels, ri, self.voxel_size_um  # type: ignore[return-value]
         import tifffile
 
-        from deepis_rt.stream.results import _ome_pixels
+        from deepis_rt.stream.results import ome_voxel_size_um
 
         with tifffile.TiffFile(self.out / "masks" / f"frame_{frame:06d}.ome.tif") as tif:
             labels = tif.asarray()
-            voxel = _ome_pixels(tif.ome_metadata or "") or (1.0, 1.0, 1.0)
+            voxel = ome_voxel_size_um(tif.ome_metadata or "") or (1.0, 1.0, 1.0)
         return labels, None, voxel
 
 

@@ -39,7 +39,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FRAME_COLUMNS", "STAGES", "CsvTable", "ResultsFolder", "atomic_write_bytes", "atomic_write_json"]
+__all__ = ["FRAME_COLUMNS", "STAGES", "LABELS_TIFF", "CsvTable", "ResultsFolder", "atomic_write_bytes", "atomic_write_json",
+           "ome_voxel_size_um"]
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ class ResultsFolder:
         first = next(iter(files.values()))
         with tifffile.TiffFile(first) as tif:
             shape = tif.series[0].shape
-            pixels = tif.ome_metadata and _ome_pixels(tif.ome_metadata)
+            pixels = tif.ome_metadata and ome_voxel_size_um(tif.ome_metadata)
         voxel = pixels or (1.0, 1.0, 1.0)
         n = max(files) + 1
         times = [None] * n
@@ -314,7 +315,7 @@ def _float_or_none(text: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _ome_pixels(ome_xml: str) -> tuple[float, float, float] | None:
+def ome_voxel_size_um(ome_xml: str) -> tuple[float, float, float] | None:
     """(z, y, x) ``PhysicalSize*`` of an OME-XML's first image, None when absent."""
     import re
 

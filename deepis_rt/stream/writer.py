@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.stream.pipeline import FrameTask, mark_failed
-from deepis_rt.stream.results import STAGES
+from deepis_rt.stream.results import LABELS_TIFF, STAGES
 
 __all__ = ["FrameWriter", "RetryInput"]
 
@@ -203,7 +203,7 @@ class FrameWriter:
         try:
             self.results.write_labels_tiff()
         except Exception:
-            log.exception("stream: %s not written", self.results.root / "labels_tzyx.ome.tif")
+            log.exception("stream: %s not written", self.results.root / LABELS_TIFF)
         done_now = self.n_ok + self.n_failed + self.n_retry
         if self.settings.report and (done_now or not (self.results.root / "report.html").exists()):
             try:
