@@ -148,10 +148,15 @@ class TimelapseStore:
         self._time_s.extend([None] * (n - len(self._time_s)))
         arrays = [(self._root[f"{_LABELS_PATH}/0"], np.asarray(labels, np.uint8))]
         arrays.append((self._root["0"], np.asarray(ri if self.with_ri else labels, self._root["0"].dtype)))
-        for arr, data in arrays:
-            if arr.shape[0] < n:
-                arr.resize((n, *arr.shape[1:]))
-            arr[frame] = data
+        import zarr
+
+        # one chunk at a time: zarr's default encodes up to 10 in parallel, each with its own buffers,
+        # which adds about a frame to the stream's peak memory for large frames
+        with zarr.config.set({"async.concurrency": 1}):
+            for arr, data in arrays:
+                if arr.shape[0] < n:
+                    arr.resize((n, *arr.shape[1:]))
+                arr[frame] = data
         # a frame without a time (none in a stream) is still marked written: its index stands for it
         self._time_s[frame] = float(time_s) if time_s is not None and math.isfinite(time_s) else float(frame)
         self._write_attrs()
@@ -163,7 +168,7 @@ class TimelapseStore:
 
         self._shape, self._voxel_size_um = shape, voxel_size_um
         root = zarr.open_group(self.path, mode="w", zarr_format=2)
-        common = dict(shape=(0, *shape), chunks=_chunks(shape), compressors=numcodecs.Zlib(level=5),
+        common = dict(shape=(0, *shape), chunks=_chunks(shape), compressors=numcodecs.Zlib(level=1),
                       chunk_key_encoding={"name": "v2", "separator": "/"})
         if self.with_ri:
             root.create_array("0", dtype="float32", fill_value=float("nan"), **common)

@@ -103,3 +103,23 @@ def test_gpu_device_lists_the_gpus_there_are():
     with pytest.raises(click.BadParameter, match=r"GPU 2 does not exist; GPUs here: 0: NVIDIA H100 \(79.2 GiB\); "
                                                  r"1: NVIDIA H100"):
         gpu_device(2, gpus)
+
+
+def test_batch_records_its_command_and_config_repeats_it(tmp_path, camera):
+    ckpt, cam = camera
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    cam.rename(archive / "dish1")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["batch", str(archive), "--out", str(out), "--model", str(ckpt), "--backend", "torch",
+                                    "--frame-interval", "4", "--zarr", "off", "--no-report", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    command = json.loads((out / "batch_report.json").read_text())["settings"]["command"]
+    assert command["name"] == "batch" and command["options"]["frame_interval"] == 4.0
+    assert json.loads((out / "dish1" / "summary.json").read_text())["reproducibility"]["settings"]["zarr"] == "off"
+
+    res = CliRunner().invoke(main, ["batch", "--config", str(out / "batch_report.json"), "--out", str(tmp_path / "b2")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "b2" / "batch_report.json").read_text())["settings"]["command"]["options"]
+    assert {k: v for k, v in again.items() if k != "out"} == {k: v for k, v in command["options"].items() if k != "out"}
+    assert not (tmp_path / "b2" / "dish1" / "timelapse.ome.zarr").exists()
