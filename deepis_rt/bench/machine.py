@@ -7,7 +7,7 @@ import os
 import platform
 from typing import Any
 
-__all__ = ["describe_machine", "library_versions", "gpu_list"]
+__all__ = ["describe_machine", "describe_host", "library_versions", "package_versions", "gpu_list"]
 
 
 def _cpu_model() -> str:
@@ -73,8 +73,45 @@ def gpu_list() -> list[dict[str, Any]]:
         return []
 
 
+#: distributions that provide each library, first found wins
+_DISTRIBUTIONS = {
+    "torch": ("torch",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+    "openvino": ("openvino",),
+    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings"),
+    "onnx": ("onnx",),
+    "numpy": ("numpy",),
+    "scipy": ("scipy",),
+    "zarr": ("zarr",),
+}
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the libraries that decide the numbers, from the package metadata
+    (nothing is imported, so this is cheap; '-' when absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str] = {}
+    for name, dists in _DISTRIBUTIONS.items():
+        out[name] = "-"
+        for dist in dists:
+            try:
+                out[name] = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+    return out
+
+
 def describe_machine() -> dict[str, Any]:
     """A plain dict describing this machine, for every benchmark report."""
+    info = describe_host()
+    info["libraries"] = library_versions()
+    return info
+
+
+def describe_host() -> dict[str, Any]:
+    """CPU, cores, flags, memory, OS, Python, GPUs and load (no library imported but PyTorch)."""
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -97,7 +134,6 @@ def describe_machine() -> dict[str, Any]:
     except Exception:
         pass
     info["gpus"] = gpu_list()
-    info["libraries"] = library_versions()
     info["cpu_flags"] = cpu_flags()
     return info
 

@@ -23,13 +23,19 @@ RECORD_VERSION = 1
 
 @functools.lru_cache(maxsize=1)
 def host_record() -> dict[str, Any]:
-    """The host and the library versions (read once per process)."""
-    from deepis_rt.bench.machine import describe_machine
+    """The host and the library versions (read once per process; no library imported to read them)."""
+    from deepis_rt.bench.machine import describe_host, package_versions
 
-    host = describe_machine()
-    libraries = host.pop("libraries")
+    host = describe_host()
     host.pop("load_average_1m", None)
-    return {"host": host, "versions": libraries}
+    versions = package_versions()
+    try:
+        import torch
+
+        versions["cuda"] = str(torch.version.cuda or "-")
+    except Exception:
+        versions["cuda"] = "-"
+    return {"host": host, "versions": versions}
 
 
 def _iso(epoch: float) -> str:
@@ -91,8 +97,7 @@ def run_record(segmenter: Any, settings: Any, command: Mapping[str, Any] | None,
     return {
         "record_version": RECORD_VERSION,
         "deepis_rt": __version__,
-        "versions": {k: host["versions"].get(k, "-") for k in
-                     ("torch", "onnxruntime", "openvino", "tensorrt", "onnx", "numpy", "scipy", "cuda")},
+        "versions": dict(host["versions"]),
         "used": {"backend": described.get("backend"), "precision": described.get("precision"),
                  "device": described.get("device"), "model": described.get("model")},
         "command": dict(command) if command is not None else None,
