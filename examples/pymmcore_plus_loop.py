@@ -67,7 +67,7 @@ class SynapseTriggeredAcquisition:
         self.interval_s = interval_s
         self.fast_interval_s = fast_interval_s
         self.result_timeout_s = result_timeout_s
-        self.synapse_formed_at: int | None = None  # the time point whose analysis reported it
+        self.synapse_formed_at: int | None = None  # the time point where the synapse was first seen
         self.start_times_s: list[float] = []  # each time point's scheduled start, from the MDA's start
         self.results: list[Any] = []
         self._planes: dict[int, dict[int, np.ndarray]] = {}
@@ -212,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="mm-results", help="Results folder.")
     parser.add_argument("--model", default=None, help="Checkpoint (default: the bundled demo checkpoint).")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(format="%(message)s")
+    log.setLevel(logging.INFO)
 
     frames = list(iter_timelapse(args.time_points, seed=2026))
     voxel = frames[0].voxel_size_um
