@@ -50,7 +50,7 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
               "timeout, out of memory) before they are recorded 'retry' (the next run processes them).")
 def batch(archive, out, ray_address, model, backend, precision, url, model_name, retries, workers, cpus_per_worker,
           gpus_per_worker, max_workers_per_node, voxel_size, frame_interval, medium_ri, max_batch, no_masks,
-          no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S) -> None:
+          no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, follow_symlinks=False) -> None:
     """Segment, measure and track every time-lapse in ARCHIVE.
 
     \b
@@ -74,6 +74,7 @@ def batch(archive, out, ray_address, model, backend, precision, url, model_name,
         "max_batch": max_batch,
         "write_masks": not no_masks,
         "retry_for_s": retry_for,
+        "follow_symlinks": follow_symlinks,
     }
     report = run_batch(
         archive, out, model, backend, ray_address=ray_address, retries=retries, num_workers=workers,

@@ -417,7 +417,7 @@ def run_batch(
         raise ConfigError(f"batch | unknown stream setting(s) {sorted(unknown)}")
     StreamSettings(**stream_settings)  # a setting out of range fails here, not in every item
     archive, out = Path(archive), Path(out)
-    items = find_items(archive, out)
+    items = find_items(archive, out, follow_symlinks=bool(stream_settings.get("follow_symlinks")))
     started = time.time()
     report = BatchReport(
         archive=str(archive), out=str(out), engine="ray" if ray_address else "local",

@@ -74,13 +74,14 @@ def _number(value: Any) -> float | None:
 
 
 def _unit_hint(values: Sequence[float]) -> str:
-    """A hint when every axis out of range becomes plausible in another unit, with the converted numbers."""
+    """A hint when every axis out of range becomes plausible in another unit, with the corrected numbers."""
     lo, hi = VOXEL_SIZE_RANGE_UM
+    bad = [not lo <= v <= hi for v in values]
     for unit, factor in (("nanometres", 1e-3), ("millimetres", 1e3)):
-        converted = [v * factor for v in values]
-        if all(lo <= c <= hi for c in converted):
-            nums = ", ".join(f"{c:.6g}" for c in converted)
-            return f"; these look like {unit}: in micrometres that is [{nums}]"
+        fixed = [v * factor if b else v for v, b in zip(values, bad, strict=True)]
+        if all(lo <= f <= hi for f in fixed):
+            nums = ", ".join(f"{f:.6g}" for f in fixed)
+            return f"; the values out of range look like {unit}: in micrometres that is [{nums}]"
     return ""
 
 

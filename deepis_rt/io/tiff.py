@@ -166,7 +166,7 @@ def _declared_count(meta: dict[str, Any], key: str, where: str, what: str) -> in
     return n
 
 
-def _check_declared_planes(tif: Any, series: Any, where: str) -> None:
+def _check_declared_planes(tif: Any, where: str) -> None:
     """Refuse a TIFF whose description promises other planes than the pages it holds.
 
     tifffile only logs such a lie and reads what is there (or zero-fills what is missing): a
@@ -181,7 +181,7 @@ def _check_declared_planes(tif: Any, series: Any, where: str) -> None:
             declared = sizes["Z"] * sizes["T"] * max(1, sizes["C"] // samples)
             # one image: every page of the file is one of its planes; several (positions): the pages
             # tifffile found for the first one
-            present = len(tif.pages) if n_images <= 1 else sum(p is not None for p in series.pages)
+            present = len(tif.pages) if n_images <= 1 else sum(p is not None for p in tif.series[0].pages)
             if declared != present:
                 raise FileFormatError(
                     f"{where}: OME metadata declares SizeZ {sizes['Z']} x SizeT {sizes['T']} x SizeC {sizes['C']} "
@@ -214,8 +214,8 @@ def tiff_items(path: Path, where: str) -> tuple[list[Any], tuple[tuple[float, fl
     tif = _open_tiff(path, where)
     try:
         _check_complete(tif, where)
+        _check_declared_planes(tif, where)
         series, shape, axes = _tiff_series(tif, where)
-        _check_declared_planes(tif, series, where)
         # a multi-position file holds one series per position; thumbnails and previews differ in shape
         alike = sum(tuple(s.shape) == tuple(series.shape) for s in tif.series[1:])
         if alike:
