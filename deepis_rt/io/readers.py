@@ -106,13 +106,35 @@ def _npz_member(zf: zipfile.ZipFile, where: str) -> str:
     raise InputError(f"{where}: .npz holds {names}; name the tomogram array 'ri'")
 
 
+#: longest .npy header read (NumPy writes under 1 kB; version 1.0 cannot exceed 64 kB)
+_NPY_MAX_HEADER_BYTES = 65535
+
+
 def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype]:
     version = np.lib.format.read_magic(fh)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    # NumPy would read a damaged header length of gigabytes into memory before finding the end of file
+    length_field = fh.read(2 if version == (1, 0) else 4)
+    length = int.from_bytes(length_field, "little") if len(length_field) in (2, 4) else -1
+    if not 0 < length <= _NPY_MAX_HEADER_BYTES:
+        raise ValueError(f"header length {length} is not that of a NumPy header")
+    fh.seek(-len(length_field), 1)
     if version == (1, 0):
         shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
     else:
         shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
     return shape, dtype
+
+
+def _check_data_size(shape: tuple[int, ...], dtype: np.dtype, available: int, where: str) -> None:
+    """Refuse a NumPy header that declares more data than follows it: NumPy would allocate the declared
+    array before finding out (a damaged header costs gigabytes), and a cut-short file must not be read."""
+    declared = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if declared > available:
+        raise FileFormatError(f"{where}: the header declares shape {tuple(shape)} of {np.dtype(dtype)} "
+                              f"({declared:,} bytes), the file holds {max(0, available):,}; the file is incomplete or "
+                              "its header is damaged: save or copy it again")
 
 
 def _numpy_items(path: Path, where: str) -> _Read:
@@ -129,7 +151,9 @@ def _numpy_items(path: Path, where: str) -> _Read:
         if _suffix(path) == ".npy":
             with open(path, "rb") as fh:
                 shape, dtype = _npy_header(fh)
+                offset = fh.tell()
             check_declared(shape, dtype, where)
+            _check_data_size(shape, dtype, path.stat().st_size - offset, where)
             # a time series is memory-mapped: each time point is read when it is converted
             data = np.load(path, allow_pickle=False, mmap_mode="r" if len(shape) == 4 else None)
         else:
@@ -137,7 +161,10 @@ def _numpy_items(path: Path, where: str) -> _Read:
                 key = _npz_member(zf, where)
                 with zf.open(key + ".npy") as fh:
                     shape, dtype = _npy_header(fh)
+                    offset = fh.tell()
+                member_size = zf.getinfo(key + ".npy").file_size
             check_declared(shape, dtype, where)
+            _check_data_size(shape, dtype, member_size - offset, where)
             with np.load(path, allow_pickle=False) as npz:
                 data = npz[key]
     except InputError:
