@@ -149,6 +149,8 @@ def process_item(item: BatchItem, out: str | os.PathLike, segmenter: Any, stream
         settings = {"once": True, "settle_s": 0.0, "poll_s": 0.05, "use_events": False, "refresh_s": 3600.0,
                     "check_source": False,
                     **stream_settings}
+        if item.kind == "file":  # the batch's own link to the file find_items chose (and vetted)
+            settings["follow_symlinks"] = True
         with Stream(source, result_dir, segmenter, **settings) as stream:
             summary = stream.run()
         record["frames_ok"] = int(summary.get("frames_ok") or 0)

@@ -185,5 +185,5 @@ def check_medium_ri(value: Any, where: str, field: str = "medium_ri",
 
 def config_voxel_size(value: Any, where: str) -> tuple[float, float, float]:
     """:func:`check_voxel_size` for an option (raises :class:`ConfigError`)."""
-    return check_voxel_size(value, where, field="voxel size", error=ConfigError,
+    return check_voxel_size(value, where, field="voxel_size_um", error=ConfigError,
                             fix="give --voxel-size Z Y X (voxel_size_um=) in micrometres")
