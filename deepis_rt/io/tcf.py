@@ -279,12 +279,12 @@ def open_tcf(path: str | Path, where: str | None = None) -> TcfFile:
                 kind = "classic" if isinstance(obj, h5py.Dataset) else "tiled" if isinstance(obj, h5py.Group) else None
             except Exception:  # a damaged time point fails alone, when it is read
                 kind, obj = "damaged", None
-            try:
-                time_s = None if kind in (None, "damaged") else _attr(obj, "Time")
-            except Exception:
-                time_s = None
-            if time_s is not None:
-                time_s = _number(obj, "Time", f"{where} /Data/3D/{name}")
+            time_s = None
+            if kind in ("classic", "tiled"):
+                # unreadable attributes: the time point fails alone when it is read; a Time that is not a
+                # number fails the file
+                with contextlib.suppress(KeyError, OSError, RuntimeError):
+                    time_s = _number(obj, "Time", f"{where} /Data/3D/{name}")
             if kind is None:
                 continue
             layouts.append(kind)
