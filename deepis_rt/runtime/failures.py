@@ -20,7 +20,8 @@ The classification lives here and in the exception types of :mod:`deepis_rt.erro
 runners raise :class:`~deepis_rt.errors.TransientBackendError` (or its subclasses) for what they
 know to be transient (the Triton runner for refused connections, timeouts and HTTP 429/502/503/504);
 :func:`classify` recognises what the libraries under the runners raise themselves (PyTorch's
-``torch.cuda.OutOfMemoryError``, ONNX Runtime's allocation failures, ``MemoryError``), so a
+``torch.cuda.OutOfMemoryError``, its CPU allocator's failure, ONNX Runtime's allocation failures,
+``MemoryError``), so a
 runner can turn them into typed errors with one call (:meth:`Runner.infer` does).
 """
 
@@ -52,9 +53,13 @@ def _is_library_oom(exc: BaseException) -> bool:
         return True
     if module.startswith("onnxruntime"):
         return bool(_ORT_OOM.search(str(exc)))
+    if isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc):  # PyTorch, CPU
+        return True
     return False
 
 
+# PyTorch on the CPU: "DefaultCPUAllocator: can't allocate memory: you tried to allocate 40000000000 bytes"
+_TORCH_CPU_REQUEST = re.compile(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes")
 # PyTorch: "Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB of which ..."
 _TORCH_REQUEST = re.compile(r"Tried to allocate ([\d.]+) ?([KMGTP]i?B|B|bytes)", re.IGNORECASE)
 _TORCH_TOTAL = re.compile(r"total capacity of ([\d.]+) ?([KMGTP]i?B|B|bytes)", re.IGNORECASE)
@@ -81,12 +86,15 @@ def _gib(n: float) -> str:
 def never_fits(exc: BaseException) -> str | None:
     """Why the allocation that failed in ``exc`` can never succeed on this machine, or None.
 
-    Recognised: NumPy's allocation error (it carries the requested size) asking for more than the
-    host's physical memory, and PyTorch's CUDA out-of-memory asking for more than the GPU's total
-    capacity. Anything else (no size known, or a size that fits an idle machine) is None: transient.
+    Recognised: NumPy's allocation error (it carries the requested size) and PyTorch's CPU allocator
+    error asking for more than the host's physical memory, and PyTorch's CUDA out-of-memory asking
+    for more than the GPU's total capacity. Anything else (no size known, or a size that fits an idle machine) is None: transient.
     """
     for e in _chain(exc):
         requested = getattr(e, "_total_size", None) if isinstance(e, MemoryError) else None
+        cpu = _TORCH_CPU_REQUEST.search(str(e)) if isinstance(e, RuntimeError) else None
+        if cpu is not None:
+            requested = int(cpu.group(1))
         if isinstance(requested, int):
             total = host_memory_bytes()
             if total is not None and requested > total:
