@@ -26,6 +26,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from deepis_rt.errors import ConfigError, InputError
 
 __all__ = [
@@ -56,16 +58,9 @@ def show(value: Any, limit: int = 60) -> str:
 
 def _number(value: Any) -> float | None:
     """``value`` as a float, or None when it is not a number (strings, booleans, lists, None)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        import numpy as np
-
-        if isinstance(value, np.ndarray) and value.size == 1:
-            value = value.item()
-    except ImportError:  # pragma: no cover - numpy is a core dependency
-        pass
-    if isinstance(value, (str, bytes)):
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
         return None
     try:
         return float(value)
