@@ -116,10 +116,11 @@ def convert_checkpoint(
         assumed = [k for k in assumed if k != "ri_normalization"]
 
     if voxel_size_um is not None:
-        vs = [_positive_finite("--voxel-size", v) for v in voxel_size_um]
-        if len(vs) != 3:
-            raise ConfigError(f"convert | --voxel-size needs 3 values (Z, Y, X), got {len(vs)}")
-        meta["voxel_size_um"] = vs
+        from deepis_rt.io.plausibility import check_voxel_size
+
+        vs = check_voxel_size(list(voxel_size_um), "convert", "--voxel-size", error=ConfigError,
+                              fix="give the voxel size the model was trained at, Z Y X in micrometres")
+        meta["voxel_size_um"] = list(vs)
         assumed = [k for k in assumed if k != "voxel_size_um"]
 
     if tile_zyx is not None:

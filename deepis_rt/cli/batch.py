@@ -55,7 +55,7 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 def batch(archive, out, ray_address, model, backend, precision, url, model_name, retries, workers, cpus_per_worker,
           gpus_per_worker, max_workers_per_node, voxel_size, frame_interval, medium_ri, max_batch, no_masks,
           no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, zarr="ri+labels",
-          device=None, no_report=False) -> None:
+          device=None, no_report=False, follow_symlinks=False) -> None:
     """Segment, measure and track every time-lapse in ARCHIVE.
 
     \b
@@ -86,6 +86,7 @@ def batch(archive, out, ray_address, model, backend, precision, url, model_name,
         "retry_for_s": retry_for,
         "zarr": zarr,
         "report": not no_report,
+        "follow_symlinks": follow_symlinks,
     }
     report = run_batch(
         archive, out, model, backend, ray_address=ray_address, retries=retries, num_workers=workers,

@@ -17,7 +17,7 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 
 def file_options(command: Any) -> Any:
     """The options that say how to read tomogram files (``stream`` and ``batch``): --voxel-size,
-    --frame-interval, --medium-ri, --ri-scale, --ri-offset."""
+    --frame-interval, --medium-ri, --ri-scale, --ri-offset, --follow-symlinks."""
     options = [
         click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
                      help="Voxel size in um for files that carry none."),
@@ -28,6 +28,8 @@ def file_options(command: Any) -> Any:
                      help="Files hold RI as value x S + O (not for TCF, which declares its encoding). Default: "
                           "RI as stored, integers 10000-20000 as RI x 10 000; other values are refused."),
         click.option("--ri-offset", type=float, default=None, metavar="O", help="See --ri-scale (default 0)."),
+        click.option("--follow-symlinks", is_flag=True,
+                     help="Read symbolic links to files outside the source folder (default: skipped)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -252,7 +254,7 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, once, idle_timeout,
            max_frames, settle, max_batch, no_masks, jsonl, url=None, model_name="deepis", ri_scale=None,
            ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, precision=None, allow_other_source=False,
-           zarr="ri+labels", device=None, no_report=False) -> None:
+           zarr="ri+labels", device=None, no_report=False, follow_symlinks=False) -> None:
     """Watch SOURCE for tomograms; segment, measure and track synapses as frames arrive."""
     import deepis_rt
     from deepis_rt.stream import Stream, StreamSettings
@@ -262,7 +264,7 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
         frame_interval_s=frame_interval, medium_ri=medium_ri, once=once, idle_timeout_s=idle_timeout,
         max_frames=max_frames, settle_s=settle, max_batch=max_batch, write_masks=not no_masks,
         ri_scale=ri_scale, ri_offset=ri_offset, check_source=not allow_other_source, zarr=zarr,
-        report=not no_report,
+        report=not no_report, follow_symlinks=follow_symlinks,
     )
     StreamSettings(**settings)  # an option out of range is said before the model loads
     remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # a Triton server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from deepis_rt.errors import InputError
 
 __all__ = ["BatchItem", "find_items"]
+
+log = logging.getLogger(__name__)
 
 _IGNORED = (".", "~", "_")
 
@@ -56,14 +59,20 @@ def _file_item_name(path: Path) -> str:
     return path.stem
 
 
-def find_items(archive: str | os.PathLike, out: str | os.PathLike | None = None) -> list[BatchItem]:
+def find_items(archive: str | os.PathLike, out: str | os.PathLike | None = None,
+               follow_symlinks: bool = False) -> list[BatchItem]:
     """The time-lapses of ``archive`` (see the module docstring), sorted by name.
+
+    A file in ``archive`` that is a symbolic link to a file outside it is skipped (with a warning)
+    unless ``follow_symlinks``; symbolic links to folders are never entered.
 
     Raises
     ------
     InputError
         ``archive`` is not a folder, or holds no time-lapse.
     """
+    from deepis_rt.stream.watch import points_outside
+
     root = Path(archive)
     if not root.is_dir():
         raise InputError(f"batch | {root}: no such folder")
@@ -74,6 +83,12 @@ def find_items(archive: str | os.PathLike, out: str | os.PathLike | None = None)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(_IGNORED)
                              and (skip is None or (here / d).resolve() != skip))
         frames = [f for f in filenames if _is_frame_file(f)]
+        if here == root and not follow_symlinks:
+            outside = [f for f in frames if points_outside(here / f, root)]
+            for f in outside:
+                log.warning("batch | %s: a symbolic link to a file outside %s; not followed (--follow-symlinks "
+                            "reads it)", f, root)
+            frames = [f for f in frames if f not in outside]
         if here == root:
             for f in sorted(frames):
                 items.append(BatchItem(_file_item_name(here / f), "file", here / f))

@@ -149,6 +149,8 @@ def process_item(item: BatchItem, out: str | os.PathLike, segmenter: Any, stream
         settings = {"once": True, "settle_s": 0.0, "poll_s": 0.05, "use_events": False, "refresh_s": 3600.0,
                     "check_source": False,
                     **stream_settings}
+        if item.kind == "file":  # the batch's own link to the file find_items chose (and vetted)
+            settings["follow_symlinks"] = True
         with Stream(source, result_dir, segmenter, **settings) as stream:
             summary = stream.run()
         record["frames_ok"] = int(summary.get("frames_ok") or 0)
@@ -420,7 +422,7 @@ def run_batch(
         raise ConfigError(f"batch | unknown stream setting(s) {sorted(unknown)}")
     StreamSettings(**stream_settings)  # a setting out of range fails here, not in every item
     archive, out = Path(archive), Path(out)
-    items = find_items(archive, out)
+    items = find_items(archive, out, follow_symlinks=bool(stream_settings.get("follow_symlinks")))
     started = time.time()
     report = BatchReport(
         archive=str(archive), out=str(out), engine="ray" if ray_address else "local",

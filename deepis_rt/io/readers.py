@@ -26,11 +26,8 @@ time point at a time. Readers are pure functions of the file.
 from __future__ import annotations
 
 import functools
-import html
 import json
 import logging
-import re
-import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,9 +37,18 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.errors import FileFormatError, InputError
+from deepis_rt.io.plausibility import check_medium_ri, check_time, check_voxel_size
 from deepis_rt.io.ri import RIDecoder, RIScale
 from deepis_rt.io.tcf import tcf_items
-from deepis_rt.io.tomogram import Tomogram, check_declared, check_values, normalize_voxel_size, where_of
+from deepis_rt.io.tiff import tiff_items
+from deepis_rt.io.tomogram import (
+    Tomogram,
+    check_declared,
+    check_values,
+    library_reason,
+    normalize_voxel_size,
+    where_of,
+)
 
 __all__ = ["read_tomogram", "iter_tomograms", "read_labels", "read_sidecar", "SUFFIXES"]
 
@@ -51,15 +57,13 @@ log = logging.getLogger(__name__)
 #: File suffixes (lower case) the readers understand.
 SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".npy", ".npz", ".tcf", ".h5", ".hdf5", ".mat")
 
-_UNIT_TO_UM = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3,
-               "mm": 1e3, "m": 1e6, "cm": 1e4, "inch": 25400.0, "pixel": None, "": None}
-#: TIFF ResolutionUnit -> um per unit, for ImageJ files whose description names no unit (as ImageJ reads
-#: them: inch or cm from the tag; "none" leaves the image uncalibrated)
-_TIFF_RESOLUTION_UNIT_TO_UM = {2: 25400.0, 3: 1e4}
 
 # one time point of a file: (volume or a function that reads it, time_s, frame_index); time series are
 # read one time point at a time (hours-long time-lapses do not fit in memory)
 _Item = tuple[Any, float | None, int | None]
+# a value a file states, with the field it was found in (for refusals): checked by time_points()
+_Stated = tuple[Any, str]
+_Read = tuple[list[_Item], "_Stated | None", "_Stated | None"]  # items, voxel size, medium RI
 
 
 def _volume(data: np.ndarray | Callable[[], np.ndarray]) -> np.ndarray:
@@ -77,167 +81,18 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     if not side.is_file():
         return {}
     try:
-        data = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FileFormatError(f"{where_of(side)}: unreadable JSON sidecar ({exc}); fix or delete it") from None
+        data = json.loads(side.read_bytes())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise FileFormatError(f"{where_of(side)}: unreadable JSON sidecar ({library_reason(exc)}); "
+                              "fix or delete it") from None
     if not isinstance(data, dict):
         raise FileFormatError(f"{where_of(side)}: sidecar must hold a JSON object")
     return data
 
 
-# --------------------------------------------------------------------------- TIFF
-def _tiff_voxel_size(tif: Any) -> tuple[float, float, float] | None:
-    if tif.is_ome and tif.ome_metadata:
-        m = re.search(r"<(?:[\w-]+:)?Pixels\b[^>]*>", tif.ome_metadata)  # with or without a namespace prefix
-        if m:
-            attrs = {k: html.unescape(v) for k, v in re.findall(r'(\w+)="([^"]*)"', m.group(0))}
-            out = []
-            for ax in "ZYX":
-                val = attrs.get(f"PhysicalSize{ax}")
-                if val is None:
-                    return None
-                unit = attrs.get(f"PhysicalSize{ax}Unit", "µm")
-                factor = _UNIT_TO_UM.get(unit, None)
-                if factor is None:
-                    return None
-                out.append(float(val) * factor)
-            return tuple(out)  # type: ignore[return-value]
-    ij = tif.imagej_metadata
-    if ij and "spacing" in ij:
-        tags = tif.pages[0].tags
-        if "unit" in ij:
-            factor = _UNIT_TO_UM.get(str(ij["unit"]), None)
-        else:  # no unit in the description: ImageJ takes it from the ResolutionUnit tag, else uncalibrated
-            unit_tag = tags.get("ResolutionUnit")
-            factor = _TIFF_RESOLUTION_UNIT_TO_UM.get(int(unit_tag.value) if unit_tag is not None else 1)
-        try:
-            xr = tags["XResolution"].value
-            yr = tags["YResolution"].value
-            x = xr[1] / xr[0]
-            y = yr[1] / yr[0]
-        except (KeyError, ZeroDivisionError, TypeError):
-            return None
-        if factor is None:
-            return None
-        return (float(ij["spacing"]) * factor, float(y) * factor, float(x) * factor)
-    return None
-
-
-def _tiff_series(tif: Any, where: str) -> tuple[Any, tuple[int, ...], str]:
-    """The first series of an open TIFF, its shape and axes without singleton channel/sample axes."""
-    series = tif.series[0]
-    shape = tuple(series.shape)
-    axes = series.axes.upper()
-    # drop singleton channel / sample axes (e.g. ImageJ 'TZCYX' with C=1)
-    keep = [i for i, a in enumerate(axes) if not (a in "CSQ" and shape[i] == 1) or a in "ZYX"]
-    if len(keep) != len(shape):
-        shape = tuple(shape[i] for i in keep)
-        axes = "".join(axes[i] for i in keep)
-    return series, shape, axes
-
-
-def _check_complete(tif: Any, where: str) -> None:
-    """Refuse a TIFF cut short (still being written, an interrupted copy): tifffile only logs a chain of
-    pages (IFDs) that breaks off, or a description past the end of the file, and reads what is left: a
-    volume with fewer planes or, without the OME-XML / ImageJ description (written last), a wrong layout."""
-    n = len(tif.pages)  # follows the chain to its end or to its break
-    if n == 0:
-        return  # no page at all: the series check says so
-    first = tif.pages[0]
-    try:
-        fmt, fh = tif.tiff, tif.filehandle
-        fmt.tagnoformat, fmt.tagnosize, fmt.tagsize, fmt.offsetformat, fmt.offsetsize  # noqa: B018
-    except AttributeError:  # a tifffile without these internals: the check is not possible
-        log.debug("%s: this tifffile does not expose the IFD layout; completeness not checked", where)
-        return
-    try:
-        fh.seek(first.offset)
-        count = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
-        entries = fh.read(count * fmt.tagsize)
-        codes = {struct.unpack(tif.byteorder + "H", entries[i:i + 2])[0] for i in range(0, len(entries), fmt.tagsize)}
-        offset = tif.pages[n - 1].offset
-        fh.seek(offset)
-        count = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
-        fh.seek(offset + fmt.tagnosize + count * fmt.tagsize)
-        following = struct.unpack(fmt.offsetformat, fh.read(fmt.offsetsize))[0]
-    except (struct.error, OSError):
-        codes, following = set(), -1
-    if following != 0:
-        what = f"the TIFF breaks off after page {n} (the next page lies past the end of the file or is damaged)"
-    elif 270 in codes and 270 not in first.tags:
-        what = "the description of the first page (OME-XML / ImageJ metadata) lies past the end of the file"
-    else:
-        return
-    raise FileFormatError(f"{where}: {what}; the file is incomplete or corrupt: check that it was written or "
-                          "copied completely")
-
-
-def _open_tiff(path: Path, where: str) -> Any:
-    import tifffile
-
-    try:
-        return tifffile.TiffFile(path)
-    except Exception as exc:
-        raise FileFormatError(f"{where}: not a readable TIFF ({type(exc).__name__}: {exc}); "
-                              "check that the file is complete") from None
-
-
-def _tiff_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
-    tif = _open_tiff(path, where)
-    try:
-        _check_complete(tif, where)
-        series, shape, axes = _tiff_series(tif, where)
-        # a multi-position file holds one series per position; thumbnails and previews differ in shape
-        alike = sum(tuple(s.shape) == tuple(series.shape) for s in tif.series[1:])
-        if alike:
-            log.warning("%s: holds %d series of the same shape (several positions?); only the first is read: "
-                        "export one position per file to process the others", where, alike + 1)
-        check_declared(shape, series.dtype, where)
-        # planes are Z, or unlabelled: C (how tifffile labels the planes of a 3-D array written without
-        # axes), Q / I (plain multi-page TIFF); planes along T are a time-lapse of 2-D images
-        if axes[-2:] != "YX" or axes[-3] not in "ZCQI" or (len(axes) == 4 and axes[0] not in "TQI"):
-            raise InputError(f"{where}: TIFF axes {axes!r} (shape {shape}) are not Z, Y, X or T, Z, Y, X: the file "
-                             "holds 2-D images (time points or colour samples), not a tomogram; export the RI "
-                             "tomogram as a Z stack (one per time point)")
-        vs = _tiff_voxel_size(tif)
-        data = series.asarray().reshape(shape) if len(shape) == 3 else None
-    except InputError:
-        raise
-    except Exception as exc:
-        raise FileFormatError(f"{where}: failed to read TIFF data ({type(exc).__name__}: {exc})") from None
-    finally:
-        tif.close()
-    if data is not None:
-        return [(data, None, None)], vs, None
-    # a time series: each time point is read from its own pages when it is needed
-    return [(functools.partial(_read_tiff_time_point, path, t, shape, where), None, t)
-            for t in range(shape[0])], vs, None
-
-
-def _read_tiff_time_point(path: Path, t: int, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """Time point ``t`` of a (T, Z, Y, X) TIFF: its pages only, else a memory map, else the whole file."""
-    import tifffile
-
-    here = f"{where} (time point {t})"
-    tif = _open_tiff(path, here)
-    try:
-        series = tif.series[0]
-        n_pages = len(series.pages)
-        if n_pages % shape[0] == 0:
-            per_t = n_pages // shape[0]
-            return tif.asarray(key=slice(t * per_t, (t + 1) * per_t), series=0).reshape(shape[1:])
-        try:  # one contiguous block (e.g. ImageJ files over 4 GiB): map it, read only this time point
-            return np.array(tifffile.memmap(path, series=0, mode="r").reshape(shape)[t])
-        except Exception as exc:
-            log.info("%s: pages do not split by time point and the data cannot be memory-mapped (%s); "
-                     "reading the whole series", where, exc)
-            return series.asarray().reshape(shape)[t]
-    except InputError:
-        raise
-    except Exception as exc:
-        raise FileFormatError(f"{here}: failed to read TIFF data ({type(exc).__name__}: {exc})") from None
-    finally:
-        tif.close()
+def _tiff_items(path: Path, where: str) -> _Read:
+    items, vs = tiff_items(path, where)  # TIFF carries no medium RI
+    return items, vs, None
 
 
 # --------------------------------------------------------------------------- NumPy
@@ -251,8 +106,20 @@ def _npz_member(zf: zipfile.ZipFile, where: str) -> str:
     raise InputError(f"{where}: .npz holds {names}; name the tomogram array 'ri'")
 
 
+#: longest .npy header read (NumPy writes under 1 kB; version 1.0 cannot exceed 64 kB)
+_NPY_MAX_HEADER_BYTES = 65535
+
+
 def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype]:
     version = np.lib.format.read_magic(fh)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    # NumPy would read a damaged header length of gigabytes into memory before finding the end of file
+    length_field = fh.read(2 if version == (1, 0) else 4)
+    length = int.from_bytes(length_field, "little") if len(length_field) in (2, 4) else -1
+    if not 0 < length <= _NPY_MAX_HEADER_BYTES:
+        raise ValueError(f"header length {length} is not that of a NumPy header")
+    fh.seek(-len(length_field), 1)
     if version == (1, 0):
         shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
     else:
@@ -260,13 +127,33 @@ def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def _numpy_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
+def _check_data_size(shape: tuple[int, ...], dtype: np.dtype, available: int, where: str) -> None:
+    """Refuse a NumPy header that declares more data than follows it: NumPy would allocate the declared
+    array before finding out (a damaged header costs gigabytes), and a cut-short file must not be read."""
+    declared = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if declared > available:
+        raise FileFormatError(f"{where}: the header declares shape {tuple(shape)} of {np.dtype(dtype)} "
+                              f"({declared:,} bytes), the file holds {max(0, available):,}; the file is incomplete or "
+                              "its header is damaged: save or copy it again")
+
+
+def _numpy_items(path: Path, where: str) -> _Read:
     side = read_sidecar(path)
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if _suffix(path) == ".npy" and head != b"\x93NUMPY":
+        raise FileFormatError(f"{where}: does not start with the NumPy signature: not a .npy file (renamed, or "
+                              "still being written); save it with numpy.save")
+    if _suffix(path) == ".npz" and head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise FileFormatError(f"{where}: not a zip archive: not a .npz file (renamed, or still being written); "
+                              "save it with numpy.savez")
     try:
         if _suffix(path) == ".npy":
             with open(path, "rb") as fh:
                 shape, dtype = _npy_header(fh)
+                offset = fh.tell()
             check_declared(shape, dtype, where)
+            _check_data_size(shape, dtype, path.stat().st_size - offset, where)
             # a time series is memory-mapped: each time point is read when it is converted
             data = np.load(path, allow_pickle=False, mmap_mode="r" if len(shape) == 4 else None)
         else:
@@ -274,18 +161,26 @@ def _numpy_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, floa
                 key = _npz_member(zf, where)
                 with zf.open(key + ".npy") as fh:
                     shape, dtype = _npy_header(fh)
+                    offset = fh.tell()
+                member_size = zf.getinfo(key + ".npy").file_size
             check_declared(shape, dtype, where)
+            _check_data_size(shape, dtype, member_size - offset, where)
             with np.load(path, allow_pickle=False) as npz:
                 data = npz[key]
     except InputError:
         raise
     except Exception as exc:
-        raise FileFormatError(f"{where}: not a readable NumPy file ({type(exc).__name__}: {exc})") from None
-    vs = normalize_voxel_size(side.get("voxel_size_um"), where) if side.get("voxel_size_um") is not None else None
-    time_s = side.get("time_s")
-    medium = side.get("medium_ri")
+        raise FileFormatError(f"{where}: not a readable NumPy file ({library_reason(exc)})") from None
+    field = f"sidecar {path.with_suffix('.json').name}:"
+    vs = None if side.get("voxel_size_um") is None else (side["voxel_size_um"], f"{field} voxel_size_um")
+    medium = None if side.get("medium_ri") is None else (side["medium_ri"], f"{field} medium_ri")
+    time_s = None
+    if side.get("time_s") is not None:
+        time_s = check_time(side["time_s"], where, f"{field} time_s",
+                            fix="write the acquisition time in seconds, or delete the key (then --frame-interval "
+                                "or the file times are used)")
     if data.ndim == 3:
-        return [(data, None if time_s is None else float(time_s), None)], vs, medium
+        return [(data, time_s, None)], vs, medium
     # np.array copies one time point out of the memory map when it is needed
     return [(functools.partial(np.array, data[t]), None, t) for t in range(data.shape[0])], vs, medium
 
@@ -308,12 +203,15 @@ def _read_h5_dataset(ds: Any, where: str, index: int | None = None) -> np.ndarra
     try:
         return ds[()] if index is None else ds[index]
     except OSError as exc:
-        raise FileFormatError(f"{where}: cannot read the HDF5 data ({exc}); the file is truncated or corrupt") from None
+        raise FileFormatError(f"{where}: cannot read the HDF5 data ({library_reason(exc)}); the file is truncated or corrupt") from None
 
 
-def _mat_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
+def _mat_items(path: Path, where: str) -> _Read:
     with open(path, "rb") as fh:
         head = fh.read(128)
+    if not head.startswith(b"MATLAB") and head[:8] != b"\x89HDF\r\n\x1a\n":
+        raise FileFormatError(f"{where}: no MATLAB header: not a MATLAB 5/7/7.3 file (renamed, or still being "
+                              "written); save it with save(..., '-v7.3')")
     if b"MATLAB 7.3" in head[:116] or head[:8] == b"\x89HDF\r\n\x1a\n":
         h5py = _h5py(where)
         try:
@@ -330,7 +228,7 @@ def _mat_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float,
         except (InputError, FileFormatError):
             raise
         except Exception as exc:
-            raise FileFormatError(f"{where}: unreadable MATLAB 7.3 file ({type(exc).__name__}: {exc})") from None
+            raise FileFormatError(f"{where}: unreadable MATLAB 7.3 file ({library_reason(exc)})") from None
         if data is not None:
             return [(data, None, None)], None, None
         # HDF5: each time point is read when it is needed
@@ -340,7 +238,7 @@ def _mat_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float,
     try:
         info = {name: (shape, cls) for name, shape, cls in scipy.io.whosmat(str(path))}
     except Exception as exc:
-        raise FileFormatError(f"{where}: not a readable MATLAB file ({type(exc).__name__}: {exc})") from None
+        raise FileFormatError(f"{where}: not a readable MATLAB file ({library_reason(exc)})") from None
     if "input" not in info:
         raise InputError(f"{where}: no variable 'input' (variables: {sorted(info)[:10]})")
     shape, cls = info["input"]
@@ -356,7 +254,7 @@ def _mat_items(path: Path, where: str) -> tuple[list[_Item], tuple[float, float,
     try:
         data = scipy.io.loadmat(str(path), variable_names=["input"])["input"]
     except Exception as exc:
-        raise FileFormatError(f"{where}: unreadable MATLAB file ({type(exc).__name__}: {exc})") from None
+        raise FileFormatError(f"{where}: unreadable MATLAB file ({library_reason(exc)})") from None
     data = np.moveaxis(data, 2, 0)
     if data.ndim == 4:
         data = np.moveaxis(data, -1, 0)
@@ -371,7 +269,7 @@ def _read_mat73_time_point(path: Path, t: int, where: str) -> np.ndarray:
     try:
         f = h5py.File(path, "r")
     except Exception as exc:
-        raise FileFormatError(f"{here}: the file became unreadable ({type(exc).__name__}: {exc})") from None
+        raise FileFormatError(f"{here}: the file became unreadable ({library_reason(exc)})") from None
     with f:
         ds = f.get("input")
         if ds is None or not isinstance(ds, h5py.Dataset):
@@ -387,7 +285,7 @@ _READERS = {
 }
 
 
-def _items(path: Path, labels: bool = False) -> tuple[list[_Item], tuple[float, float, float] | None, float | None]:
+def _items(path: Path, labels: bool = False) -> _Read:
     where = where_of(path)
     if not path.is_file():
         raise InputError(f"{where}: no such file")
@@ -470,12 +368,19 @@ def time_points(path: str | Path, voxel_size_um: Sequence[float] | float | None 
     where = where_of(path)
     override = normalize_voxel_size(voxel_size_um, where)
     scale = RIScale.from_args(ri_scale, ri_offset, where)
-    items, file_vs, medium = _items(path)
+    items, stated_vs, stated_medium = _items(path)
     if scale is not None and _READERS.get(_suffix(path)) is tcf_items:
         log.warning("%s: a TCF file declares its own RI encoding; --ri-scale/--ri-offset are ignored for it", where)
         scale = None
     decoder = RIDecoder(where, scale)
-    vs = override if override is not None else file_vs
+    vs = override
+    if override is None and stated_vs is not None:  # an override makes what the file says irrelevant
+        vs = check_voxel_size(stated_vs[0], where, stated_vs[1],
+                              fix="correct it in the file, or pass --voxel-size Z Y X (voxel_size_um=) to override it")
+    medium = None
+    if stated_medium is not None:
+        medium = check_medium_ri(stated_medium[0], where, stated_medium[1],
+                                 fix="correct it in the file, or delete it (then --medium-ri or the model's is used)")
     if vs is None:
         log.debug("%s: no voxel size in the file and none given", where)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.errors import DeepisError, FileFormatError, MissingDependencyError
-from deepis_rt.io.tomogram import check_declared, where_of
+from deepis_rt.errors import DeepisError, FileFormatError, InputError, MissingDependencyError
+from deepis_rt.io.plausibility import check_time, check_times_increasing, show
+from deepis_rt.io.tomogram import check_declared, library_reason, where_of
 
 __all__ = ["TcfFile", "TcfTile", "open_tcf", "read_time_point", "tcf_items", "describe_tcf"]
 
@@ -91,6 +93,19 @@ def _float(obj: Any, name: str) -> float | None:
         return None
 
 
+def _number(obj: Any, name: str, where: str) -> float | None:
+    """A numeric attribute (NaN and negative values kept, for the plausibility checks to name); None if
+    absent; a :class:`FileFormatError` for one that is not a number."""
+    val = _attr(obj, name)
+    if val is None:
+        return None
+    try:
+        return float(val)
+    except (TypeError, ValueError):
+        raise FileFormatError(f"{where}: attribute {name} = {show(val)} is not a number; the file's metadata is "
+                              "corrupt: export it again from the acquisition software") from None
+
+
 def _int(obj: Any, name: str, where: str) -> int | None:
     val = _attr(obj, name)
     if val is None:
@@ -98,9 +113,9 @@ def _int(obj: Any, name: str, where: str) -> int | None:
     try:
         f = float(val)
     except (TypeError, ValueError):
-        raise FileFormatError(f"{where}: attribute {name} = {val!r} is not a number") from None
-    if f != int(f):
-        raise FileFormatError(f"{where}: attribute {name} = {val!r} is not a whole number")
+        raise FileFormatError(f"{where}: attribute {name} = {show(val)} is not a number") from None
+    if not math.isfinite(f) or f != int(f):
+        raise FileFormatError(f"{where}: attribute {name} = {show(val)} is not a whole number")
     return int(f)
 
 
@@ -143,7 +158,7 @@ def _read(ds: Any, where: str, region: tuple[slice, ...] | None = None) -> np.nd
     try:
         return ds[region] if region is not None else ds[()]
     except OSError as exc:
-        raise FileFormatError(f"{where}: cannot read the data ({exc}); the file is truncated or corrupt") from None
+        raise FileFormatError(f"{where}: cannot read the data ({library_reason(exc)}); the file is truncated or corrupt") from None
 
 
 @dataclass(frozen=True)
@@ -198,7 +213,7 @@ def _open(path: Path, where: str) -> Any:
     try:
         return h5py.File(path, "r")
     except Exception as exc:
-        raise FileFormatError(f"{where}: not a readable HDF5/TCF file ({type(exc).__name__}: {exc}); "
+        raise FileFormatError(f"{where}: not a readable HDF5/TCF file ({library_reason(exc)}); "
                               "check that the file is complete") from None
 
 
@@ -211,7 +226,7 @@ def _damaged(where: str) -> Iterator[None]:
     except DeepisError:
         raise
     except Exception as exc:
-        raise FileFormatError(f"{where}: damaged HDF5 structure ({type(exc).__name__}: {exc}); the file is "
+        raise FileFormatError(f"{where}: damaged HDF5 structure ({library_reason(exc)}); the file is "
                               "truncated or corrupt") from None
 
 
@@ -234,12 +249,12 @@ def _device(f: Any) -> dict[str, Any]:
     return out
 
 
-def _medium_ri(f: Any) -> float | None:
+def _medium_ri(f: Any, where: str) -> float | None:
     if "Info/Device" in f:
-        ri = _float(f["Info/Device"], "RI")
+        ri = _number(f["Info/Device"], "RI", f"{where} /Info/Device")
         if ri is not None:
             return ri
-    return _float(f["Data"], "MediumRI") if "Data" in f else None
+    return _number(f["Data"], "MediumRI", f"{where} /Data") if "Data" in f else None
 
 
 def open_tcf(path: str | Path, where: str | None = None) -> TcfFile:
@@ -262,9 +277,14 @@ def open_tcf(path: str | Path, where: str | None = None) -> TcfFile:
             try:
                 obj = grp.get(name)
                 kind = "classic" if isinstance(obj, h5py.Dataset) else "tiled" if isinstance(obj, h5py.Group) else None
-                time_s = None if kind is None else _float(obj, "Time")
             except Exception:  # a damaged time point fails alone, when it is read
-                kind, time_s = "damaged", None
+                kind, obj = "damaged", None
+            time_s = None
+            if kind in ("classic", "tiled"):
+                # unreadable attributes: the time point fails alone when it is read; a Time that is not a
+                # number fails the file
+                with contextlib.suppress(KeyError, OSError, RuntimeError):
+                    time_s = _number(obj, "Time", f"{where} /Data/3D/{name}")
             if kind is None:
                 continue
             layouts.append(kind)
@@ -273,7 +293,7 @@ def open_tcf(path: str | Path, where: str | None = None) -> TcfFile:
         if not names:
             raise FileFormatError(f"{where}: /Data/3D holds no time points (neither datasets nor tile groups)")
         sizes = [_int(grp, f"Size{ax}", f"{where} /Data/3D") for ax in _AXES]
-        res = [_float(grp, f"Resolution{ax}") for ax in _AXES]
+        res = [_number(grp, f"Resolution{ax}", f"{where} /Data/3D") for ax in _AXES]
         version = _attr(f, "FormatVersion")
         tcf = TcfFile(
             path=path,
@@ -281,10 +301,11 @@ def open_tcf(path: str | Path, where: str | None = None) -> TcfFile:
             time_points=names,
             layouts=layouts,
             size_zyx=tuple(sizes) if all(s is not None for s in sizes) else None,  # type: ignore[arg-type]
-            voxel_size_um=tuple(res) if all(r is not None and r > 0 for r in res) else None,  # type: ignore[arg-type]
-            time_interval_s=_float(grp, "TimeInterval"),
+            # as stated (checked by the readers unless the caller overrides it)
+            voxel_size_um=tuple(res) if all(r is not None for r in res) else None,  # type: ignore[arg-type]
+            time_interval_s=_number(grp, "TimeInterval", f"{where} /Data/3D"),
             data_count=_int(grp, "DataCount", f"{where} /Data/3D"),
-            medium_ri=_medium_ri(f),
+            medium_ri=_medium_ri(f, where),
             times_s=times,
             device=_device(f),
         )
@@ -413,7 +434,7 @@ def read_time_point(path: str | Path, name: str, where: str | None = None, decod
     try:
         f = h5py.File(path, "r")
     except Exception as exc:
-        raise FileFormatError(f"{here}: the file became unreadable ({type(exc).__name__}: {exc})") from None
+        raise FileFormatError(f"{here}: the file became unreadable ({library_reason(exc)})") from None
     with f, _damaged(here):
         obj = f.get(f"Data/3D/{name}")
         if obj is None:
@@ -448,17 +469,33 @@ def read_time_point(path: str | Path, name: str, where: str | None = None, decod
         return out
 
 
-def tcf_items(path: Path, where: str, decode: bool = True) -> tuple[list[tuple[Callable[[], np.ndarray], float | None, int | None]], tuple[float, float, float] | None, float | None]:
-    """The time points of a TCF as (reader, time_s, index) items for :mod:`deepis_rt.io.readers`."""
+def tcf_items(path: Path, where: str, decode: bool = True) -> tuple[list[tuple[Callable[[], np.ndarray], float | None, int | None]], tuple[Any, str] | None, tuple[Any, str] | None]:
+    """The time points of a TCF as (reader, time_s, index) items for :mod:`deepis_rt.io.readers`, and the
+    voxel size and medium RI it states with the attribute each came from.
+
+    Times are checked here: each finite and non-negative, increasing along the series.
+    """
     tcf = open_tcf(path, where)
-    items = []
+    items, times = [], []
     multi = len(tcf.time_points) > 1
+    fix = "correct the time stamps in the acquisition software's export"
+    interval = tcf.time_interval_s
+    if interval is not None and multi and any(t is None for t in tcf.times_s):
+        interval = check_time(interval, where, "/Data/3D TimeInterval", fix=fix)
+        if interval == 0:
+            raise InputError(f"{where}: /Data/3D TimeInterval = 0 s gives every time point the same time; {fix}")
     for i, name in enumerate(tcf.time_points):
         t = tcf.times_s[i]
-        if t is None and tcf.time_interval_s is not None:
-            t = tcf.time_interval_s * i
+        if t is not None:
+            t = check_time(t, where, f"/Data/3D/{name} Time", fix=fix)
+        elif interval is not None:
+            t = check_time(interval * i, where, "/Data/3D TimeInterval x index", fix=fix)
+        times.append(t)
         items.append((functools.partial(read_time_point, path, name, where, decode, tcf), t, i if multi else None))
-    return items, tcf.voxel_size_um, tcf.medium_ri
+    check_times_increasing(times, where, "Time")
+    vs = None if tcf.voxel_size_um is None else (tcf.voxel_size_um, "/Data/3D ResolutionZ/Y/X")
+    medium = None if tcf.medium_ri is None else (tcf.medium_ri, "/Info/Device RI")
+    return items, vs, medium
 
 
 # --------------------------------------------------------------------------- info

@@ -8,6 +8,7 @@ neither memory nor a confusing error further down the pipeline.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deepis_rt.errors import InputDtypeError, InputError, NonFiniteInputError, VolumeTooLargeError
+from deepis_rt.io.plausibility import check_voxel_size
 
 __all__ = [
     "Tomogram",
@@ -22,6 +24,7 @@ __all__ = [
     "check_declared",
     "check_values",
     "normalize_voxel_size",
+    "library_reason",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,19 +66,15 @@ class Tomogram:
         return tuple(self.ri.shape)  # type: ignore[return-value]
 
 
-def normalize_voxel_size(value: Sequence[float] | float | None, where: str) -> tuple[float, float, float] | None:
-    """Validate a voxel size (Z, Y, X) in um; a single number means isotropic."""
+def normalize_voxel_size(value: Sequence[float] | float | None, where: str,
+                         field: str = "voxel_size_um") -> tuple[float, float, float] | None:
+    """A voxel size (Z, Y, X) in um, or None; a single number means isotropic.
+
+    Checked for physical plausibility by :func:`deepis_rt.io.plausibility.check_voxel_size`.
+    """
     if value is None:
         return None
-    if np.isscalar(value):
-        value = (float(value),) * 3  # type: ignore[arg-type]
-    try:
-        vs = tuple(float(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: voxel size {value!r} is not a list of numbers; give (Z, Y, X) in um") from None
-    if len(vs) != 3 or not all(np.isfinite(v) and 0 < v < 1000 for v in vs):
-        raise InputError(f"{where}: voxel size {value!r} must be three positive numbers (Z, Y, X) in um")
-    return vs  # type: ignore[return-value]
+    return check_voxel_size(value, where, field)
 
 
 def check_declared(shape: Sequence[int], dtype: np.dtype | str, where: str, allow_time: bool = True) -> None:
@@ -124,6 +123,24 @@ def check_values(ri: np.ndarray, where: str) -> np.ndarray:
         bad = int(np.size(ri) - np.count_nonzero(np.isfinite(ri)))
         raise NonFiniteInputError(f"{where}: {bad} voxel(s) are NaN or Inf; fix or mask the reconstruction before segmenting")
     return ri
+
+
+# a bytes literal (b'...' / b"..."), as libraries quote the first bytes of a file they cannot parse
+_BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
+
+
+def library_reason(exc: BaseException, limit: int = 160) -> str:
+    """``"Type: message"`` of a library's exception, safe to write into tables and logs.
+
+    Parsers quote what they could not parse (tifffile: ``header=b'root'``; NumPy: ``got b'...'``);
+    for a file that is not what its name says, that is the content of an arbitrary file. Bytes
+    literals are replaced by ``<bytes>``, control characters removed, and the text is cut to ``limit``.
+    """
+    text = _BYTES_LITERAL.sub("<bytes>", str(exc))
+    text = "".join(c if c.isprintable() else " " for c in text).strip()
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def where_of(path: str | Path) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.errors import InputDtypeError, InputError, NonFiniteInputError, ShapeError, VolumeTooLargeError
+from deepis_rt.io.plausibility import check_voxel_size
 
 __all__ = [
     "MAX_VOXELS",
@@ -20,6 +21,9 @@ __all__ = [
     "model_grid_shape",
     "resample",
     "needs_resampling",
+    "frame_working_bytes",
+    "default_frame_budget_bytes",
+    "check_frame_memory",
 ]
 
 log = logging.getLogger(__name__)
@@ -115,20 +119,15 @@ def _check_finite(volume: np.ndarray, where: str) -> None:
 
 
 def validate_voxel_size(voxel_size_um: Any, where: str = "segment") -> tuple[float, float, float]:
-    """Three positive finite numbers (Z, Y, X) in um; a single number means isotropic voxels."""
+    """Three numbers (Z, Y, X) in um an optical microscope can produce; a single number means isotropic.
+
+    See :func:`deepis_rt.io.plausibility.check_voxel_size` (the range, and the unit hint for values
+    that look like nm or mm).
+    """
     if voxel_size_um is None:
         raise InputError(f"{where}: voxel_size_um is missing")
-    if np.isscalar(voxel_size_um):
-        voxel_size_um = (voxel_size_um,) * 3
-    try:
-        values = tuple(float(v) for v in voxel_size_um)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: voxel_size_um {voxel_size_um!r} is not three numbers (Z, Y, X) in um") from None
-    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"{where}: voxel_size_um {voxel_size_um!r} must be three positive numbers (Z, Y, X) in um")
-    if any(v > 1000 or v < 1e-4 for v in values):
-        raise InputError(f"{where}: voxel_size_um {values} is outside 0.0001-1000 um; is the unit um?")
-    return values  # type: ignore[return-value]
+    return check_voxel_size(voxel_size_um, where, "voxel_size_um",
+                            fix="pass voxel_size_um=(z, y, x) in micrometres")
 
 
 def needs_resampling(voxel_size_um: Sequence[float], model_voxel_size_um: Sequence[float], rtol: float = 1e-3) -> bool:
@@ -143,6 +142,58 @@ def model_grid_shape(
     return tuple(
         max(1, int(round(n * v / m))) for n, v, m in zip(shape, voxel_size_um, model_voxel_size_um, strict=False)
     )  # type: ignore[return-value]
+
+
+#: Host memory one frame may take at most, where the machine has more (input, model grid, stitched
+#: output, distance map); see :func:`default_frame_budget_bytes`.
+FRAME_BUDGET_BYTES = 16 * 1024**3
+
+
+def frame_working_bytes(shape: Sequence[int], grid_shape: Sequence[int], stitch_on_disk: bool = False) -> int:
+    """Host memory (bytes) one frame takes from resampling to the distance map on its own grid.
+
+    float32 throughout: on the input grid the RI, the distance map resampled back and the analysis'
+    masks (counted as one more volume); on the model grid the resampled RI (only when the grids
+    differ) and the stitched output (on disk with ``stitch_on_disk``). Tile batches are a fixed,
+    small size and are not counted.
+    """
+    n_in = math.prod(int(s) for s in shape)
+    n_grid = math.prod(int(s) for s in grid_shape)
+    grid_copies = (0 if tuple(shape) == tuple(grid_shape) else 1) + (0 if stitch_on_disk else 1)
+    return 4 * (3 * n_in + grid_copies * n_grid)
+
+
+def default_frame_budget_bytes() -> int:
+    """:data:`FRAME_BUDGET_BYTES`, or three quarters of this machine's memory where that is less."""
+    from deepis_rt.runtime.failures import host_memory_bytes
+
+    total = host_memory_bytes()
+    return FRAME_BUDGET_BYTES if total is None else min(FRAME_BUDGET_BYTES, total * 3 // 4)
+
+
+def check_frame_memory(shape: Sequence[int], grid_shape: Sequence[int], voxel_size_um: Sequence[float],
+                       model_voxel_size_um: Sequence[float], where: str, budget_bytes: int | None = None,
+                       stitch_on_disk: bool = False) -> None:
+    """Refuse a frame whose working memory would exceed ``budget_bytes``, before anything is allocated.
+
+    Raises
+    ------
+    VolumeTooLargeError
+        Naming the input shape and voxel size, the model-grid shape they resample to, and the
+        memory that would take: a permanent failure (trying again cannot help).
+    """
+    budget = default_frame_budget_bytes() if budget_bytes is None else int(budget_bytes)
+    need = frame_working_bytes(shape, grid_shape, stitch_on_disk)
+    if need <= budget:
+        return
+    vs = ", ".join(f"{v:g}" for v in voxel_size_um)
+    mvs = ", ".join(f"{v:g}" for v in model_voxel_size_um)
+    raise VolumeTooLargeError(
+        f"{where}: shape {tuple(int(s) for s in shape)} at voxel size [{vs}] um resamples to "
+        f"{tuple(int(s) for s in grid_shape)} at the model's [{mvs}] um; processing it would take "
+        f"{need / 1024**3:,.1f} GiB, above the {budget / 1024**3:,.1f} GiB budget per frame: check the voxel "
+        "size (and its unit), or crop or bin the volume"
+    )
 
 
 def resample(volume: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:

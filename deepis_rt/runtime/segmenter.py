@@ -93,6 +93,10 @@ class Segmenter:
         Blend tiles into a ``numpy.memmap`` on disk instead of memory (huge fields of view).
     max_voxels : int
         Larger inputs are refused with :class:`~deepis_rt.errors.VolumeTooLargeError`.
+    max_frame_bytes : int, optional
+        Host memory one frame may take once resampled to the model's voxel size; larger frames
+        are refused before anything is allocated (default:
+        :func:`~deepis_rt.runtime.preprocess.default_frame_budget_bytes`).
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class Segmenter:
         max_voxels: int = preprocess.MAX_VOXELS,
         size_multiple: int | None = None,
         model_info: dict[str, Any] | None = None,
+        max_frame_bytes: int | None = None,
     ) -> None:
         self.runner = runner.activate()
         self.meta = dict(meta)
@@ -130,6 +135,7 @@ class Segmenter:
         self.analyze = bool(analyze)
         self.stitch_on_disk = stitch_on_disk
         self.max_voxels = int(max_voxels)
+        self.max_frame_bytes = max_frame_bytes
         # every volume passes here before the network: integers decoded (RI x 10 000 or an explicit
         # ri_scale/ri_offset), values that cannot be RI refused (deepis_rt.io.ri)
         self._ri_decoder = RIDecoder("segment")
@@ -183,6 +189,8 @@ class Segmenter:
         t1 = time.perf_counter()
         if preprocess.needs_resampling(vs, self.model_voxel_size_um):
             shape = preprocess.model_grid_shape(volume.shape, vs, self.model_voxel_size_um)
+            preprocess.check_frame_memory(volume.shape, shape, vs, self.model_voxel_size_um, where,
+                                          self.max_frame_bytes, bool(self.stitch_on_disk))
             model_volume = preprocess.resample(volume, shape)
         else:
             model_volume = volume

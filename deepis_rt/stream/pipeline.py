@@ -94,7 +94,9 @@ def mark_failed(task: FrameTask, stage: str, exc: BaseException) -> None:
     if isinstance(exc, DeepisError):
         task.error = str(exc)
     else:
-        task.error = f"{stage}: {type(exc).__name__}: {exc}"
+        from deepis_rt.io.tomogram import library_reason
+
+        task.error = f"{stage}: {library_reason(exc)}"  # a library's text may quote the file's bytes
         log.debug("stage %s failed on %s", stage, task.source, exc_info=True)
 
 

@@ -55,6 +55,8 @@ class StreamSettings:
     #: how long frames wait for a backend that fails transiently (server restarting or unreachable,
     #: timed out, overloaded, out of memory) before they are recorded ``retry`` (s); see stream/retry.py
     retry_for_s: float = DEFAULT_RETRY_FOR_S
+    #: read symbolic links in the source folder whose target lies outside it (default: skipped, with a warning)
+    follow_symlinks: bool = False
     #: refuse a results folder that holds the results of another source folder (its frames would count
     #: as done, and new frames of the same names be skipped); off for the same frames moved elsewhere
     check_source: bool = True
@@ -86,6 +88,6 @@ class StreamSettings:
         if not self.retry_for_s >= 0:
             raise ConfigError(f"stream: retry_for_s must be >= 0, got {self.retry_for_s}")
         if self.voxel_size_um is not None:
-            self.voxel_size_um = tuple(float(v) for v in self.voxel_size_um)  # type: ignore[assignment]
-            if len(self.voxel_size_um) != 3 or not all(np.isfinite(v) and v > 0 for v in self.voxel_size_um):
-                raise ConfigError(f"stream: voxel_size_um must be 3 positive numbers, got {self.voxel_size_um}")
+            from deepis_rt.io.plausibility import config_voxel_size
+
+            self.voxel_size_um = config_voxel_size(self.voxel_size_um, "stream")

@@ -178,7 +178,7 @@ class Stream:
         if self.source is not None:
             self._watcher = FolderWatcher(
                 self.source, settle_s=s.settle_s, poll_s=s.poll_s, use_events=s.use_events,
-                skip={src for src in done_sources if ":t" not in src},
+                skip={src for src in done_sources if ":t" not in src}, follow_symlinks=s.follow_symlinks,
             )
             self._producer = threading.Thread(target=self._producer_loop, name="deepis-read", daemon=True)
             self._producer.start()
@@ -196,6 +196,9 @@ class Stream:
         if not self._started:
             self.start()
         self._check_input_open("submit")
+        from deepis_rt.io.plausibility import check_time
+
+        time_s = check_time(time_s, "stream | submit", fix="pass the acquisition time in seconds")
         with self._lock:
             frame = self._next_frame
             self._next_frame += 1

@@ -9,6 +9,10 @@ the polling fallback (when watchdog cannot start) behaves the same.
 Frames are ordered by the last number in the file name, else by modification
 time. A complete file is held back while a lower-numbered file is still being
 written, so frames come out in acquisition order.
+
+A symbolic link whose target lies outside the folder (``/etc/passwd``, another user's data) is
+not followed unless ``follow_symlinks`` is set (``--follow-symlinks``): it is skipped with one
+warning. Links to files inside the folder are read like the files themselves.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FRAME_SUFFIXES", "FrameFile", "FolderWatcher", "frame_number", "order_key"]
+__all__ = ["FRAME_SUFFIXES", "FrameFile", "FolderWatcher", "frame_number", "order_key", "points_outside"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,17 @@ def order_key(path: Path, mtime: float) -> tuple:
     if number is not None:
         return (0, number, path.name)
     return (1, mtime, path.name)
+
+
+def points_outside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """True for a symbolic link whose final target is not inside ``folder`` (or cannot be resolved)."""
+    if not os.path.islink(path):
+        return False
+    try:
+        target = Path(os.path.realpath(path, strict=True))
+        return not target.is_relative_to(Path(os.path.realpath(folder)))
+    except (OSError, RuntimeError):  # dangling or a loop
+        return True
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,8 @@ class FolderWatcher:
         Use watchdog file events to wake up early (falls back to polling).
     skip : set of str
         File names already processed (restart): never reported.
+    follow_symlinks : bool
+        Also read symbolic links whose target lies outside the folder (default: skipped).
     """
 
     def __init__(
@@ -109,8 +126,11 @@ class FolderWatcher:
         use_events: bool = True,
         skip: set[str] | None = None,
         suffixes: frozenset[str] = FRAME_SUFFIXES,
+        follow_symlinks: bool = False,
     ) -> None:
         self.folder = Path(folder)
+        self.follow_symlinks = bool(follow_symlinks)
+        self._refused_links: set[str] = set()  # said once each
         self.settle_s = float(settle_s)
         self.poll_s = float(poll_s)
         self.suffixes = suffixes
@@ -157,6 +177,12 @@ class FolderWatcher:
                 if not entry.is_file():
                     continue
             except OSError:
+                continue
+            if not self.follow_symlinks and entry.is_symlink() and points_outside(entry.path, self.folder):
+                if name not in self._refused_links:
+                    self._refused_links.add(name)
+                    log.warning("watch | %s: a symbolic link to a file outside the folder; not followed "
+                                "(--follow-symlinks, follow_symlinks=True, reads it)", name)
                 continue
             out.append(entry)
         return out

@@ -94,6 +94,8 @@ def test_convert_refuses_contradictions(published, tmp_path):
         convert_checkpoint(path, tmp_path / "b.pt", output_unit="voxel")
     with pytest.raises(ConfigError, match="multiples of 16"):
         convert_checkpoint(path, tmp_path / "c.pt", tile_zyx=(10, 32, 32))
+    with pytest.raises(ConfigError, match=r"look like nanometres: in micrometres that is \[0\.2, 0\.1, 0\.1\]"):
+        convert_checkpoint(path, tmp_path / "e.pt", voxel_size_um=(200, 100, 100))
     res = CliRunner().invoke(main, ["convert", str(path), str(tmp_path / "d.pt"), "--input-offset", "1.3"])
     assert res.exit_code == 2 and "go together" in res.output and "Traceback" not in res.output
 
