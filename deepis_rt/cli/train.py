@@ -28,8 +28,8 @@ import click
                    "checkpoint's].")
 @click.option("--init", "init", default=None, metavar="CKPT",
               help="Fine-tune: start from this checkpoint ('bundled', a published-DeepIS .pth.tar or any deepis-rt "
-                   "checkpoint), keeping its architecture (--preset is ignored), input scaling, voxel size and tile; "
-                   "its validation is shown before and after.")
+                   "checkpoint), keeping its architecture (--preset is ignored), input scaling and tile, and its voxel "
+                   "size unless --voxel-size gives the data's; its validation is shown before and after.")
 @click.option("--val-frames", type=int, default=4, show_default=True, help="Validation: that many synthetic frames; with --data, any value but 0 holds out the last 20 % "
                    "of the volumes (0: no validation).")
 @click.option("--val-every", type=int, default=0, show_default=True, help="Validate every N steps too (0: at the end).")

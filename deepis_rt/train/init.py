@@ -3,8 +3,8 @@
 A run may start from the bundled demo checkpoint (``"bundled"``), a checkpoint of the published
 DeepIS code (``.pth.tar``, :mod:`deepis_rt.published`) or any deepis-rt checkpoint. The network keeps
 that checkpoint's architecture and input normalisation, so its weights see the RI exactly as they
-were trained to; the training data must have its voxel size (a published file, which records none,
-takes the run's). Loading goes through :func:`deepis_rt.checkpoint.load_checkpoint`
+were trained to. The voxel size is the checkpoint's unless the run gives another (a lab's data at
+its own resolution): the network then adapts to it, and the new checkpoint records it. Loading goes through :func:`deepis_rt.checkpoint.load_checkpoint`
 (``torch.load(weights_only=True)`` only).
 """
 
@@ -50,15 +50,14 @@ def load_init(spec: str | Path, voxel_size_um: Sequence[float] | None = None) ->
     spec : str or path-like
         ``"bundled"`` or the path of a deepis-rt or published-DeepIS checkpoint.
     voxel_size_um : (z, y, x), optional
-        The run's voxel size; None takes the checkpoint's.
+        The run's voxel size; None takes the checkpoint's (a published file records none: give it).
 
     Raises
     ------
     CheckpointError
         The file cannot be loaded (see :func:`~deepis_rt.checkpoint.load_checkpoint`).
     ConfigError
-        The run's voxel size differs from the one the checkpoint was trained at, or its output is
-        not a distance in um (convert it first: ``deepis-rt convert``).
+        The network's output is not a distance in um (state it first: ``deepis-rt convert``).
     """
     from deepis_rt.checkpoint import bundled_checkpoint_path, load_checkpoint
 
@@ -71,16 +70,10 @@ def load_init(spec: str | Path, voxel_size_um: Sequence[float] | None = None) ->
         raise ConfigError(f"{where}: the network's output is a distance in {out.get('unit')} x {out.get('scale')}, "
                           "and training fits distances in um; state it with 'deepis-rt convert' first")
     own = tuple(float(v) for v in ckpt.meta["voxel_size_um"])
-    if voxel_size_um is None:
-        vs = own
-    elif "voxel_size_um" in assumed:  # a published file records no voxel size: the data's is taken
-        vs = tuple(float(v) for v in voxel_size_um)
-    elif np.allclose(voxel_size_um, own, rtol=0.02):
-        vs = own
-    else:
-        raise ConfigError(f"{where}: the checkpoint was trained at {list(own)} um voxels, the run asks for "
-                          f"{[float(v) for v in voxel_size_um]} um; fine-tuning keeps the model's voxel size: "
-                          "resample the data to it, or leave out --voxel-size")
+    vs = own if voxel_size_um is None else tuple(float(v) for v in voxel_size_um)
+    if "voxel_size_um" not in assumed and not np.allclose(vs, own, rtol=0.02):
+        log.warning("%s: the network was trained at %s um voxels and is fine-tuned at %s um; the new checkpoint "
+                    "records %s um (inputs are resampled to it)", where, list(own), list(vs), list(vs))
     norm = ckpt.meta["ri_normalization"]
     if "ri_normalization" in assumed:
         log.warning("%s: the input scaling of this published checkpoint is not recorded; fine-tuning assumes "

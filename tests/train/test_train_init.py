@@ -7,7 +7,6 @@ import torch
 from click.testing import CliRunner
 
 from deepis_rt.checkpoint import load_checkpoint, save_checkpoint
-from deepis_rt.errors import ConfigError
 from deepis_rt.model import build_model
 from deepis_rt.train import evaluate_frames, train
 from deepis_rt.train.data import FolderSource
@@ -69,10 +68,17 @@ def test_init_starts_from_the_checkpoint_and_keeps_its_normalisation(tmp_path, s
     assert [v["step"] for v in tuned.meta["metrics"]["validation_history"]] == [0, 1]
 
 
-def test_init_refuses_another_voxel_size(tmp_path, start_ckpt, lab_frames):
-    with pytest.raises(ConfigError, match=r"trained at \[0.5, 0.25, 0.25\] um voxels.*leave out --voxel-size"):
-        train(tmp_path / "x.pt", synthetic=False, data_dir=str(lab_frames), init=str(start_ckpt),
-              voxel_size_um=(1.0, 0.5, 0.5), steps=1, **_tiny({}))
+def test_init_at_the_data_voxel_size_records_it(tmp_path, start_ckpt, caplog):
+    """A lab's frames at their own voxel size: the network is fine-tuned at it, with a warning."""
+    from deepis_rt.synth import write_timelapse
+
+    other = (0.4, 0.2, 0.2)
+    write_timelapse(tmp_path / "lab", 2, 12, shape=(16, 32, 32), voxel_size_um=other, fmt="npy", progress=False)
+    with caplog.at_level("WARNING", logger="deepis_rt"):
+        train(tmp_path / "x.pt", synthetic=False, data_dir=str(tmp_path / "lab"), init=str(start_ckpt),
+              voxel_size_um=other, steps=1, **_tiny({}))
+    assert load_checkpoint(tmp_path / "x.pt").voxel_size_um == other
+    assert "trained at [0.5, 0.25, 0.25] um voxels and is fine-tuned at [0.4, 0.2, 0.2] um" in caplog.text
 
 
 def test_init_bundled_checkpoint_resolves():
