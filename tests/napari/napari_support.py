@@ -1,0 +1,79 @@
+"""Results folders written by the real stream, with a network that is the identity.
+
+A synthetic conjugate's true signed distance map, encoded as RI (``RI0 + RI_PER_UM * d``), is
+turned back into that distance map by an identity "network" with the matching input
+normalisation, so the stream, analysis, tracker and writers run for real and fast, on a scene
+whose truth is known.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from deepis_rt.runtime import Segmenter
+from deepis_rt.runtime.runners.base import Runner, as_numpy_batch
+
+VOXEL = (1.0, 0.5, 0.5)
+SHAPE = (32, 64, 64)
+RI0 = 1.5
+RI_PER_UM = 1.0 / 64
+SEED = 2026
+
+
+class IdentityRunner(Runner):
+    name = "identity"
+
+    def activate_impl(self) -> None:
+        pass
+
+    def infer_impl(self, batch):
+        return as_numpy_batch(batch).copy()
+
+    def describe(self):
+        return {"backend": self.name, "device": "cpu", "precision": "fp32"}
+
+
+def make_segmenter() -> Segmenter:
+    meta = {"voxel_size_um": list(VOXEL), "ri_normalization": {"offset": RI0, "scale": RI_PER_UM},
+            "medium_ri": RI0, "tile_zyx": list(SHAPE)}
+    return Segmenter(IdentityRunner(), meta)
+
+
+def synth_frames(n: int):
+    from deepis_rt.synth import generate_timelapse
+
+    return generate_timelapse(n, SEED, SHAPE, VOXEL, with_truth_area=False)
+
+
+def write_camera_frames(camera: Path, frames, start: int = 0) -> None:
+    from deepis_rt.io import write_tomogram
+
+    camera.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames, start):
+        write_tomogram(camera / f"frame_{i:04d}.tif", (RI0 + RI_PER_UM * f.distance_um).astype(np.float32), VOXEL)
+
+
+def make_run(root: Path, n: int = 4) -> tuple[Path, Path, list]:
+    """(camera folder, results folder, synthetic frames) of a finished ``stream --once`` run."""
+    from deepis_rt.stream import Stream
+
+    frames = synth_frames(n)
+    camera, out = root / "camera", root / "results"
+    write_camera_frames(camera, frames)
+    Stream(camera, out, make_segmenter(), once=True, settle_s=0.0, use_events=False,
+           frame_interval_s=float(frames[1].truth["time_s"] - frames[0].truth["time_s"])).run()
+    return camera, out, frames
+
+
+def start_live_stream(camera: Path, out: Path, interval_s: float, max_frames: int):
+    """A stream following ``camera`` in a thread (as ``deepis-rt stream`` does); returns (stream, thread)."""
+    from deepis_rt.stream import Stream
+
+    stream = Stream(camera, out, make_segmenter(), settle_s=0.1, poll_s=0.05, use_events=False,
+                    frame_interval_s=interval_s, max_frames=max_frames, idle_timeout_s=60.0)
+    thread = threading.Thread(target=stream.run, daemon=True)
+    thread.start()
+    return stream, thread
