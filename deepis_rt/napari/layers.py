@@ -2,7 +2,9 @@
 
 Every layer of one run shares world coordinates: time in seconds (frame x frame interval) and
 Z, Y, X in micrometres, with ``units`` and ``axis_labels`` set, so that layers line up and the
-viewer's scale bar and status bar read in physical units. Plain arrays and dicts: napari itself is
+viewer's scale bar and status bar read in physical units. Tracks and Points hold positions in um and
+time as the frame number, with the frame interval as the time axis' scale: the time slider then
+steps frame by frame whatever the interval (napari steps by the smallest scale of any layer). Plain arrays and dicts: napari itself is
 not imported here (the reader's tests run without Qt).
 """
 
@@ -94,19 +96,20 @@ def results_layers(run: RunResults) -> list[LayerData]:
 
 
 def cell_tracks(run: RunResults) -> LayerData | None:
-    """Tracks layer of the cells: [track_id, t, z, y, x] in s and um; IS area and mean RI per point."""
+    """Tracks layer of the cells: [track_id, frame, z, y, x] (um; scale: the frame interval); IS area and
+    mean RI per point."""
     cells = run.cell_table()
     if not len(cells["frame"]):
         return None
     area = _cell_is_area(run, cells)
-    data = np.column_stack([cells["track_id"], cells["frame"] * run.frame_interval_s,
-                            cells["z_um"], cells["y_um"], cells["x_um"]])
+    data = np.column_stack([cells["track_id"], cells["frame"], cells["z_um"], cells["y_um"], cells["x_um"]])
     order = np.lexsort((data[:, 1], data[:, 0]))
     props = {"is_area_um2": area, "mean_ri": cells["mean_ri"], "volume_um3": cells["volume_um3"],
              "dry_mass_pg": cells["dry_mass_pg"], "kind": cells["kind"].astype(float)}
     props = {k: np.nan_to_num(v[order], nan=0.0) for k, v in props.items()}
     return (data[order], {"name": f"cell tracks ({run.root.name})", "properties": props, "color_by": "kind",
-                          "colormap": "PiYG", "tail_length": 30, "tail_width": 3, **_world()}, "tracks")
+                          "colormap": "PiYG", "tail_length": 30, "tail_width": 3, **_world(),
+                          "scale": (run.frame_interval_s, 1.0, 1.0, 1.0)}, "tracks")
 
 
 def _cell_is_area(run: RunResults, cells: dict[str, np.ndarray]) -> np.ndarray:
@@ -158,22 +161,21 @@ def synapse_layers(run: RunResults) -> tuple[LayerData | None, LayerData | None]
     pos, feats = contact_points(run)
     if not len(pos):
         return None, None
-    dt = run.frame_interval_s
-    world = np.column_stack([pos[:, 0] * dt, pos[:, 1:]])
+    scale = (run.frame_interval_s, 1.0, 1.0, 1.0)
     feats = {**feats, "synapse_track": _synapse_track_ids(feats)}
-    points = (world, {"name": f"synapses ({run.root.name})", "features": feats, "size": 1.5,
-                      "face_color": "#ffd700", "border_color": "black",
-                      "text": {"string": "{is_area_um2:.0f} µm²", "color": "white", "size": 9,
-                               "translation": (0, 0, -1.5, 0)} if "is_area_um2" in feats else None,
-                      **_world()}, "points")
+    text = {"string": "{is_area_um2:.0f} µm²", "color": "white", "size": 9, "translation": (0, 0, -1.5, 0)}
+    points = (pos, {"name": f"synapses ({run.root.name})", "features": feats, "size": 1.5,  # pos: [frame, z, y, x]
+                    "face_color": "#ffd700", "border_color": "black",
+                    "text": text if "is_area_um2" in feats else None, **_world(), "scale": scale}, "points")
     props = {k: np.nan_to_num(feats[k], nan=0.0) for k in ("is_area_um2", "is_mean_ri", "is_dry_mass_pg")
              if k in feats}
-    data = np.column_stack([feats["synapse_track"], world])
+    data = np.column_stack([feats["synapse_track"], pos])
     order = np.lexsort((data[:, 1], data[:, 0]))
     tracks = (data[order], {"name": f"synapse tracks ({run.root.name})",
                             "properties": {k: v[order] for k, v in props.items()},
                             "color_by": "is_area_um2" if "is_area_um2" in props else "track_id",
-                            "colormap": "viridis", "tail_length": 30, "tail_width": 4, **_world()}, "tracks")
+                            "colormap": "viridis", "tail_length": 30, "tail_width": 4, **_world(),
+                            "scale": scale}, "tracks")
     return points, tracks
 
 

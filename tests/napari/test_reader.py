@@ -72,15 +72,16 @@ def test_tracks_and_points_in_world_units(finished_run):
     run = RunResults.open(out)
     layers = {kw["name"].split(" (")[0]: (data, kw) for data, kw, _ in read_results(out)}
     cells, cell_kw = layers["cell tracks"]
-    # [track_id, t, z, y, x]: t in s (frame x interval), positions as cells.csv has them (um)
+    # [track_id, frame, z, y, x]: positions as cells.csv has them (um), the frame interval as time scale
     rows = run.cells
     assert len(cells) == len(rows)
+    assert cell_kw["scale"] == pytest.approx((run.frame_interval_s, 1, 1, 1))
     row = next(r for r in rows if r["frame"] == "2" and r["kind"] == "tcell")
-    hit = cells[(cells[:, 0] == float(row["track_id"])) & np.isclose(cells[:, 1], 2 * run.frame_interval_s)]
+    hit = cells[(cells[:, 0] == float(row["track_id"])) & (cells[:, 1] == 2)]
     np.testing.assert_allclose(hit[0, 2:], [float(row["z_um"]), float(row["y_um"]), float(row["x_um"])], rtol=1e-5)
     syn_rows = {r["frame"]: float(r["is_area_um2"]) for r in run.synapses}
     props = cell_kw["properties"]
-    i = int(np.flatnonzero((cells[:, 0] == float(row["track_id"])) & np.isclose(cells[:, 1], 2 * run.frame_interval_s))[0])
+    i = int(np.flatnonzero((cells[:, 0] == float(row["track_id"])) & (cells[:, 1] == 2))[0])
     assert props["is_area_um2"][i] == pytest.approx(syn_rows["2"])
     assert props["mean_ri"][i] == pytest.approx(float(row["mean_ri"]))
     # one synapse track, one point per synapse row, its measurements as features
@@ -88,7 +89,8 @@ def test_tracks_and_points_in_world_units(finished_run):
     assert set(syn[:, 0]) == {1.0} and len(syn) == len(run.synapses)
     np.testing.assert_allclose(sorted(syn_kw["properties"]["is_area_um2"]), sorted(syn_rows.values()), rtol=1e-5)
     pts, pts_kw = layers["synapses"]
-    assert pts.shape == (len(run.synapses), 4)
+    assert pts.shape == (len(run.synapses), 4) and pts_kw["scale"] == syn_kw["scale"] == cell_kw["scale"]
+    assert sorted(pts[:, 0]) == sorted(int(r["frame"]) for r in run.synapses)
     assert list(pts_kw["features"]["is_area_um2"]) == pytest.approx([syn_rows[k] for k in sorted(syn_rows)])
     assert "is_area_err_um2" in pts_kw["features"]
 

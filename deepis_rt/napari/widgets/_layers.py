@@ -30,9 +30,11 @@ def show_layers(viewer: Any, layer_data: list[tuple]) -> list[Any]:
         elif kind == "points":
             layer.data = data
             layer.features = kwargs.get("features", {})
+            layer.scale = kwargs.get("scale", layer.scale)
             shown.append(layer)
-        else:
+        else:  # the frame interval is known better as frames come: the scale follows
             layer.data = data
+            layer.scale = kwargs.get("scale", layer.scale)
             shown.append(layer)
     return shown
 

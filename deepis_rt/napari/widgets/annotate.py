@@ -52,7 +52,7 @@ def save_training_frame(folder: str | Path, name: str, ri: np.ndarray, labels: n
     if values.size and (values.min() < 0 or values.max() > 3):
         raise ValueError(f"{name}: labels hold {values.tolist()}; use 0 background, 1 CAR-T, 2 target, 3 IS only")
     folder = Path(folder)
-    safe = re.sub(r"[^\w.-]+", "_", name).strip("._") or "frame"
+    safe = re.sub(r"_+", "_", re.sub(r"[^\w.-]+", "_", name)).strip("._") or "frame"
     image = write_tomogram(folder / f"{safe}.ome.tif", ri.astype(np.float32), voxel_size_um)
     label_file = write_labels(folder / "labels" / f"{safe}.ome.tif", labels.astype(np.uint8), voxel_size_um)
     return image, label_file
@@ -106,7 +106,7 @@ class AnnotateWidget(Container):
     def __init__(self, napari_viewer: Any) -> None:
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=lambda _w: self._layers("Image"))
-        self.labels = ComboBox(label="labels", choices=lambda _w: self._layers("Labels"))
+        self.label_layer = ComboBox(label="labels", choices=lambda _w: self._layers("Labels"))
         self.folder = FileEdit(mode="d", label="training folder", value="")
         self.save_button = PushButton(text="Save frame for training")
         self.init = FileEdit(mode="r", label="start from", value="", filter="*.pt *.pth *.tar")
@@ -117,7 +117,7 @@ class AnnotateWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="start from: empty = the bundled checkpoint")
         self.report = Label(value="")
-        super().__init__(widgets=[self.image, self.labels, self.folder, self.save_button, self.init, self.steps,
+        super().__init__(widgets=[self.image, self.label_layer, self.folder, self.save_button, self.init, self.steps,
                                   self.lr, self.out,
                                   Container(widgets=[self.train_button, self.cancel_button], layout="horizontal",
                                             labels=False), self.status, self.report])
@@ -128,14 +128,14 @@ class AnnotateWidget(Container):
         self.train_button.changed.connect(lambda: self.start())
         self.cancel_button.changed.connect(lambda: self.cancel())
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(lambda _e: (self.image.reset_choices(), self.labels.reset_choices()))
+            ev.connect(lambda _e: (self.image.reset_choices(), self.label_layer.reset_choices()))
 
     def _layers(self, kind: str) -> list[tuple[str, Any]]:
         return [(layer.name, layer) for layer in self.viewer.layers
                 if type(layer).__name__ == kind and layer.ndim in (3, 4)]
 
     def _frame(self) -> tuple[int | None, np.ndarray, np.ndarray, tuple[float, float, float]]:
-        image, labels = self.image.value, self.labels.value
+        image, labels = self.image.value, self.label_layer.value
         if image is None or labels is None:
             raise ValueError("choose an image layer and the labels layer that goes with it")
         vs = physical_voxel_size(image)
