@@ -37,9 +37,10 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 #: Label values of deepis-rt label volumes and what they are.
 LABEL_NAMES = {0: "background", 1: "CAR-T", 2: "target", 3: "IS"}
-#: Fixed colours (RGBA), the same in every view: CAR-T green, target magenta, IS yellow.
-LABEL_COLORS = {0: (0.0, 0.0, 0.0, 0.0), 1: (0.2, 0.8, 0.4, 1.0), 2: (0.85, 0.25, 0.85, 1.0),
-                3: (1.0, 0.85, 0.0, 1.0), None: (0.5, 0.5, 0.5, 1.0)}
+#: Fixed colours (RGBA), the same in every view (and in the OME-Zarr store's ``image-label``): CAR-T
+#: green, target magenta, IS yellow; values outside 0-3 grey.
+LABEL_COLORS = {0: (0.0, 0.0, 0.0, 0.0), 1: (46 / 255, 204 / 255, 64 / 255, 1.0), 2: (240 / 255, 18 / 255, 190 / 255, 1.0),
+                3: (1.0, 220 / 255, 0.0, 1.0), None: (0.5, 0.5, 0.5, 1.0)}
 AXES_4D = ("t", "z", "y", "x")
 UNITS_4D = ("second", "micrometer", "micrometer", "micrometer")
 #: RI display range: the medium (1.337) to dense cytoplasm

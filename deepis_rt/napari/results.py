@@ -1,9 +1,11 @@
 """A stream results folder read for viewing: its tables at once, its volumes lazily (dask).
 
 Opening a folder reads ``frames.csv``, ``cells.csv``, ``synapses.csv``, ``summary.json`` and the
-header of one label file; the label volumes (``masks/frame_NNNNNN.ome.tif``) and the RI
-tomograms (the source files named in ``frames.csv``, under ``summary.json``'s ``source_path``)
-are read one frame at a time when a viewer shows that frame. A folder still being written by
+header of one label file; the volumes are read one frame at a time when a viewer shows that frame.
+They come from the run's OME-Zarr time-lapse store (``timelapse.ome.zarr``: labels, and the RI
+unless the run stored labels only; layout in docs/results.md) when the run wrote one, else from
+``masks/frame_NNNNNN.ome.tif`` and the RI tomograms themselves (the source files named in
+``frames.csv``, under ``summary.json``'s ``source_path``). A folder still being written by
 ``deepis-rt stream`` reads the same way: only committed frames (rows of ``frames.csv``) count.
 
 No napari import here: the layer data built from this are plain arrays and dicts.
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 
 #: Files whose presence makes a folder a deepis-rt results folder.
 MARKERS = ("frames.csv", "summary.json")
+#: The OME-Zarr time-lapse store of a results folder, and the layout version this reader knows.
+STORE_NAME = "timelapse.ome.zarr"
+STORE_LAYOUT = 1
 
 
 def is_results_folder(path: str | Path) -> bool:
@@ -116,12 +121,52 @@ class RunResults:
         """World time of a frame on the viewer's time axis: ``frame x frame_interval_s``."""
         return frame * self.frame_interval_s
 
+    # ------------------------------------------------------------------ OME-Zarr store
+    def store(self) -> dict[str, Any] | None:
+        """The root attributes of the run's OME-Zarr store, when it has one this reader knows."""
+        path = self.root / STORE_NAME / ".zattrs"
+        try:
+            attrs = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("napari | %s: unreadable (%s); reading masks/ and the tomograms instead", path, exc)
+            return None
+        if (attrs.get("deepis_rt") or {}).get("layout") != STORE_LAYOUT or not attrs.get("multiscales"):
+            log.warning("napari | %s: not a deepis-rt time-lapse store of layout %d; reading masks/ instead",
+                        path.parent, STORE_LAYOUT)
+            return None
+        return attrs
+
+    def _store_array(self, group: str, fill: float) -> tuple[Any, tuple[float, float, float]] | None:
+        """(T, Z, Y, X) dask array of a store image (its committed frames), and its voxel size."""
+        import dask.array as da
+
+        folder = self.root / STORE_NAME / group
+        try:
+            attrs = json.loads((folder / ".zattrs").read_text())
+            ms = attrs["multiscales"][0]
+            scale = next(t["scale"] for t in ms["datasets"][0]["coordinateTransformations"] if t["type"] == "scale")
+            arr = da.from_zarr(str(folder / ms["datasets"][0]["path"]))
+        except Exception as exc:  # a store being created, or damaged
+            log.warning("napari | %s: not readable (%s: %s)", folder, type(exc).__name__, exc)
+            return None
+        n = self.n_frames
+        if arr.shape[0] < n:  # committed frames the store does not hold (they did not fit it): empty
+            arr = da.concatenate([arr, da.full((n - arr.shape[0], *arr.shape[1:]), fill, dtype=arr.dtype,
+                                               chunks=(1, *arr.chunksize[1:]))])
+        return arr[:n], tuple(float(v) for v in scale[-3:])  # type: ignore[return-value]
+
     # ------------------------------------------------------------------ labels
     def mask_path(self, frame: int) -> Path:
         return self.root / "masks" / f"frame_{frame:06d}.ome.tif"
 
     def label_grid(self) -> tuple[tuple[int, int, int], tuple[float, float, float]] | None:
         """(shape, voxel size um) of the label volumes, from the header of the first one; None without any."""
+        if self._label_grid is None and self.store() is not None:
+            found = self._store_array((self.store() or {})["deepis_rt"].get("labels", "labels/segmentation"), 0)
+            if found is not None and found[0].shape[0]:
+                self._label_grid = (tuple(found[0].shape[1:]), found[1])  # type: ignore[assignment]
         if self._label_grid is None:
             for r in self.frames:
                 path = self.mask_path(int(r["frame"]))
@@ -135,6 +180,11 @@ class RunResults:
         import dask
         import dask.array as da
 
+        store = self.store()
+        if store is not None and self.n_frames:
+            found = self._store_array(store["deepis_rt"].get("labels", "labels/segmentation"), 0)
+            if found is not None:
+                return found[0]
         grid = self.label_grid()
         if grid is None or self.n_frames == 0:
             return None
@@ -149,12 +199,18 @@ class RunResults:
     def ri(self) -> tuple[Any, tuple[float, float, float] | None, str | None]:
         """(T, Z, Y, X) float32 dask array of the RI tomograms, their voxel size, and why not (None, None, why).
 
-        Reads one tomogram now (the first ``ok`` frame's: its shape and voxel size); the rest when shown.
-        A frame whose file is gone or unreadable shows the medium (its error is logged).
+        From the store when it holds the RI (a frame it lacks reads NaN); else from the tomograms, one
+        read now (the first ``ok`` frame's: its shape and voxel size) and the rest when shown, a frame
+        whose file is gone or unreadable showing the medium (its error logged).
         """
         import dask
         import dask.array as da
 
+        store = self.store()
+        if store is not None and store["deepis_rt"].get("root_image") == "ri" and self.n_frames:
+            found = self._store_array("", math.nan)
+            if found is not None:
+                return found[0], found[1], None
         if self.source_root is None:
             return None, None, "summary.json names no camera folder (source_path)"
         ok = [r for r in self.frames if r.get("status") == "ok"]

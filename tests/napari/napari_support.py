@@ -77,3 +77,41 @@ def start_live_stream(camera: Path, out: Path, interval_s: float, max_frames: in
     thread = threading.Thread(target=stream.run, daemon=True)
     thread.start()
     return stream, thread
+
+
+def write_store(out: Path, with_ri: bool = True) -> Path:
+    """``OUT/timelapse.ome.zarr`` in the layout of docs/results.md (NGFF 0.4 in zarr format 2, labels group,
+    ``deepis_rt`` block), from a finished run's masks and camera tomograms: as ``stream`` writes it."""
+    import json
+
+    import numcodecs
+    import tifffile
+    import zarr
+
+    rows = [line.split(",") for line in (out / "frames.csv").read_text().splitlines()[1:]]
+    camera = Path(json.loads((out / "summary.json").read_text())["source_path"])
+    labels = np.stack([tifffile.imread(out / f"masks/frame_{int(r[0]):06d}.ome.tif") for r in rows])
+    ri = np.stack([tifffile.imread(camera / r[1]) for r in rows])
+    times = [float(r[2]) for r in rows]
+    dt = float(np.median(np.diff(times)))
+    path = out / "timelapse.ome.zarr"
+    root = zarr.open_group(path, mode="w", zarr_format=2)
+    common = dict(chunks=(1, *labels.shape[1:]), compressors=numcodecs.Zlib(level=1),
+                  chunk_key_encoding={"name": "v2", "separator": "/"})
+    axes = [{"name": "t", "type": "time", "unit": "second"},
+            *({"name": a, "type": "space", "unit": "micrometer"} for a in "zyx")]
+
+    def multiscales(name):
+        return [{"version": "0.4", "name": name, "axes": axes, "datasets": [
+            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [dt, *VOXEL]}]}]}]
+
+    top = ri if with_ri else labels
+    root.create_array("0", shape=top.shape, dtype=top.dtype, fill_value=float("nan") if with_ri else 0, **common)[:] = top
+    root.create_group("labels").attrs.put({"labels": ["segmentation"]})
+    seg = root.create_group("labels/segmentation")
+    seg.create_array("0", shape=labels.shape, dtype="uint8", fill_value=0, **common)[:] = labels
+    seg.attrs.put({"multiscales": multiscales("segmentation"), "image-label": {"version": "0.4"}})
+    root.attrs.put({"multiscales": multiscales("RI" if with_ri else "labels"),
+                    "deepis_rt": {"layout": 1, "root_image": "ri" if with_ri else "labels",
+                                  "labels": "labels/segmentation", "time_s": times}})
+    return path

@@ -233,3 +233,26 @@ def test_napari_accepts_the_layer_data(finished_run):
     labels = made[1]
     assert labels.units[1].__str__() == "micrometer"
     assert tuple(labels.colormap.map(np.array([1]))[0]) == pytest.approx(LABEL_COLORS[1])
+
+
+@pytest.mark.parametrize("with_ri", [True, False])
+def test_the_ome_zarr_store_is_preferred(finished_run, tmp_path, counted_reads, with_ri):
+    """A run with a time-lapse store: labels (and RI) come from it, lazily; without the RI in it, from the camera."""
+    pytest.importorskip("zarr", reason="the store is read with zarr")
+    import tifffile
+    from napari_support import write_store
+
+    camera, out, _ = finished_run
+    run_dir = tmp_path / "with_store"
+    shutil.copytree(out, run_dir)
+    write_store(run_dir, with_ri=with_ri)
+    shutil.rmtree(run_dir / "masks")  # only the store holds the labels now
+    layers = _by_type(read_results(run_dir))
+    (labels, lab_kw), = layers["labels"]
+    (ri, ri_kw), = layers["image"]
+    assert counted_reads == {"mask": 0, "ri": 0 if with_ri else 1}
+    assert labels.shape == ri.shape == (4, 32, 64, 64)
+    assert lab_kw["scale"][1:] == pytest.approx(VOXEL) and ri_kw["scale"] == pytest.approx(lab_kw["scale"])
+    np.testing.assert_array_equal(np.asarray(labels[2]), tifffile.imread(out / "masks/frame_000002.ome.tif"))
+    np.testing.assert_allclose(np.asarray(ri[1]), tifffile.imread(camera / "frame_0001.tif"))
+    assert counted_reads["mask"] == 0

@@ -90,6 +90,14 @@ def test_follow_widget_shows_frames_as_a_stream_writes_them(viewer, qtbot, tmp_p
     expected = sorted((float(r["time_s"]), float(r["is_area_um2"])) for r in widget.run.synapses)
     np.testing.assert_allclose(np.c_[t, area], expected, rtol=1e-5)
     assert widget.updates >= 2 and "4 frames (4 ok)" in widget.status.value
+    # picking a synapse point chooses its synapse for the plot
+    points = next(la for la in viewer.layers if type(la).__name__ == "Points")
+    row = points.features.iloc[-1]
+    key = (int(row["tcell_track"]), int(row["target_track"]))
+    widget.synapse.choices = [("another", (99, 99)), ("this one", key)]
+    widget.synapse.value = (99, 99)
+    points.selected_data = {len(points.data) - 1}
+    assert widget.synapse.value == key
     widget.stop()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
     assert widget.start_button.enabled

@@ -79,6 +79,7 @@ class FollowStreamWidget(Container):
         self.canvas.setMinimumHeight(180)
         self.native.layout().addWidget(self.canvas)
         self.run: RunResults | None = None
+        self._points: Any = None
         self.worker: Any = None
         self.updates = 0
         self.start_button.changed.connect(lambda: self.start())
@@ -133,7 +134,10 @@ class FollowStreamWidget(Container):
             return
         run, layer_data = item
         self.run = run
-        show_layers(self.viewer, layer_data)
+        for layer in show_layers(self.viewer, layer_data):
+            if type(layer).__name__ == "Points" and layer is not self._points:
+                self._points = layer  # picking a synapse point shows that synapse's plot
+                layer.selected_data.events.items_changed.connect(self._on_points_selected)
         if self.newest.value and run.n_frames:
             self.viewer.dims.set_point(0, run.frame_time_s(run.n_frames - 1))
         self._update_synapses()
@@ -148,6 +152,16 @@ class FollowStreamWidget(Container):
         return f"{len(statuses)} frames ({', '.join(parts) or 'none'}), {self.synapse_count()} synapse(s)"
 
     # ------------------------------------------------------------------ synapse plot
+    def _on_points_selected(self, *_args: Any) -> None:
+        layer = self._points
+        picked = sorted(layer.selected_data) if layer is not None else []
+        if not picked or "tcell_track" not in layer.features:
+            return
+        row = layer.features.iloc[picked[-1]]
+        key = (int(row["tcell_track"]), int(row["target_track"]))
+        if key in self._synapse_keys():
+            self.synapse.value = key
+
     def synapse_count(self) -> int:
         return len(self.synapse.choices)
 
