@@ -102,3 +102,12 @@ def test_cli_train_init_shows_validation_before_and_after(tmp_path, start_ckpt, 
     assert res.exit_code == 0, res.output
     assert "validation before (--init" in res.output and "validation after: dice_cart_mean" in res.output
     assert load_checkpoint(out).meta["training"]["config"]["init"] == str(start_ckpt)
+
+
+def test_cli_train_init_missing_checkpoint_is_one_clear_line(tmp_path, lab_frames):
+    from deepis_rt.cli.main import main
+
+    res = CliRunner().invoke(main, ["train", "--data", str(lab_frames), "--init", str(tmp_path / "nope.pt"),
+                                    "--out", str(tmp_path / "x.pt"), "--steps", "1", "--no-progress"])
+    assert res.exit_code == 2 and "nope.pt: no such file" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x.pt").exists()
