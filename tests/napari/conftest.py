@@ -7,9 +7,6 @@ Qt's ``offscreen`` platform does not provide with the PyQt6 wheels): CI runs the
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 from napari_support import make_run
 
@@ -18,13 +15,3 @@ from napari_support import make_run
 def finished_run(tmp_path_factory):
     """(camera folder, results folder, synthetic frames) of a 4-frame ``stream --once`` run."""
     return make_run(tmp_path_factory.mktemp("run"), 4)
-
-
-def widget_skip_reason() -> str | None:
-    for module, pip in (("napari", "'deepis-rt[napari]'"), ("pytestqt", "pytest-qt")):
-        if importlib.util.find_spec(module) is None:
-            return f"napari widget tests need {module} (pip install {pip})"
-    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        return ("napari widget tests need a display with OpenGL: run them under xvfb-run, or install Xvfb and "
-                "pytest-xvfb (as CI does)")
-    return None

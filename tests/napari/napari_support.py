@@ -8,6 +8,8 @@ whose truth is known.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import threading
 from pathlib import Path
 
@@ -115,3 +117,13 @@ def write_store(out: Path, with_ri: bool = True) -> Path:
                     "deepis_rt": {"layout": 1, "root_image": "ri" if with_ri else "labels",
                                   "labels": "labels/segmentation", "time_s": times}})
     return path
+
+
+def widget_skip_reason() -> str | None:
+    for module, pip in (("napari", "'deepis-rt[napari]'"), ("pytestqt", "pytest-qt")):
+        if importlib.util.find_spec(module) is None:
+            return f"napari widget tests need {module} (pip install {pip})"
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        return ("napari widget tests need a display with OpenGL: run them under xvfb-run, or install Xvfb and "
+                "pytest-xvfb (as CI does)")
+    return None

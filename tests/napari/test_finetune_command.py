@@ -3,19 +3,19 @@ its progress read from its log, interrupted (state saved) and continued."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from deepis_rt.checkpoint import load_checkpoint, save_checkpoint
 from deepis_rt.model import build_model
-from deepis_rt.napari.widgets.annotate import finetune, finetune_command
 from deepis_rt.train.loop import state_path
 
 VS = (1.0, 0.5, 0.5)
 
 
 def test_finetune_reports_steps_can_be_interrupted_and_continued(tmp_path, tiny_overrides):
-    pytest_import = __import__("pytest")
-    pytest_import.importorskip("magicgui", reason="the widget module needs magicgui (pip install 'deepis-rt[napari]')")
+    pytest.importorskip("magicgui", reason="the widget module needs magicgui (pip install 'deepis-rt[napari]')")
+    from deepis_rt.napari.widgets.annotate import finetune, finetune_command
     from deepis_rt.synth import write_timelapse
 
     torch.manual_seed(0)

@@ -17,6 +17,8 @@ from deepis_rt.napari.layers import LABEL_COLORS, LABEL_NAMES, contact_points, t
 from deepis_rt.napari.reader import get_results_reader, get_tomogram_reader, read_results
 from deepis_rt.napari.results import RunResults
 
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("dask") is None,
+                                reason="the napari readers need dask (pip install 'deepis-rt[napari]')")
 needs_napari = pytest.mark.skipif(importlib.util.find_spec("napari") is None,
                                   reason="needs napari (pip install 'deepis-rt[napari]')")
 

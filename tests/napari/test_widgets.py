@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import widget_skip_reason
-from napari_support import VOXEL, start_live_stream, synth_frames, write_camera_frames
+from napari_support import VOXEL, start_live_stream, synth_frames, widget_skip_reason, write_camera_frames
 
 REASON = widget_skip_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
