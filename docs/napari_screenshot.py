@@ -5,7 +5,7 @@
     xvfb-run -a python docs/napari_screenshot.py /tmp/shot/results docs/napari_view.png
 
 Opens the folder with the deepis-rt reader, docks the "Follow a stream" widget (its synapse plot),
-shows the last frame in the slice through the synapse, and saves the whole window.
+shows the last frame in the z slice of its synapse point, and saves the whole window.
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ def main(results: str, png: str) -> None:
     layers = viewer.open(results, plugin="deepis-rt")
     labels = next(la for la in layers if type(la).__name__ == "Labels")
     last = labels.data.shape[0] - 1
-    is_voxels = np.argwhere(np.asarray(labels.data[last]) == 3)
     viewer.dims.set_point(0, last * labels.scale[0])
-    if len(is_voxels):
-        viewer.dims.set_point(1, is_voxels[:, 0].mean() * labels.scale[1])
+    # the z slice of the last frame's synapse point (it cuts through the IS)
+    points = next((la for la in layers if type(la).__name__ == "Points"), None)
+    here = points.data[points.data[:, 0] == last] if points is not None else np.zeros((0, 4))
+    if len(here):
+        viewer.dims.set_point(1, float(here[0, 1]))
     viewer.scale_bar.visible = True
     viewer.scale_bar.unit = "um"
     widget = FollowStreamWidget(viewer)
