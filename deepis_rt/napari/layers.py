@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.napari.results import RunResults
+from deepis_rt.napari.results import RunResults, _dask
 
 __all__ = [
     "LABEL_NAMES",
@@ -196,8 +196,7 @@ def tomogram_layers(path: str | Path, voxel_size_um: Sequence[float] | None = No
     The first time point is read now (shape, voxel size, contrast); the others when shown.
     Without a voxel size in the file (NPY without sidecar, MAT), the axes are in voxels.
     """
-    import dask
-    import dask.array as da
+    dask, da = _dask()
 
     from deepis_rt.io import time_points
 

@@ -37,6 +37,13 @@ STORE_NAME = "timelapse.ome.zarr"
 STORE_LAYOUT = 1
 
 
+def _dask() -> tuple[Any, Any]:
+    """dask and dask.array, or an error naming the extra that brings them."""
+    from deepis_rt._optional import import_optional
+
+    return import_optional("dask", "reading volumes lazily"), import_optional("dask.array", "reading volumes lazily")
+
+
 def is_results_folder(path: str | Path) -> bool:
     """True for a folder that ``deepis-rt stream`` / ``demo`` / ``batch`` wrote (cheap: two ``stat`` calls)."""
     path = Path(path)
@@ -140,7 +147,7 @@ class RunResults:
 
     def _store_array(self, group: str, fill: float) -> tuple[Any, tuple[float, float, float]] | None:
         """(T, Z, Y, X) dask array of a store image (its committed frames), and its voxel size."""
-        import dask.array as da
+        _, da = _dask()
 
         folder = self.root / STORE_NAME / group
         try:
@@ -177,8 +184,7 @@ class RunResults:
 
     def labels(self) -> Any:
         """(T, Z, Y, X) uint8 dask array; a frame without a label file (failed, not yet written) is empty."""
-        import dask
-        import dask.array as da
+        dask, da = _dask()
 
         store = self.store()
         if store is not None and self.n_frames:
@@ -203,8 +209,7 @@ class RunResults:
         read now (the first ``ok`` frame's: its shape and voxel size) and the rest when shown, a frame
         whose file is gone or unreadable showing the medium (its error logged).
         """
-        import dask
-        import dask.array as da
+        dask, da = _dask()
 
         store = self.store()
         if store is not None and store["deepis_rt"].get("root_image") == "ri" and self.n_frames:

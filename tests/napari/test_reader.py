@@ -258,3 +258,12 @@ def test_the_ome_zarr_store_is_preferred(finished_run, tmp_path, counted_reads, 
     np.testing.assert_array_equal(np.asarray(labels[2]), tifffile.imread(out / "masks/frame_000002.ome.tif"))
     np.testing.assert_allclose(np.asarray(ri[1]), tifffile.imread(camera / "frame_0001.tif"))
     assert counted_reads["mask"] == 0
+
+
+def test_without_dask_the_error_names_the_extra(finished_run, monkeypatch):
+    from deepis_rt.errors import MissingDependencyError
+
+    _, out, _ = finished_run
+    monkeypatch.setitem(__import__("sys").modules, "dask", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'deepis-rt\[napari\]'"):
+        read_results(out)
