@@ -24,6 +24,7 @@ def main(results: str, png: str) -> None:
     from deepis_rt.napari.widgets.follow import FollowStreamWidget
 
     pm = PluginManager.instance()
+    pm.discover()  # installed plugins, this one included when installed with its entry point
     if "deepis-rt" not in pm:  # a source checkout that is not installed with its entry point
         pm.register(PluginManifest.from_file(Path(deepis_rt.napari.__file__).with_name("napari.yaml")))
     viewer = napari.Viewer(show=True)

@@ -24,6 +24,7 @@ def viewer(make_napari_viewer):
     import deepis_rt.napari
 
     pm = PluginManager.instance()
+    pm.discover()  # installed plugins, this one included when installed with its entry point
     if "deepis-rt" not in pm:  # not installed with its entry point (a source checkout on the path)
         pm.register(PluginManifest.from_file(Path(deepis_rt.napari.__file__).with_name("napari.yaml")))
     return make_napari_viewer(show=True)
