@@ -99,7 +99,7 @@ def test_follow_widget_shows_frames_as_a_stream_writes_them(viewer, qtbot, tmp_p
     points.selected_data = {len(points.data) - 1}
     assert widget.synapse.value == key
     widget.stop()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert widget.start_button.enabled
 
 

@@ -75,7 +75,7 @@ def finetune(command: list[str]) -> Iterator[int | str]:
     Raises
     ------
     RuntimeError
-        The command failed; its last lines are the message.
+        The command failed; the message is its error line (else its last lines).
     """
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines: list[str] = []
@@ -95,8 +95,9 @@ def finetune(command: list[str]) -> Iterator[int | str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
     if proc.returncode != 0:
-        tail = "\n".join(line for line in lines[-6:] if line)
-        raise RuntimeError(f"deepis-rt train exited with {proc.returncode}:\n{tail}")
+        said = [line for line in lines if line.startswith("deepis-rt: error:")]  # the command's own message
+        raise RuntimeError(f"deepis-rt train exited with {proc.returncode}: "
+                           + (said[-1] if said else " / ".join(line for line in lines[-4:] if line)))
     yield "\n".join(line for line in lines if not line.startswith(("D ", "I ")))
 
 
