@@ -8,7 +8,7 @@ from deepis_rt.napari.layers import AXES_4D, UNITS_4D, labels_kwargs
 
 __all__ = ["conjugate_timelapse", "SAMPLE_SHAPE", "SAMPLE_VOXEL_SIZE_UM", "SAMPLE_FRAMES"]
 
-#: Small enough to appear in well under a second: 12 frames of 32 x 64 x 64 voxels of 1 x 0.5 x 0.5 um.
+#: Small enough to appear in about a second: 12 frames of 32 x 64 x 64 voxels of 1 x 0.5 x 0.5 um.
 SAMPLE_FRAMES = 12
 SAMPLE_SHAPE = (32, 64, 64)
 SAMPLE_VOXEL_SIZE_UM = (1.0, 0.5, 0.5)
