@@ -113,8 +113,12 @@ def test_segment_widget_labels_the_current_time_point(viewer, qtbot, tmp_path, t
 
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model("deepis-lite", **tiny_overrides),
-                           meta={"voxel_size_um": [1.0, 0.5, 0.5], "tile_zyx": [32, 64, 64]})
+                           meta={"voxel_size_um": [1.0, 0.5, 0.5], "tile_zyx": [16, 32, 32]})
     viewer.open_sample("deepis-rt", "conjugate")
+    sample = viewer.layers[0]
+    viewer.layers.clear()  # the middle of the sample (small, for a fast test)
+    viewer.add_image(sample.data[:, 8:24, 16:48, 16:48], name=sample.name, scale=sample.scale, units=sample.units,
+                     axis_labels=sample.axis_labels)
     widget = SegmentWidget(viewer)
     assert "torch-cpu" in BACKENDS and BACKENDS[0] == "auto"
     widget.image.value = viewer.layers[0]
