@@ -72,12 +72,11 @@ def test_follow_widget_shows_frames_as_a_stream_writes_them(viewer, qtbot, tmp_p
     camera, out = tmp_path / "camera", tmp_path / "results"
     write_camera_frames(camera, frames[:2])
     dt = float(frames[1].truth["time_s"])
-    stream, thread = start_live_stream(camera, out, dt, max_frames=4)
     widget = FollowStreamWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    qtbot.waitUntil(lambda: (out / "frames.csv").is_file(), timeout=30_000)
-    worker = widget.start(out)
-    assert worker is not None
+    assert widget.start(out) is not None  # before the stream has created its folder: waited for
+    assert widget.status.value == f"waiting for the stream to write {out}"
+    stream, thread = start_live_stream(camera, out, dt, max_frames=4)
     qtbot.waitUntil(lambda: widget.run is not None and widget.run.n_frames >= 1, timeout=60_000)
     write_camera_frames(camera, frames[2:], start=2)  # the microscope goes on
     qtbot.waitUntil(lambda: widget.run.n_frames == 4 and len(widget.run.synapses) >= 2

@@ -39,12 +39,13 @@ def _signature(folder: Path) -> tuple:
 
 
 def watch_results(folder: Path, poll_s: float) -> Iterator[tuple[RunResults, list] | None]:
-    """Yield (results, layer data) at start and whenever the folder's tables change; None while waiting
-    (a worker can only be stopped at a ``yield``)."""
+    """Yield (results, layer data) once the folder is a results folder and whenever its tables change;
+    None while waiting (a worker can only be stopped at a ``yield``). A folder the stream has not
+    created yet is waited for."""
     last = None
     while True:
         sig = _signature(folder)
-        if sig != last:
+        if sig != last and is_results_folder(folder):
             last = sig
             run = RunResults.open(folder)
             yield run, results_layers(run)
@@ -102,8 +103,11 @@ class FollowStreamWidget(Container):
         if folder is not None:
             self.folder.value = folder
         root = Path(self.folder.value)
-        if not is_results_folder(root):
-            self.status.value = f"{root}: not a results folder (no frames.csv / summary.json) yet"
+        if str(self.folder.value) in ("", "."):
+            self.status.value = "choose the --out folder of the stream"
+            return None
+        if root.exists() and not root.is_dir():
+            self.status.value = f"{root}: a file; choose the --out folder of the stream"
             return None
         self.stop()
         self.worker = create_worker(watch_results, root, float(self.poll_s.value),
@@ -112,7 +116,8 @@ class FollowStreamWidget(Container):
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
         self.start_button.enabled, self.stop_button.enabled = False, True
-        self.status.value = f"following {root}"
+        self.status.value = (f"following {root}" if is_results_folder(root)
+                             else f"waiting for the stream to write {root}")
         self.worker.start()
         return self.worker
 
