@@ -97,7 +97,8 @@ class TrainConfig:
     #: torch intra-op threads (None: leave torch's default).
     threads: int | None = None
     #: Start from this checkpoint ("bundled", a deepis-rt or a published-DeepIS file): its architecture,
-    #: input normalisation, voxel size and tile are kept (:mod:`deepis_rt.train.init`).
+    #: input normalisation and tile are kept, and its voxel size unless ``voxel_size_um`` is given
+    #: (:mod:`deepis_rt.train.init`).
     init: str | None = None
 
     def validate(self) -> None:
