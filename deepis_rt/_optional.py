@@ -27,6 +27,9 @@ _EXTRAS: dict[str, tuple[str | None, str]] = {
     "tritonclient": ("cluster", "serving from Triton Inference Server"),
     "hdf5plugin": ("formats", "reading compressed Tomocube TCF files"),
     "matplotlib": ("dev", "plots"),
+    "napari": ("napari", "the napari plugin"),
+    "magicgui": ("napari", "the napari plugin's widgets"),
+    "dask": ("napari", "reading volumes lazily in the napari plugin"),
 }
 
 

@@ -23,8 +23,13 @@ import click
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Initial learning rate (Adam).")
 @click.option("--epoch-steps", type=int, default=None,
               help="Steps per epoch (lr halves every 50 epochs) [default: 10 for --synthetic, one pass over --data].")
-@click.option("--voxel-size", nargs=3, type=float, default=(0.5, 0.25, 0.25), show_default=True, metavar="Z Y X",
-              help="Voxel size (um) of the training data and the model.")
+@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
+              help="Voxel size (um) of the training data and the model [default: 0.5 0.25 0.25, or the --init "
+                   "checkpoint's].")
+@click.option("--init", "init", default=None, metavar="CKPT",
+              help="Fine-tune: start from this checkpoint ('bundled', a published-DeepIS .pth.tar or any deepis-rt "
+                   "checkpoint), keeping its architecture (--preset is ignored), input scaling and tile, and its voxel "
+                   "size unless --voxel-size gives the data's; its validation is shown before and after.")
 @click.option("--val-frames", type=int, default=4, show_default=True, help="Validation: that many synthetic frames; with --data, any value but 0 holds out the last 20 % "
                    "of the volumes (0: no validation).")
 @click.option("--val-every", type=int, default=0, show_default=True, help="Validate every N steps too (0: at the end).")
@@ -34,7 +39,8 @@ import click
 @click.option("--resume", is_flag=True, help="Continue from <out>.state.pt after an interruption.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(synthetic: bool, data_dir: Path | None, out: Path, preset: str, steps: int, batch: int,
-          crop: tuple[int, int, int], seed: int, lr: float, epoch_steps: int | None, voxel_size: tuple[float, float, float],
+          crop: tuple[int, int, int], seed: int, lr: float, epoch_steps: int | None,
+          voxel_size: tuple[float, float, float] | None, init: str | None,
           val_frames: int, val_every: int, save_every: int, max_minutes: float | None, threads: int | None,
           resume: bool, no_progress: bool) -> None:
     """Train a DeepIS checkpoint (edge-weighted L1 on the signed distance map, Adam).
@@ -43,6 +49,7 @@ def train(synthetic: bool, data_dir: Path | None, out: Path, preset: str, steps:
     Examples:
       deepis-rt train --synthetic --out ckpt.pt --steps 1000
       deepis-rt train --data annotated/ --out mine.pt --steps 5000 --resume
+      deepis-rt train --data lab_frames/ --init bundled --out tuned.pt --steps 300 --lr 1e-4
     """
     from deepis_rt.train import TrainConfig
     from deepis_rt.train import train as run
@@ -53,7 +60,8 @@ def train(synthetic: bool, data_dir: Path | None, out: Path, preset: str, steps:
         synthetic=synthetic, data_dir=None if data_dir is None else str(data_dir), preset=preset, steps=steps,
         batch=batch, crop_zyx=tuple(crop), seed=seed, lr=lr,
         epoch_steps=epoch_steps if epoch_steps is not None else (10 if synthetic else None),
-        voxel_size_um=tuple(voxel_size), val_frames=val_frames, val_every=val_every, save_every=save_every,
+        voxel_size_um=tuple(voxel_size) if voxel_size else (None if init else (0.5, 0.25, 0.25)), init=init,
+        val_frames=val_frames, val_every=val_every, save_every=save_every,
         max_minutes=max_minutes, threads=threads,
     )
     command = "deepis-rt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -61,6 +69,11 @@ def train(synthetic: bool, data_dir: Path | None, out: Path, preset: str, steps:
     m = result["metrics"]
     click.echo(f"wrote {out} ({result['steps']} steps, {result['wall_time_s'] / 60:.1f} min, "
                f"final loss {result['final_loss']:.4f})")
+    before = result.get("metrics_before") or {}
+    if before:
+        click.echo(f"validation before (--init {init}): "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in before.items() if isinstance(v, float)))
     if m:
-        click.echo("validation: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
+        click.echo(("validation after: " if before else "validation: ")
+                   + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
     click.echo(f"training curves: {result['figure']}")

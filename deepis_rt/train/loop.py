@@ -77,8 +77,8 @@ class TrainConfig:
     epoch_steps: int | None = 10
     #: The learning rate halves every this many epochs.
     lr_halve_epochs: int = 50
-    #: Voxel size (Z, Y, X) um of the training data and of the model.
-    voxel_size_um: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    #: Voxel size (Z, Y, X) um of the training data and of the model (None with ``init``: its voxel size).
+    voxel_size_um: tuple[float, float, float] | None = (0.5, 0.25, 0.25)
     #: Tile (Z, Y, X) of synthetic frames and of inference.
     tile_zyx: tuple[int, int, int] = (64, 128, 128)
     #: Validation frames (synthetic: one frame from each of this many validation videos).
@@ -96,6 +96,10 @@ class TrainConfig:
     max_minutes: float | None = None
     #: torch intra-op threads (None: leave torch's default).
     threads: int | None = None
+    #: Start from this checkpoint ("bundled", a deepis-rt or a published-DeepIS file): its architecture,
+    #: input normalisation and tile are kept, and its voxel size unless ``voxel_size_um`` is given
+    #: (:mod:`deepis_rt.train.init`).
+    init: str | None = None
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch < 1:
@@ -116,18 +120,21 @@ def state_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".state.pt")
 
 
-def _normalize(ri: np.ndarray) -> np.ndarray:
-    return (ri - np.float32(RI_OFFSET)) / np.float32(RI_SCALE)
+def _normalize(ri: np.ndarray, offset: float = RI_OFFSET, scale: float = RI_SCALE) -> np.ndarray:
+    return (ri - np.float32(offset)) / np.float32(scale)
 
 
-def predict_distance(model: Any, ri: np.ndarray) -> np.ndarray:
-    """Run the network on one whole volume (sizes must suit the model) -> distance map (um)."""
+def predict_distance(model: Any, ri: np.ndarray, ri_norm: tuple[float, float] = (RI_OFFSET, RI_SCALE)) -> np.ndarray:
+    """Run the network on one whole volume (sizes must suit the model) -> distance map (um).
+
+    ``ri_norm``: the (offset, scale) the network's input is normalised with.
+    """
     import torch
 
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(_normalize(ri), dtype=np.float32))[None, None]
+        x = torch.from_numpy(np.ascontiguousarray(_normalize(ri, *ri_norm), dtype=np.float32))[None, None]
         out = model(x)[0, 0].numpy().astype(np.float32)
     if was_training:
         model.train()
@@ -144,11 +151,12 @@ def validation_frames(n: int, shape: Sequence[int], voxel_size_um: Sequence[floa
             for i in range(n)]
 
 
-def evaluate_frames(model: Any, frames: Sequence[Any]) -> tuple[dict[str, float], list[dict[str, float]]]:
+def evaluate_frames(model: Any, frames: Sequence[Any], ri_norm: tuple[float, float] = (RI_OFFSET, RI_SCALE),
+                    ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Metrics of ``model`` on synthetic frames: (summary, per-frame rows)."""
     rows = []
     for f in frames:
-        pred = predict_distance(model, f.ri)
+        pred = predict_distance(model, f.ri, ri_norm)
         m = frame_metrics(pred, f.distance_um, f.voxel_size_um,
                           true_is_area_um2=f.truth["is_area_um2"] if f.truth.get("contact") else None)
         m.update(seed=f.seed, frame=f.truth["frame"], contact=bool(f.truth.get("contact")))
@@ -232,7 +240,8 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     Returns
     -------
     dict
-        ``checkpoint`` (path), ``steps``, ``wall_time_s``, ``final_loss``, ``metrics`` (validation).
+        ``checkpoint`` (path), ``steps``, ``wall_time_s``, ``final_loss``, ``metrics`` (validation) and,
+        for a run started from ``init``, ``metrics_before`` (that checkpoint's validation on the same frames).
     """
     import torch
     from tqdm.auto import tqdm
@@ -243,7 +252,8 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     cfg = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     cfg.crop_zyx = tuple(int(v) for v in cfg.crop_zyx)  # type: ignore[assignment]
     cfg.tile_zyx = tuple(int(v) for v in cfg.tile_zyx)  # type: ignore[assignment]
-    cfg.voxel_size_um = tuple(float(v) for v in cfg.voxel_size_um)  # type: ignore[assignment]
+    if cfg.voxel_size_um is not None or not cfg.init:  # None with init: the init checkpoint's
+        cfg.voxel_size_um = tuple(float(v) for v in cfg.voxel_size_um)  # type: ignore[assignment]
     cfg.validate()
     out = Path(out)
     spath = state_path(out)
@@ -252,7 +262,14 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 2020])
-    model = build_model(cfg.preset, **cfg.model_overrides)
+    init = None
+    if cfg.init:
+        from deepis_rt.train.init import load_init
+
+        init = load_init(cfg.init, cfg.voxel_size_um)
+        cfg.voxel_size_um, cfg.tile_zyx = init.voxel_size_um, init.tile_zyx
+    model = build_model(cfg.preset, **cfg.model_overrides) if init is None else init.model
+    ri_norm = (RI_OFFSET, RI_SCALE) if init is None else (init.ri_offset, init.ri_scale)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.99))
     step, history, elapsed_prev = 0, [], 0.0
     val_history: list[dict[str, Any]] = []
@@ -286,6 +303,13 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
         epoch_steps = cfg.epoch_steps or max(1, math.ceil(len(source.items) / cfg.batch))
         data_desc = f"{source.describe()}; {len(source.items)} for training, {n_val} held out for validation"
 
+    val_before: dict[str, float] = {}
+    if init is not None and val_frames_list and step == 0:  # the starting point, to compare with the end
+        val_before, _ = evaluate_frames(model, val_frames_list, ri_norm)
+        val_history.append({"step": 0, **_clean(val_before)})
+        log.info("train: validation of %s before fine-tuning %s", cfg.init, _fmt(val_before))
+    elif init is not None:  # resumed: the starting point's validation is in the saved history
+        val_before = {k: v for k, v in next((v for v in val_history if v.get("step") == 0), {}).items() if k != "step"}
     model.train()
     t0 = time.perf_counter()
     pbar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
@@ -304,7 +328,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
                 g["lr"] = lr
             ri, d, w = random_crop_batch(source.samples(), cfg.batch, cfg.crop_zyx, rng,
                                          focus_fraction=cfg.focus_fraction)
-            x = torch.from_numpy(_normalize(ri))[:, None]
+            x = torch.from_numpy(_normalize(ri, *ri_norm))[:, None]
             y = torch.from_numpy(d)[:, None]
             wt = torch.from_numpy(w)[:, None]
             opt.zero_grad(set_to_none=True)
@@ -326,7 +350,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
                 _save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
                             val_history, epoch_steps)
             if cfg.val_every and step % cfg.val_every == 0 and val_frames_list and step < cfg.steps:
-                val_summary, _ = evaluate_frames(model, val_frames_list)
+                val_summary, _ = evaluate_frames(model, val_frames_list, ri_norm)
                 val_history.append({"step": step, **_clean(val_summary)})
                 log.info("train: step %d validation %s", step, _fmt(val_summary))
     except KeyboardInterrupt:
@@ -341,7 +365,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
 
     rows: list[dict] = []
     if val_frames_list:
-        val_summary, rows = evaluate_frames(model, val_frames_list)
+        val_summary, rows = evaluate_frames(model, val_frames_list, ri_norm)
         if not val_history or val_history[-1].get("step") != step:
             val_history.append({"step": step, **_clean(val_summary)})
             _save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
@@ -349,10 +373,11 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     tail = history[-50:]
     meta = {
         "voxel_size_um": list(cfg.voxel_size_um),
-        "ri_normalization": {"offset": RI_OFFSET, "scale": RI_SCALE},
+        "ri_normalization": {"offset": ri_norm[0], "scale": ri_norm[1]},
         "medium_ri": RI_OFFSET,
         "tile_zyx": list(cfg.tile_zyx),
-        "description": (f"{cfg.preset} trained by deepis_rt.train on "
+        "description": (f"{cfg.preset if init is None else init.preset or 'network'} "
+                        f"{'trained' if init is None else 'fine-tuned from ' + Path(init.record['path']).name} by deepis_rt.train on "
                         + ("synthetic data (deepis_rt.synth)" if cfg.synthetic else f"annotated data in {cfg.data_dir}")),
         "training": {
             "command": command or "",
@@ -375,10 +400,12 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             "synthetic_frames_generated": getattr(source, "generated", None),
             "torch": str(torch.__version__),
             "threads": torch.get_num_threads(),
+            "init": None if init is None else {**init.record, "validation_before": _clean(val_before)},
         },
         "metrics": {"validation": _clean(val_summary), "validation_history": val_history},
     }
-    save_checkpoint(out, model, meta=meta, preset=None if cfg.model_overrides else cfg.preset)
+    preset = (None if cfg.model_overrides else cfg.preset) if init is None else init.preset
+    save_checkpoint(out, model, meta=meta, preset=preset)
     log.info("train: wrote %s (%d steps, %.0f s)", out, step, wall)
     from deepis_rt.train.plots import plot_training
 
@@ -387,7 +414,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
                            title=f"{out.name}: {cfg.preset}, seed {cfg.seed}, {step} steps")
     log.info("train: training curves in %s", figure)
     return {"checkpoint": out, "steps": step, "wall_time_s": wall, "final_loss": meta["training"]["final_loss_mean_last_50"],
-            "metrics": val_summary, "validation_rows": rows, "history": history,
+            "metrics": val_summary, "metrics_before": val_before, "validation_rows": rows, "history": history,
             "validation_history": val_history, "figure": figure}
 
 
