@@ -286,7 +286,7 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 @click.option("--max-frames", type=int, default=None, metavar="N", help="Exit after N frames.")
 @click.option("--settle", type=float, default=1.0, show_default=True, metavar="S",
               help="A file is complete once unchanged for S seconds.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+@click.option("--max-batch", type=int, default=None,
               help="Most frames inferred together while frames wait [default: the best batch size "
                    "`deepis-rt bench` measured for this model and backend here; else 1 on a CPU, 4 on a GPU].")
 @click.option("--live", "policy", type=click.Choice(["every", "newest"]), default="every", show_default=True,

@@ -118,8 +118,9 @@ class FrameScheduler:
 
     def _take_newest(self) -> Any:
         if self._fresh:
-            task = self._fresh.pop()  # the newest
-            older = sorted(self._fresh, key=lambda t: t.frame)
+            # the newest acquisition (a frame given again after 'retry' arrives late but is not new)
+            task = max(self._fresh, key=lambda t: t.frame)
+            older = sorted((t for t in self._fresh if t is not task), key=lambda t: t.frame)
             self._fresh.clear()
             if older:
                 for t in older:

@@ -27,6 +27,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,8 @@ class Stream:
         self.backlog = BacklogMonitor(self.settings.backlog_window_s,
                                       on_event=lambda e: run_callbacks(self._backlog_callbacks, e))
         self.health = BackendHealth(RetryPolicy(retry_for_s=self.settings.retry_for_s),
-                                    on_event=self._on_backend_event, waiting=self._frames_waiting, stop=self._stop)
+                                    on_event=self._on_backend_event, waiting=lambda: self.backlog.waiting,
+                                    stop=self._stop)
         self.batch_plan = BatchPlan.for_segmenter(segmenter, self.settings.batch_curve, self.settings.max_batch)
         self._feed = FrameFeed(self.settings.policy, self._read_q, self.backlog, self.batch_plan,
                                self._check_volume, self._stop)
@@ -504,9 +506,6 @@ class Stream:
             # reader sees the stop and puts the marker in itself, after its last frame
             threading.Thread(target=self._close_pipeline_input, name="deepis-stop", daemon=True).start()
 
-    def _frames_waiting(self) -> int:
-        return self.backlog.waiting
-
     def _on_backend_event(self, event: BackendEvent) -> None:
         self._backend_events.append(event)
         run_callbacks(self._backend_callbacks, event)
@@ -525,10 +524,8 @@ class Stream:
         elapsed = max(time.time() - self._run_started, 1e-9)
         w = self.writer
         lat = latency_stats(w.latencies_ms)
-        total_ok = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "ok")
-        total_failed = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "failed")
-        total_retry = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "retry")
-        pending = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "pending")
+        statuses = Counter(r["status"] for r in (self.results.committed if self.results else []))
+        total_ok, total_failed, total_retry = statuses["ok"], statuses["failed"], statuses["retry"]
         seg = self.segmenter
         return {
             "backend": getattr(seg, "backend", None),
@@ -547,7 +544,7 @@ class Stream:
             # (files) or given again with resubmit() (submitted frames)
             "frames_retry": total_retry if self.results else w.n_retry,
             # passed over for newer frames (policy newest) when the run stopped: the next run does them
-            "frames_pending": pending,
+            "frames_pending": statuses["pending"],
             "run": {
                 "frames_ok": w.n_ok,
                 "frames_failed": w.n_failed,
