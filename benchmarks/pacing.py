@@ -120,9 +120,8 @@ def run_once(segmenter: Any, frames: list[Any], interval_s: float | None, policy
 
 def calibrate(segmenter: Any, frames: list[Any], work: Path) -> dict[str, float]:
     """Sustainable rate (frames back to back) and single-frame processing time (frames one at a time)."""
-    warm = run_once(segmenter, frames[:2], None, "every", work / "warm")  # first-call costs, untimed
-    del warm
-    burst = run_once(segmenter, frames[:6], None, "every", work / "burst")
+    run_once(segmenter, frames[:2], None, "every", work / "warm")  # first-call costs, untimed
+    run_once(segmenter, frames[:6], None, "every", work / "burst")
     out = work / "burst" / "out-every-None"
     done = sorted(datetime.fromisoformat(r["done_at"].replace("Z", "+00:00")).timestamp()
                   for r in _rows(out / "frames.csv"))
