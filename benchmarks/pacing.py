@@ -13,7 +13,8 @@ processed exactly once.
 
     nice -n 10 python benchmarks/pacing.py [--frames 12] [--out benchmarks/results]
 
-writes ``pacing-<host>.{json,md,png}`` (machine, CPU flags and load average in the JSON and Markdown).
+writes ``pacing-<host>.{json,md,png}`` (machine, CPU flags and load average in the JSON and Markdown);
+``--plot-only pacing-<host>.json`` redraws the PNG and Markdown of a run.
 """
 
 from __future__ import annotations
@@ -146,9 +147,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
         axes[0].plot(rates, [r["decision_latency_s"]["p99"] for r in mine], marker=marker, ls="--",
                      label=f"{policy} p99")
     axes[0].axhline(2 * single, color="grey", lw=0.8, label="2x single-frame time")
-    axes[0].set(xscale="log", yscale="log", xlabel="arrival rate / sustainable rate",
+    axes[0].set(xscale="log", ylim=(0, None), xlabel="arrival rate / sustainable rate",
                 ylabel="decision latency (s)", title="latency of decisions")
     axes[0].set_xticks(RATES, [str(r) for r in RATES])
+    axes[0].minorticks_off()
     axes[0].legend(fontsize=7)
     for ax, policy in zip(axes[1:], POLICIES, strict=True):
         for r in (r for r in runs if r["policy"] == policy):
@@ -206,7 +208,14 @@ def main() -> None:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--name", default="amd-epyc-2cpu", help="host part of the file names")
+    ap.add_argument("--plot-only", type=Path, default=None, metavar="JSON",
+                    help="redraw the PNG and Markdown of an earlier run's JSON, without measuring")
     args = ap.parse_args()
+    if args.plot_only is not None:
+        report = json.loads(args.plot_only.read_text())
+        plot(report, args.plot_only.with_suffix(".png"))
+        args.plot_only.with_suffix(".md").write_text(markdown(report))
+        return
     started = time.time()
     load_before = [round(v, 2) for v in os.getloadavg()]
     segmenter = deepis_rt.load(backend=args.backend)
