@@ -86,10 +86,11 @@ class FrameFeed:
     def hold_places_before(self, frame: int, results: Any) -> None:
         """Frames that arrived before ``frame`` and wait: a ``pending`` row keeps each one's number,
         so that a run stopped or killed now processes them later under it (``newest`` policy)."""
-        if results is None:
+        earlier_frames = self.not_written_before(frame) if results is not None else []
+        if not earlier_frames:
             return
         held = results.held_frames
-        for earlier, source in self.not_written_before(frame):
+        for earlier, source in earlier_frames:
             if earlier not in held:
                 results.commit_frame({"frame": earlier, "source": source, "status": "pending", "deferred": 1})
 
