@@ -117,6 +117,8 @@ def describe_results(path: Path) -> dict[str, Any]:
         "frames_failed": sum(1 for r in frames if r["status"] == "failed"),
         # backend unavailable for longer than --retry-for: the next stream / batch run processes them
         "frames_retry": sum(1 for r in frames if r["status"] == "retry"),
+        # passed over for newer frames (stream --live newest) and not processed before the run stopped
+        "frames_pending": sum(1 for r in frames if r["status"] == "pending"),
         "cell_rows": n_cells,
         "synapse_rows": n_syn,
         "backend": summary.get("backend"),

@@ -54,6 +54,8 @@ class SynapseEvent:
     is_area_um2: float
     direction: str | None = None  # "up" | "down" for area_threshold_crossed
     threshold_um2: float | None = None
+    #: which model's results raised it, in a stream: "main", or "live" for a stream's live model
+    model: str | None = None
 
 
 @dataclass

@@ -78,7 +78,8 @@ def bench(model_paths: tuple[Path, ...], presets: tuple[str, ...], backends: lis
     distance map, Dice of the CAR-T and target masks); with --pipeline, the whole pipeline's
     throughput and its ratio to compute-only. The context (machine, libraries, FLOPs per tile,
     achieved TFLOP/s as a fraction of a matrix-product peak measured in the same run) is in every
-    report.
+    report. The throughput per batch size (except of --quick runs) is recorded in
+    $DEEPIS_RT_CACHE/batch_curves.json: `deepis-rt stream` sizes its batches by it.
 
     \b
     Examples:
@@ -116,6 +117,12 @@ def bench(model_paths: tuple[Path, ...], presets: tuple[str, ...], backends: lis
                            pipeline=pipeline, pipeline_frames=pipeline_frames, threads=threads, engines_dir=engines_dir, quick=quick,
                            progress=lambda msg: log.info("bench | %s", msg))
     click.echo(format_table(report))
+    if not quick:  # what streams size their batches by (deepis_rt/stream/batching.py); a quick run's tile is no model's
+        from deepis_rt.stream.batching import record_curves
+
+        curves = record_curves(report)
+        if curves is not None:
+            click.echo(f"batch curves recorded for streams in {curves}")
     if json_path is not None:
         write_json(report, json_path)
         click.echo(f"wrote {json_path}")

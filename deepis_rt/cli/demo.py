@@ -49,7 +49,7 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
     complete, tracks the synapse, and leaves tables, masks and plots in OUT.
     """
     import deepis_rt
-    from deepis_rt.cli.stream import print_summary, run_stream
+    from deepis_rt.cli.stream import BacklogReporter, print_summary, run_stream
     from deepis_rt.io import write_tomogram
     from deepis_rt.stream import Stream
     from deepis_rt.synth import iter_timelapse
@@ -88,7 +88,8 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
     # the stream ends after the video's last frame, however slowly a loaded machine writes them (an
     # idle timeout would end it early and lose frames); a failing writer stops it
     stream = Stream(camera, out, segmenter, frame_interval_s=interval_s, settle_s=0.3, max_frames=frames,
-                    report=True, command=command_record(click.get_current_context()))
+                    report=True, command=command_record(click.get_current_context()),
+                    on_backlog=BacklogReporter())
     stream.start()
     writer.start()
     try:

@@ -68,15 +68,17 @@ def load_when_available(load: Any, retry_for_s: float) -> Any:
     return BackendHealth(RetryPolicy(retry_for_s=retry_for_s), on_event=say).call(load, n_frames=0)
 
 
-def _frame_json(result: Any) -> str:
+def _frame_json(result: Any, model: str = "main") -> str:
     return json.dumps(
         {
+            "model": model,
             "frame": result.frame,
             "source": result.source,
             "time_s": result.time_s,
             "status": result.status,
             "error": result.error,
             "latency_ms": round(result.latency_ms, 1) if result.latency_ms is not None else None,
+            "deferred": bool(getattr(result, "deferred", False)),
             "cells": len(result.cells),
             "synapses": [
                 {"synapse_id": s.synapse_id, "is_area_um2": round(float(s.is_area_um2), 2)}
@@ -124,6 +126,52 @@ class BackendReporter:
             click.echo(text, err=True)
 
 
+class BacklogReporter:
+    """Says once that the stream falls behind the microscope, and once that it has caught up.
+
+    Passed as ``Stream(on_backlog=...)``: ``{"event": "backlog_behind", ...}`` /
+    ``{"event": "backlog_caught_up", ...}`` on stdout with ``--jsonl``, else a line on stderr (above
+    the progress bar, which shows the frames waiting meanwhile).
+    """
+
+    def __init__(self, jsonl: bool = False, quiet: bool = False) -> None:
+        self.jsonl = jsonl
+        self.quiet = quiet
+        self.bar: Any = None
+
+    def __call__(self, event: Any) -> None:
+        def r(v: float | None, nd: int = 2) -> float | None:
+            return None if v is None else round(v, nd)
+
+        if self.jsonl:
+            payload = {"event": f"backlog_{event.kind}", "time": round(event.time, 3),
+                       "arrival_fps": r(event.arrival_fps, 3), "processing_fps": r(event.processing_fps, 3),
+                       "waiting_frames": event.waiting_frames, "latency_s": r(event.latency_s),
+                       "latency_trend_s_per_s": r(event.latency_trend_s_per_s, 3)}
+            if event.kind == "caught_up":
+                payload.update(behind_s=r(event.behind_s, 1), max_waiting_frames=event.max_waiting_frames)
+            click.echo(json.dumps(payload))
+            return
+        if self.quiet:
+            return
+        def fps(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f}"
+
+        if event.kind == "behind":
+            trend = event.latency_trend_s_per_s
+            text = (f"falling behind: frames arrive at {fps(event.arrival_fps)}/s, processed at "
+                    f"{fps(event.processing_fps)}/s; {event.waiting_frames} waiting"
+                    + ("" if event.latency_s is None else f", latency {event.latency_s:.1f} s")
+                    + ("" if trend is None else f" ({trend:+.2f} s per s)"))
+        else:
+            text = (f"caught up after {event.behind_s:.1f} s behind (at most {event.max_waiting_frames} "
+                    "frames waited)")
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            click.echo(text, err=True)
+
+
 def run_stream(stream: Any, jsonl: bool = False, quiet: bool = False,
                reporter: BackendReporter | None = None) -> dict[str, Any]:
     """Drive a started Stream with live progress (or JSON lines); Ctrl-C stops it gracefully."""
@@ -143,6 +191,9 @@ def run_stream(stream: Any, jsonl: bool = False, quiet: bool = False,
     bar = tqdm(unit="frame", disable=not show_bar, dynamic_ncols=True, file=sys.stderr)
     if reporter is not None:
         reporter.bar = bar
+    for cb in getattr(stream, "_backlog_callbacks", []):
+        if isinstance(cb, BacklogReporter):
+            cb.bar = bar
     t0 = time.time()
     n = 0
     try:
@@ -159,10 +210,12 @@ def run_stream(stream: Any, jsonl: bool = False, quiet: bool = False,
                     err=True,
                 )
             bar.update(1)
+            waiting = stream.backlog.waiting
             bar.set_postfix(
                 fps=f"{n / max(time.time() - t0, 1e-9):.2f}",
                 latency_ms=f"{result.latency_ms:.0f}",
                 synapses=len(result.synapses),
+                waiting=f"{waiting}{' (behind)' if stream.backlog.behind else ''}",
                 refresh=False,
             )
     finally:
@@ -179,6 +232,15 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
         f"frames: {run['frames_ok']} ok, {run['frames_failed']} failed this run "
         f"({summary['frames_ok']} ok / {summary['frames_failed']} failed in total)"
     )
+    if summary.get("frames_pending"):
+        click.echo(f"frames deferred and not yet processed: {summary['frames_pending']}; run the same command "
+                   "again to process them")
+    backlog = run.get("backlog") or {}
+    if backlog.get("episodes"):
+        trend = backlog.get("latency_trend_s_per_s")
+        click.echo(f"behind the microscope for {backlog['behind_s']:.1f} s in {backlog['episodes']} episode(s); "
+                   f"at most {backlog['max_waiting_frames']} frames waited"
+                   + ("" if trend is None else f"; latency trend {trend:+.2f} s per s"))
     if summary.get("frames_retry"):
         click.echo(f"frames to retry: {summary['frames_retry']} (backend unavailable for longer than --retry-for); "
                    "run the same command again to process them")
@@ -239,7 +301,15 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 @click.option("--max-frames", type=int, default=None, metavar="N", help="Exit after N frames.")
 @click.option("--settle", type=float, default=1.0, show_default=True, metavar="S",
               help="A file is complete once unchanged for S seconds.")
-@click.option("--max-batch", type=int, default=4, show_default=True, help="Frames inferred together when queued.")
+@click.option("--max-batch", type=int, default=None,
+              help="Most frames inferred together while frames wait [default: the best batch size "
+                   "`deepis-rt bench` measured for this model and backend here; else 1 on a CPU, 4 on a GPU].")
+@click.option("--live", "policy", type=click.Choice(["every", "newest"]), default="every", show_default=True,
+              help="Which frame next: every frame in order, or the newest first (frames passed over are "
+                   "processed when there is spare capacity, never dropped).")
+@click.option("--live-model", type=click.Path(exists=True, path_type=Path), default=None, metavar="FAST.pt",
+              help="A fast model that segments the newest frame at once (results in OUT/live/) while --model "
+                   "processes every frame for the record.")
 @click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
 @click.option("--jsonl", is_flag=True, help="Quiet mode for other programs: one JSON line per frame on stdout.")
 @click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
@@ -254,7 +324,8 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, once, idle_timeout,
            max_frames, settle, max_batch, no_masks, jsonl, url=None, model_name="deepis", ri_scale=None,
            ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, precision=None, allow_other_source=False,
-           zarr="ri+labels", device=None, no_report=False, follow_symlinks=False) -> None:
+           zarr="ri+labels", device=None, no_report=False, follow_symlinks=False, policy="every",
+           live_model=None) -> None:
     """Watch SOURCE for tomograms; segment, measure and track synapses as frames arrive."""
     import deepis_rt
     from deepis_rt.stream import Stream, StreamSettings
@@ -264,7 +335,7 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
         frame_interval_s=frame_interval, medium_ri=medium_ri, once=once, idle_timeout_s=idle_timeout,
         max_frames=max_frames, settle_s=settle, max_batch=max_batch, write_masks=not no_masks,
         ri_scale=ri_scale, ri_offset=ri_offset, check_source=not allow_other_source, zarr=zarr,
-        report=not no_report, follow_symlinks=follow_symlinks,
+        report=not no_report, follow_symlinks=follow_symlinks, policy=policy,
     )
     StreamSettings(**settings)  # an option out of range is said before the model loads
     remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # a Triton server
@@ -272,8 +343,14 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
         remote["precision"] = precision
     segmenter = load_when_available(
         lambda: deepis_rt.load(model, backend=backend, device=gpu_device(device), **remote), retry_for)
+    # the live model runs here (a Triton server serves the main model only)
+    live = None if live_model is None else deepis_rt.load(
+        live_model, backend="auto" if backend == "triton" else backend, device=gpu_device(device),
+        **({"precision": precision} if precision else {}))
+    on_live = (lambda result: click.echo(_frame_json(result, "live"))) if jsonl else None
     reporter = BackendReporter(jsonl=jsonl)
-    s = Stream(source, out, segmenter, on_backend=reporter, command=command_record(click.get_current_context()),
+    s = Stream(source, out, segmenter, on_backend=reporter, on_backlog=BacklogReporter(jsonl=jsonl),
+               live_segmenter=live, on_live_frame=on_live, command=command_record(click.get_current_context()),
                **settings)
     if not jsonl:
         click.echo(f"watching {source} with {segmenter.backend}; results in {out}/ (Ctrl-C to stop)", err=True)
@@ -283,5 +360,5 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
     run = summary["run"]
     if once and not (summary["frames_ok"] or summary["frames_failed"] or summary["frames_retry"]):
         _say_why_nothing(Path(source))
-    if run["frames_retry"] or (run["frames_failed"] and not run["frames_ok"]):
+    if run["frames_retry"] or summary.get("frames_pending") or (run["frames_failed"] and not run["frames_ok"]):
         sys.exit(1)  # for scripts: frames wait for the next run, or every frame of this run failed

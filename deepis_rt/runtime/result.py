@@ -47,6 +47,10 @@ class FrameResult:
     retry_input : object or None
         For a ``"retry"`` frame given with ``Stream.submit()``: what
         :meth:`deepis_rt.stream.Stream.resubmit` needs to process it again (its checked volume).
+    done_at : float or None
+        Wall-clock time (``time.time()``) the stream wrote the results (filled by streams).
+    deferred : bool
+        The stream passed the frame over for newer ones and processed it later (``newest`` policy).
     """
 
     distance: np.ndarray
@@ -63,6 +67,8 @@ class FrameResult:
     latency_ms: float | None = None
     tracked: Any = None
     retry_input: Any = field(default=None, repr=False)
+    done_at: float | None = None
+    deferred: bool = False
 
     @classmethod
     def failed(cls, error: str, **fields: Any) -> FrameResult:

@@ -58,6 +58,10 @@ class FrameTask:
     #: status ``retry`` and processed again by the next run on the same results folder
     retry: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: reads the frame's tomogram when the frame's turn comes (files); None once read / in memory
+    load: Callable[[], Any] | None = None
+    #: passed over for newer frames (``newest`` policy) and processed later, from the backlog
+    deferred: bool = False
 
     @property
     def ok(self) -> bool:
@@ -163,14 +167,26 @@ class StageThread(threading.Thread):
 
 class BatchStageThread(StageThread):
     """Like :class:`StageThread`, but hands the stage every task that is queued up
-    (at most ``max_batch``) at once: ``stage.process_batch(tasks)``.
+    (at most ``max_batch``, a number or a callable asked at every batch) at once:
+    ``stage.process_batch(tasks)``.
 
-    Batching only happens when frames queue up, so a single frame is never delayed.
+    Batching only happens when frames queue up, so a single frame is never delayed. ``on_take``
+    and ``on_done`` (optional) are called with each batch before and after the stage runs it.
     """
 
-    def __init__(self, stage: Stage, inbox: queue.Queue, outbox: queue.Queue | None, max_batch: int) -> None:
+    def __init__(self, stage: Stage, inbox: queue.Queue, outbox: queue.Queue | None,
+                 max_batch: int | Callable[[], int],
+                 on_take: Callable[[Sequence[FrameTask]], None] | None = None,
+                 on_done: Callable[[Sequence[FrameTask]], None] | None = None) -> None:
         super().__init__(stage, inbox, outbox)
-        self.max_batch = max(1, int(max_batch))
+        self.max_batch = max_batch if callable(max_batch) else (lambda n=max(1, int(max_batch)): n)
+        self.on_take = on_take or (lambda batch: None)
+        self.on_done = on_done or (lambda batch: None)
+
+    def _put(self, item: Any) -> None:
+        if isinstance(item, FrameTask):  # also tasks drained after a fatal error
+            self.on_done([item])
+        super()._put(item)
 
     def _loop(self) -> None:
         while True:
@@ -179,7 +195,8 @@ class BatchStageThread(StageThread):
                 self._got_stop = True
                 return
             batch = [item]
-            while len(batch) < self.max_batch:
+            size = max(1, int(self.max_batch()))
+            while len(batch) < size:
                 try:
                     nxt = self.inbox.get_nowait()
                 except queue.Empty:
@@ -188,6 +205,7 @@ class BatchStageThread(StageThread):
                     self._got_stop = True
                     break
                 batch.append(nxt)
+            self.on_take(batch)
             for task in self._run_batch(batch):
                 self._put(task)
             if self._got_stop:

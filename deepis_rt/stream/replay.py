@@ -105,6 +105,10 @@ def relink_tracks(
     return cells, synapses
 
 
+def _frame_of(row: dict[str, str]) -> int:
+    return int(row["frame"])
+
+
 def relink_results(results: Any, area_threshold_um2: float, on_event: Any = None) -> Any:
     """Re-link the tracks of a results folder in frame order (:func:`relink_tracks`); returns the new tracker.
 
@@ -117,7 +121,8 @@ def relink_results(results: Any, area_threshold_um2: float, on_event: Any = None
     tracker = SynapseTracker(area_threshold_um2=area_threshold_um2, on_event=None)
     with results._lock:
         cells, synapses = relink_tracks(tracker, results.committed, results.cells.read(), results.synapses.read())
-        results.rewrite_tables(cells, synapses)
+        # in frame order (frames done late, retried or deferred, were appended after later ones)
+        results.rewrite_tables(sorted(cells, key=_frame_of), sorted(synapses, key=_frame_of))
     tracker.on_event = on_event
     log.info("stream: tracks re-linked in frame order after frames that were retried")
     return tracker

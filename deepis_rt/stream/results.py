@@ -22,6 +22,10 @@ How the guarantees are kept:
   for it are dropped on open like those of any uncommitted frame.
 * **The time-lapse store** (:mod:`deepis_rt.stream.timelapse_store`) is written before the
   frame's rows; on open, its time points of frames not committed ``ok`` are removed.
+* **Frames held for later.** With the ``newest`` policy, frames passed over for newer ones are
+  committed with status ``pending`` before any later frame, so that their numbers are kept; they
+  are processed like ``retry`` frames (their rows replaced), by this run or, after a stop or a
+  kill, by the next.
 * **Whole-file outputs** (``summary.json``, masks, plots) are written to a temporary
   name and renamed into place.
 """
@@ -47,6 +51,9 @@ log = logging.getLogger(__name__)
 #: Pipeline stages timed per frame (``<stage>_ms`` columns of frames.csv).
 STAGES = ("read", "preprocess", "infer", "postprocess", "analyze", "track", "write")
 
+#: Statuses of frames.csv rows whose frame is still to be processed (its row is replaced then).
+REDO_STATUSES = ("retry", "pending")
+
 #: Columns of frames.csv.
 FRAME_COLUMNS = [
     "frame",
@@ -56,6 +63,8 @@ FRAME_COLUMNS = [
     "error",
     "latency_ms",
     *[f"{s}_ms" for s in STAGES],
+    "deferred",
+    "done_at",
 ]
 
 
@@ -193,7 +202,7 @@ class ResultsFolder:
         self.masks.mkdir(exist_ok=True)
         self.plots.mkdir(exist_ok=True)
         self.committed = self.frames.repair()
-        done = {int(r["frame"]) for r in self.committed if r["status"] != "retry"}
+        done = {int(r["frame"]) for r in self.committed if r["status"] not in REDO_STATUSES}
         self.cell_rows = self.cells.repair(done)
         self.synapse_rows = self.synapses.repair(done)
         if self.timelapse is not None:
@@ -207,13 +216,19 @@ class ResultsFolder:
 
     @property
     def done_sources(self) -> set[str]:
-        """Sources committed for good (``ok`` or ``failed``); ``retry`` ones are to be processed again."""
-        return {r["source"] for r in self.committed if r["status"] != "retry"}
+        """Sources committed for good (``ok`` or ``failed``); ``retry`` and ``pending`` ones are to be processed."""
+        return {r["source"] for r in self.committed if r["status"] not in REDO_STATUSES}
+
+    @property
+    def held_frames(self) -> set[int]:
+        """Frame numbers that have a row (of any status)."""
+        with self._lock:
+            return {int(r["frame"]) for r in self.committed}
 
     def retry_frame(self, source: str) -> int | None:
-        """The frame number of ``source`` when an earlier run recorded it ``retry``, else None."""
+        """The frame number of ``source`` when it was recorded ``retry`` or ``pending``, else None."""
         for r in self.committed:
-            if r["source"] == source and r["status"] == "retry":
+            if r["source"] == source and r["status"] in REDO_STATUSES:
                 return int(r["frame"])
         return None
 
@@ -229,12 +244,13 @@ class ResultsFolder:
             self.synapses.append(synapse_rows)
             row = {k: str(v) for k, v in frame_row.items()}
             frame = int(frame_row["frame"])
-            redo = [i for i, r in enumerate(self.committed) if int(r["frame"]) == frame and r["status"] == "retry"]
+            redo = [i for i, r in enumerate(self.committed)
+                    if int(r["frame"]) == frame and r["status"] in REDO_STATUSES]
             if not redo:
                 self.frames.append([frame_row])
                 self.committed.append(row)
                 return
-            # a frame recorded ``retry`` earlier: its row is replaced in place (one row per frame)
+            # a frame recorded ``retry`` or ``pending`` earlier: its row is replaced in place (one row per frame)
             rows = [dict(r) for r in self.committed]
             rows[redo[0]] = {k: frame_row.get(k) for k in self.frames.columns}
             atomic_write_bytes(self.frames.path, self.frames._encode(rows, header=True))

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deepis_rt.stream.backlog import DEFAULT_BACKLOG_WINDOW_S
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
+from deepis_rt.stream.scheduling import POLICIES
 
 __all__ = ["StreamSettings"]
 
@@ -38,8 +40,17 @@ class StreamSettings:
     poll_s: float = 0.25
     #: use file-system events to notice new files early (polling still decides)
     use_events: bool = True
-    #: most frames inferred together when they queue up
-    max_batch: int = 4
+    #: most frames inferred together when they queue up (None: as the measured batch curve says,
+    #: see stream/batching.py)
+    max_batch: int | None = None
+    #: tiles per second per batch size (``{1: 2.0, 4: 5.1}``) to size batches by; None: the curve
+    #: ``deepis-rt bench`` measured for this model and backend here, else the fallback
+    batch_curve: dict[int, float] | None = None
+    #: which frame is processed next: "every" frame in order, or the "newest" first (frames passed
+    #: over are processed when there is spare capacity, never dropped); see stream/scheduling.py
+    policy: str = "every"
+    #: frames must pile up this long (s) before the stream says it is behind (stream/backlog.py)
+    backlog_window_s: float = DEFAULT_BACKLOG_WINDOW_S
     #: capacity of each queue between stages (frames); bounds memory
     queue_size: int = 4
     #: write masks/ label volumes (OME-TIFF)
@@ -64,8 +75,12 @@ class StreamSettings:
     def __post_init__(self) -> None:
         from deepis_rt.errors import ConfigError
 
-        if self.max_batch < 1 or self.queue_size < 1:
+        if (self.max_batch is not None and self.max_batch < 1) or self.queue_size < 1:
             raise ConfigError("stream: max_batch and queue_size must be >= 1")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"stream: policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if not (np.isfinite(self.backlog_window_s) and self.backlog_window_s >= 0):
+            raise ConfigError(f"stream: backlog_window_s must be >= 0 seconds, got {self.backlog_window_s}")
         # written so that NaN fails too
         if not (np.isfinite(self.settle_s) and self.settle_s >= 0) or not self.poll_s > 0:
             raise ConfigError("stream: settle_s must be >= 0 and poll_s > 0")

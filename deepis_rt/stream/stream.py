@@ -2,8 +2,9 @@
 
 Wiring (one thread per stage, bounded queues in between)::
 
-    watch + read -> preprocess -> infer (batched when frames queue up) -> analyse -> track + write
-    submit()    --^
+    watch -> wait (every frame in order, or the newest first) -> read -> preprocess
+          -> infer (batched as the backlog calls for) -> analyse -> track + write
+    submit() --^
 
 Use it as an iterator of :class:`~deepis_rt.runtime.FrameResult` objects, with
 callbacks, or both::
@@ -26,12 +27,18 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deepis_rt.stream.backlog import BacklogEvent, BacklogMonitor
+from deepis_rt.stream.batching import BatchPlan
+from deepis_rt.stream.continuation import check_same_source, read_previous_summary
+from deepis_rt.stream.feed import FrameFeed, read_time_point
+from deepis_rt.stream.live import LiveLane, label_event
 from deepis_rt.stream.pipeline import (
     STOP,
     BatchStageThread,
@@ -85,6 +92,15 @@ class Stream:
     command : dict, optional
         The command line that made this stream (``name``, ``argv``, ``options``), kept in
         ``summary.json``'s reproducibility record for ``--config``.
+    on_backlog : callable, optional
+        ``on_backlog(event)`` (:class:`~deepis_rt.stream.backlog.BacklogEvent`) once when frames
+        arrive faster than they are processed for longer than ``backlog_window_s``, and once when
+        the stream has caught up.
+    live_segmenter : Segmenter, optional
+        A fast model that segments the newest frame at once (results in ``<out>/live/``,
+        ``on_live_frame``) while ``segmenter`` processes every frame for the record (stream/live.py).
+    on_live_frame : callable, optional
+        ``on_live_frame(result)`` for every result of ``live_segmenter``.
     **settings
         Fields of :class:`StreamSettings`.
     """
@@ -98,6 +114,9 @@ class Stream:
         on_synapse_event: Callable[[Any], None] | None = None,
         on_backend: Callable[[BackendEvent], None] | None = None,
         command: dict[str, Any] | None = None,
+        on_backlog: Callable[[BacklogEvent], None] | None = None,
+        live_segmenter: Any = None,
+        on_live_frame: Callable[[Any], None] | None = None,
         **settings: Any,
     ) -> None:
         from deepis_rt.analysis.tables import CELL_COLUMNS, SYNAPSE_COLUMNS
@@ -115,6 +134,7 @@ class Stream:
         self._frame_callbacks = [on_frame] if on_frame else []
         self._event_callbacks = [on_synapse_event] if on_synapse_event else []
         self._backend_callbacks = [on_backend] if on_backend else []
+        self._backlog_callbacks = [on_backlog] if on_backlog else []
         self.results = ResultsFolder(out, CELL_COLUMNS, SYNAPSE_COLUMNS) if out is not None else None
         self.writer = FrameWriter(self.results, self.settings, self._on_event)
         self._lock = threading.Lock()
@@ -137,8 +157,16 @@ class Stream:
         self._backend_events: list[BackendEvent] = []
         self._resubmitted: set[tuple[int, str]] = set()  # (frame, source) given again, not yet written
         self._fatal: Exception | None = None  # the results folder could not be written: the stream stops
+        self.backlog = BacklogMonitor(self.settings.backlog_window_s,
+                                      on_event=lambda e: run_callbacks(self._backlog_callbacks, e))
         self.health = BackendHealth(RetryPolicy(retry_for_s=self.settings.retry_for_s),
-                                    on_event=self._on_backend_event, waiting=self._frames_waiting, stop=self._stop)
+                                    on_event=self._on_backend_event, waiting=lambda: self.backlog.waiting,
+                                    stop=self._stop)
+        self.batch_plan = BatchPlan.for_segmenter(segmenter, self.settings.batch_curve, self.settings.max_batch)
+        self._feed = FrameFeed(self.settings.policy, self._read_q, self.backlog, self.batch_plan,
+                               self._check_volume, self._stop)
+        self.live = None if live_segmenter is None else LiveLane(live_segmenter, out, self.settings,
+                                                                 on_live_frame, self._on_event)
 
     # -- public API -----------------------------------------------------------------------------
     def start(self) -> Stream:
@@ -148,33 +176,41 @@ class Stream:
         self._started = True
         done_sources: set[str] = set()
         if self.results is not None:
-            self._previous_summary = self._read_previous_summary()
-            self._check_same_source(self._previous_summary)
+            self._previous_summary = read_previous_summary(self.results.root)
+            check_same_source(self.results.root, self.source, self._previous_summary, self.settings.check_source)
             committed = self.results.open()
             done_sources = self.results.done_sources
             self._next_frame = self.results.next_frame
             self._t0_mtime = self._previous_summary.get("t0_mtime")
-            if not self._previous_summary:  # the source is on record from the start (see _check_same_source)
+            if not self._previous_summary:  # the source is on record from the start (see check_same_source)
                 self.results.write_summary(self.summary())
             if committed:
                 log.info("stream: continuing %s after %d committed frame(s)", self.results.root, len(committed))
                 self.writer.replay(committed)
+                # frames processed out of order: the tables' track ids are final only once re-linked
+                self.writer.relink_needed = any(r.get("deferred") == "1" for r in committed)
         self._done_sources = done_sources
         # laptrack (pandas, scikit-learn) takes seconds to import: do it now, not on the first frame
         threading.Thread(target=_warm_imports, name="deepis-warmup", daemon=True).start()
-        s = self.settings
-        q_pre: queue.Queue = queue.Queue(maxsize=s.queue_size)
-        self._waiting_queues = (self._read_q, q_pre)
+        s, plan, feed = self.settings, self.batch_plan, self._feed
+        # a batch the backlog calls for fits in front of the network; a runner call takes it whole
+        q_pre: queue.Queue = queue.Queue(maxsize=max(s.queue_size, plan.best))
+        self.segmenter.batch_size = max(int(getattr(self.segmenter, "batch_size", 1) or 1), plan.best)
         q_inf: queue.Queue = queue.Queue(maxsize=s.queue_size)
         q_an: queue.Queue = queue.Queue(maxsize=s.queue_size)
         self._threads = [
             StageThread(PreprocessStage(self.segmenter), self._read_q, q_pre),
-            BatchStageThread(InferStage(self.segmenter, self.health), q_pre, q_inf, s.max_batch),
+            BatchStageThread(InferStage(self.segmenter, self.health), q_pre, q_inf,
+                             lambda: plan.choose(self.backlog.waiting), feed.inference_took, feed.inference_done),
             StageThread(AnalyseStage(self.segmenter, s.medium_ri), q_inf, q_an),
             threading.Thread(target=self._writer_loop, args=(q_an,), name="deepis-write", daemon=True),
         ]
         for t in self._threads:
             t.start()
+        if self.live is not None:
+            self.live.start()
+            feed.on_arrive.append(self.live.offer)
+        feed.start()
         if self.source is not None:
             self._watcher = FolderWatcher(
                 self.source, settle_s=s.settle_s, poll_s=s.poll_s, use_events=s.use_events,
@@ -191,7 +227,8 @@ class Stream:
 
         ``ri_scale`` / ``ri_offset`` (default: the stream's settings) state how ``volume`` holds
         RI, as in :meth:`deepis_rt.runtime.Segmenter.segment`. Blocks while the pipeline is full
-        (back-pressure).
+        (back-pressure), except with ``policy="newest"``: frames then wait in memory for their
+        turn, never dropped.
         """
         if not self._started:
             self.start()
@@ -213,7 +250,9 @@ class Stream:
         except Exception as exc:
             task.error = str(exc)
         task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
-        self._read_q.put(task)
+        if self.settings.policy == "every":  # in the newest-first order, every frame is held until its turn
+            self._feed.scheduler.wait_below(self.settings.queue_size, self._stop)
+        self._feed.put(task)
         return frame
 
     def resubmit(self, result: Any) -> int:
@@ -243,7 +282,7 @@ class Stream:
                          voxel_size_um=held.voxel_size_um, medium_ri=held.medium_ri)
         with self._lock:
             self._resubmitted.add((task.frame, task.source))
-        self._read_q.put(task)
+        self._feed.put(task)
         return task.frame
 
     def _check_input_open(self, what: str) -> None:
@@ -273,8 +312,6 @@ class Stream:
     def __iter__(self) -> Iterator[Any]:
         if not self._started:
             self.start()
-        if self.source is None and not self._input_closed.is_set():
-            pass  # results of submit()ted frames come as they complete; end with end_input()
         while True:
             item = self._out_q.get()
             if item is STOP:
@@ -315,7 +352,7 @@ class Stream:
             if getattr(self, "_input_stop_sent", False):
                 return
             self._input_stop_sent = True
-        self._read_q.put(STOP)
+        self._feed.close()
 
     def _limit_reached(self) -> bool:
         return self.settings.max_frames is not None and self._frames_read >= self.settings.max_frames
@@ -364,7 +401,7 @@ class Stream:
             task = self._new_task(name, ff, None)
             mark_failed(task, "read", exc)
             task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
-            self._read_q.put(task)
+            self._feed.put(task)
             return
         for index, point in enumerate(points):
             # each time point is its own frame: a damaged one is recorded failed and the rest are read
@@ -373,19 +410,11 @@ class Stream:
                 continue  # done by an earlier run: not even read
             if self._limit_reached() or self._stop.is_set():
                 return
-            try:
-                tomo = point.read()
-            except Exception as exc:
-                task = self._new_task(source, ff, None, time_s=point.time_s)
-                mark_failed(task, "read", exc)
-            else:
-                task = self._new_task(source, ff, tomo)
-                try:
-                    self._check_volume(task)
-                except Exception as exc:
-                    mark_failed(task, "read", exc)
+            # the voxels are read when the frame's turn comes (feed.py), so a backlog holds no volumes
+            task = self._new_task(source, ff, None, time_s=point.time_s)
+            task.load = functools.partial(read_time_point, ff.path, index, s.voxel_size_um, s.ri_scale, s.ri_offset)
             task.timings_ms["read"] = (time.perf_counter() - t0) * 1e3
-            self._read_q.put(task)
+            self._feed.put(task)
             t0 = time.perf_counter()
 
     def _new_task(self, source: str, ff: Any, tomo: Any, time_s: float | None = None) -> FrameTask:
@@ -441,10 +470,14 @@ class Stream:
                     resubmitted = (task.frame, task.source) in self._resubmitted
                     self._resubmitted.discard((task.frame, task.source))
                 try:
+                    if self.settings.policy == "newest":
+                        self._feed.hold_places_before(task.frame, self.results)
                     result = self.writer.finish(task, resubmitted=resubmitted)
                 except Exception as exc:
                     self._write_failed(task, exc)
                     continue
+                self._feed.written(task.frame)
+                self.backlog.written(result.latency_ms / 1e3 if task.ok else None, task.deferred)
                 run_callbacks(self._frame_callbacks, result)
                 if time.time() - self._last_refresh >= self.settings.refresh_s:
                     self._refresh(final=False)
@@ -455,26 +488,10 @@ class Stream:
                     self.writer.relink()
                 except Exception:
                     log.exception("stream: re-linking tracks failed; track ids of retried frames may be off")
+            if self.live is not None:
+                self.live.close()
             self._refresh(final=True)
             self._out_q.put(STOP)
-
-    def _check_same_source(self, previous: dict[str, Any]) -> None:
-        """Refuse to continue a results folder made from another source folder: its frames count as
-        done by file name, so the new folder's frames of the same names would be skipped."""
-        from deepis_rt.errors import ConfigError
-
-        recorded = previous.get("source_path")
-        if self.source is None or recorded is None or not self.settings.check_source:
-            return
-        if not any(previous.get(k) for k in ("frames_ok", "frames_failed", "frames_retry")):
-            return
-        here = str(self.source.resolve())
-        if recorded != here:
-            assert self.results is not None
-            raise ConfigError(
-                f"stream | {self.results.root}: holds the results of {recorded}, not of {here}; continuing it "
-                "would count frames of the same names as done and skip them: give another --out (or, for the "
-                "same frames moved to a new folder, --allow-other-source)")
 
     def _write_failed(self, task: FrameTask, exc: Exception) -> None:
         """The results could not be written: stop taking frames, drain the pipeline, end the iteration
@@ -497,28 +514,17 @@ class Stream:
             # reader sees the stop and puts the marker in itself, after its last frame
             threading.Thread(target=self._close_pipeline_input, name="deepis-stop", daemon=True).start()
 
-    def _frames_waiting(self) -> int:
-        return sum(q.qsize() for q in getattr(self, "_waiting_queues", ()))
-
     def _on_backend_event(self, event: BackendEvent) -> None:
         self._backend_events.append(event)
         run_callbacks(self._backend_callbacks, event)
 
     def _on_event(self, event: Any) -> None:
+        if getattr(event, "model", "") is None:  # the record's tracker: the main model's event
+            event = label_event(event, "main")
         self._events.append(event)
         run_callbacks(self._event_callbacks, event)
 
     # -- summaries ---------------------------------------------------------------------------
-    def _read_previous_summary(self) -> dict[str, Any]:
-        import json
-
-        assert self.results is not None
-        path = self.results.root / "summary.json"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""
         from deepis_rt.bench.stats import latency_stats
@@ -527,9 +533,8 @@ class Stream:
         elapsed = max(time.time() - self._run_started, 1e-9)
         w = self.writer
         lat = latency_stats(w.latencies_ms)
-        total_ok = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "ok")
-        total_failed = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "failed")
-        total_retry = sum(1 for r in (self.results.committed if self.results else []) if r["status"] == "retry")
+        statuses = Counter(r["status"] for r in (self.results.committed if self.results else []))
+        total_ok, total_failed, total_retry = statuses["ok"], statuses["failed"], statuses["retry"]
         seg = self.segmenter
         return {
             "backend": getattr(seg, "backend", None),
@@ -547,6 +552,8 @@ class Stream:
             # transient failures past retry_for_s: processed again by the next run on this folder
             # (files) or given again with resubmit() (submitted frames)
             "frames_retry": total_retry if self.results else w.n_retry,
+            # passed over for newer frames (policy newest) when the run stopped: the next run does them
+            "frames_pending": statuses["pending"],
             "run": {
                 "frames_ok": w.n_ok,
                 "frames_failed": w.n_failed,
@@ -557,10 +564,14 @@ class Stream:
                 "throughput_fps": (w.n_ok + w.n_failed + w.n_retry) / elapsed,
                 "latency_ms": {"p50": lat.p50_ms, "p95": lat.p95_ms, "p99": lat.p99_ms, "mean": lat.mean_ms,
                                "max": lat.max_ms, "n": lat.n},
+                "policy": self.settings.policy,
+                "backlog": self.backlog.describe(),  # largest backlog, time behind, latency trend
+                "batching": self.batch_plan.describe(),
             },
             "synapses": (synapses := [{"synapse_id": i + 1, **s.to_dict()}
                                       for i, s in enumerate(self.writer.tracker.summary())]),
             "truth": self._truth_vs_fit(synapses),
+            "live": self.live.summary() if self.live is not None else None,
             "events": [dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in self._events[-200:]],
             "reproducibility": run_record(seg, self.settings, self.command, self.source,
                                           [r["source"] for r in (self.results.committed if self.results else [])]),

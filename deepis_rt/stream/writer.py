@@ -30,6 +30,11 @@ def _about(task: FrameTask) -> str:
     return error if f"{task.source}:" in error else f"stream | {task.source}: {error}"
 
 
+def _iso(t: float) -> str:
+    """``2026-12-07T15:20:01.123Z``: when a frame's results were written (UTC, ms)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
 class RetryInput:
     """What a frame given with ``submit()`` needs to be processed again after ``retry``.
 
@@ -92,17 +97,22 @@ class FrameWriter:
         ``resubmitted``: the frame was recorded ``retry`` before in this run (given again with
         ``resubmit()``), so it no longer counts as waiting.
         """
+        from deepis_rt.analysis import SynapseTracker
         from deepis_rt.analysis.tables import cell_rows, synapse_rows
         from deepis_rt.runtime import FrameResult
 
         result = task.result
         if task.ok:
             t0 = time.perf_counter()
-            if task.frame < self.last_tracked_frame:  # a frame recorded ``retry`` earlier
+            if task.frame < self.last_tracked_frame:  # a frame recorded ``retry`` earlier, or deferred
                 self.relink_needed = True
             self.last_tracked_frame = max(self.last_tracked_frame, task.frame)
+            # a deferred frame is the past: it must not raise events nor bend the live tracks, so it
+            # gets provisional track ids of its own until relink() puts every frame in order
+            tracker = SynapseTracker(area_threshold_um2=self.settings.area_threshold_um2) if task.deferred \
+                else self.tracker
             try:
-                task.tracked = self.tracker.update(result, task.time_s, frame_number=task.frame)
+                task.tracked = tracker.update(result, task.time_s, frame_number=task.frame)
             except Exception as exc:
                 mark_failed(task, "track", exc)
             else:
@@ -146,7 +156,8 @@ class FrameWriter:
                 self.results.log_error(task.source, task.error or "")
         task.timings_ms["write"] = (time.perf_counter() - t0) * 1e3
         # file complete -> results written (the commit below adds well under a millisecond)
-        latency_ms = (time.time() - task.complete_at) * 1e3
+        done_at = time.time()
+        latency_ms = (done_at - task.complete_at) * 1e3
         row = {
             "frame": task.frame,
             "source": task.source,
@@ -155,12 +166,15 @@ class FrameWriter:
             "error": task.error or "",
             "latency_ms": latency_ms,
             **{f"{st}_ms": task.timings_ms.get(st) for st in STAGES},
+            "deferred": int(task.deferred),
+            "done_at": _iso(done_at),
         }
         if self.results is not None:
             self.results.commit_frame(row, cells, syns)
         result.status = row["status"]
         result.error = task.error
         result.latency_ms = latency_ms
+        result.done_at, result.deferred = done_at, task.deferred
         result.timings_ms.update(task.timings_ms)
         if resubmitted:
             self.n_retry -= 1

@@ -172,3 +172,38 @@ def test_stream_once_on_a_folder_without_tomograms_says_where_to_look(tmp_path, 
                                     "--model", str(ckpt), "--backend", "torch", "--once", "--settle", "0"])
     assert res.exit_code == 0, res.output
     assert "no tomogram found" in res.output and "deepis-rt batch" in res.output
+
+
+def test_stream_cli_newest_first_with_a_live_model(tmp_path, tiny_overrides):
+    ckpt, cam = _setup(tmp_path, tiny_overrides)
+    (cam / "frame_2.npy").unlink()
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["stream", "--source", str(cam), "--out", str(out), "--model", str(ckpt),
+                                    "--backend", "torch", "--once", "--settle", "0", "--live", "newest",
+                                    "--live-model", str(ckpt), "--jsonl"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    main_lines = [x for x in lines if x.get("model") == "main"]
+    assert sorted(x["frame"] for x in main_lines) == [0, 1] and all("deferred" in x for x in main_lines)
+    assert {x["frame"] for x in lines if x.get("model") == "live"} <= {0, 1}
+    assert (out / "live" / "frames.csv").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["policy"] == "newest" and summary["live"]["backend"] == "torch-cpu"
+
+
+def test_backlog_reports_for_people_and_for_programs(capsys):
+    from deepis_rt.cli.stream import BacklogReporter
+    from deepis_rt.stream.backlog import BacklogEvent
+
+    behind = BacklogEvent("behind", 1.0, 2.5, 1.1, 6, latency_s=3.7, latency_trend_s_per_s=0.42)
+    back = BacklogEvent("caught_up", 2.0, 0.5, 1.1, 1, behind_s=12.3, max_waiting_frames=9)
+    BacklogReporter(jsonl=True)(behind)
+    BacklogReporter(jsonl=True)(back)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [x["event"] for x in lines] == ["backlog_behind", "backlog_caught_up"]
+    assert lines[0]["waiting_frames"] == 6 and lines[0]["arrival_fps"] == 2.5 and lines[1]["behind_s"] == 12.3
+    BacklogReporter()(behind)
+    BacklogReporter()(back)
+    err = capsys.readouterr().err
+    assert "falling behind: frames arrive at 2.50/s, processed at 1.10/s; 6 waiting, latency 3.7 s" in err
+    assert "caught up after 12.3 s behind (at most 9 frames waited)" in err

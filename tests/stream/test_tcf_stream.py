@@ -57,7 +57,7 @@ def test_tiled_time_lapse_expands_exactly_like_a_classic_one_with_restart(tmp_pa
     assert all(r["status"] == "ok" for r in frames)
     assert sorted({int(r["frame"]) for r in syn}) == [i for i, r in enumerate(RADII) if r > 0]
     drop = ("latency_ms", "read_ms", "preprocess_ms", "infer_ms", "analyze_ms", "track_ms", "write_ms",
-            "postprocess_ms")
+            "postprocess_ms", "done_at")
     strip = [{k: v for k, v in r.items() if k not in drop} for r in frames]
     assert strip == [{k: v for k, v in r.items() if k not in drop} for r in results["classic"][0]]
     assert syn == results["classic"][1] and cells == results["classic"][2]  # identical measurements
