@@ -37,7 +37,6 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from deepis_rt.validation.shapes import (
-    Body,
     Cut,
     PlaneCut,
     SphereCut,
