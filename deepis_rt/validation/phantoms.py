@@ -204,7 +204,8 @@ def _place(kind: str, field_center: np.ndarray, contact_radius_um: float, rng: n
         u = np.array([1.0, tilt[0], tilt[1]]) * (1.0 if rng.uniform() < 0.5 else -1.0)
         u /= np.linalg.norm(u)
         half_height = rng.uniform(1.6, 2.4)
-        spread = max(contact_radius_um + rng.uniform(0.8, 1.8), 4.0)
+        # the flat face is the contact: a spread face hovering over its target would adhere to it
+        spread = contact_radius_um + rng.uniform(0.6, 1.2)
         t_axes = np.array([spread * rng.uniform(0.95, 1.05), spread * rng.uniform(0.95, 1.05), half_height])
         tcell = Superellipsoid(np.zeros(3), t_axes, rotation_from_vector(u), exponent=float(rng.uniform(3.0, 4.0)))
         g_axes = np.array([rng.uniform(6.5, 8.0), rng.uniform(6.5, 8.0), rng.uniform(5.0, 6.0)])
