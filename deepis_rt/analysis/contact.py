@@ -1,53 +1,47 @@
-"""IS contact area from the sub-voxel information in a signed distance map.
+"""IS contact area from the two cells' masks, and its uncertainty.
 
-The network's map carries, inside each cell, the distance (um) to that cell's
-border: positive in the CAR-T cell, negative in the target, zero in the
-background. Where the two cells touch, the map runs straight from + to -;
-where they part, a zero band opens between them. The contact area is the area
-of the surface where the gap between the two cells is zero.
+The contact area is the area of the surface where the CAR-T and the target cell touch. It is
+measured from the two cells' **masks** (the map thresholded at +-t, as the paper segments), not
+from the map's values near the interface: a network's map runs smoothly from + to - across the
+contact and puts its zero crossing 1-2 voxels inside the CAR-T cell, so any estimator that
+reads sub-voxel distances from the map's values there (the previous one did) is biased by the
+network's habits. The masks' outer borders, and so the rim where the two cells part, do not
+depend on where exactly the map crosses zero between them.
 
 The estimator (:func:`contact_surface`):
 
-1. **Both cells' distance functions, extended outside.** ``phi_T`` = distance
-   into the CAR-T cell (the map where it is positive) and, outside it, minus the
-   distance to it, reconstructed from the map itself:
-   ``phi_T(x) = max_y (d(y) - |x - y|)`` over CAR-T voxels ``y`` within a short
-   reach (a grey dilation with a cone, :func:`scipy.ndimage.grey_dilation`).
-   The ball of radius ``d(y)`` around ``y`` lies inside the cell, so this is the
-   distance to the union of those balls -- sub-voxel accurate because it uses the
-   map's values, not the mask. Same for the target (``phi_G`` from ``-d``).
-2. **The mid-surface** ``phi_T = phi_G`` (equidistant from both cells; at the
-   contact it is the contact surface itself, since there ``phi_T = -phi_G = d``)
-   is meshed by marching cubes with the physical voxel spacing.
-3. **The gap** ``Gamma = -(phi_T + phi_G)`` (the distance between the two
-   surfaces, measured through the mid-surface) is interpolated at the mesh
-   vertices. ``A(g)``, the area of the mesh where ``Gamma <= g``, is integrated
-   exactly on the piecewise-linear mesh (each triangle clipped by the linear
-   gap), for a fine ladder of ``g``.
-4. **The rim.** Inside the contact ``Gamma`` is flat: ``g_ref``, the median gap on
-   the faces in voxel cubes whose corners are all cell voxels of both kinds (the map
-   runs from + to - directly), about 0 on exact maps; negative values (maps whose
-   cells reach across the interface, as a network's smooth output does) count as 0,
-   so the rim is where the reconstructed surfaces stop overlapping. Outside, ``Gamma`` grows with the opening
-   angle of the two surfaces. Within about a voxel of the rim the voxel grid smears
-   that kink, so ``A(g)`` just above ``g_ref`` is biased, whichever threshold one
-   picks -- the reason counting voxels, or any fixed gap threshold, overestimates
-   small contacts. Beyond the smear, the equivalent radius ``sqrt(A(g)/pi)`` grows
-   linearly with ``g``; a straight line fitted there is extrapolated back to
-   ``g_ref``: that is the contact radius, so the rim is located where the gap,
-   continued inwards, closes.
+1. **Masks, completed.** Voxels next to a mask join it where the map still has its sign above
+   the noise (``|d| > band_fraction * t``), which closes the zero band an exact distance map
+   leaves at the contact; a network's map has none.
+2. **Mid-surface.** Both masks are smoothed (Gaussian, ``SMOOTH_VOXELS`` voxel), and the surface
+   ``s_T = s_G`` is meshed by marching cubes with the physical spacing: between the cells where
+   they touch, and between their facing surfaces around the contact.
+3. **Gap.** On that surface the local gap between the two cells follows from the smoothed masks
+   (two half-spaces a gap ``g`` apart smoothed by ``sigma_n`` give ``s = Phi(-g / 2 sigma_n)``
+   on the mid-surface, ``sigma_n`` the smoothing along the surface normal). ``A(g)``, the mesh
+   area where the gap is ``<= g``, is integrated exactly on the piecewise-linear mesh
+   (:func:`gap_area_curve`).
+4. **Rim.** The contact's own gap ``g_ref`` is the median gap on faces between voxels of both
+   cells (about 0). Beyond the rim the gap grows with the opening angle of the two surfaces,
+   and the equivalent radius ``r(g) = sqrt(A(g) / pi)`` grows linearly with ``g``; a line fitted
+   to ``r(g)`` for ``g`` between ``RIM_FIT_VOXELS`` voxel pitches (along the contact's normal:
+   a contact facing the coarse Z axis is resolved in Z steps) above ``g_ref`` is
+   extrapolated back to ``g_ref``: the contact radius ``r0``, ``area = pi r0^2``. Any fixed
+   threshold on the gap (or a count of voxels) instead takes in a rim whose width depends on the
+   opening angle: +30 % and more at small contacts.
+5. **In contact or not.** The cells touch when ``g_ref <= touch_gap_um`` (half the smallest
+   voxel edge): masks one background voxel apart are not in contact.
 
-Cells are in contact when their contact gap ``g_ref`` is at most
-``touch_gap_um`` (default half the smallest voxel edge): two cells 0.2 um apart
-on an exact map at 0.2 um voxels are not in contact. EDT-style maps (every
-cell voxel carries at least about one voxel pitch: a distance transform of masks)
-are first converted to distances to the voxel borders, so the same rules hold
-for them: their cells touch when their masks touch.
-
-Uncertainty (``area_err_um2``): one sigma, from the estimator's measured
-behaviour (``benchmarks/is_area_phantoms.py``): a rim-position uncertainty
-(a fraction of the voxel pitch, plus the map's noise divided by the gap's
-opening rate) times the contact perimeter, a small relative term, and a floor.
+Uncertainty (:func:`area_uncertainty_um2`, one sigma): the rim's position is uncertain by a
+fraction of a voxel, plus the distance over which the gap stays below what the map resolves --
+a voxel (or the map's noise) divided by the opening rate of the gap at the rim (``rim_slope``):
+a contact whose surfaces part slowly (a small contact between large cells, a flat cell on a flat
+target) has a poorly defined rim, and a network's map fills the narrow wedge around it. Times
+the perimeter, plus a relative term and the rim's ambiguity (how much the area read at a fixed
+small gap differs from the extrapolation). The constants are fitted end to end (RI -> network
+-> analyze) on one set of validation scenes (``benchmarks/is_area_validation.py``) and checked
+on a disjoint one. :func:`combine_uncertainty_um2` adds further variance terms (test-time
+augmentation).
 """
 
 from __future__ import annotations
@@ -59,23 +53,39 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy import special
 from skimage import measure
 
 from deepis_rt.analysis.masks import dilate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ContactEstimate", "contact_surface", "gap_area_curve", "area_uncertainty_um2"]
+__all__ = [
+    "ContactEstimate",
+    "contact_surface",
+    "gap_area_curve",
+    "area_uncertainty_um2",
+    "combine_uncertainty_um2",
+]
 
-#: uncertainty model (one sigma), calibrated on the phantoms of benchmarks/is_area_phantoms.py:
-#: floor (um^2), relative term, rim position as a fraction of the mean voxel edge, noise gain
-ERR_FLOOR_UM2 = 0.15
-ERR_REL = 0.02
-ERR_RIM_VOXELS = 0.12
+#: Gaussian smoothing of the masks (voxels along each axis)
+SMOOTH_VOXELS = 0.6
+#: the rim fit: gaps from g_ref plus these many voxel pitches along the contact's normal
+RIM_FIT_VOXELS = (0.5, 2.0)
+#: the gap (voxel pitches above g_ref) at which the rim's ambiguity is read
+AMBIGUITY_GAP_VOXELS = 0.5
+#: uncertainty model (one sigma), fitted by benchmarks/is_area_validation.py on its "fit" scenes
+#: (network output of the bundled checkpoint): relative term, rim position (fraction of the voxel
+#: pitch), resolution (voxels per unit opening rate), noise gain, weight of the rim's ambiguity (the
+#: fit gives it none on that data; kept so that a refit can), floor (um^2)
+ERR_REL = 0.12
+ERR_RIM_VOXELS = 0.1
+ERR_RESOLUTION_VOXELS = 1.5
 ERR_NOISE_GAIN = 1.0
-#: the rim fit: equivalent radii from the core's plus these many mean voxel edges (beyond the smear, before
-#: the gap's curvature matters; chosen on two-sphere phantoms, validated on the others)
-RIM_FIT_VOXELS = (1.25, 2.5)
+ERR_AMBIGUITY = 0.0
+ERR_FLOOR_UM2 = 0.15
+#: opening rates below this are floored (a rim that does not open within the fit is no sharper)
+MIN_RIM_SLOPE = 0.15
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,8 @@ class ContactEstimate:
     rim_slope : float
         Opening rate of the gap at the rim (um of gap per um along the surface);
         NaN when the extrapolation could not be made.
+    rim_ambiguity_um2 : float
+        ``|A(g_ref + 0.5 voxel) - area_um2|``: how much a fixed small gap threshold would differ.
     in_contact : bool
     """
 
@@ -101,24 +113,8 @@ class ContactEstimate:
     area_err_um2: float = 0.0
     gap_um: float = math.inf
     rim_slope: float = math.nan
+    rim_ambiguity_um2: float = 0.0
     in_contact: bool = False
-
-
-def _cone(voxel_size_um: np.ndarray, reach_um: float) -> tuple[np.ndarray, np.ndarray]:
-    r = [int(math.floor(reach_um / h + 1e-9)) for h in voxel_size_um]
-    axes = [np.arange(-k, k + 1) * h for k, h in zip(r, voxel_size_um, strict=True)]
-    off = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-    dist = np.linalg.norm(off, axis=-1)
-    footprint = dist <= reach_um + 1e-9
-    return footprint, np.where(footprint, -dist, 0.0)
-
-
-def _extended_distance(inside: np.ndarray, depth: np.ndarray, voxel_size_um: np.ndarray, reach_um: float) -> np.ndarray:
-    """``max_y (depth(y) - |x - y|)`` over ``inside`` voxels within ``reach_um``, clamped at ``-reach_um``."""
-    footprint, structure = _cone(voxel_size_um, reach_um)
-    src = np.where(inside, depth, np.float32(-4.0 * reach_um)).astype(np.float32)
-    out = ndi.grey_dilation(src, footprint=footprint, structure=structure, mode="constant", cval=-4.0 * reach_um)
-    return np.maximum(out, np.float32(-reach_um))
 
 
 def _direct_faces(triangles: np.ndarray, voxel_size_um: np.ndarray, t_ext: np.ndarray, g_ext: np.ndarray) -> np.ndarray:
@@ -131,37 +127,6 @@ def _direct_faces(triangles: np.ndarray, voxel_size_um: np.ndarray, t_ext: np.nd
     idx = np.clip(idx, 0, np.array(cube.shape) - 1)
     return cube[idx[:, 0], idx[:, 1], idx[:, 2]]
 
-
-def _edt_like(distance: np.ndarray, cells: np.ndarray, h_min: float, noise_um: float) -> bool:
-    """True for maps whose cells' border voxels all carry about one voxel pitch (EDT of masks)."""
-    border = cells & ~ndi.binary_erosion(cells)
-    if not border.any():
-        return False
-    return float(np.mean(np.abs(distance[border]) < 0.75 * h_min - 2.0 * noise_um)) < 0.05
-
-
-def _edt_to_border_distance(d: np.ndarray, tcell: np.ndarray, target: np.ndarray,
-                            voxel_size_um: np.ndarray) -> np.ndarray:
-    """EDT-style values (distance to the nearest outside voxel centre) to distance to the voxel border.
-
-    Subtracts, for each cell voxel, the distance from its centre to its own voxel's face
-    along the direction of its nearest outside voxel (half a voxel, anisotropy included),
-    so that both conventions put the cell border at the same place.
-    """
-    out = d.copy()
-    for mask in (tcell, target):
-        if not mask.any():
-            continue
-        _, idx = ndi.distance_transform_edt(mask, sampling=tuple(voxel_size_um), return_indices=True)
-        pos = np.indices(mask.shape)
-        vec = (idx - pos).astype(np.float32) * voxel_size_um[:, None, None, None].astype(np.float32)
-        norm = np.sqrt((vec**2).sum(axis=0))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            exit_um = np.min(0.5 * voxel_size_um[:, None, None, None] * norm / np.abs(vec), axis=0)
-        half = np.where(np.isfinite(exit_um), exit_um, 0.5 * voxel_size_um.min()).astype(np.float32)
-        shrink = np.sign(d) * np.maximum(np.abs(d) - half, 0.0)
-        out = np.where(mask, shrink, out)
-    return out.astype(np.float32)
 
 
 def gap_area_curve(triangles: np.ndarray, gaps: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -215,24 +180,73 @@ def gap_area_curve(triangles: np.ndarray, gaps: np.ndarray, levels: np.ndarray) 
 
 
 def area_uncertainty_um2(area_um2: float, voxel_size_um: Sequence[float], noise_um: float = 0.0,
-                         rim_slope: float = math.nan) -> float:
-    """One-sigma uncertainty of a contact area from the estimator's known behaviour.
+                         rim_slope: float = math.nan, rim_ambiguity_um2: float = 0.0) -> float:
+    """One-sigma uncertainty of a contact area from what drives its error.
 
-    ``sqrt(floor^2 + (rel * A)^2 + (P * s_rim)^2)`` with the disc-equivalent
+    ``sqrt(floor^2 + (rel A)^2 + (P s_rim)^2 + (w_amb ambiguity)^2)`` with the disc-equivalent
     perimeter ``P = 2 sqrt(pi A)`` and the rim-position uncertainty
-    ``s_rim = ERR_RIM_VOXELS * mean voxel edge (+) ERR_NOISE_GAIN * noise / rim_slope``
-    (added in quadrature; the noise term is dropped when the slope is unknown,
-    and the slope is floored at 0.2).
+    ``s_rim = h (ERR_RIM_VOXELS + ERR_RESOLUTION_VOXELS / slope) (+) ERR_NOISE_GAIN noise / slope``
+    (``h`` the mean voxel edge, ``slope`` the gap's opening rate at the rim, floored at
+    ``MIN_RIM_SLOPE``; 0.5 when unknown).
     """
     if not area_um2 > 0:
         return 0.0
     h = float(np.mean(voxel_size_um))
-    s_rim = ERR_RIM_VOXELS * h
+    slope = max(rim_slope if math.isfinite(rim_slope) else 0.5, MIN_RIM_SLOPE)
+    s_rim = h * (ERR_RIM_VOXELS + ERR_RESOLUTION_VOXELS / slope)
     if noise_um > 0:
-        slope = rim_slope if math.isfinite(rim_slope) else 0.5
-        s_rim = math.hypot(s_rim, ERR_NOISE_GAIN * noise_um / max(slope, 0.2))
+        s_rim = math.hypot(s_rim, ERR_NOISE_GAIN * noise_um / slope)
     perimeter = 2.0 * math.sqrt(math.pi * area_um2)
-    return float(math.sqrt(ERR_FLOOR_UM2**2 + (ERR_REL * area_um2) ** 2 + (perimeter * s_rim) ** 2))
+    return float(math.sqrt(ERR_FLOOR_UM2**2 + (ERR_REL * area_um2) ** 2 + (perimeter * s_rim) ** 2
+                           + (ERR_AMBIGUITY * rim_ambiguity_um2) ** 2))
+
+
+def combine_uncertainty_um2(sigma_model_um2: float, flip_areas_um2: Sequence[float] = ()) -> float:
+    """The estimator's one sigma combined with the spread of test-time-augmented areas.
+
+    ``sqrt(sigma_model^2 + sigma_tta^2)``, ``sigma_tta`` the sample standard deviation of the
+    areas measured on each flipped copy of the frame (the network's own uncertainty: where the
+    flips disagree, the segmentation does). The spread is not divided by sqrt(n): the flips are
+    views of one tomogram, not independent measurements.
+
+    Parameters
+    ----------
+    sigma_model_um2 : float
+        ``is_area_err_um2`` of the synapse (:func:`area_uncertainty_um2`).
+    flip_areas_um2 : sequence of float
+        The synapse's area on each flipped copy (two or more; fewer add nothing).
+    """
+    areas = np.asarray(list(flip_areas_um2), dtype=float)
+    if not math.isfinite(sigma_model_um2) or sigma_model_um2 < 0:
+        raise ValueError(f"combine_uncertainty_um2: sigma_model_um2={sigma_model_um2!r}, expected a number >= 0")
+    if areas.size < 2:
+        return float(sigma_model_um2)
+    if not np.isfinite(areas).all():
+        raise ValueError("combine_uncertainty_um2: flip_areas_um2 contains NaN or Inf")
+    return float(math.hypot(sigma_model_um2, float(np.std(areas, ddof=1))))
+
+
+def _mesh_gap(t_ext: np.ndarray, g_ext: np.ndarray, vs: np.ndarray):
+    """Mid-surface of the smoothed masks: triangles (F, 3, 3) and the gap at their vertices (F, 3)."""
+    s_t = ndi.gaussian_filter(t_ext.astype(np.float32), SMOOTH_VOXELS, mode="constant", truncate=3.0)
+    s_g = ndi.gaussian_filter(g_ext.astype(np.float32), SMOOTH_VOXELS, mode="constant", truncate=3.0)
+    near = (s_t > 1e-4) & (s_g > 1e-4)
+    f = s_t - s_g
+    if not near.any() or not (f[near].min() < 0.0 < f[near].max()):
+        return None
+    try:
+        verts, faces, normals, _ = measure.marching_cubes(f, 0.0, spacing=tuple(vs), mask=near)
+    except (ValueError, RuntimeError):
+        return None
+    if len(faces) == 0:
+        return None
+    idx = (verts / vs).T
+    s_mid = 0.5 * (ndi.map_coordinates(s_t, idx, order=1) + ndi.map_coordinates(s_g, idx, order=1))
+    unit = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    # smoothing along the normal (um): the voxel-unit Gaussian is anisotropic in um
+    sigma_n = np.sqrt((((unit * vs) * SMOOTH_VOXELS) ** 2).sum(axis=1))
+    gap = -2.0 * sigma_n * special.ndtri(np.clip(s_mid, 1e-7, 0.5))
+    return verts[faces], gap[faces]
 
 
 def contact_surface(
@@ -260,8 +274,8 @@ def contact_surface(
         The mask threshold ``t`` used to make the masks.
     band_fraction : float
         Voxels next to a mask join it when ``|distance| > band_fraction * t`` with
-        its sign (restores the cells' true borders on exact maps, ignores noise on
-        network output; :func:`~deepis_rt.analysis.analyze` sets it from the noise).
+        its sign (closes the zero band of exact maps, ignores noise on network
+        output; :func:`~deepis_rt.analysis.analyze` sets it from the noise).
     noise_um : float
         Noise of the map (for the uncertainty).
     touch_gap_um : float, optional
@@ -274,82 +288,47 @@ def contact_surface(
     vs = np.asarray(voxel_size_um, dtype=float)
     if not tcell.any() or not target.any():
         return ContactEstimate()
-    h_min, h_max = float(vs.min()), float(vs.max())
-    touch = 0.5 * h_min if touch_gap_um is None else float(touch_gap_um)
+    touch = 0.5 * float(vs.min()) if touch_gap_um is None else float(touch_gap_um)
     d = np.asarray(distance, dtype=np.float32)
-    if _edt_like(d, tcell | target, h_min, noise_um):
-        d = _edt_to_border_distance(d, tcell, target, vs)
     eps = band_fraction * threshold_um
     t_ext = tcell | (dilate(tcell, 1) & (d > eps) & ~target)
     g_ext = target | (dilate(target, 1) & (d < -eps) & ~t_ext)
-    reach = max(2.0 * h_max, 4.0 * h_min)
-    phi_t = _extended_distance(t_ext, d, vs, reach)
-    phi_g = _extended_distance(g_ext, -d, vs, reach)
-    valid = (phi_t > -reach) & (phi_g > -reach)
-    if not valid.any():
+    mesh = _mesh_gap(t_ext, g_ext, vs)
+    if mesh is None:
         return ContactEstimate()
-    mid = phi_t - phi_g
-    if not (mid[valid].min() < 0.0 < mid[valid].max()):
-        return ContactEstimate()
-    try:
-        verts, faces, _, _ = measure.marching_cubes(mid, 0.0, spacing=tuple(vs), mask=valid)
-    except (ValueError, RuntimeError):
-        return ContactEstimate()
-    if len(faces) == 0:
-        return ContactEstimate()
-    gap_field = -(phi_t + phi_g)
-    gv = ndi.map_coordinates(gap_field, (verts / vs).T, order=1, mode="nearest")
-    tri, gf = verts[faces], gv[faces]
-    face_gap = gf.mean(axis=1)
-    cap = 1.6 * reach  # gaps beyond this are not resolved by the extension
-    near = face_gap <= cap
-    if not near.any():
-        return ContactEstimate()
-    tri, gf, face_gap = tri[near], gf[near], face_gap[near]
-    # faces in cubes whose 8 corners are all cell voxels of both kinds: the map crosses from + to -
-    # directly there, so these faces are inside the contact whatever the map's convention
+    tri, gaps = mesh
+    face_gap = gaps.mean(axis=1)
+    # faces in voxel cubes whose corners are all cell voxels of both kinds lie inside the contact
     direct = _direct_faces(tri, vs, t_ext, g_ext)
-    core_width = max(0.1 * h_min, 3.0 * noise_um)
-    if direct.any():
-        # where the two reconstructed surfaces overlap (negative gap: maps whose cells reach across the
-        # interface, as a network's smooth output does) the cells touch; the rim is where the gap is 0
-        g_ref = max(float(np.median(face_gap[direct])), 0.0)
-    else:
-        g_ref = float(np.percentile(face_gap, 5))
-    g_core = g_ref + core_width
-    # direct faces at the contact's own gap are certainly in contact: a lower bound for the area
-    sure = direct & (face_gap <= g_core)
-    r_direct = 0.0
-    if sure.any():
-        cross = np.cross(tri[sure, 1] - tri[sure, 0], tri[sure, 2] - tri[sure, 0])
-        r_direct = math.sqrt(0.5 * float(np.linalg.norm(cross, axis=1).sum()) / math.pi)
+    g_ref = float(np.median(face_gap[direct])) if direct.any() else float(np.percentile(face_gap, 5))
     if g_ref > touch:
         return ContactEstimate(gap_um=g_ref)
-    step = 0.005
-    levels = g_ref + step * np.arange(0, int(math.ceil((cap - g_ref) / step)) + 1)
-    area = gap_area_curve(tri, gf, levels)
-    radius = np.sqrt(area / math.pi)
-    r_core = float(np.interp(g_core, levels, radius))
-    # beyond the grid's smear of the rim (about a voxel each side), the radius grows linearly with the gap
-    h_mean = float(vs.mean())
-    w1, w2 = r_core + RIM_FIT_VOXELS[0] * h_mean, r_core + RIM_FIT_VOXELS[1] * h_mean
-    fit = (radius >= w1) & (radius <= w2)
+    # the grid's pitch along the contact's normal sets the scale of the rim's smear (a contact facing
+    # the coarse Z axis is resolved in steps of the Z voxel)
+    faces_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    core = direct if direct.any() else face_gap <= g_ref + 0.1 * float(vs.min())
+    normal = faces_n[core].sum(axis=0)
+    norm = float(np.linalg.norm(normal))
+    h = float(np.linalg.norm(normal / norm * vs)) if norm > 0 else float(vs.mean())
+    step = 0.005 * h / 0.25
+    top = g_ref + (RIM_FIT_VOXELS[1] + 0.5) * h
+    levels = g_ref + step * np.arange(0, int(math.ceil((top - g_ref) / step)) + 1)
+    radius = np.sqrt(gap_area_curve(tri, gaps, levels) / math.pi)
+    fit = (levels >= g_ref + RIM_FIT_VOXELS[0] * h) & (levels <= g_ref + RIM_FIT_VOXELS[1] * h)
+    r_amb = float(np.interp(g_ref + AMBIGUITY_GAP_VOXELS * h, levels, radius))
     rim_slope = math.nan
-    if fit.sum() >= 4 and np.ptp(levels[fit]) > 0:
-        beta, alpha = np.polyfit(levels[fit] - g_ref, radius[fit], 1)
-        if beta > 0:
-            r0 = float(np.clip(alpha, 0.0, w1))
-            rim_slope = 1.0 / float(beta)
-        else:
-            r0 = r_core
+    beta, alpha = np.polyfit(levels[fit] - g_ref, radius[fit], 1)
+    if beta > 0:
+        # the radius, continued inwards, at the contact's own gap (never beyond the fit's first point)
+        r0 = float(np.clip(alpha, 0.0, radius[fit][0]))
+        rim_slope = 1.0 / float(beta)
     else:
-        # the mid-surface ends before the fit range (e.g. a cell cut by the field of view)
-        r0 = r_core
-    # the lower bound binds where the gap jumps by whole coarse voxels just outside the rim (EDT-style
-    # maps with the contact along Z), which defeats the extrapolation
-    r0 = max(r0, r_direct)
-    a0 = math.pi * r0 * r0
-    if a0 <= 0:
+        # the mid-surface ends before the gap opens (e.g. a cell cut by the field of view)
+        r0 = r_amb
+    area = math.pi * r0 * r0
+    if area <= 0:
         return ContactEstimate(gap_um=g_ref)
-    err = area_uncertainty_um2(a0, vs, noise_um, rim_slope)
-    return ContactEstimate(area_um2=a0, area_err_um2=err, gap_um=g_ref, rim_slope=rim_slope, in_contact=True)
+    ambiguity = abs(math.pi * r_amb * r_amb - area)
+    err = area_uncertainty_um2(area, vs, noise_um, rim_slope, ambiguity)
+    return ContactEstimate(area_um2=area, area_err_um2=err, gap_um=g_ref, rim_slope=rim_slope,
+                           rim_ambiguity_um2=ambiguity, in_contact=True)

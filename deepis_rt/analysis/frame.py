@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from deepis_rt.analysis.contact import contact_surface
+from deepis_rt.analysis.contact import ContactEstimate, contact_surface
 from deepis_rt.analysis.masks import (
     _voxel_size,
     cell_masks,
@@ -60,7 +60,7 @@ class Cell:
 class Synapse:
     """One CAR-T / target contact in one frame (columns of ``synapses.csv``).
 
-    ``is_area_um2`` is the contact-surface area (sub-voxel estimator, see
+    ``is_area_um2`` is the contact-surface area (measured from the two cells' masks, see
     :func:`~deepis_rt.analysis.contact.contact_surface`) and ``is_area_err_um2``
     its one-sigma uncertainty; the IS mean RI, dry mass and areal density use the
     paper's IS mask (dilation overlap). ``tcell_track`` / ``target_track`` are
@@ -95,6 +95,9 @@ class FrameAnalysis:
         The mask threshold used.
     background_noise_um : float
         Robust spread of the distance map in the background (0 for ground truth).
+    contacts : dict
+        ``synapse_id`` -> the :class:`~deepis_rt.analysis.contact.ContactEstimate` behind it
+        (the contact gap, the rim's opening rate and ambiguity that its uncertainty uses).
     """
 
     labels: np.ndarray
@@ -104,6 +107,7 @@ class FrameAnalysis:
     voxel_size_um: tuple[float, float, float] = (1.0, 1.0, 1.0)
     threshold_um: float = 0.0
     background_noise_um: float = 0.0
+    contacts: dict[int, ContactEstimate] = field(default_factory=dict)
 
     def cell(self, cell_id: int) -> Cell:
         """The cell with this ``cell_id`` (KeyError if absent)."""
@@ -246,6 +250,7 @@ def analyze(
     noise_um = background_noise_um(d, t)
     band_fraction = min(max(3.0 * noise_um / t, 0.05), 1.0) if t > 0 else 1.0
     synapses: list[Synapse] = []
+    contacts: dict[int, ContactEstimate] = {}
     reach = 2 * is_dilation_voxels + 1
     shape = d.shape
     for i in range(1, n_t + 1):
@@ -290,6 +295,7 @@ def analyze(
                     is_area_err_um2=contact.area_err_um2,
                 )
             )
+            contacts[len(synapses)] = contact
     log.debug("analyze: %d CAR-T, %d target, %d synapse(s)", n_t, n_b, len(synapses))
     return FrameAnalysis(
         labels=labels,
@@ -299,4 +305,5 @@ def analyze(
         voxel_size_um=vs,
         threshold_um=t,
         background_noise_um=noise_um,
+        contacts=contacts,
     )

@@ -1,4 +1,4 @@
-"""The sub-voxel IS-area estimator: error bound on exact maps, no contact, uncertainty, weighted fit."""
+"""The IS-area estimator: error bound on exact maps, no contact, uncertainty, weighted fit."""
 
 import math
 
@@ -6,24 +6,27 @@ import numpy as np
 import pytest
 
 from deepis_rt.analysis import analyze, contact_surface, fit_saturation, saturation, synapse_rows
-from deepis_rt.analysis.contact import area_uncertainty_um2, gap_area_curve
+from deepis_rt.analysis.contact import area_uncertainty_um2, combine_uncertainty_um2, gap_area_curve
 
 ANISO = (0.4, 0.2, 0.2)
 ISO = (0.2, 0.2, 0.2)
 
 
 def _bound(area_um2: float) -> float:
-    return 0.5 + 0.05 * area_um2
+    # the mask-based estimator's error on exact maps (the sub-voxel one it replaced reached 5 % there,
+    # but failed on network output): benchmarks/results/is_area_validation.md has the distribution
+    return 0.5 + 0.15 * area_um2
 
 
-# contact radius from 1 um up, oblique and axis-aligned, CAR-T 4.3-5 um and target 6-7.5 um
+# contact radius from 1.2 um up (the range the bound is promised for), oblique and axis-aligned,
+# CAR-T 4.3-5 um and target 6-7.5 um
 SPHERES = [
-    (ANISO, 1.0, 4.5, 6.5, (0.3, 0.5, 0.81)),
-    (ANISO, 1.0, 4.3, 7.5, (0, 1, 0)),
+    (ANISO, 1.2, 4.5, 6.5, (0.3, 0.5, 0.81)),
+    (ANISO, 1.2, 4.3, 7.5, (0, 1, 0)),
     (ANISO, 1.5, 5.0, 6.0, (1, 0, 0)),
     (ANISO, 2.5, 4.6, 7.0, (0.6, 0.8, 0.1)),
     (ANISO, 4.0, 4.8, 6.8, (0.2, 0.7, 0.7)),
-    (ISO, 1.0, 4.4, 6.2, (0.5, 0.1, 0.86)),
+    (ISO, 1.2, 4.4, 6.2, (0.5, 0.1, 0.86)),
     (ISO, 2.0, 4.9, 7.2, (0.0, 0.6, 0.8)),
     (ISO, 3.5, 4.5, 6.5, (0.7, 0.7, 0.1)),
 ]
@@ -38,8 +41,11 @@ def test_error_bound_on_exact_maps(geometry, vs, contact_radius, r1, r2, directi
     (syn,) = fa.synapses
     true = math.pi * a**2
     assert abs(syn.is_area_um2 - true) <= _bound(true)
-    # the uncertainty is positive and of the size of the estimator's error band
-    assert 0.1 < syn.is_area_err_um2 < _bound(true)
+    # the uncertainty is calibrated on network output (larger errors than exact maps have): it covers
+    # the exact map's error, and grows no larger than twice the area
+    assert abs(syn.is_area_um2 - true) <= syn.is_area_err_um2 < 2 * true
+    contact = fa.contacts[syn.synapse_id]
+    assert contact.in_contact and contact.rim_slope > 0 and contact.area_err_um2 == syn.is_area_err_um2
 
 
 @pytest.mark.parametrize("gap_um", [0.2, 0.4, 0.6])
@@ -82,11 +88,29 @@ def test_gap_area_curve_is_exact_on_a_linear_field():
 
 def test_uncertainty_grows_with_voxel_size_and_noise():
     a = 20.0
-    fine = area_uncertainty_um2(a, ISO)
-    coarse = area_uncertainty_um2(a, (0.5, 0.25, 0.25))
+    # same rim opening rate throughout (the uncertainty also grows as it falls: test below)
+    fine = area_uncertainty_um2(a, ISO, rim_slope=1.0)
+    coarse = area_uncertainty_um2(a, (0.5, 0.25, 0.25), rim_slope=1.0)
     noisy = area_uncertainty_um2(a, ISO, noise_um=0.05, rim_slope=1.0)
     assert 0 < fine < coarse and fine < noisy
     assert area_uncertainty_um2(0.0, ISO) == 0.0
+
+
+def test_uncertainty_grows_where_the_rim_opens_slowly():
+    a = 20.0
+    base = area_uncertainty_um2(a, ISO, rim_slope=1.0)
+    assert area_uncertainty_um2(a, ISO, rim_slope=0.3) > 1.5 * base
+
+
+def test_tta_spread_adds_in_quadrature():
+    assert combine_uncertainty_um2(3.0, [10.0, 14.0, 10.0, 14.0]) == pytest.approx(
+        math.hypot(3.0, np.std([10.0, 14.0, 10.0, 14.0], ddof=1)))
+    assert combine_uncertainty_um2(3.0, [12.0]) == 3.0  # one area has no spread
+    assert combine_uncertainty_um2(3.0, []) == 3.0
+    with pytest.raises(ValueError, match="sigma_model_um2"):
+        combine_uncertainty_um2(float("nan"), [1.0, 2.0])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        combine_uncertainty_um2(1.0, [1.0, float("inf")])
 
 
 def test_weighted_fit_recovers_parameters_within_its_stated_errors():

@@ -94,7 +94,10 @@ def test_is_area_robust_to_network_like_noise(geometry, direction):
     fa = analyze(noisy, None, vs)
     assert 0.03 < fa.background_noise_um < 0.07
     (syn,) = fa.synapses
-    assert syn.is_area_um2 == pytest.approx(np.pi * a**2, rel=0.15)
+    (clean,) = analyze(d, None, vs).synapses
+    assert syn.is_area_um2 == pytest.approx(clean.is_area_um2, rel=0.03)
+    # a contact facing the coarse (0.5 um) Z axis on an EDT map reads about 20 % low (docs/analysis.md)
+    assert syn.is_area_um2 == pytest.approx(np.pi * a**2, rel=0.25)
 
 
 def test_is_area_intersecting_ellipsoids(geometry):
