@@ -47,6 +47,14 @@ class FrameResult:
     retry_input : object or None
         For a ``"retry"`` frame given with ``Stream.submit()``: what
         :meth:`deepis_rt.stream.Stream.resubmit` needs to process it again (its checked volume).
+    quality : str
+        ``"ok"`` or the ``;``-joined reasons not to trust the frame (input outside the training
+        range, flips disagree, a cell cut by the field's edge, a contact near a tile seam; the
+        vocabulary is :data:`deepis_rt.analysis.quality.REASONS`); ``""`` when not assessed (a
+        failed frame). Each synapse carries its own ``quality``.
+    flip_distances : list of numpy.ndarray or None
+        With test-time augmentation, each flip's distance map between inference and analysis (the
+        analysis uses and then drops them; None afterwards and without augmentation).
     """
 
     distance: np.ndarray
@@ -63,6 +71,8 @@ class FrameResult:
     latency_ms: float | None = None
     tracked: Any = None
     retry_input: Any = field(default=None, repr=False)
+    quality: str = ""
+    flip_distances: list[np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def failed(cls, error: str, **fields: Any) -> FrameResult:
