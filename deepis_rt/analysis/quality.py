@@ -43,7 +43,7 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "QUALITY_OK", "REASONS", "RI_OUT_OF_RANGE", "VOXEL_SIZE_OUT_OF_RANGE", "FLIPS_DISAGREE", "CELL_AT_EDGE",
-    "NEAR_TILE_SEAM", "join_reasons", "split_reasons", "TrainingRange", "describe_training_inputs",
+    "NEAR_TILE_SEAM", "join_reasons", "split_reasons", "quality_summary", "TrainingRange", "describe_training_inputs",
     "input_reasons", "cells_at_edge", "flip_voxel_disagreement", "seam_planes", "synapse_box", "box_near_planes",
 ]
 
@@ -83,6 +83,19 @@ def split_reasons(quality: str) -> set[str]:
     return {r for r in (quality or "").split(";") if r and r != QUALITY_OK}
 
 
+def quality_summary(frame_qualities: Iterable[str], tta: bool) -> dict[str, Any]:
+    """``summary.json``'s ``quality`` block: how many frames carry each reason.
+
+    ``frame_qualities`` are the ``quality`` values of the frames that were processed (``""``,
+    not assessed, is not counted).
+    """
+    assessed = [q for q in frame_qualities if q]
+    counts = {r: sum(r in split_reasons(q) for q in assessed) for r in REASONS}
+    return {"tta": bool(tta), "frames_assessed": len(assessed),
+            "frames_ok": sum(q == QUALITY_OK for q in assessed),
+            "frames_with": {r: n for r, n in counts.items() if n}, "vocabulary": list(REASONS)}
+
+
 @dataclass(frozen=True)
 class TrainingRange:
     """What the model saw in training: RI range, medium RI range, voxel sizes (Z, Y, X) in um."""
@@ -101,11 +114,13 @@ class TrainingRange:
 
         Cells reach RI 1.39 and the transfer function rings below the medium; training stretches
         the contrast by up to 15 % and shifts the RI by up to 0.002, and the generator's
-        background varies by about 0.0003: RI 1.32-1.41, medium within 0.0025 of the model's.
-        The voxel size is the model's (inputs are resampled to it).
+        background varies by about 0.0003: RI from 0.017 below to 0.073 above the medium (1.32-1.41
+        at 1.337), medium within 0.0025 of the model's. The voxel size is the model's (inputs are
+        resampled to it).
         """
         vs = tuple(float(v) for v in voxel_size_um)
-        return cls(1.32, 1.41, medium_ri - 0.0025, medium_ri + 0.0025, vs, vs, False)  # type: ignore[arg-type]
+        return cls(medium_ri - 0.017, medium_ri + 0.073, medium_ri - 0.0025, medium_ri + 0.0025,
+                   vs, vs, False)  # type: ignore[arg-type]
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> TrainingRange:

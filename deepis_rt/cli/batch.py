@@ -43,6 +43,7 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
               help="At most this many Ray actors on one node.")
 @file_options
 @click.option("--max-batch", type=int, default=4, show_default=True, help="Frames inferred together.")
+@click.option("--tta", is_flag=True, help="Test-time augmentation, as in `deepis-rt stream` (4x the inference).")
 @click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
@@ -50,7 +51,7 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
               "timeout, out of memory) before they are recorded 'retry' (the next run processes them).")
 def batch(archive, out, ray_address, model, backend, precision, url, model_name, retries, workers, cpus_per_worker,
           gpus_per_worker, max_workers_per_node, voxel_size, frame_interval, medium_ri, max_batch, no_masks,
-          no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S) -> None:
+          no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, tta=False) -> None:
     """Segment, measure and track every time-lapse in ARCHIVE.
 
     \b
@@ -65,6 +66,8 @@ def batch(archive, out, ray_address, model, backend, precision, url, model_name,
     load_options = {"url": url, "model_name": model_name} if backend == "triton" else {}
     if precision is not None:
         load_options["precision"] = precision
+    if tta:
+        load_options["tta"] = True
     stream_settings = {
         "voxel_size_um": tuple(voxel_size) if voxel_size else None,
         "frame_interval_s": frame_interval,

@@ -37,7 +37,8 @@ def _prepare_out(out: Path) -> None:
               show_default=True)
 @click.option("--model", type=click.Path(exists=True, path_type=Path), default=None,
               help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint).")
-def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Path | None) -> None:
+@click.option("--tta", is_flag=True, help="Test-time augmentation, as in `deepis-rt stream` (4x the inference).")
+def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Path | None, tta: bool = False) -> None:
     """Stream a synthetic CAR-T / target-cell video through the bundled checkpoint.
 
     A writer thread plays the microscope: it writes one tomogram after another into a
@@ -54,7 +55,7 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
 
     t_start = time.time()
     _prepare_out(out)
-    segmenter = deepis_rt.load(model, backend=backend)
+    segmenter = deepis_rt.load(model, backend=backend, tta=tta)
     video = make_video(seed, DEFAULT_SHAPE, DEFAULT_VOXEL_SIZE_UM, frames)
     interval_s = video.frame_interval_s
     camera = Path(tempfile.mkdtemp(prefix="deepis-camera-"))

@@ -513,6 +513,7 @@ class Stream:
 
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""
+        from deepis_rt.analysis.quality import quality_summary
         from deepis_rt.bench.stats import latency_stats
 
         elapsed = max(time.time() - self._run_started, 1e-9)
@@ -552,6 +553,9 @@ class Stream:
             "synapses": (synapses := [{"synapse_id": i + 1, **s.to_dict()}
                                       for i, s in enumerate(self.writer.tracker.summary())]),
             "truth": self._truth_vs_fit(synapses),
+            # frames per quality reason (deepis_rt.analysis.quality), over every run on this folder
+            "quality": quality_summary([r.get("quality", "") for r in self.results.committed if r["status"] == "ok"]
+                                       if self.results else w.qualities, getattr(seg, "tta", False)),
             "events": [dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in self._events[-200:]],
         }
 
