@@ -103,10 +103,9 @@ def fit_saturation(
         somewhere in the interval since the last frame without it (fixing ``t0 = 0`` shortens
         tau_half by up to that interval). The fit treats ``t0`` as uniform over the interval and
         marginalises over it: A_max and tau_half are fitted at onsets across the interval (a
-        coarse grid, then a fine one around the best), each weighted by its likelihood
-        (``exp(-chi^2 / 2)`` times the volume of its parameter covariance); the reported values
-        are the weighted means and their errors include the spread between onsets. Needs one
-        more point (4).
+        coarse grid, then a fine one around the best), each weighted by its profile likelihood
+        ``exp(-chi^2 / 2)``; the reported values are the weighted means and their errors include
+        the spread between onsets. Needs one more point (4).
 
     Returns
     -------
@@ -239,9 +238,10 @@ def _marginalise_onset(t: np.ndarray, v: np.ndarray, sig: np.ndarray | None, win
     chi2 = np.array([fits[k][2] for k in onsets])
     if sig is None:  # unweighted: the scatter of the best onset stands for the points' sigma
         chi2 = chi2 / max(chi2.min() / max(t.size - 3, 1), 1e-300)
-    with np.errstate(divide="ignore"):
-        log_volume = 0.5 * np.log(np.maximum(np.linalg.det(covs), 1e-300))
-    log_w = -0.5 * chi2 + log_volume
+    # the profile likelihood of each onset; the Laplace volume term (sqrt det covariance) is left out:
+    # with flat priors on A_max and tau_half it favours onsets where the two are degenerate (an onset
+    # long before the first frame lets both run off together), which says nothing about the onset
+    log_w = -0.5 * chi2
     # each onset stands for the part of the interval nearest to it (trapezoid widths)
     edges = np.concatenate([[onsets[0]], 0.5 * (onsets[1:] + onsets[:-1]), [onsets[-1]]])
     width = np.diff(edges) if onsets.size > 1 else np.ones(1)

@@ -44,7 +44,7 @@ from scipy import ndimage as ndi
 __all__ = [
     "QUALITY_OK", "REASONS", "RI_OUT_OF_RANGE", "VOXEL_SIZE_OUT_OF_RANGE", "FLIPS_DISAGREE", "CELL_AT_EDGE",
     "NEAR_TILE_SEAM", "join_reasons", "split_reasons", "quality_summary", "TrainingRange", "describe_training_inputs",
-    "input_reasons", "cells_at_edge", "flip_voxel_disagreement", "seam_planes", "synapse_box", "box_near_planes",
+    "input_reasons", "assess_frame", "cells_at_edge", "flip_voxel_disagreement", "seam_planes", "synapse_box", "box_near_planes",
 ]
 
 QUALITY_OK = "ok"
@@ -253,3 +253,51 @@ def box_near_planes(box: tuple[slice, ...], planes: Sequence[Sequence[float]], m
         if any(lo <= p <= hi for p in axis_planes):
             return True
     return False
+
+
+def assess_frame(analysis: Any, ri: np.ndarray | None, voxel_size_um: Sequence[float], trained: TrainingRange,
+                 flip_maps: Sequence[np.ndarray] | None = None, flip_analyses: Sequence[Any] | None = None,
+                 seams: Sequence[Sequence[float]] = ((), (), ()), seam_margin: Sequence[float] = (0, 0, 0)) -> str:
+    """Set each synapse's ``quality`` (and, with flips, widen its ``is_area_err_um2``); return the frame's.
+
+    Parameters
+    ----------
+    analysis : FrameAnalysis or None
+        The frame's analysis (of the averaged map with test-time augmentation); None: only the
+        input and the flips' voxels are judged.
+    ri : ndarray or None
+        The input RI on its own grid.
+    voxel_size_um, trained
+        The input's voxel size and the model's :class:`TrainingRange`.
+    flip_maps, flip_analyses : optional
+        Each flip's distance map (mirrored back) and its analysis (needed only when there are synapses).
+    seams, seam_margin
+        :func:`seam_planes` of the frame's tile plan and how close (input voxels per axis) is "near".
+    """
+    from deepis_rt.analysis.flips import area_sigma_with_flips_um2, flip_areas_um2
+    from deepis_rt.analysis.masks import default_threshold_um
+
+    frame_reasons = input_reasons(ri, voxel_size_um, trained)
+    if flip_maps and flip_voxel_disagreement(flip_maps, default_threshold_um(voxel_size_um)) > FLIP_VOXEL_TOLERANCE:
+        frame_reasons.add(FLIPS_DISAGREE)
+    if analysis is None:
+        return join_reasons(frame_reasons)
+    areas = flip_areas_um2(analysis, flip_analyses) if flip_analyses else [[] for _ in analysis.synapses]
+    edge = cells_at_edge(analysis.cell_labels)
+    input_only = frame_reasons - {FLIPS_DISAGREE}
+    for syn, flip_areas in zip(analysis.synapses, areas, strict=True):
+        reasons = set(input_only)
+        if flip_areas:
+            syn.is_area_err_um2 = area_sigma_with_flips_um2(syn.is_area_err_um2, flip_areas)
+            if np.std(flip_areas, ddof=1) > FLIP_AREA_TOLERANCE * max(syn.is_area_um2, 1e-9):
+                reasons.add(FLIPS_DISAGREE)
+        if syn.tcell_id in edge or syn.target_id in edge:
+            reasons.add(CELL_AT_EDGE)
+        box = synapse_box(analysis.labels, analysis.cell_labels, syn.tcell_id, syn.target_id)
+        if box is not None and box_near_planes(box, seams, seam_margin):
+            reasons.add(NEAR_TILE_SEAM)
+        syn.quality = join_reasons(reasons)
+        frame_reasons |= reasons
+    if edge:
+        frame_reasons.add(CELL_AT_EDGE)
+    return join_reasons(frame_reasons)

@@ -338,54 +338,17 @@ class Segmenter:
 
     def _assess(self, result: FrameResult, ri: np.ndarray | None, analyze_fn: Any, medium_ri: float | None) -> None:
         """``quality`` of the frame and its synapses; with flips, their spread widens ``is_area_err_um2``."""
-        from deepis_rt.analysis.flips import area_sigma_with_flips_um2, flip_areas_um2
-        from deepis_rt.analysis.masks import default_threshold_um
-        from deepis_rt.analysis.quality import (
-            CELL_AT_EDGE,
-            FLIP_AREA_TOLERANCE,
-            FLIP_VOXEL_TOLERANCE,
-            FLIPS_DISAGREE,
-            NEAR_TILE_SEAM,
-            SEAM_MARGIN_VOXELS,
-            box_near_planes,
-            cells_at_edge,
-            flip_voxel_disagreement,
-            input_reasons,
-            join_reasons,
-            synapse_box,
-        )
+        from deepis_rt.analysis.quality import SEAM_MARGIN_VOXELS, assess_frame
 
         flip_maps, result.flip_distances = result.flip_distances, None
         vs = result.voxel_size_um
-        frame_reasons = input_reasons(ri, vs, self.training_range)
-        if flip_maps and flip_voxel_disagreement(flip_maps, default_threshold_um(vs)) > FLIP_VOXEL_TOLERANCE:
-            frame_reasons.add(FLIPS_DISAGREE)
-        analysis = result.analysis
-        if analysis is not None:
-            areas = [[] for _ in analysis.synapses]
-            if flip_maps and analysis.synapses:
-                medium = float(medium_ri or self.medium_ri)
-                areas = flip_areas_um2(analysis, [analyze_fn(m, None, vs, medium_ri=medium) for m in flip_maps])
-            edge = cells_at_edge(analysis.cell_labels)
-            seams = self._seams(result.distance.shape, vs)
-            margin = [SEAM_MARGIN_VOXELS * m / v for m, v in zip(self.model_voxel_size_um, vs, strict=True)]
-            input_only = frame_reasons - {FLIPS_DISAGREE}
-            for syn, flip_areas in zip(analysis.synapses, areas, strict=True):
-                reasons = set(input_only)
-                if flip_areas:
-                    syn.is_area_err_um2 = area_sigma_with_flips_um2(syn.is_area_err_um2, flip_areas)
-                    if np.std(flip_areas, ddof=1) > FLIP_AREA_TOLERANCE * max(syn.is_area_um2, 1e-9):
-                        reasons.add(FLIPS_DISAGREE)
-                if syn.tcell_id in edge or syn.target_id in edge:
-                    reasons.add(CELL_AT_EDGE)
-                box = synapse_box(analysis.labels, analysis.cell_labels, syn.tcell_id, syn.target_id)
-                if box is not None and box_near_planes(box, seams, margin):
-                    reasons.add(NEAR_TILE_SEAM)
-                syn.quality = join_reasons(reasons)
-                frame_reasons |= reasons
-            if edge:
-                frame_reasons.add(CELL_AT_EDGE)
-        result.quality = join_reasons(frame_reasons)
+        flip_analyses = None
+        if flip_maps and result.analysis is not None and result.analysis.synapses:
+            medium = float(medium_ri or self.medium_ri)
+            flip_analyses = [analyze_fn(m, None, vs, medium_ri=medium) for m in flip_maps]
+        margin = [SEAM_MARGIN_VOXELS * m / v for m, v in zip(self.model_voxel_size_um, vs, strict=True)]
+        result.quality = assess_frame(result.analysis, ri, vs, self.training_range, flip_maps, flip_analyses,
+                                      self._seams(result.distance.shape, vs), margin)
 
     # -- segmentation ------------------------------------------------------------------------------
     def segment(self, volume: Any, voxel_size_um: Any = None, *, analyze: bool | None = None,
