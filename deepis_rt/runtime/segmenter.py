@@ -239,8 +239,11 @@ class Segmenter:
             outputs = []
             for p in prepared:
                 t1 = time.perf_counter()
-                per_flip = [np.ascontiguousarray(flip(self._tile(flip(p.model_volume, axes)), axes)) for axes in flips]
-                outputs.append(self._keep_flips(p, per_flip))
+                if len(flips) == 1:  # the distance map may live on disk (stitch_on_disk): no copy
+                    outputs.append(self._keep_flips(p, [self._tile(p.model_volume)]))
+                else:
+                    outputs.append(self._keep_flips(p, [np.ascontiguousarray(flip(self._tile(flip(p.model_volume, a)), a))
+                                                        for a in flips]))
                 p.timings_ms["infer"] = (time.perf_counter() - t1) * 1e3
             return outputs
         norm, tile, shape, pad = self.normalization, plan.tile_zyx, plan.shape, self._pad_value()
