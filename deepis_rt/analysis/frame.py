@@ -64,7 +64,8 @@ class Synapse:
     :func:`~deepis_rt.analysis.contact.contact_surface`) and ``is_area_err_um2``
     its one-sigma uncertainty; the IS mean RI, dry mass and areal density use the
     paper's IS mask (dilation overlap). ``tcell_track`` / ``target_track`` are
-    filled by the tracker.
+    filled by the tracker; ``quality`` (``"ok"`` or reasons, see
+    :mod:`deepis_rt.analysis.quality`) by the Segmenter (``""``: not assessed).
     """
 
     synapse_id: int
@@ -77,6 +78,7 @@ class Synapse:
     tcell_track: int | None = None
     target_track: int | None = None
     is_area_err_um2: float = math.nan
+    quality: str = ""
 
 
 @dataclass

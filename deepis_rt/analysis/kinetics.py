@@ -43,7 +43,8 @@ class KineticFit:
     scatter); ``chi2_reduced`` then tells whether the sigmas describe the scatter
     (about 1) or are too small (much above 1). ``onset_offset_s`` is the fitted
     onset relative to the first sample (<= 0; 0 when not fitted): ``predict`` and
-    the law use ``t - onset_offset_s``. On failure the numbers are NaN,
+    the law use ``t - onset_offset_s``; ``onset_offset_err_s`` is its one-sigma
+    spread when the onset was treated as an interval. On failure the numbers are NaN,
     ``success`` is False and ``message`` says why.
     """
 
@@ -58,6 +59,7 @@ class KineticFit:
     weighted: bool = False
     chi2_reduced: float = math.nan
     onset_offset_s: float = 0.0
+    onset_offset_err_s: float = math.nan
 
     def predict(self, t_s: np.ndarray) -> np.ndarray:
         """The fitted curve at times ``t_s`` from onset (NaN when the fit failed)."""
@@ -96,16 +98,25 @@ def fit_saturation(
         absolute (``scipy.optimize.curve_fit(..., absolute_sigma=True)``).
         Points with a missing or non-positive sigma get the median of the others.
     onset_window_s : float
-        When > 0, the true onset is fitted too: ``A(t) = A_max (t - t0) / (t - t0 + tau_half)``
-        with ``-onset_window_s <= t0 <= 0`` (``onset_offset_s``). A contact seen first at
-        ``t = 0`` began somewhere in the preceding frame interval; fixing ``t0 = 0`` there
-        shortens tau_half by up to that interval. Needs one more point (4).
+        When > 0, the onset ``t0`` of ``A(t) = A_max (t - t0) / (t - t0 + tau_half)`` lies
+        anywhere in ``-onset_window_s <= t0 <= 0``: a contact seen first at ``t = 0`` began
+        somewhere in the interval since the last frame without it (fixing ``t0 = 0`` shortens
+        tau_half by up to that interval). The fit treats ``t0`` as uniform over the interval and
+        marginalises over it: A_max and tau_half are fitted at onsets across the interval (a
+        coarse grid, then a fine one around the best), each weighted by its profile likelihood
+        ``exp(-chi^2 / 2)``; the reported values are the weighted means and their errors include
+        the spread between onsets. Needs one more point (4).
 
     Returns
     -------
     KineticFit
         With ``success=False`` (not an exception) for fewer than 3 usable
         points, no time span, no value above 0, or a fit that does not converge.
+
+    Notes
+    -----
+    When the points scatter more than their sigmas say (weighted, reduced chi^2 > 1), the
+    parameter errors are scaled by sqrt(reduced chi^2): the sigmas were too small.
     """
     t = np.asarray(t_s, dtype=float).ravel()
     v = np.asarray(y, dtype=float).ravel()
@@ -132,44 +143,36 @@ def fit_saturation(
         return KineticFit(n_points=n, message="all samples at the same time")
     if not (v > 0).any():
         return KineticFit(n_points=n, message="no value above 0: nothing rises, tau_half is undefined")
-    t_pos = t[t > 0]
-    tau0 = float(np.median(t_pos)) if t_pos.size else span / 2
-    a0 = max(float(np.max(v)) * 1.2, 1e-9)
     window = float(onset_window_s) if np.isfinite(onset_window_s) and onset_window_s > 0 else 0.0
     free_onset = window > 0 and n > MIN_POINTS and float(t.min()) >= 0.0
-    model = _shifted if free_onset else saturation
-    p0 = (a0, tau0, -0.5 * window) if free_onset else (a0, tau0)
-    lower = [0.0, 1e-6 * max(span, 1.0)] + ([-window] if free_onset else [])
-    upper = [np.inf, np.inf] + ([0.0] if free_onset else [])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", OptimizeWarning)
-            popt, pcov = curve_fit(
-                model,
-                t,
-                v,
-                p0=p0,
-                sigma=sig,
-                absolute_sigma=sig is not None,
-                bounds=(lower, upper),
-                maxfev=5000,
-            )
-    except (RuntimeError, ValueError) as exc:
-        return KineticFit(n_points=n, message=f"fit did not converge: {exc}")
-    residual = v - model(t, *popt)
+    if not free_onset:
+        one = _fit_at_onset(t, v, sig, 0.0, span)
+        if isinstance(one, str):
+            return KineticFit(n_points=n, message=one)
+        popt, pcov, chi2_sum = one
+        params, errs, t0, t0_err = popt, np.sqrt(np.maximum(np.diag(pcov), 0)), 0.0, math.nan
+    else:
+        marginal = _marginalise_onset(t, v, sig, window, span)
+        if isinstance(marginal, str):
+            return KineticFit(n_points=n, message=marginal)
+        params, errs, t0, t0_err, chi2_sum = marginal
+    residual = v - _shifted(t, params[0], params[1], t0)
     ss_res = float(np.sum(residual**2))
     ss_tot = float(np.sum((v - v.mean()) ** 2))
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
-    with np.errstate(invalid="ignore"):
-        err = np.sqrt(np.diag(pcov)) if n > len(popt) else np.full(len(popt), math.nan)
-    err = [float(e) if np.isfinite(e) else math.nan for e in err]
+    n_params = 3 if free_onset else 2
     chi2 = math.nan
-    if sig is not None and n > len(popt):
-        chi2 = float(np.sum((residual / sig) ** 2) / (n - len(popt)))
+    if sig is not None and n > n_params:
+        chi2 = float(np.sum((residual / sig) ** 2) / (n - n_params))
+    if n <= 2:
+        errs = np.full(2, math.nan)
+    elif sig is not None and chi2 > 1:
+        errs = errs * math.sqrt(chi2)
+    err = [float(e) if np.isfinite(e) else math.nan for e in errs]
     return KineticFit(
-        a_max=float(popt[0]),
+        a_max=float(params[0]),
         a_max_err=err[0],
-        tau_half_s=float(popt[1]),
+        tau_half_s=float(params[1]),
         tau_half_err_s=err[1],
         r_squared=r2,
         n_points=n,
@@ -177,5 +180,75 @@ def fit_saturation(
         message="ok",
         weighted=sig is not None,
         chi2_reduced=chi2,
-        onset_offset_s=float(popt[2]) if free_onset else 0.0,
+        onset_offset_s=float(t0),
+        onset_offset_err_s=float(t0_err),
     )
+
+
+def _fit_at_onset(t: np.ndarray, v: np.ndarray, sig: np.ndarray | None, t0: float,
+                  span: float) -> tuple[np.ndarray, np.ndarray, float] | str:
+    """(A_max, tau_half), their covariance and the sum of squared (weighted) residuals for an onset
+    fixed at ``t0``; a message when the fit fails."""
+    t_pos = t[t - t0 > 0] - t0
+    tau0 = float(np.median(t_pos)) if t_pos.size else span / 2
+    a0 = max(float(np.max(v)) * 1.2, 1e-9)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            popt, pcov = curve_fit(
+                lambda x, a, tau: _shifted(x, a, tau, t0), t, v, p0=(a0, tau0), sigma=sig,
+                absolute_sigma=sig is not None, bounds=([0.0, 1e-6 * max(span, 1.0)], [np.inf, np.inf]),
+                maxfev=5000,
+            )
+    except (RuntimeError, ValueError) as exc:
+        return f"fit did not converge: {exc}"
+    residual = v - _shifted(t, popt[0], popt[1], t0)
+    chi2 = float(np.sum((residual / sig) ** 2)) if sig is not None else float(np.sum(residual**2))
+    return popt, pcov, chi2
+
+
+#: onsets tried across the interval (coarse), then around the most likely one (fine)
+_ONSET_GRID = (13, 13)
+
+
+def _marginalise_onset(t: np.ndarray, v: np.ndarray, sig: np.ndarray | None, window: float, span: float):
+    """Fits at onsets across ``[-window, 0]``, combined with their likelihoods (see :func:`fit_saturation`).
+
+    Returns (params, errors, onset, onset error, chi^2 sum) or a message when no onset fits.
+    """
+    coarse = np.linspace(-window, 0.0, _ONSET_GRID[0])
+    fits: dict[float, tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def run(onsets: np.ndarray) -> None:
+        for t0 in onsets:
+            if float(t0) not in fits:
+                one = _fit_at_onset(t, v, sig, float(t0), span)
+                if not isinstance(one, str) and np.all(np.isfinite(one[1])):
+                    fits[float(t0)] = one
+
+    run(coarse)
+    if not fits:
+        return "fit did not converge at any onset in the interval"
+    best = min(fits, key=lambda k: fits[k][2])
+    step = coarse[1] - coarse[0]
+    run(np.linspace(max(best - step, -window), min(best + step, 0.0), _ONSET_GRID[1]))
+    onsets = np.array(sorted(fits))
+    params = np.array([fits[k][0] for k in onsets])
+    covs = np.array([fits[k][1] for k in onsets])
+    chi2 = np.array([fits[k][2] for k in onsets])
+    if sig is None:  # unweighted: the scatter of the best onset stands for the points' sigma
+        chi2 = chi2 / max(chi2.min() / max(t.size - 3, 1), 1e-300)
+    # the profile likelihood of each onset; the Laplace volume term (sqrt det covariance) is left out:
+    # with flat priors on A_max and tau_half it favours onsets where the two are degenerate (an onset
+    # long before the first frame lets both run off together), which says nothing about the onset
+    log_w = -0.5 * chi2
+    # each onset stands for the part of the interval nearest to it (trapezoid widths)
+    edges = np.concatenate([[onsets[0]], 0.5 * (onsets[1:] + onsets[:-1]), [onsets[-1]]])
+    width = np.diff(edges) if onsets.size > 1 else np.ones(1)
+    w = np.exp(log_w - log_w.max()) * np.maximum(width, 1e-12)
+    w /= w.sum()
+    mean = (w[:, None] * params).sum(axis=0)
+    var = (w[:, None] * (np.diagonal(covs, axis1=1, axis2=2) + (params - mean) ** 2)).sum(axis=0)
+    t0 = float((w * onsets).sum())
+    t0_err = float(math.sqrt(max((w * (onsets - t0) ** 2).sum(), 0.0)))
+    return mean, np.sqrt(var), t0, t0_err, float(chi2.min())

@@ -2,7 +2,8 @@
 
 The streaming stage writes these rows with :mod:`csv`'s ``DictWriter`` using
 :data:`CELL_COLUMNS` / :data:`SYNAPSE_COLUMNS` as field names. Missing values
-(no RI, no track yet) are written as empty cells.
+(no RI, no track yet) are written as empty cells. ``quality`` is ``ok`` or the
+``;``-joined reasons of :mod:`deepis_rt.analysis.quality`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ SYNAPSE_COLUMNS: tuple[str, ...] = (
     "is_dry_mass_pg",
     "is_density_fg_um2",
     "is_area_err_um2",
+    "quality",
 )
 
 
@@ -102,6 +104,7 @@ def synapse_rows(frame: int, time_s: float, tracked: TrackedFrame | FrameAnalysi
             s.is_dry_mass_pg,
             s.is_density_fg_um2,
             s.is_area_err_um2,
+            getattr(s, "quality", ""),
         )
         rows.append({k: _clean(v) for k, v in zip(SYNAPSE_COLUMNS, values, strict=True)})
     return rows

@@ -29,7 +29,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deepis_rt.analysis.frame import Cell, FrameAnalysis, Synapse
-from deepis_rt.analysis.kinetics import KineticFit, fit_saturation
+from deepis_rt.analysis.kinetics import MIN_POINTS, KineticFit, fit_saturation
+from deepis_rt.analysis.quality import (
+    CELL_AT_EDGE,
+    FLIPS_DISAGREE,
+    NEAR_TILE_SEAM,
+    RI_OUT_OF_RANGE,
+    VOXEL_SIZE_OUT_OF_RANGE,
+    join_reasons,
+    split_reasons,
+)
 from deepis_rt.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,9 @@ EVENT_KINDS = ("formed", "lost", "re-formed", "area_threshold_crossed")
 #: a synapse in contact from the tracker's first frame formed before it, at most this many observed
 #: durations earlier as far as the kinetics fit looks (its errors then say how well tau_half is known)
 UNOBSERVED_ONSET_SPANS = 10.0
+#: reasons that take a point out of the kinetic fit (no number says how far off it is); a point whose
+#: flips disagree stays in, weighted by its widened ``is_area_err_um2``
+EXCLUDING_REASONS = frozenset({RI_OUT_OF_RANGE, VOXEL_SIZE_OUT_OF_RANGE, CELL_AT_EDGE, NEAR_TILE_SEAM})
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,7 @@ class SynapseHistory:
     time_s: list[float] = field(default_factory=list)
     is_area_um2: list[float] = field(default_factory=list)
     is_area_err_um2: list[float] = field(default_factory=list)
+    quality: list[str] = field(default_factory=list)  # per observation: "ok", reasons, or "" (not assessed)
     is_dry_mass_pg: list[float] = field(default_factory=list)
     is_density_fg_um2: list[float] = field(default_factory=list)
     tcell_volume_um3: list[float] = field(default_factory=list)
@@ -125,6 +138,14 @@ class SynapseSummary:
     episodes: int = 1
     #: first frame in contact of the contact the fits describe (the longest; ``onset_s`` when one)
     fit_onset_s: float = math.nan
+    #: where that contact's onset lies: (last frame without it, ``fit_onset_s``); the first is None
+    #: when the tracker saw no frame before it (onset not observed)
+    onset_interval_s: tuple[float | None, float] = (None, math.nan)
+    #: reasons of the fitted contact's frames (``"ok"`` when none; see :mod:`deepis_rt.analysis.quality`)
+    quality: str = "ok"
+    #: frames left out of the area fit for their quality, and what the fit did with flagged frames
+    fit_excluded_frames: list[int] = field(default_factory=list)
+    fit_flagged: str = "none flagged"
 
     def to_dict(self) -> dict:
         """JSON-safe dict for ``summary.json`` (NaN becomes None)."""
@@ -139,6 +160,11 @@ class SynapseSummary:
             "onset_observed": self.onset_observed,
             "episodes": self.episodes,
             "fit_onset_s": clean(self.fit_onset_s),
+            "onset_interval_s": [None if self.onset_interval_s[0] is None else clean(self.onset_interval_s[0]),
+                                 clean(self.onset_interval_s[1])],
+            "quality": self.quality,
+            "fit_excluded_frames": list(self.fit_excluded_frames),
+            "fit_flagged": self.fit_flagged,
             "duration_s": clean(self.duration_s),
             "n_frames": self.n_frames,
             "max_is_area_um2": clean(self.max_is_area_um2),
@@ -360,6 +386,7 @@ class SynapseTracker:
             h.time_s.append(t)
             h.is_area_um2.append(s.is_area_um2)
             h.is_area_err_um2.append(getattr(s, "is_area_err_um2", math.nan))
+            h.quality.append(getattr(s, "quality", "") or "")
             h.is_dry_mass_pg.append(s.is_dry_mass_pg)
             h.is_density_fg_um2.append(s.is_density_fg_um2)
             h.tcell_volume_um3.append(tc.volume_um3 if tc else math.nan)
@@ -402,6 +429,11 @@ class SynapseTracker:
         """Whether the tracker saw a frame before a contact's first frame."""
         return bool((np.asarray(self._frame_times_s, dtype=float) < onset_s).any())
 
+    def _last_frame_before(self, onset_s: float) -> float | None:
+        times = np.asarray(self._frame_times_s, dtype=float)
+        before = times[times < onset_s]
+        return float(before.max()) if before.size else None
+
     def _onset_window_s(self, onset_s: float, time_s: Sequence[float]) -> float:
         """How long before its first frame (``onset_s``) a contact observed at ``time_s`` may have formed."""
         times = np.asarray(self._frame_times_s, dtype=float)
@@ -432,6 +464,8 @@ class SynapseTracker:
             time_s = list(h.time_s[ep])
             fit_onset = time_s[0]
             t_rel = np.asarray(time_s) - fit_onset
+            area, sigma = np.asarray(h.is_area_um2[ep], float), np.asarray(h.is_area_err_um2[ep], float)
+            keep, excluded, flagged_note, quality = _fit_points(h.frame[ep], h.quality[ep] or [""] * len(time_s))
             centroids = np.asarray(h.tcell_centroid_um[ep], dtype=float).reshape(-1, 3)
             displacement = np.linalg.norm(centroids - centroids[0], axis=1) if len(centroids) else np.zeros(0)
             out.append(
@@ -442,12 +476,42 @@ class SynapseTracker:
                     duration_s=float(h.time_s[-1] - h.time_s[0]),
                     n_frames=len(h.time_s),
                     max_is_area_um2=float(np.nanmax(h.is_area_um2)),
-                    area_fit=fit_saturation(t_rel, h.is_area_um2[ep], sigma=h.is_area_err_um2[ep],
+                    area_fit=fit_saturation(t_rel[keep], area[keep], sigma=sigma[keep],
                                             onset_window_s=self._onset_window_s(fit_onset, time_s)),
                     displacement_fit=fit_saturation(t_rel, displacement),
                     onset_observed=self._onset_observed(fit_onset),
                     episodes=len(episodes),
                     fit_onset_s=fit_onset,
+                    onset_interval_s=(self._last_frame_before(fit_onset), fit_onset),
+                    quality=quality,
+                    fit_excluded_frames=excluded,
+                    fit_flagged=flagged_note,
                 )
             )
         return out
+
+
+def _fit_points(frames: Sequence[int], quality: Sequence[str]) -> tuple[np.ndarray, list[int], str, str]:
+    """Which observations of a contact the area fit uses, given their ``quality``.
+
+    Observations with a reason in :data:`EXCLUDING_REASONS` are left out while at least
+    ``MIN_POINTS + 1`` others remain (enough for a fit with its onset); otherwise all are fitted and
+    the note says so. Returns (mask of points kept, frames left out, note, the contact's quality).
+    """
+    reasons = [split_reasons(q) for q in quality]
+    bad = np.array([bool(r & EXCLUDING_REASONS) for r in reasons], dtype=bool)
+    seen = set().union(*reasons) if reasons else set()
+    contact_quality = join_reasons(seen)
+    weighted = FLIPS_DISAGREE in seen
+    n_bad = int(bad.sum())
+    if not n_bad:
+        note = "flips_disagree points weighted by their widened sigma" if weighted else "none flagged"
+        return np.ones(len(frames), bool), [], note, contact_quality
+    why = join_reasons(set().union(*(r & EXCLUDING_REASONS for r in reasons)))
+    if len(frames) - n_bad >= MIN_POINTS + 1:
+        note = f"{n_bad} flagged frame(s) excluded ({why})"
+        if weighted:
+            note += "; flips_disagree points weighted by their widened sigma"
+        return ~bad, [int(f) for f, b in zip(frames, bad, strict=True) if b], note, contact_quality
+    return (np.ones(len(frames), bool), [],
+            f"{n_bad} of {len(frames)} frame(s) flagged ({why}): too few others, all fitted", contact_quality)

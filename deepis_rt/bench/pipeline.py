@@ -62,19 +62,20 @@ def _prime(segmenter: Any, volume: np.ndarray, distance: np.ndarray, voxel_size_
 
 
 def run_pipeline(runner: Any, model: Any, frames_dir: str | Path, out_dir: str | Path, batch: int,
-                 prime: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+                 prime: tuple[np.ndarray, np.ndarray] | None = None, tta: bool = False) -> dict[str, Any]:
     """Stream every frame of ``frames_dir`` through an active ``runner``; return throughput and stages.
 
     ``prime`` = (RI volume, its distance map) runs the analysis and tracking once before the clock
     starts (see :func:`_prime`). The runner stays active (the caller owns it). Returns ``frames_ok``, ``frames_failed``,
     ``wall_s``, ``throughput_fps``, ``latency_ms`` (file complete -> results written) and
     ``stages_ms`` (medians per frame of read, preprocess, infer, postprocess, analyze, track, write).
+    ``tta``: with test-time augmentation (four flips per frame; the analysis also measures each flip).
     """
     from deepis_rt.runtime.segmenter import Segmenter
     from deepis_rt.stream.stream import Stream
 
     meta = dict(model.checkpoint.meta)
-    segmenter = Segmenter(runner, meta, batch_size=batch, analyze=True,
+    segmenter = Segmenter(runner, meta, batch_size=batch, analyze=True, tta=tta,
                           size_multiple=int(model.config.size_multiple),
                           model_info={"name": model.name, "preset": model.preset})
     if prime is not None:

@@ -225,14 +225,14 @@ def _model_line(mr: dict[str, Any]) -> str:
 def _pipeline_cells(p: dict[str, Any]) -> list[str]:
     st = p.get("stages_ms", {})
     stages = ", ".join(f"{k[:-3]} {_f(v, 1)}" for k, v in st.items()) or "-"
-    return [p["backend"], p["precision"], str(p["batch"]), _f(p.get("throughput_fps"), 4),
+    return [p["backend"], p["precision"], str(p["batch"]), "yes" if p.get("tta") else "no", _f(p.get("throughput_fps"), 4),
             _f(p.get("compute_throughput_fps"), 4), _f(p.get("ratio_vs_compute"), 3),
             _f(p.get("ratio_vs_infer_stage"), 3),
             _f((p.get("latency_ms") or {}).get("p50_ms"), 1), stages,
             p.get("status", "?") + (f": {p['reason']}" if p.get("reason") else "")]
 
 
-_PIPE_COLUMNS = ("backend", "precision", "batch", "pipeline frames/s", "compute tiles/s", "ratio",
+_PIPE_COLUMNS = ("backend", "precision", "batch", "tta", "pipeline frames/s", "compute tiles/s", "ratio",
                  "ratio vs infer stage",
                  "latency p50 ms", "median per-frame stage ms", "status")
 
@@ -322,7 +322,8 @@ def to_markdown(report: dict[str, Any], title: str = "deepis-rt bench") -> str:
                       "stage times are per-frame medians from its frames.csv. ratio = pipeline frames/s over the "
                       "compute-only tiles/s at the same batch (measured minutes apart, so a change of machine "
                       "load moves it); ratio vs infer stage = pipeline frames/s x the median infer ms per frame "
-                      "of the same run.", ""]
+                      "of the same run. tta = test-time augmentation (`--tta`: four flips per frame, "
+                      "each also analysed).", ""]
             lines += _md_table(_PIPE_COLUMNS, [_pipeline_cells(p) for p in mr["pipeline"]])
         if mr["targets"]:
             lines += ["", "Targets (measured figures, not pass/fail tests):", ""]

@@ -120,11 +120,13 @@ def _row(variant: Variant, batch: int, status: str, reason: str = "", **values: 
 
 def _bench_variant(variant: Variant, model: Any, batches: Sequence[int], frames: int, warmup: int,
                    tiles: np.ndarray, volumes: list[np.ndarray], reference: np.ndarray | None, threads: int | None, engines_dir: Path,
-                   pipeline_dir: Path | None, progress: Callable[[str], None]) -> tuple[list, dict | None, Any]:
-    """Rows of one variant, its pipeline result, and its batch-1 output (the reference, for the baseline)."""
+                   pipeline_dir: Path | None, progress: Callable[[str], None],
+                   tta: bool = False) -> tuple[list, list[dict], Any]:
+    """Rows of one variant, its pipeline results (plain, then with test-time augmentation when
+    ``tta``), and its batch-1 output (the reference, for the baseline)."""
     why = unavailable_reason(variant.backend, variant.precision)
     if why is not None:
-        return [_row(variant, b, "skipped", why) for b in batches], None, None
+        return [_row(variant, b, "skipped", why) for b in batches], [], None
     progress(f"{model.name}: {variant.label}: setting up")
     try:
         runner = make_runner(variant, model, max(batches), threads=threads, engines_dir=engines_dir)
@@ -133,10 +135,10 @@ def _bench_variant(variant: Variant, model: Any, batches: Sequence[int], frames:
         setup_s = round(time.perf_counter() - t0, 2)
     except Exception as exc:
         log.warning("bench | %s: %s", variant.label, exc)
-        return [_row(variant, b, "failed", f"setup: {_reason(exc)}") for b in batches], None, None
+        return [_row(variant, b, "failed", f"setup: {_reason(exc)}") for b in batches], [], None
     rows: list[dict[str, Any]] = []
     output = None
-    pipeline_result = None
+    pipeline_results: list[dict] = []
     try:
         acc = None
         try:
@@ -145,7 +147,7 @@ def _bench_variant(variant: Variant, model: Any, batches: Sequence[int], frames:
                 acc = accuracy(output, reference, model.voxel_size_um)
         except Exception as exc:
             reason = f"first inference: {_reason(exc)}"
-            return [_row(variant, b, "failed", reason, setup_s=setup_s) for b in batches], None, None
+            return [_row(variant, b, "failed", reason, setup_s=setup_s) for b in batches], [], None
         for b in batches:
             progress(f"{model.name}: {variant.label}: batch {b}")
             batch = np.ascontiguousarray(np.concatenate([tiles] * math.ceil(b / len(tiles)))[:b])
@@ -160,28 +162,29 @@ def _bench_variant(variant: Variant, model: Any, batches: Sequence[int], frames:
         ok = [r for r in rows if r["status"] == "ok"]
         if pipeline_dir is not None and ok:
             best = max(ok, key=lambda r: r["throughput_fps"])
-            progress(f"{model.name}: {variant.label}: pipeline, batch {best['batch']}")
-            out_dir = Path(tempfile.mkdtemp(prefix="stream-", dir=pipeline_dir))
-            try:
-                res = run_pipeline_safe(runner, model, pipeline_dir / "frames", out_dir, best["batch"],
-                                        prime=(volumes[0], output[0, 0]))
-                pipeline_result = {"backend": variant.backend, "precision": variant.precision,
-                                   "device": variant.device, "batch": best["batch"], **res}
-            except Exception as exc:
-                log.warning("bench | %s pipeline: %s", variant.label, exc)
-                pipeline_result = {"backend": variant.backend, "precision": variant.precision,
-                                   "device": variant.device, "batch": best["batch"], "status": "failed",
-                                   "reason": _reason(exc)}
+            for with_tta in (False, True) if tta else (False,):
+                progress(f"{model.name}: {variant.label}: pipeline, batch {best['batch']}"
+                         + (", test-time augmentation" if with_tta else ""))
+                out_dir = Path(tempfile.mkdtemp(prefix="stream-", dir=pipeline_dir))
+                head = {"backend": variant.backend, "precision": variant.precision, "device": variant.device,
+                        "batch": best["batch"], "tta": with_tta}
+                try:
+                    res = run_pipeline_safe(runner, model, pipeline_dir / "frames", out_dir, best["batch"],
+                                            prime=(volumes[0], output[0, 0]), tta=with_tta)
+                    pipeline_results.append({**head, **res})
+                except Exception as exc:
+                    log.warning("bench | %s pipeline: %s", variant.label, exc)
+                    pipeline_results.append({**head, "status": "failed", "reason": _reason(exc)})
     finally:
         runner.deactivate()
-    return rows, pipeline_result, output
+    return rows, pipeline_results, output
 
 
 def run_pipeline_safe(runner: Any, model: Any, frames_dir: Path, out_dir: Path, batch: int,
-                      prime: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+                      prime: tuple[np.ndarray, np.ndarray] | None = None, tta: bool = False) -> dict[str, Any]:
     from deepis_rt.bench.pipeline import run_pipeline
 
-    res = run_pipeline(runner, model, frames_dir, out_dir, batch, prime=prime)
+    res = run_pipeline(runner, model, frames_dir, out_dir, batch, prime=prime, tta=tta)
     status = "ok" if res["frames_ok"] and not res["frames_failed"] else ("failed" if not res["frames_ok"] else "partial")
     reason = "" if status == "ok" else f"{res['frames_failed']} of {res['frames']} frames failed"
     return {"status": status, "reason": reason, **res}
@@ -196,6 +199,7 @@ def run_benchmark(
     warmup: int = 1,
     pipeline: bool = False,
     pipeline_frames: int | None = None,
+    tta: bool = False,
     threads: int | None = None,
     engines_dir: str | Path = "engines",
     quick: bool = False,
@@ -219,6 +223,8 @@ def run_benchmark(
     pipeline : bool
         Also run the whole pipeline (files -> stream -> results) for every variant that ran, at its
         best batch, over ``pipeline_frames`` frames (default ``frames``).
+    tta : bool
+        With ``pipeline``: run each pipeline a second time with test-time augmentation (its cost).
     threads : int, optional
         CPU threads of the CPU backends (default: physical cores).
     """
@@ -246,7 +252,7 @@ def run_benchmark(
         "machine": describe_machine(),
         "load_average_before": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "settings": {"backends": [v.label for v in variants], "batches": batches, "frames": frames,
-                     "warmup_calls": warmup, "pipeline": pipeline,
+                     "warmup_calls": warmup, "pipeline": pipeline, "tta": tta and pipeline,
                      "pipeline_frames": (pipeline_frames or frames) if pipeline else None, "cpu_threads": threads, "quick": quick},
         "peaks": [],
         "models": [],
@@ -258,7 +264,7 @@ def run_benchmark(
         for model in models:
             report["models"].append(_bench_model(model, variants, batches, frames, warmup, pipeline,
                                                  pipeline_frames or frames, threads, Path(engines_dir), say,
-                                                 report["peaks"]))
+                                                 report["peaks"], tta=tta))
     finally:
         torch.set_num_threads(torch_threads)
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
@@ -268,7 +274,7 @@ def run_benchmark(
 
 def _bench_model(model: Any, variants: Sequence[Variant], batches: Sequence[int], frames: int, warmup: int,
                  pipeline: bool, pipeline_frames: int, threads: int, engines_dir: Path,
-                 say: Callable[[str], None], peaks: list[dict[str, Any]]) -> dict[str, Any]:
+                 say: Callable[[str], None], peaks: list[dict[str, Any]], tta: bool = False) -> dict[str, Any]:
     say(f"{model.name}: synthetic input tiles {tuple(model.tile_zyx)}")
     tiles, volumes = synthetic_tiles(model, n=min(4, max(batches)))
     rows: list[dict[str, Any]] = []
@@ -283,13 +289,12 @@ def _bench_model(model: Any, variants: Sequence[Variant], batches: Sequence[int]
             write_frames(pipeline_dir / "frames", volumes, model.voxel_size_um, pipeline_frames)
         for variant in variants:
             v_rows, pipe, output = _bench_variant(variant, model, batches, frames, warmup, tiles, volumes, reference,
-                                                  threads, engines_dir, pipeline_dir, say)
+                                                  threads, engines_dir, pipeline_dir, say, tta)
             if variant.is_baseline and reference is None and output is not None:
                 reference = output
                 for r in v_rows:
                     if r["status"] == "ok":
                         r["accuracy"] = accuracy(output, reference, model.voxel_size_um)
             rows.extend(v_rows)
-            if pipe is not None:
-                pipes.append(pipe)
+            pipes.extend(pipe)
     return finish_model(model.describe(), rows, pipes, peaks)

@@ -44,6 +44,7 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
               help="At most this many Ray actors on one node.")
 @file_options
 @click.option("--max-batch", type=int, default=4, show_default=True, help="Frames inferred together.")
+@click.option("--tta", is_flag=True, help="Test-time augmentation, as in `deepis-rt stream` (4x the inference).")
 @click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
@@ -55,7 +56,7 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 def batch(archive, out, ray_address, model, backend, precision, url, model_name, retries, workers, cpus_per_worker,
           gpus_per_worker, max_workers_per_node, voxel_size, frame_interval, medium_ri, max_batch, no_masks,
           no_progress, ri_scale=None, ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, zarr="ri+labels",
-          device=None, no_report=False, follow_symlinks=False) -> None:
+          device=None, no_report=False, follow_symlinks=False, tta=False) -> None:
     """Segment, measure and track every time-lapse in ARCHIVE.
 
     \b
@@ -75,6 +76,8 @@ def batch(archive, out, ray_address, model, backend, precision, url, model_name,
             raise click.BadParameter("Ray places its workers on GPUs itself; --device is for a run on this machine",
                                      param_hint="'--device'")
         load_options["device"] = gpu_device(device)
+    if tta:
+        load_options["tta"] = True
     stream_settings = {
         "voxel_size_um": tuple(voxel_size) if voxel_size else None,
         "frame_interval_s": frame_interval,

@@ -45,6 +45,9 @@ def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed calls per row.")
 @click.option("--pipeline", is_flag=True,
               help="Also run the whole pipeline (files on disk -> stream -> results) per backend at its best batch.")
+@click.option("--tta", is_flag=True,
+              help="With --pipeline: run each pipeline again with test-time augmentation (--tta of stream), a row "
+                   "of its own.")
 @click.option("--pipeline-frames", type=click.IntRange(min=1), default=None,
               help="Frames of the --pipeline run [default: --frames].")
 @click.option("--tile", type=(int, int, int), default=None, metavar="Z Y X",
@@ -67,7 +70,7 @@ def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--title", default="deepis-rt bench", show_default=True, help="Title of the Markdown report.")
 @device_option
 def bench(model_paths: tuple[Path, ...], presets: tuple[str, ...], backends: list[str], precisions: list[str] | None,
-          batches: list[int], frames: int, warmup: int, pipeline: bool, pipeline_frames: int | None, tile: tuple[int, int, int] | None,
+          batches: list[int], frames: int, warmup: int, pipeline: bool, tta: bool, pipeline_frames: int | None, tile: tuple[int, int, int] | None,
           quick: bool, threads: int | None, seed: int, cache_dir: Path | None, engines_dir: Path,
           json_path: Path | None, md_path: Path | None, plot_path: Path | None, title: str,
           device: int | None = None) -> None:
@@ -114,7 +117,7 @@ def bench(model_paths: tuple[Path, ...], presets: tuple[str, ...], backends: lis
             log.warning("bench | %s; benchmarking --preset deepis-lite (random weights) instead", exc)
             models = [resolve_model(preset="deepis-lite", tile_zyx=tile, seed=seed, cache_dir=cache_dir)]
     report = run_benchmark(models, names, precisions, batches=batches, frames=frames, warmup=warmup,
-                           pipeline=pipeline, pipeline_frames=pipeline_frames, threads=threads, engines_dir=engines_dir, quick=quick,
+                           pipeline=pipeline, pipeline_frames=pipeline_frames, tta=tta, threads=threads, engines_dir=engines_dir, quick=quick,
                            progress=lambda msg: log.info("bench | %s", msg))
     click.echo(format_table(report))
     if not quick:  # what streams size their batches by (deepis_rt/stream/batching.py); a quick run's tile is no model's

@@ -40,8 +40,9 @@ def _prepare_out(out: Path) -> None:
 @click.option("--model", type=click.Path(exists=True, path_type=Path), default=None,
               help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint).")
 @device_option
+@click.option("--tta", is_flag=True, help="Test-time augmentation, as in `deepis-rt stream` (4x the inference).")
 def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Path | None,
-         device: int | None = None) -> None:
+         device: int | None = None, tta: bool = False) -> None:
     """Stream a synthetic CAR-T / target-cell video through the bundled checkpoint.
 
     A writer thread plays the microscope: it writes one tomogram after another into a
@@ -58,7 +59,7 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
 
     t_start = time.time()
     _prepare_out(out)
-    segmenter = deepis_rt.load(model, backend=backend, device=gpu_device(device))
+    segmenter = deepis_rt.load(model, backend=backend, device=gpu_device(device), tta=tta)
     video = make_video(seed, DEFAULT_SHAPE, DEFAULT_VOXEL_SIZE_UM, frames)
     interval_s = video.frame_interval_s
     camera = Path(tempfile.mkdtemp(prefix="deepis-camera-"))

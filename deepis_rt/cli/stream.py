@@ -296,6 +296,8 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
               help="Triton server for --backend triton [default: $DEEPIS_TRITON_URL].")
 @click.option("--model-name", default="deepis", show_default=True, help="Model name on the Triton server.")
 @file_options
+@click.option("--tta", is_flag=True, help="Test-time augmentation: also segment each frame mirrored in Y, in X and in "
+              "both (4x the inference), average, and widen is_area_err_um2 where the flips disagree.")
 @click.option("--once", is_flag=True, help="Process what is in the folder now, then exit.")
 @click.option("--idle-timeout", type=float, default=None, metavar="S", help="Exit after S seconds without new frames.")
 @click.option("--max-frames", type=int, default=None, metavar="N", help="Exit after N frames.")
@@ -325,7 +327,7 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
            max_frames, settle, max_batch, no_masks, jsonl, url=None, model_name="deepis", ri_scale=None,
            ri_offset=None, retry_for=DEFAULT_RETRY_FOR_S, precision=None, allow_other_source=False,
            zarr="ri+labels", device=None, no_report=False, follow_symlinks=False, policy="every",
-           live_model=None) -> None:
+           live_model=None, tta=False) -> None:
     """Watch SOURCE for tomograms; segment, measure and track synapses as frames arrive."""
     import deepis_rt
     from deepis_rt.stream import Stream, StreamSettings
@@ -341,6 +343,8 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
     remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # a Triton server
     if precision is not None:
         remote["precision"] = precision
+    if tta:
+        remote["tta"] = True
     segmenter = load_when_available(
         lambda: deepis_rt.load(model, backend=backend, device=gpu_device(device), **remote), retry_for)
     # the live model runs here (a Triton server serves the main model only)

@@ -51,6 +51,14 @@ class FrameResult:
         Wall-clock time (``time.time()``) the stream wrote the results (filled by streams).
     deferred : bool
         The stream passed the frame over for newer ones and processed it later (``newest`` policy).
+    quality : str
+        ``"ok"`` or the ``;``-joined reasons not to trust the frame (input outside the training
+        range, flips disagree, a cell cut by the field's edge, a contact near a tile seam; the
+        vocabulary is :data:`deepis_rt.analysis.quality.REASONS`); ``""`` when not assessed (a
+        failed frame). Each synapse carries its own ``quality``.
+    flip_distances : list of numpy.ndarray or None
+        With test-time augmentation, each flip's distance map between inference and analysis (the
+        analysis uses and then drops them; None afterwards and without augmentation).
     """
 
     distance: np.ndarray
@@ -69,6 +77,8 @@ class FrameResult:
     retry_input: Any = field(default=None, repr=False)
     done_at: float | None = None
     deferred: bool = False
+    quality: str = ""
+    flip_distances: list[np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def failed(cls, error: str, **fields: Any) -> FrameResult:

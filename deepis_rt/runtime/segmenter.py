@@ -27,6 +27,7 @@ from deepis_rt.runtime.result import FrameResult, labels_from_distance
 from deepis_rt.runtime.runners import Runner
 from deepis_rt.runtime.source import resolve_source
 from deepis_rt.runtime.tiling import choose_tile, make_output, plan_tiles, sliding_window_inference
+from deepis_rt.runtime.tta import FLIP_AXES, flip, mean_of_flips
 
 __all__ = ["Segmenter", "PreparedFrame", "load"]
 
@@ -41,6 +42,8 @@ class PreparedFrame:
     model_volume: np.ndarray  # resampled to the model's voxel size (the input itself when equal)
     timings_ms: dict[str, float] = field(default_factory=dict)
     started: float = 0.0  # perf_counter() when preprocessing began
+    #: with test-time augmentation: each flip's distance map on the model grid (mirrored back)
+    flip_outputs: list[np.ndarray] | None = None
 
 
 _ANALYZE_MISSING = object()
@@ -97,6 +100,8 @@ class Segmenter:
         Host memory one frame may take once resampled to the model's voxel size; larger frames
         are refused before anything is allocated (default:
         :func:`~deepis_rt.runtime.preprocess.default_frame_budget_bytes`).
+    tta : bool
+        Test-time augmentation by default (see :meth:`segment`).
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class Segmenter:
         size_multiple: int | None = None,
         model_info: dict[str, Any] | None = None,
         max_frame_bytes: int | None = None,
+        tta: bool = False,
     ) -> None:
         self.runner = runner.activate()
         self.meta = dict(meta)
@@ -136,9 +142,14 @@ class Segmenter:
         self.stitch_on_disk = stitch_on_disk
         self.max_voxels = int(max_voxels)
         self.max_frame_bytes = max_frame_bytes
+        self.tta = bool(tta)
         # every volume passes here before the network: integers decoded (RI x 10 000 or an explicit
         # ri_scale/ri_offset), values that cannot be RI refused (deepis_rt.io.ri)
         self._ri_decoder = RIDecoder("segment")
+        # what the model saw in training, for the quality flags of its inputs
+        from deepis_rt.analysis.quality import TrainingRange
+
+        self.training_range = TrainingRange.from_meta(self.meta)
         plan_tiles(self.tile_zyx, self.tile_zyx, self.overlap, self.size_multiple)  # validates the settings
 
     # -- properties --------------------------------------------------------------------------------
@@ -161,6 +172,7 @@ class Segmenter:
             "model": dict(self.model_info),
             "model_voxel_size_um": list(self.model_voxel_size_um),
             "tile_zyx": list(self.tile_zyx),
+            "tta_flips": [list(a) for a in FLIP_AXES] if self.tta else None,
             "backend_report": [str(c) for c in self.backend_report],
         }
 
@@ -214,15 +226,20 @@ class Segmenter:
             multiple=self.size_multiple, fixed_tile=True, out=out,
         )
 
-    def infer_prepared(self, prepared: Sequence[PreparedFrame]) -> list[np.ndarray]:
+    def infer_prepared(self, prepared: Sequence[PreparedFrame], tta: bool | None = None) -> list[np.ndarray]:
         """Stage 2: the distance map on the model grid for each prepared frame.
 
         Frames that fit one tile and share a shape go through the runner together, ``batch_size``
-        per call, in one stream (on a GPU, copies overlap compute); larger frames are tiled.
+        tiles per call, in one stream (on a GPU, copies overlap compute); larger frames are tiled.
+        With test-time augmentation (``tta``, default the Segmenter's) every flip of
+        :data:`~deepis_rt.runtime.tta.FLIP_AXES` is one more tile (batched like frames) or one more
+        pass over the same tile plan; the maps are mirrored back and averaged, and each flip's map
+        is kept in ``PreparedFrame.flip_outputs`` for the analysis.
         """
         prepared = list(prepared)
         if not prepared:
             return []
+        flips = FLIP_AXES if (self.tta if tta is None else tta) else ((),)
         t0 = time.perf_counter()
         shapes = {p.model_volume.shape for p in prepared}
         plan = self._plan(next(iter(shapes))) if len(shapes) == 1 else None
@@ -230,26 +247,43 @@ class Segmenter:
             outputs = []
             for p in prepared:
                 t1 = time.perf_counter()
-                outputs.append(self._tile(p.model_volume))
+                if len(flips) == 1:  # the distance map may live on disk (stitch_on_disk): no copy
+                    outputs.append(self._keep_flips(p, [self._tile(p.model_volume)]))
+                else:
+                    outputs.append(self._keep_flips(p, [np.ascontiguousarray(flip(self._tile(flip(p.model_volume, a)), a))
+                                                        for a in flips]))
                 p.timings_ms["infer"] = (time.perf_counter() - t1) * 1e3
             return outputs
         norm, tile, shape, pad = self.normalization, plan.tile_zyx, plan.shape, self._pad_value()
+        items = [(p, axes) for p in prepared for axes in flips]
 
         def batches():
-            for first in range(0, len(prepared), self.batch_size):
-                group = prepared[first : first + self.batch_size]
+            for first in range(0, len(items), self.batch_size):
+                group = items[first : first + self.batch_size]
                 batch = np.full((len(group), 1, *tile), pad, np.float32)
-                for i, p in enumerate(group):
-                    norm.apply(p.model_volume, out=batch[i, 0, : shape[0], : shape[1], : shape[2]])
+                for i, (p, axes) in enumerate(group):
+                    norm.apply(flip(p.model_volume, axes), out=batch[i, 0, : shape[0], : shape[1], : shape[2]])
                 yield batch
 
-        outputs = []
+        maps = []
         for out in self.runner.infer_stream(batches()):
-            outputs.extend(np.ascontiguousarray(o[0, : shape[0], : shape[1], : shape[2]]) for o in out)
+            maps.extend(np.array(o[0, : shape[0], : shape[1], : shape[2]]) for o in out)  # runners may reuse `out`
+        outputs = []
+        for k, p in enumerate(prepared):
+            per_flip = [np.ascontiguousarray(flip(maps[k * len(flips) + f], axes)) for f, axes in enumerate(flips)]
+            outputs.append(self._keep_flips(p, per_flip))
         per_frame_ms = (time.perf_counter() - t0) * 1e3 / len(prepared)
         for p in prepared:
             p.timings_ms["infer"] = per_frame_ms
         return outputs
+
+    @staticmethod
+    def _keep_flips(prepared: PreparedFrame, per_flip: list[np.ndarray]) -> np.ndarray:
+        if len(per_flip) == 1:
+            prepared.flip_outputs = None
+            return per_flip[0]
+        prepared.flip_outputs = per_flip
+        return mean_of_flips(per_flip)
 
     def postprocess(self, prepared: PreparedFrame, output: np.ndarray) -> FrameResult:
         """Stage 3: the distance back on the input grid, as a :class:`FrameResult`.
@@ -260,10 +294,15 @@ class Segmenter:
         t0 = time.perf_counter()
         volume = prepared.volume
         distance = preprocess.resample(output, volume.shape) if output.shape != volume.shape else output
+        flips = None
+        if prepared.flip_outputs:
+            flips = [preprocess.resample(f, volume.shape) if f.shape != volume.shape else f
+                     for f in prepared.flip_outputs]
+            prepared.flip_outputs = None
         timings = dict(prepared.timings_ms)
         timings["resample_back"] = (time.perf_counter() - t0) * 1e3
         result = FrameResult(distance=distance, labels=None, voxel_size_um=prepared.voxel_size_um,  # type: ignore[arg-type]
-                             analysis=None, timings_ms=timings, backend=self.backend)
+                             analysis=None, timings_ms=timings, backend=self.backend, flip_distances=flips)
         if not self.analyze or _get_analyze() is None:
             t1 = time.perf_counter()
             result.labels = labels_from_distance(distance, prepared.voxel_size_um)
@@ -294,13 +333,38 @@ class Segmenter:
                             type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         if result.labels is None:
             result.labels = labels_from_distance(result.distance, result.voxel_size_um)
+        self._assess(result, None if volume is None else np.asarray(volume), analyze_fn, medium_ri)
         if analyze_fn is not None or "analyze" not in result.timings_ms:
             result.timings_ms["analyze"] = (time.perf_counter() - t0) * 1e3
         return result
 
+    def _seams(self, shape: tuple[int, ...], voxel_size_um: Sequence[float]) -> list[list[float]]:
+        """The middles of the tile overlaps of this volume's plan, on its own grid."""
+        from deepis_rt.analysis.quality import seam_planes
+
+        model_shape = (preprocess.model_grid_shape(shape, voxel_size_um, self.model_voxel_size_um)
+                       if preprocess.needs_resampling(voxel_size_um, self.model_voxel_size_um) else tuple(shape))
+        plan = self._plan(tuple(model_shape))
+        return seam_planes(plan.starts, plan.tile_zyx, model_shape, shape)
+
+    def _assess(self, result: FrameResult, ri: np.ndarray | None, analyze_fn: Any, medium_ri: float | None) -> None:
+        """``quality`` of the frame and its synapses; with flips, their spread widens ``is_area_err_um2``."""
+        from deepis_rt.analysis.quality import SEAM_MARGIN_VOXELS, assess_frame
+
+        flip_maps, result.flip_distances = result.flip_distances, None
+        vs = result.voxel_size_um
+        flip_analyses = None
+        if flip_maps and result.analysis is not None and result.analysis.synapses:
+            medium = float(medium_ri or self.medium_ri)
+            flip_analyses = [analyze_fn(m, None, vs, medium_ri=medium) for m in flip_maps]
+        margin = [SEAM_MARGIN_VOXELS * m / v for m, v in zip(self.model_voxel_size_um, vs, strict=True)]
+        result.quality = assess_frame(result.analysis, ri, vs, self.training_range, flip_maps, flip_analyses,
+                                      self._seams(result.distance.shape, vs), margin)
+
     # -- segmentation ------------------------------------------------------------------------------
     def segment(self, volume: Any, voxel_size_um: Any = None, *, analyze: bool | None = None,
-                ri_scale: float | None = None, ri_offset: float | None = None) -> FrameResult:
+                ri_scale: float | None = None, ri_offset: float | None = None,
+                tta: bool | None = None) -> FrameResult:
         """Segment one tomogram.
 
         Parameters
@@ -316,11 +380,18 @@ class Segmenter:
         ri_scale, ri_offset : float, optional
             ``volume`` holds RI as ``value x ri_scale + ri_offset`` (e.g. integers of another
             convention); an offset alone means a scale of 1.
+        tta : bool, optional
+            Test-time augmentation (default: the Segmenter's ``tta``): the network also runs on
+            the volume mirrored along Y, along X and along both (:mod:`deepis_rt.runtime.tta`;
+            4x the inference), the distance maps are averaged, and the spread of each synapse's
+            IS area across the flips widens its ``is_area_err_um2`` (and sets ``flips_disagree``
+            in its ``quality`` when large).
 
         Returns
         -------
         FrameResult
-            Distance (um) and labels on the input grid, analysis, per-stage timings.
+            Distance (um) and labels on the input grid, analysis, per-stage timings, and
+            ``quality`` (``"ok"`` or its reasons, :mod:`deepis_rt.analysis.quality`).
 
         Raises
         ------
@@ -328,15 +399,15 @@ class Segmenter:
             (and its subclasses) for unusable input, before any heavy work;
             :class:`~deepis_rt.errors.ImplausibleRIError` for values that cannot be RI.
         """
-        return self._run([volume], [voxel_size_um], analyze, (ri_scale, ri_offset))[0]
+        return self._run([volume], [voxel_size_um], analyze, (ri_scale, ri_offset), tta)[0]
 
     def segment_batch(self, volumes: Sequence[Any], voxel_size_um: Any = None, *,
                       analyze: bool | None = None, ri_scale: float | None = None,
-                      ri_offset: float | None = None) -> list[FrameResult]:
+                      ri_offset: float | None = None, tta: bool | None = None) -> list[FrameResult]:
         """Segment several tomograms; frames that fit one tile share runner calls (throughput).
 
         ``voxel_size_um`` is one voxel size for all volumes, or a list with one per volume;
-        ``ri_scale`` / ``ri_offset`` (see :meth:`segment`) apply to all.
+        ``ri_scale`` / ``ri_offset`` and ``tta`` (see :meth:`segment`) apply to all.
         Every volume is validated before any inference runs.
         """
         volumes = list(volumes)
@@ -349,14 +420,14 @@ class Segmenter:
                 f"segment_batch: {len(voxel_size_um)} voxel sizes for {len(volumes)} volumes; give one for all or one each"
             )
         sizes = list(voxel_size_um) if per_volume else [voxel_size_um] * len(volumes)
-        return self._run(volumes, sizes, analyze, (ri_scale, ri_offset))
+        return self._run(volumes, sizes, analyze, (ri_scale, ri_offset), tta)
 
     def _run(self, volumes: list[Any], sizes: list[Any], analyze: bool | None,
-             ri: tuple[float | None, float | None] = (None, None)) -> list[FrameResult]:
+             ri: tuple[float | None, float | None] = (None, None), tta: bool | None = None) -> list[FrameResult]:
         where = "segment" if len(volumes) == 1 else "segment_batch[{}]"
         prepared = [self.preprocess(v, s, where.format(i), ri_scale=ri[0], ri_offset=ri[1])
                     for i, (v, s) in enumerate(zip(volumes, sizes, strict=True))]
-        outputs = self.infer_prepared(prepared)
+        outputs = self.infer_prepared(prepared, tta)
         results = []
         for p, out in zip(prepared, outputs, strict=True):
             result = self.postprocess(p, out)
@@ -392,6 +463,7 @@ def load(
     blend: str = "cosine",
     analyze: bool = True,
     stitch_on_disk: bool | str | Path = False,
+    tta: bool = False,
     **runner_options: Any,
 ) -> Segmenter:
     """Load a model and pick the fastest backend that works here.
@@ -413,8 +485,9 @@ def load(
         ``$DEEPIS_RT_CACHE`` or ``~/.cache/deepis-rt/onnx``.
     engines_dir : path
         TensorRT engines and timing caches.
-    overlap, batch_size, blend, analyze, stitch_on_disk
-        See :class:`Segmenter`.
+    overlap, batch_size, blend, analyze, stitch_on_disk, tta
+        See :class:`Segmenter`; ``tta``: test-time augmentation on every frame (see
+        :meth:`Segmenter.segment`; 4x the inference).
     **runner_options
         Backend options: ``precision`` ("fp32"/"fp16" on GPUs; "bf16" on CPUs that have it, OpenVINO
         only, never chosen by ``auto`` alone), ``performance_hint`` ("latency"/"throughput") and
@@ -433,7 +506,8 @@ def load(
         from deepis_rt.runtime.runners.triton_runner import load_triton
 
         return load_triton(path, device=device, segmenter_options=dict(
-            overlap=overlap, batch_size=batch_size, blend=blend, analyze=analyze, stitch_on_disk=stitch_on_disk),
+            overlap=overlap, batch_size=batch_size, blend=blend, analyze=analyze, stitch_on_disk=stitch_on_disk,
+            tta=tta),
             **runner_options)
     source = resolve_source(path)
     runner, report = select_runner(source, backend, device, cache_dir, engines_dir, batch_size=batch_size,
@@ -449,4 +523,4 @@ def load(
     }
     return Segmenter(runner, source.meta, report, overlap=overlap, batch_size=batch_size, blend=blend,
                      analyze=analyze, stitch_on_disk=stitch_on_disk, size_multiple=source.size_multiple,
-                     model_info=model_info)
+                     model_info=model_info, tta=tta)

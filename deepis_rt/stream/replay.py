@@ -62,7 +62,7 @@ def replay_tracker(
                     synapse_id=int(r["synapse_id"]), tcell_id=tcell, target_id=target,
                     is_area_um2=num(r["is_area_um2"]), is_mean_ri=num(r["is_mean_ri"]),
                     is_dry_mass_pg=num(r["is_dry_mass_pg"]), is_density_fg_um2=num(r["is_density_fg_um2"]),
-                    is_area_err_um2=num(r.get("is_area_err_um2"))))
+                    is_area_err_um2=num(r.get("is_area_err_um2")), quality=r.get("quality") or ""))
             empty = np.zeros((0, 0, 0), np.uint8)
             analysis = FrameAnalysis(labels=empty, cell_labels=empty.astype(np.int32), cells=cells, synapses=synapses)
             tracker.update(analysis, num(frame_row["time_s"]), frame_number=frame)

@@ -61,6 +61,7 @@ FRAME_COLUMNS = [
     "time_s",
     "status",
     "error",
+    "quality",
     "latency_ms",
     *[f"{s}_ms" for s in STAGES],
     "deferred",

@@ -527,6 +527,7 @@ class Stream:
     # -- summaries ---------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""
+        from deepis_rt.analysis.quality import quality_summary
         from deepis_rt.bench.stats import latency_stats
         from deepis_rt.report.record import run_record
 
@@ -572,6 +573,9 @@ class Stream:
                                       for i, s in enumerate(self.writer.tracker.summary())]),
             "truth": self._truth_vs_fit(synapses),
             "live": self.live.summary() if self.live is not None else None,
+            # frames per quality reason (deepis_rt.analysis.quality), over every run on this folder
+            "quality": quality_summary([r.get("quality", "") for r in self.results.committed if r["status"] == "ok"]
+                                       if self.results else w.qualities, getattr(seg, "tta", False)),
             "events": [dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in self._events[-200:]],
             "reproducibility": run_record(seg, self.settings, self.command, self.source,
                                           [r["source"] for r in (self.results.committed if self.results else [])]),

@@ -78,6 +78,7 @@ class FrameWriter:
         self.n_failed = 0
         self.n_retry = 0
         self.latencies_ms: list[float] = []
+        self.qualities: list[str] = []  # the quality of every frame written in this run
         self.last_tracked_frame = -1
         self.relink_needed = False
         # without a results folder: (frame, time_s, cells and synapses) of every tracked frame, for relink()
@@ -164,6 +165,7 @@ class FrameWriter:
             "time_s": task.time_s,
             "status": task.status,
             "error": task.error or "",
+            "quality": getattr(result, "quality", "") if task.ok else "",
             "latency_ms": latency_ms,
             **{f"{st}_ms": task.timings_ms.get(st) for st in STAGES},
             "deferred": int(task.deferred),
@@ -181,6 +183,7 @@ class FrameWriter:
         if task.ok:
             self.n_ok += 1
             self.latencies_ms.append(latency_ms)
+            self.qualities.append(row["quality"])
         elif task.retry:
             self.n_retry += 1
         else:

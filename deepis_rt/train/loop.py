@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.analysis.quality import describe_training_inputs
 from deepis_rt.errors import CheckpointError, ConfigError
 from deepis_rt.train.data import (
     HELDOUT_SEED_BASE,
@@ -386,6 +387,8 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             "stopped_early": stopped_early,
             "wall_time_s": round(wall, 1),
             "data": data_desc,
+            # what the inputs looked like (RI, medium, voxel size): the runtime's quality flags compare with it
+            "input_range": describe_training_inputs([s.ri for s in source.samples()], [cfg.voxel_size_um]),
             "seeds": {
                 "run": cfg.seed,
                 "train_video_seeds": f"drawn from [0, {TRAIN_SEED_LIMIT}) by the run seed" if cfg.synthetic else None,

@@ -67,7 +67,7 @@ def test_uncertainty_column_present_and_positive(geometry):
     fa = analyze(d, None, vs)
     (row,) = synapse_rows(3, 9.0, fa)
     assert row["is_area_err_um2"] > 0
-    assert list(row)[-1] == "is_area_err_um2"
+    assert list(row)[-2:] == ["is_area_err_um2", "quality"]
 
 
 def test_no_contact_estimate_is_empty():

@@ -57,7 +57,7 @@ def test_column_names_follow_design():
     )  # fmt: skip
     assert SYNAPSE_COLUMNS == (
         "frame", "time_s", "synapse_id", "tcell_track", "target_track",
-        "is_area_um2", "is_mean_ri", "is_dry_mass_pg", "is_density_fg_um2", "is_area_err_um2",
+        "is_area_um2", "is_mean_ri", "is_dry_mass_pg", "is_density_fg_um2", "is_area_err_um2", "quality",
     )  # fmt: skip
 
 

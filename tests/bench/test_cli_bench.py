@@ -16,7 +16,7 @@ def test_quick_bench_with_a_tiny_model_on_the_cpu(tmp_path, tiny_overrides):
     ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model("deepis-lite", **tiny_overrides), preset="deepis-lite")
     out = tmp_path / "out"
     args = ["bench", "--model", str(ckpt), "--backends", "cpu,tensorrt", "--batch", "1", "--frames", "1",
-            "--warmup", "0", "--quick", "--threads", "1", "--tile", "16", "32", "32", "--pipeline", "--cache-dir", str(tmp_path / "c"),
+            "--warmup", "0", "--quick", "--threads", "1", "--tile", "16", "32", "32", "--pipeline", "--tta", "--cache-dir", str(tmp_path / "c"),
             "--json", str(out / "r.json"), "--markdown", str(out / "r.md"), "--plot", str(out / "r.png")]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
@@ -42,6 +42,9 @@ def test_quick_bench_with_a_tiny_model_on_the_cpu(tmp_path, tiny_overrides):
         assert fp32[0]["status"] == "ok" and fp32[0]["accuracy"]["max_abs_um"] < 1e-3
         assert any(r["backend"] == "openvino-cpu" and r["precision"] == "bf16" for r in mr["rows"])
     assert all(p["frames_ok"] == 1 and p["ratio_vs_compute"] > 0 for p in mr["pipeline"])
+    # --tta: every pipeline once more with test-time augmentation, a row of its own
+    assert sorted((p["backend"], p["tta"]) for p in mr["pipeline"]) == sorted(
+        (b, t) for b in {"torch-cpu", "onnxruntime-cpu"} | ov for t in (False, True))
     assert [t["name"] for t in mr["targets"]][0].startswith("ONNX Runtime CPU")
     assert "| onnxruntime-cpu | fp32 | 1 |" in (out / "r.md").read_text()
     assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import deepis_rt.train.loop as loop
+from deepis_rt.analysis.quality import TrainingRange
 from deepis_rt.checkpoint import load_checkpoint
 from deepis_rt.train import (
     FolderSource,
@@ -138,6 +139,8 @@ def test_validation_metrics_in_checkpoint(tmp_path, tiny_overrides):
     assert val["frames"] == 1 and 0.0 <= val["dice_cart_mean"] <= 1.0
     assert ck.meta["training"]["command"] == "deepis-rt train --synthetic"
     assert ck.meta["training"]["seeds"]["validation_video_seeds"] == [8_000_000]
+    trained = TrainingRange.from_meta(ck.meta)  # what the runtime's quality flags compare inputs with
+    assert trained.recorded and trained.medium_low < 1.337 < trained.medium_high and trained.ri_high > 1.36
     assert res["metrics"] == val
     # the validation history ends with the final validation; the training curves are drawn
     assert ck.meta["metrics"]["validation_history"] == [{"step": 1, **val}]

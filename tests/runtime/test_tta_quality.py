@@ -1,0 +1,204 @@
+"""Test-time augmentation (flips) and the quality flags of frames and synapses.
+
+The runners here turn RI back into a distance map voxel by voxel (RI = medium + 0.002 x distance),
+so an analytic conjugate of two spheres goes through the real Segmenter, tiling and analysis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deepis_rt.analysis.flips import area_sigma_with_flips_um2
+from deepis_rt.analysis.quality import (
+    CELL_AT_EDGE,
+    FLIPS_DISAGREE,
+    NEAR_TILE_SEAM,
+    QUALITY_OK,
+    REASONS,
+    RI_OUT_OF_RANGE,
+    VOXEL_SIZE_OUT_OF_RANGE,
+    TrainingRange,
+    describe_training_inputs,
+    join_reasons,
+    split_reasons,
+)
+from deepis_rt.runtime.runners import FakeRunner
+from deepis_rt.runtime.segmenter import Segmenter
+from deepis_rt.runtime.tta import FLIP_AXES
+
+VS = (0.5, 0.25, 0.25)
+MEDIUM = 1.337
+UM_PER_RI = 500.0  # distance (um) = (RI - medium) x 500; the normalised input x = (RI - medium) / 0.02
+
+
+class DistanceRunner(FakeRunner):
+    """The distance map back from RI = medium + distance / 500 (flip-equivariant, like an ideal network)."""
+
+    def infer_impl(self, batch):
+        x = np.asarray(batch, dtype=np.float32)
+        self.calls.append(tuple(x.shape))
+        return x * np.float32(0.02 * UM_PER_RI)
+
+
+class SidedRunner(DistanceRunner):
+    """Not flip-equivariant: where the CAR-T cell (positive side) is on the right in X, it puts the
+    target's border 0.3 um inside the target, which opens a gap between the cells; mirrored in X, it
+    does not (a network with a bias)."""
+
+    def infer_impl(self, batch):
+        out = super().infer_impl(batch)
+        half = out.shape[-1] // 2
+        for o in out:
+            if o[..., :half].sum() < o[..., half:].sum():
+                o[o < 0] = np.minimum(o[o < 0] + np.float32(0.3), 0)
+        return out
+
+
+def _segmenter(runner, tile=(16, 48, 48), **kw):
+    meta = {"voxel_size_um": list(VS), "ri_normalization": {"offset": MEDIUM, "scale": 0.02}, "medium_ri": MEDIUM,
+            "tile_zyx": list(tile), **kw.pop("meta", {})}
+    return Segmenter(runner, meta, **kw)
+
+
+def _ri(shape=(16, 48, 48), origin_x_um=6.0, r=(2.2, 2.6), contact=1.4):
+    """Two spheres along X whose contact disk (radius ``contact``) is centred at (4, 6, origin_x) um:
+    the exact signed distance (CAR-T +, target -), written as RI."""
+    p = np.stack(np.meshgrid(*[np.arange(n) * h for n, h in zip(shape, VS, strict=True)], indexing="ij"), -1)
+    s = p[..., 2] - origin_x_um  # signed distance to the contact plane
+    c1 = np.array([4.0, 6.0, origin_x_um - math.sqrt(r[0] ** 2 - contact**2)])
+    c2 = np.array([4.0, 6.0, origin_x_um + math.sqrt(r[1] ** 2 - contact**2)])
+    rho1, rho2 = np.linalg.norm(p - c1, axis=-1), np.linalg.norm(p - c2, axis=-1)
+    in1, in2 = (rho1 < r[0]) & (s < 0), (rho2 < r[1]) & (s >= 0)
+    d = np.where(in1, np.minimum(r[0] - rho1, -s), 0.0) - np.where(in2, np.minimum(r[1] - rho2, s), 0.0)
+    return (MEDIUM + d / UM_PER_RI).astype(np.float32)
+
+
+def test_flip_set_is_lateral_and_starts_with_identity():
+    assert FLIP_AXES[0] == () and len(FLIP_AXES) == 4
+    assert all(0 not in axes for axes in FLIP_AXES)  # Z is never mirrored
+
+
+def test_tta_of_a_flip_equivariant_model_changes_nothing_but_costs_four_passes():
+    ri = _ri()
+    runner = DistanceRunner()
+    seg = _segmenter(runner, batch_size=4)
+    plain = seg.segment(ri, VS)
+    assert runner.calls == [(1, 1, 16, 48, 48)]
+    runner.calls.clear()
+    tta = seg.segment(ri, VS, tta=True)
+    assert runner.calls == [(4, 1, 16, 48, 48)]  # the four flips share one batch
+    np.testing.assert_allclose(tta.distance, plain.distance, atol=1e-6)
+    assert len(plain.synapses) == len(tta.synapses) == 1
+    assert tta.synapses[0].is_area_err_um2 == pytest.approx(plain.synapses[0].is_area_err_um2)
+    assert plain.quality == tta.quality == QUALITY_OK and tta.synapses[0].quality == QUALITY_OK
+    assert tta.flip_distances is None  # dropped after the analysis
+
+
+def test_tta_averages_the_flips_and_their_spread_widens_sigma():
+    ri = _ri()
+    seg = _segmenter(SidedRunner(), tta=True)  # the Segmenter's default
+    tta = seg.segment(ri, VS)
+    plain = seg.segment(ri, VS, tta=False)
+    one = SidedRunner().activate()
+    x = ((ri - MEDIUM) / 0.02)[None, None]
+    flips = [np.flip(one.infer(np.ascontiguousarray(np.flip(x, tuple(a + 2 for a in axes))))[0, 0], axes)
+             for axes in FLIP_AXES]
+    np.testing.assert_allclose(tta.distance, np.mean(flips, axis=0), atol=1e-5)
+    (s_tta,), (s_plain,) = tta.synapses, plain.synapses
+    assert s_tta.is_area_err_um2 > 2 * s_plain.is_area_err_um2
+    assert FLIPS_DISAGREE in split_reasons(s_tta.quality) and FLIPS_DISAGREE in split_reasons(tta.quality)
+    assert FLIPS_DISAGREE not in split_reasons(plain.quality)
+
+
+def test_tta_on_a_tiled_volume_uses_the_same_plan_for_every_flip():
+    ri = _ri(shape=(16, 48, 80), origin_x_um=9.0)
+    runner = SidedRunner()
+    seg = _segmenter(runner, batch_size=2)
+    seg.segment(ri, VS)
+    n_tiles = len(runner.calls)
+    runner.calls.clear()
+    tta = seg.segment(ri, VS, tta=True)
+    assert len(runner.calls) == 4 * n_tiles and set(runner.calls) == {(2, 1, 16, 48, 48)}
+    expected = np.mean([np.flip(seg.segment(np.ascontiguousarray(np.flip(ri, axes)), VS).distance, axes)
+                        for axes in FLIP_AXES], axis=0)
+    np.testing.assert_allclose(tta.distance, expected, atol=1e-5)
+
+
+def test_area_sigma_with_flips_adds_the_spread_in_quadrature():
+    assert area_sigma_with_flips_um2(0.3, [10.0, 10.0, 10.0, 10.0]) == pytest.approx(0.3)
+    spread = float(np.std([9.0, 10.0, 11.0, 10.0], ddof=1))
+    assert area_sigma_with_flips_um2(0.3, [9.0, 10.0, 11.0, 10.0]) == pytest.approx(math.hypot(0.3, spread))
+    assert area_sigma_with_flips_um2(math.nan, [9.0, 11.0]) == pytest.approx(math.sqrt(2))
+    assert math.isnan(area_sigma_with_flips_um2(math.nan, []))
+
+
+def test_vocabulary_is_ordered_and_closed():
+    assert join_reasons([]) == QUALITY_OK
+    assert join_reasons([NEAR_TILE_SEAM, RI_OUT_OF_RANGE, NEAR_TILE_SEAM]) == "ri_out_of_range;near_tile_seam"
+    assert split_reasons("ri_out_of_range;near_tile_seam") == {RI_OUT_OF_RANGE, NEAR_TILE_SEAM}
+    assert split_reasons(QUALITY_OK) == set() == split_reasons("")
+    assert len(set(REASONS)) == 5
+    with pytest.raises(ValueError, match="unknown reason"):
+        join_reasons(["blurry"])
+
+
+def _quality(ri, vs=VS, **kw):
+    result = _segmenter(DistanceRunner(), **kw).segment(ri, vs)
+    return split_reasons(result.quality), [split_reasons(s.quality) for s in result.synapses]
+
+
+def test_clean_input_raises_no_flag():
+    frame, synapses = _quality(_ri())
+    assert frame == set() and synapses == [set()]
+
+
+def test_another_medium_is_outside_the_training_ri_range():
+    frame, _ = _quality(_ri() - np.float32(0.004))  # PBS 1.333 instead of the training medium
+    assert RI_OUT_OF_RANGE in frame
+
+
+def test_bright_artefacts_are_outside_the_training_ri_range():
+    ri = _ri()
+    ri[:, :4, :] = 1.45  # a band of values no training frame had (more than 0.1 % of the voxels)
+    frame, _ = _quality(ri)
+    assert RI_OUT_OF_RANGE in frame
+
+
+def test_a_recorded_training_range_replaces_the_default():
+    recorded = {"training": {"input_range": {"ri": [1.336, 1.338], "medium_ri": [1.3365, 1.3375],
+                                             "voxel_size_um_min": list(VS), "voxel_size_um_max": list(VS)}}}
+    assert TrainingRange.from_meta(recorded).recorded and not TrainingRange.from_meta({}).recorded
+    frame, _ = _quality(_ri(), meta=recorded)  # the cells are brighter than this model ever saw
+    assert frame == {RI_OUT_OF_RANGE}
+
+
+def test_describe_training_inputs_round_trips_through_the_meta():
+    ri = _ri()
+    rec = describe_training_inputs([ri], [VS])
+    trained = TrainingRange.from_meta({"training": {"input_range": rec}})
+    assert trained.recorded and trained.medium_low < MEDIUM < trained.medium_high
+    assert trained.ri_low < ri.min() and trained.ri_high > ri.max()
+    assert trained.voxel_min_um == VS == trained.voxel_max_um
+
+
+def test_coarse_voxels_are_outside_the_training_range():
+    ri = _ri()
+    coarse = np.ascontiguousarray(ri[:, ::2, ::2])  # 0.5 um laterally; the model was trained at 0.25 um
+    frame, _ = _quality(coarse, (0.5, 0.5, 0.5))
+    assert VOXEL_SIZE_OUT_OF_RANGE in frame
+
+
+def test_a_cell_cut_by_the_field_edge_is_flagged():
+    frame, synapses = _quality(_ri(origin_x_um=9.0))  # the target cell reaches past x = 12 um
+    assert CELL_AT_EDGE in frame and synapses == [{CELL_AT_EDGE}]
+
+
+def test_a_contact_on_a_tile_seam_is_flagged_and_one_inside_a_tile_is_not():
+    # tiles of 48 voxels along X over 80: starts 0 and 32, the overlap's middle at x = 40 voxels (10 um)
+    frame, synapses = _quality(_ri(shape=(16, 48, 80), origin_x_um=10.0))
+    assert NEAR_TILE_SEAM in frame and synapses == [{NEAR_TILE_SEAM}]
+    frame, synapses = _quality(_ri(shape=(16, 48, 80), origin_x_um=5.5))
+    assert synapses == [set()] and frame == set()
