@@ -156,16 +156,19 @@ def _background_ri(ri: np.ndarray) -> float:
 
 
 def describe_training_inputs(ri_volumes: Iterable[np.ndarray], voxel_sizes_um: Iterable[Sequence[float]],
-                             ri_jitter: tuple[float, float] = (0.15, 0.002)) -> dict[str, Any]:
+                             ri_jitter: tuple[float, float] = (0.15, 0.002),
+                             medium_ri: float | None = None) -> dict[str, Any]:
     """The ``input_range`` a training run records in its checkpoint (see :class:`TrainingRange`).
 
     ``ri_jitter`` = (contrast, offset) of the training augmentation: the RI range and the medium
-    range are widened by it, as the network saw them.
+    range are widened by it, as the network saw them. ``medium_ri``: the medium the training data
+    were made with, when known (training crops may be filled with cells, so the histogram's mode
+    need not be the medium); otherwise each volume's mode stands for it.
     """
     lows, highs, media = [], [], []
     for ri in ri_volumes:
         sub = np.asarray(ri[::2, ::2, ::2], dtype=np.float32)
-        medium = _background_ri(ri)
+        medium = float(medium_ri) if medium_ri is not None else _background_ri(ri)
         lo, hi = (float(v) for v in np.percentile(sub, [0.01, 99.99]))
         contrast, offset = ri_jitter
         lows.append(medium + (lo - medium) * (1 + contrast) - offset)

@@ -388,7 +388,8 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             "wall_time_s": round(wall, 1),
             "data": data_desc,
             # what the inputs looked like (RI, medium, voxel size): the runtime's quality flags compare with it
-            "input_range": describe_training_inputs([s.ri for s in source.samples()], [cfg.voxel_size_um]),
+            "input_range": describe_training_inputs([s.ri for s in source.samples()], [cfg.voxel_size_um],
+                                                    medium_ri=RI_OFFSET if cfg.synthetic else None),
             "seeds": {
                 "run": cfg.seed,
                 "train_video_seeds": f"drawn from [0, {TRAIN_SEED_LIMIT}) by the run seed" if cfg.synthetic else None,

@@ -50,3 +50,27 @@ def test_a_frame_with_a_cell_cut_by_the_edge_is_flagged_everywhere_and_left_out_
     assert syn["quality"] == "cell_at_edge" and syn["fit_excluded_frames"] == [cut]
     assert syn["fit_flagged"] == "1 flagged frame(s) excluded (cell_at_edge)"
     assert syn["area_fit"]["n_points"] == 4 and syn["onset_interval_s"] == [0.0, 4.0]
+
+
+def test_stream_cli_tta_runs_the_flips_and_says_so(tmp_path, tiny_overrides):
+    import torch
+    from click.testing import CliRunner
+    from stream_support import conjugate_distance
+
+    from deepis_rt.checkpoint import save_checkpoint
+    from deepis_rt.cli import main
+    from deepis_rt.io import write_tomogram
+    from deepis_rt.model import build_model
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", build_model("deepis-lite", **tiny_overrides),
+                           meta={"voxel_size_um": list(VOXEL), "tile_zyx": [32, 64, 64]})
+    cam, out = tmp_path / "cam", tmp_path / "out"
+    for i in range(2):
+        write_tomogram(cam / f"frame_{i}.npy", 1.337 + 0.01 * (conjugate_distance(2.5) > 0), VOXEL, fmt="npy")
+    res = CliRunner().invoke(main, ["stream", "--source", str(cam), "--out", str(out), "--model", str(ckpt),
+                                    "--backend", "torch", "--once", "--settle", "0", "--no-masks", "--tta"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["quality"]["tta"] is True and summary["quality"]["frames_assessed"] == 2
+    assert all(r["quality"] for r in _rows(out / "frames.csv"))
