@@ -40,8 +40,8 @@ target) has a poorly defined rim, and a network's map fills the narrow wedge aro
 the perimeter, plus a relative term and the rim's ambiguity (how much the area read at a fixed
 small gap differs from the extrapolation). The constants are fitted end to end (RI -> network
 -> analyze) on one set of validation scenes (``benchmarks/is_area_validation.py``) and checked
-on a disjoint one. :func:`combine_uncertainty_um2` adds further variance terms (test-time
-augmentation).
+on a disjoint one. Test-time augmentation widens it with the spread of the areas across flips
+(:func:`deepis_rt.analysis.flips.area_sigma_with_flips_um2`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ __all__ = [
     "contact_surface",
     "gap_area_curve",
     "area_uncertainty_um2",
-    "combine_uncertainty_um2",
 ]
 
 #: Gaussian smoothing of the masks (voxels along each axis)
@@ -199,31 +198,6 @@ def area_uncertainty_um2(area_um2: float, voxel_size_um: Sequence[float], noise_
     perimeter = 2.0 * math.sqrt(math.pi * area_um2)
     return float(math.sqrt(ERR_FLOOR_UM2**2 + (ERR_REL * area_um2) ** 2 + (perimeter * s_rim) ** 2
                            + (ERR_AMBIGUITY * rim_ambiguity_um2) ** 2))
-
-
-def combine_uncertainty_um2(sigma_model_um2: float, flip_areas_um2: Sequence[float] = ()) -> float:
-    """The estimator's one sigma combined with the spread of test-time-augmented areas.
-
-    ``sqrt(sigma_model^2 + sigma_tta^2)``, ``sigma_tta`` the sample standard deviation of the
-    areas measured on each flipped copy of the frame (the network's own uncertainty: where the
-    flips disagree, the segmentation does). The spread is not divided by sqrt(n): the flips are
-    views of one tomogram, not independent measurements.
-
-    Parameters
-    ----------
-    sigma_model_um2 : float
-        ``is_area_err_um2`` of the synapse (:func:`area_uncertainty_um2`).
-    flip_areas_um2 : sequence of float
-        The synapse's area on each flipped copy (two or more; fewer add nothing).
-    """
-    areas = np.asarray(list(flip_areas_um2), dtype=float)
-    if not math.isfinite(sigma_model_um2) or sigma_model_um2 < 0:
-        raise ValueError(f"combine_uncertainty_um2: sigma_model_um2={sigma_model_um2!r}, expected a number >= 0")
-    if areas.size < 2:
-        return float(sigma_model_um2)
-    if not np.isfinite(areas).all():
-        raise ValueError("combine_uncertainty_um2: flip_areas_um2 contains NaN or Inf")
-    return float(math.hypot(sigma_model_um2, float(np.std(areas, ddof=1))))
 
 
 def _mesh_gap(t_ext: np.ndarray, g_ext: np.ndarray, vs: np.ndarray):

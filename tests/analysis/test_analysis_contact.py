@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepis_rt.analysis import analyze, contact_surface, fit_saturation, saturation, synapse_rows
-from deepis_rt.analysis.contact import area_uncertainty_um2, combine_uncertainty_um2, gap_area_curve
+from deepis_rt.analysis.contact import area_uncertainty_um2, gap_area_curve
 
 ANISO = (0.4, 0.2, 0.2)
 ISO = (0.2, 0.2, 0.2)
@@ -100,17 +100,6 @@ def test_uncertainty_grows_where_the_rim_opens_slowly():
     a = 20.0
     base = area_uncertainty_um2(a, ISO, rim_slope=1.0)
     assert area_uncertainty_um2(a, ISO, rim_slope=0.3) > 1.5 * base
-
-
-def test_tta_spread_adds_in_quadrature():
-    assert combine_uncertainty_um2(3.0, [10.0, 14.0, 10.0, 14.0]) == pytest.approx(
-        math.hypot(3.0, np.std([10.0, 14.0, 10.0, 14.0], ddof=1)))
-    assert combine_uncertainty_um2(3.0, [12.0]) == 3.0  # one area has no spread
-    assert combine_uncertainty_um2(3.0, []) == 3.0
-    with pytest.raises(ValueError, match="sigma_model_um2"):
-        combine_uncertainty_um2(float("nan"), [1.0, 2.0])
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        combine_uncertainty_um2(1.0, [1.0, float("inf")])
 
 
 def test_weighted_fit_recovers_parameters_within_its_stated_errors():
