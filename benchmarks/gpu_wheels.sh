@@ -9,7 +9,7 @@
 # it (or in $WHEELHOUSE) into a private folder on PYTHONPATH, with no network and no dependency
 # resolution. The list: the packages the GPU image (PyTorch, CuPy, ONNX, ONNX Runtime, SciPy, pandas,
 # scikit-image, scikit-learn, h5py, tifffile, click, ... already there) does not hold: laptrack and its
-# pydantic / pooch, and watchdog. A package missing there anyway shows in env.json's missing_dependencies.
+# pydantic / pooch, watchdog, and zarr with its codecs. A package missing there anyway shows in env.json's missing_dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST="${1:-.whl}"
@@ -22,6 +22,8 @@ download() {
     -d "$DEST" "$@"
 }
 download laptrack watchdog pooch platformdirs pydantic annotated-types typing-inspection
+# the OME-Zarr time-lapse store that stream writes
+download zarr numcodecs donfig google-crc32c pyyaml
 # pydantic pins its compiled core exactly: fetch that version
 core=$("$PY" - "$DEST" <<'PYEOF'
 import re, sys, zipfile
