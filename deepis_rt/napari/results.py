@@ -268,14 +268,14 @@ def _tiff_grid(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, fl
     """Shape and voxel size of a label OME-TIFF, from its header (no voxel is read)."""
     import tifffile
 
-    from deepis_rt.io.readers import _tiff_voxel_size
+    from deepis_rt.io.tiff import _tiff_voxel_size
 
     with tifffile.TiffFile(path) as tif:
         shape = tuple(int(s) for s in tif.series[0].shape)
-        vs = _tiff_voxel_size(tif)
+        found = _tiff_voxel_size(tif)  # ((z, y, x) in um, the field it came from) or None
     if len(shape) != 3:
         raise InputError(f"napari | {path}: a label volume must be 3-D (Z, Y, X), found shape {shape}")
-    return shape, vs or (1.0, 1.0, 1.0)  # type: ignore[return-value]
+    return shape, found[0] if found else (1.0, 1.0, 1.0)
 
 
 def _read_mask(path: Path | None, shape: tuple[int, int, int]) -> np.ndarray:

@@ -58,14 +58,15 @@ def write_camera_frames(camera: Path, frames, start: int = 0) -> None:
         write_tomogram(camera / f"frame_{i:04d}.tif", (RI0 + RI_PER_UM * f.distance_um).astype(np.float32), VOXEL)
 
 
-def make_run(root: Path, n: int = 4) -> tuple[Path, Path, list]:
-    """(camera folder, results folder, synthetic frames) of a finished ``stream --once`` run."""
+def make_run(root: Path, n: int = 4, zarr: str = "off") -> tuple[Path, Path, list]:
+    """(camera folder, results folder, synthetic frames) of a finished ``stream --once`` run; by default
+    without the time-lapse store, so that the reader's fallback (masks and camera files) is what runs."""
     from deepis_rt.stream import Stream
 
     frames = synth_frames(n)
     camera, out = root / "camera", root / "results"
     write_camera_frames(camera, frames)
-    Stream(camera, out, make_segmenter(), once=True, settle_s=0.0, use_events=False,
+    Stream(camera, out, make_segmenter(), once=True, settle_s=0.0, use_events=False, zarr=zarr,
            frame_interval_s=float(frames[1].truth["time_s"] - frames[0].truth["time_s"])).run()
     return camera, out, frames
 

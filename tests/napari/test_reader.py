@@ -166,6 +166,24 @@ def test_without_the_camera_folder_the_labels_still_open(finished_run, tmp_path,
     assert f"the camera folder {tmp_path / 'gone'} no longer holds frame_0000.tif" in caplog.text
 
 
+def test_a_store_written_by_stream_opens_from_the_store(tmp_path, counted_reads):
+    """The store ``stream`` writes itself (not one built by hand) gives the RI and the labels, with no
+    mask or camera file read, and the same voxels as the masks."""
+    import tifffile
+    from napari_support import make_run
+
+    _, out, _ = make_run(tmp_path, 3, zarr="ri+labels")
+    shutil.rmtree(out / "masks")
+    layers = _by_type(read_results(out))
+    (ri, ri_kw), = layers["image"]
+    (labels, lab_kw), = layers["labels"]
+    assert counted_reads == {"mask": 0, "ri": 0}
+    assert ri.shape[0] == labels.shape[0] == 3 and ri_kw["scale"] == lab_kw["scale"]
+    assert np.isfinite(np.asarray(ri[2])).all()
+    tzyx = tifffile.imread(out / "labels_tzyx.ome.tif")
+    np.testing.assert_array_equal(np.asarray(labels[1]), tzyx[1])
+
+
 def test_not_a_results_folder(tmp_path):
     assert get_results_reader(str(tmp_path)) is None
     assert get_tomogram_reader(str(tmp_path / "x.csv")) is None
