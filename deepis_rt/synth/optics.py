@@ -34,8 +34,9 @@ Ranges (used by :func:`draw_imaging` for domain randomisation; um, RI units):
 * Other published ODT set-ups: objective NA 0.95-1.4, illumination NA 0.6-1.2
   (limited by the condenser and by NA_obj), wavelengths 0.45-0.70 um (Kim et al. 2014;
   Lim et al. 2015; Park et al. 2018).
-* Reconstruction: raw (Rytov with zero-filled cone) or 5-100 non-negativity iterations
-  (Sung et al. 2009 and Lim et al. 2015 use tens to a hundred; the gain saturates early).
+* Reconstruction: raw (Rytov with zero-filled cone) or non-negativity iterations
+  (Sung et al. 2009 and Lim et al. 2015 use tens to a hundred; most of the refill comes
+  in the first few, so training draws 3-12 to keep the generator fast).
 * Noise: background fluctuation of reconstructed tomograms about 0.001-0.003 RI units
   (the 1e-3 RI sensitivity usually quoted for ODT); sub-micrometre RI texture inside
   cells of a few 1e-3.
@@ -141,7 +142,7 @@ IMAGING_RANGES: dict[str, tuple[float, float]] = {
     "na_ill_fraction": (0.6, 1.0),  # NA_ill as a fraction of min(NA_obj, 1.2)
     "wavelength_um": (0.45, 0.70),
     "medium_ri": (1.333, 1.340),
-    "nonneg_iterations": (0, 30),
+    "nonneg_iterations": (3, 12),
     "noise_ri": (0.0005, 0.003),
 }
 
@@ -154,7 +155,7 @@ def draw_imaging(rng: np.random.Generator, raw_fraction: float = 0.15) -> Imagin
     r = IMAGING_RANGES
     na_obj = float(rng.uniform(*r["na_obj"]))
     na_ill = float(rng.uniform(*r["na_ill_fraction"]) * min(na_obj, 1.2))
-    iters = 0 if rng.random() < raw_fraction else int(rng.integers(max(1, int(r["nonneg_iterations"][0])),
+    iters = 0 if rng.random() < raw_fraction else int(rng.integers(int(r["nonneg_iterations"][0]),
                                                                    int(r["nonneg_iterations"][1]) + 1))
     return Imaging(
         na_obj=na_obj,
@@ -213,7 +214,7 @@ def cutoffs(imaging: Imaging) -> tuple[float, float]:
     return (imaging.na_obj + imaging.na_ill) / lam, (n - np.sqrt(n * n - na * na)) / lam
 
 
-def kz_range(imaging: Imaging, q: np.ndarray, samples: int = 90) -> tuple[np.ndarray, np.ndarray]:
+def kz_range(imaging: Imaging, q: np.ndarray, samples: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """Range ``[lo, hi]`` of ``K_z`` reached at lateral spatial frequency ``q`` (cycles/um).
 
     One half of the support (before the mirror ``K -> -K``): for the lateral frequency
@@ -284,7 +285,7 @@ def transfer_support(shape: Sequence[int], voxel_size_um: Sequence[float], imagi
     """
     kz, q = _freqs(shape, voxel_size_um)
     q_max = (imaging.na_obj + imaging.na_ill) / imaging.wavelength_um
-    table_q = np.linspace(0.0, q_max, 129)
+    table_q = np.linspace(0.0, q_max, 97)
     lo, hi = kz_range(imaging, table_q)
     reach = np.isfinite(lo)
     lo_q = np.interp(q, table_q[reach], lo[reach], right=np.inf)
@@ -297,7 +298,7 @@ def transfer_support(shape: Sequence[int], voxel_size_um: Sequence[float], imagi
 
 def reconstruct(contrast: np.ndarray, voxel_size_um: Sequence[float], imaging: Imaging,
                 rng: np.random.Generator | None = None, support: np.ndarray | None = None,
-                workers: int = 1) -> np.ndarray:
+                workers: int = 2) -> np.ndarray:
     """RI contrast (``n - n_medium``) as an ODT reconstruction with ``imaging`` would give it.
 
     The spectrum of ``contrast`` (plus white noise, so that the noise too is band-limited
@@ -317,6 +318,8 @@ def reconstruct(contrast: np.ndarray, voxel_size_um: Sequence[float], imaging: I
         Noise source (no noise when None or ``imaging.noise_ri == 0``).
     support : bool array, optional
         A precomputed :func:`transfer_support` of this shape and imaging.
+    workers : int
+        FFT threads.
 
     Returns
     -------

@@ -58,8 +58,12 @@ def texture(shape: tuple[int, ...], voxel_size_um: tuple[float, ...], seed: int,
 
 def paint_cell(contrast: np.ndarray, cell: CellInterior, shape: CellShape, mask_full: np.ndarray, grid: Grid,
                medium_ri: float, polarisation: float = 0.0, toward: np.ndarray | None = None,
-               nucleus_scale_waves: float = 0.5) -> None:
-    """Write the cell's RI contrast (``n - medium_ri``) into ``contrast`` where ``mask_full`` is set."""
+               nucleus_waves: int = 5) -> None:
+    """Write the cell's RI contrast (``n - medium_ri``) into ``contrast`` where ``mask_full`` is set.
+
+    The nucleus follows the cell's shape at half its irregularity, from its first
+    ``nucleus_waves`` (long) waves: membrane ruffles do not reach the nucleus.
+    """
     box = grid.bbox(shape.center_um, shape.max_radius_um)
     if box is None:
         return
@@ -71,16 +75,34 @@ def paint_cell(contrast: np.ndarray, cell: CellInterior, shape: CellShape, mask_
     local += texture(m.shape, grid.voxel_size_um, cell.texture_seed, cell.texture_octaves)
     nucleus = shape.with_(center_um=shape.center_um + shape.rotation @ (cell.nucleus_offset * shape.axes_um),
                           axes_um=shape.axes_um * cell.nucleus_scale,
-                          wave_amps=shape.wave_amps * nucleus_scale_waves)
+                          wave_dirs=shape.wave_dirs[:nucleus_waves], wave_amps=shape.wave_amps[:nucleus_waves] * 0.5,
+                          wave_phases=shape.wave_phases[:nucleus_waves])
     local += np.float32(cell.nucleus_dri) * (nucleus.level(z, y, x) < 1.0)
     for nl in cell.nucleoli:
         pos = nucleus.center_um + nucleus.rotation @ (nl[:3] * nucleus.axes_um)
-        d2 = (z - np.float32(pos[0])) ** 2 + (y - np.float32(pos[1])) ** 2 + (x - np.float32(pos[2])) ** 2
-        local += np.float32(cell.nucleolus_dri) * (d2 < np.float32(nl[3] ** 2))
+        _ball(local, box, grid, pos, float(nl[3]), add=float(cell.nucleolus_dri))
     for g in cell.granules:
         pos = shape.center_um + shape.rotation @ (g[:3] * shape.axes_um)
         if toward is not None and polarisation > 0:
             pos = pos + polarisation * (toward - pos) * 0.7
-        d2 = (z - np.float32(pos[0])) ** 2 + (y - np.float32(pos[1])) ** 2 + (x - np.float32(pos[2])) ** 2
-        local = np.where(d2 < np.float32(g[3] ** 2), np.float32(g[4] - medium_ri), local)
+        _ball(local, box, grid, pos, float(g[3]), value=float(g[4] - medium_ri))
     contrast[box] = np.where(m, local, contrast[box])
+
+
+def _ball(local: np.ndarray, box: tuple[slice, ...], grid: Grid, center_um: np.ndarray, radius_um: float,
+          value: float | None = None, add: float | None = None) -> None:
+    """Set (``value``) or raise (``add``) the voxels of ``local`` (the array of ``box``) inside a ball."""
+    sub = grid.bbox(center_um, radius_um)
+    if sub is None:
+        return
+    inter = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(sub, box, strict=True))
+    if any(s.start >= s.stop for s in inter):
+        return
+    z, y, x = grid.coords(inter)  # type: ignore[arg-type]
+    inside = ((z - np.float32(center_um[0])) ** 2 + (y - np.float32(center_um[1])) ** 2
+              + (x - np.float32(center_um[2])) ** 2) < np.float32(radius_um**2)
+    view = local[tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(inter, box, strict=True))]
+    if value is not None:
+        view[inside] = np.float32(value)
+    else:
+        view[inside] += np.float32(add)

@@ -151,7 +151,7 @@ def _vary_cell(cell: Cell, rng: np.random.Generator, flat: bool) -> None:
     inner = cell.interior
     cell.axes_scale = rng.uniform(0.8, 1.25, size=3)
     if rng.random() < 0.5:  # ruffled membrane: short waves on top of the overall irregularity
-        ruffle = CellShape.random_modulation(rng, int(rng.integers(6, 13)), rng.uniform(0.015, 0.04), (6.0, 14.0))
+        ruffle = CellShape.random_modulation(rng, int(rng.integers(4, 9)), rng.uniform(0.015, 0.04), (6.0, 14.0))
         cell.modulation = {k: np.concatenate([cell.modulation[k], ruffle[k]]) for k in cell.modulation}
     if flat:
         cell.flatten = float(rng.uniform(0.55, 0.85))
