@@ -33,7 +33,7 @@ Physics (choices documented here, values in um, s and RI units):
 on top of the same video: elongated cells (axes x0.8-1.25), ruffled membranes (waves of 1-2 um, half of the cells),
 cells flattened on the coverslip (z axis x0.55-0.85 and cut flat at the glass, 40 % of the
 videos), contacts pressed into the target (an interface bowed with a radius of curvature
-of 8 um and more, half of the contacts), nuclei darker or brighter than the cytoplasm
+of 8-50 um, half of the videos), nuclei darker or brighter than the cytoplasm
 (-0.008 to +0.012; Schuermann et al. 2016, J. Biophotonics 9:1068, found nuclei of many
 cell types less dense than the cytoplasm), nucleoli, granules up to RI 1.42 and a finer
 texture octave (0.4-0.8 um). Its draws come from a second random stream, so a seed's

@@ -133,12 +133,17 @@ class SyntheticSource:
     randomize : bool
         Domain-randomised frames (imaging condition, shapes, acquisition voxel size);
         False: the default videos with the legacy imaging model.
+    min_shape : (Z, Y, X)
+        Smallest randomised frame (the training crop): fine acquisition voxels get a
+        field this small around the conjugate rather than the whole ``shape``.
     """
 
     def __init__(self, rng: np.random.Generator, shape: Sequence[int], voxel_size_um: Sequence[float],
-                 pool_size: int = 16, refresh_every: int = 2, randomize: bool = True) -> None:
+                 pool_size: int = 16, refresh_every: int = 2, randomize: bool = True,
+                 min_shape: Sequence[int] = (32, 64, 64)) -> None:
         self.rng = rng
         self.randomize = bool(randomize)
+        self.min_shape = tuple(int(s) for s in min_shape)
         self.shape = tuple(int(s) for s in shape)
         self.voxel_size_um = tuple(float(v) for v in voxel_size_um)
         self.pool_size = int(pool_size)
@@ -156,7 +161,7 @@ class SyntheticSource:
         seed = int(self.rng.integers(0, TRAIN_SEED_LIMIT))
         k = int(self.rng.integers(0, TRAIN_VIDEO_FRAMES))
         if self.randomize:
-            f = randomized_frame(seed, k, TRAIN_VIDEO_FRAMES, self.shape, self.voxel_size_um)
+            f = randomized_frame(seed, k, TRAIN_VIDEO_FRAMES, self.shape, self.voxel_size_um, min_shape=self.min_shape)
         else:
             f = generate_timelapse(TRAIN_VIDEO_FRAMES, seed, self.shape, self.voxel_size_um, frames=[k],
                                    with_truth_area=False)[0]

@@ -283,7 +283,8 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     val_frames_list: list = []
     if cfg.synthetic:
         source: SyntheticSource | FolderSource = SyntheticSource(
-            rng, cfg.tile_zyx, cfg.voxel_size_um, cfg.pool_size, cfg.refresh_every, randomize=cfg.randomize)
+            rng, cfg.tile_zyx, cfg.voxel_size_um, cfg.pool_size, cfg.refresh_every, randomize=cfg.randomize,
+            min_shape=cfg.crop_zyx)
         if cfg.val_frames:
             val_frames_list = validation_frames(cfg.val_frames, cfg.tile_zyx, cfg.voxel_size_um,
                                                 randomize=cfg.randomize)

@@ -153,3 +153,20 @@ def test_fine_acquisition_gets_a_smaller_field_around_the_conjugate(monkeypatch)
     assert a.ri.shape >= (16, 32, 32) and (a.labels > 0).mean() > 0.1
     full = _frame_at(monkeypatch, (0.3, 0.25, 0.25), max_acquisition_voxels=10**7)
     assert full.ri.shape == TILE
+
+
+@pytest.mark.parametrize("imaging, model", [("legacy", "gaussian-otf"), ("tomocube", "odt")])
+def test_synth_cli_writes_the_chosen_imaging_condition(tmp_path, imaging, model):
+    import json
+
+    from click.testing import CliRunner
+
+    from deepis_rt.cli import main
+
+    out = tmp_path / imaging
+    res = CliRunner().invoke(main, ["synth", str(out), "--frames", "1", "--shape", "16", "32", "32", "--voxel-size",
+                                    "1", "0.5", "0.5", "--imaging", imaging, "--no-progress"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "synth.json").read_text())
+    assert meta["imaging"]["model"] == model
+    assert CliRunner().invoke(main, ["synth", str(tmp_path / "x"), "--imaging", "confocal"]).exit_code == 2
