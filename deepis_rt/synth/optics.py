@@ -29,8 +29,8 @@ Ranges (used by :func:`draw_imaging` for domain randomisation; um, RI units):
 
 * Tomocube HT-1 / HT-2 (the instrument family of the DeepIS data, Lee et al. 2020):
   532 nm laser, water-immersion objective NA 1.2, illumination scanned by a DMD up to an
-  NA of about 1.0; medium RI 1.333-1.340 (PBS, culture media). Vendor resolution about
-  0.11 um lateral, 0.36 um axial, consistent with the cut-offs above.
+  NA of about 1.0; medium RI 1.333-1.340 (PBS, culture media). The cut-offs above then
+  give half-periods of 0.12 um lateral and 0.36 um axial.
 * Other published ODT set-ups: objective NA 0.95-1.4, illumination NA 0.6-1.2
   (limited by the condenser and by NA_obj), wavelengths 0.45-0.70 um (Kim et al. 2014;
   Lim et al. 2015; Park et al. 2018).

@@ -51,7 +51,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from deepis_rt.synth.geometry import CellShape, ContactSurface, Grid, frame_flat, frame_with_axis, random_rotation
+from deepis_rt.synth.geometry import (
+    CellShape,
+    ContactSurface,
+    Grid,
+    frame_flat,
+    frame_with_axis,
+    random_rotation,
+)
 from deepis_rt.synth.optics import IMAGING_CONDITIONS, GaussianOTF, Imaging, draw_imaging
 from deepis_rt.synth.paint import CellInterior, paint_cell
 
