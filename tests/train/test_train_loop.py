@@ -181,7 +181,7 @@ def test_randomized_source_varies_the_acquisition_and_never_imports_the_validati
     code = (
         "import sys, numpy as np\n"
         "from deepis_rt.train.data import SyntheticSource\n"
-        "src = SyntheticSource(np.random.default_rng(1), (32, 64, 64), (1.0, 0.5, 0.5), pool_size=3,\n"
+        "src = SyntheticSource(np.random.default_rng(1), (16, 32, 32), (1.0, 0.5, 0.5), pool_size=3,\n"
         "                      min_shape=(16, 32, 32))\n"
         "assert 'domain-randomised' in src.describe()\n"
         "assert all(s.ri.shape[0] % 16 == 0 and s.weight.max() > 1 for s in src.pool)\n"
