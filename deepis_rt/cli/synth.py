@@ -17,9 +17,14 @@ import click
               help="Frame size in voxels.")
 @click.option("--voxel-size", nargs=3, type=float, default=(0.5, 0.25, 0.25), show_default=True, metavar="Z Y X",
               help="Voxel size in um.")
+@click.option("--imaging", type=click.Choice(["legacy", "tomocube", "raw", "random"]), default="legacy",
+              show_default=True,
+              help="Imaging model: legacy (Gaussian OTF, the bundled checkpoint's training data), tomocube "
+                   "(holotomography: NA 1.2/1.0, 532 nm, missing cone, non-negativity refill), raw (the same "
+                   "without refill), random (every imaging parameter drawn). See docs/training.md.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def synth(out: Path, frames: int, seed: int, fmt: str, shape: tuple[int, int, int],
-          voxel_size: tuple[float, float, float], no_progress: bool) -> None:
+          voxel_size: tuple[float, float, float], imaging: str, no_progress: bool) -> None:
     """Write a synthetic CAR-T / target time-lapse to OUT.
 
     \b
@@ -30,5 +35,5 @@ def synth(out: Path, frames: int, seed: int, fmt: str, shape: tuple[int, int, in
     from deepis_rt.synth import write_timelapse
 
     write_timelapse(out, frames, seed, shape=shape, voxel_size_um=voxel_size, fmt=fmt,
-                    progress=False if no_progress else None)
+                    progress=False if no_progress else None, imaging=imaging)
     click.echo(f"wrote {frames} frames to {out}")

@@ -11,6 +11,9 @@ import click
 
 @click.command()
 @click.option("--synthetic", is_flag=True, help="Train on synthetic conjugates generated on the fly.")
+@click.option("--randomize/--no-randomize", default=True, show_default=True,
+              help="--synthetic: randomise imaging condition, shapes and acquisition voxel size per frame "
+                   "(--no-randomize: the legacy generator the bundled checkpoint was trained on).")
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of tomograms with labels/<same name> (the layout 'deepis-rt synth' writes).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.pt).")
@@ -38,7 +41,7 @@ import click
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--resume", is_flag=True, help="Continue from <out>.state.pt after an interruption.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(synthetic: bool, data_dir: Path | None, out: Path, preset: str, steps: int, batch: int,
+def train(synthetic: bool, randomize: bool, data_dir: Path | None, out: Path, preset: str, steps: int, batch: int,
           crop: tuple[int, int, int], seed: int, lr: float, epoch_steps: int | None,
           voxel_size: tuple[float, float, float] | None, init: str | None,
           val_frames: int, val_every: int, save_every: int, max_minutes: float | None, threads: int | None,
@@ -57,7 +60,7 @@ def train(synthetic: bool, data_dir: Path | None, out: Path, preset: str, steps:
     if synthetic == (data_dir is not None):
         raise click.UsageError("give exactly one of --synthetic or --data DIR")
     cfg = TrainConfig(
-        synthetic=synthetic, data_dir=None if data_dir is None else str(data_dir), preset=preset, steps=steps,
+        synthetic=synthetic, randomize=randomize, data_dir=None if data_dir is None else str(data_dir), preset=preset, steps=steps,
         batch=batch, crop_zyx=tuple(crop), seed=seed, lr=lr,
         epoch_steps=epoch_steps if epoch_steps is not None else (10 if synthetic else None),
         voxel_size_um=tuple(voxel_size) if voxel_size else (None if init else (0.5, 0.25, 0.25)), init=init,

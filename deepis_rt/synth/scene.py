@@ -6,26 +6,42 @@ Physics (choices documented here, values in um, s and RI units):
   cytoplasm RI 1.362-1.370, nucleus 65 % of the cell's axes, +0.006-0.012 RI,
   4-10 granules (radius 0.25-0.5 um, RI 1.375-1.39). Target (K562-like): 12-16 um across,
   cytoplasm RI 1.355-1.361, nucleus 60 % of the axes, +0.006-0.012, 5-15 granules.
-  Smooth RI texture (+-0.0015) in both. Medium 1.337.
+  Smooth RI texture (+-0.0015, correlation length 2 um) in both (:mod:`deepis_rt.synth.paint`).
 * **Approach and contact.** The CAR-T approaches the target along a random, mostly
   lateral direction ``n`` at 0.05-0.1 um/s until contact onset ``t_on``; 10 % of videos
-  never make contact. After onset the contact (IS) is a flat disc whose area follows
+  never make contact. After onset the contact (IS) is a disc whose area follows
   ``A(t) = A_max (t - t_on) / ((t - t_on) + tau_half)`` with A_max 30-80 um^2 and
   tau_half 20-60 s: the CAR-T spreads (lateral semi-axis grows, its thickness shrinks at
-  constant ellipsoid volume) and both cells are cut by the contact plane so that each
+  constant ellipsoid volume) and both cells are cut by the contact surface so that each
   meets it in a disc of radius sqrt(A/pi). CAR-T granules polarise towards the IS.
   (The paper's A_max ~ 106 um^2 cannot be reached by a flat disc on an 8 um cell, so
   A_max is lower here; the kinetic law is the same.)
 * **Drift.** The stage drifts 0.005-0.02 um/s in a random direction, plus +-0.05 um jitter.
 * **Second cell.** 40 % of videos have a second cell (CAR-T or target) elsewhere in the
   field, never touching the pair.
-* **Optics.** Anisotropic Gaussian OTF (sigma 0.12-0.2 um in Y/X, 0.35-0.6 um in Z) times a
-  missing cone around k_z (|k_z| > 1.5 |k_r| attenuated to 40 %), then Gaussian noise
-  (sigma 0.0004-0.001 RI).
+* **Imaging** (``imaging=``, :mod:`deepis_rt.synth.optics`). ``"tomocube"``: the RI
+  contrast reconstructed as a holotomograph would, the Born/Rytov support of a
+  Tomocube-like system (objective NA 1.2, illumination NA 1.0, 532 nm: lateral cut-off
+  4.1 /um, axial 1.4 /um, missing cone), 10 non-negativity iterations, band-limited
+  noise 0.001-0.003 RI; ``"raw"``: the same without the iterations; ``"random"``: every
+  imaging parameter drawn. ``"legacy"`` (the default while the bundled checkpoint is the
+  one trained on it): an anisotropic Gaussian OTF (sigma 0.12-0.2 um in Y/X, 0.35-0.6 um
+  in Z) with a cone damped to 40 % and white noise 0.0004-0.001 RI. Background offset
+  +-0.0003 RI.
+
+``make_video(..., randomize=True)`` (training: domain randomisation) draws more variety
+on top of the same video: elongated cells (axes x0.8-1.25), ruffled membranes (waves of 1-2 um, half of the cells),
+cells flattened on the coverslip (z axis x0.55-0.85 and cut flat at the glass, 40 % of the
+videos), contacts pressed into the target (an interface bowed with a radius of curvature
+of 8-50 um, half of the videos), nuclei darker or brighter than the cytoplasm
+(-0.008 to +0.012; Schuermann et al. 2016, J. Biophotonics 9:1068, found nuclei of many
+cell types less dense than the cytoplasm), nucleoli, granules up to RI 1.42 and a finer
+texture octave (0.4-0.8 um). Its draws come from a second random stream, so a seed's
+default video is the same with or without it, but for these changes.
 
 The truth IS area is measured geometrically, not taken from A(t): the area of the
-contact plane inside both cells (sampled on a 0.05 um grid), since the shapes' radius
-modulation makes the real contact differ slightly from the ideal disc.
+contact surface inside both cells (sampled on a 0.05 um grid), since the shapes' radius
+modulation, the curvature and the coverslip make the real contact differ from the ideal disc.
 """
 
 from __future__ import annotations
@@ -33,15 +49,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from deepis_rt.synth.geometry import CellShape, Grid, frame_with_axis, random_rotation
+from deepis_rt.synth.geometry import (
+    CellShape,
+    ContactSurface,
+    Grid,
+    frame_flat,
+    frame_with_axis,
+    random_rotation,
+)
+from deepis_rt.synth.optics import IMAGING_CONDITIONS, GaussianOTF, Imaging, draw_imaging
+from deepis_rt.synth.paint import CellInterior, paint_cell
 
-__all__ = ["MEDIUM_RI", "VideoParams", "RenderedFrame", "make_video", "render_frame"]
+__all__ = ["MEDIUM_RI", "VideoParams", "RenderedFrame", "make_video", "render_frame", "acquisition_grid"]
 
 MEDIUM_RI = 1.337
 CART, TARGET, SYNAPSE = 1, 2, 3
+_UP = np.array([1.0, 0.0, 0.0])  # +z, away from the coverslip
 
 
 @dataclass
@@ -51,11 +76,13 @@ class Cell:
     axes_scale: np.ndarray
     rotation: np.ndarray
     modulation: dict
-    cyto_ri: float
-    nucleus_dri: float
-    nucleus_offset: np.ndarray  # in units of the cell's axes
-    granules: np.ndarray  # (G, 5): local position in units of axes (3), radius um, RI
-    texture_seed: int
+    interior: CellInterior
+    #: z-axis factor of a cell flattened on the coverslip (1: not flattened)
+    flatten: float = 1.0
+
+    @property
+    def texture_seed(self) -> int:
+        return self.interior.texture_seed
 
 
 @dataclass
@@ -76,7 +103,17 @@ class VideoParams:
     target: Cell
     second: Cell | None = None
     second_center_um: np.ndarray | None = None
-    optics: dict = field(default_factory=dict)
+    imaging: Imaging | GaussianOTF = field(default_factory=GaussianOTF)
+    background_ri: float = 0.0
+    #: RI above this is clipped (granules, lipid droplets)
+    max_ri: float = 1.39
+    #: curvature (1/um) of the contact surface, bowed into the target; 0: flat
+    curvature_per_um: float = 0.0
+    #: the CAR-T cell is pushed into the target by this fraction of the surface's sag
+    press: float = 0.0
+    #: the coverslip cuts this fraction of the target's lower half away; None: no coverslip in the field
+    coverslip_depth: float | None = None
+    randomized: bool = False
 
 
 @dataclass
@@ -85,6 +122,7 @@ class RenderedFrame:
     labels: np.ndarray
     distance_um: np.ndarray
     truth: dict
+    imaging: dict = field(default_factory=dict)
 
 
 def _cell(rng: np.random.Generator, kind: int) -> Cell:
@@ -104,22 +142,45 @@ def _cell(rng: np.random.Generator, kind: int) -> Cell:
         gran[g, :3] = v / np.linalg.norm(v) * rng.uniform(0.35, 0.75)
     gran[:, 3] = rng.uniform(0.25, 0.5, size=n_gran)
     gran[:, 4] = rng.uniform(1.375, 1.39, size=n_gran)
-    return Cell(
-        kind=kind,
-        radius_um=radius,
-        axes_scale=rng.uniform(0.9, 1.1, size=3),
-        rotation=random_rotation(rng),
-        modulation=CellShape.random_modulation(rng, 5, 0.06),
-        cyto_ri=cyto,
-        nucleus_dri=rng.uniform(0.006, 0.012),
-        nucleus_offset=nuc_off,
-        granules=gran,
-        texture_seed=int(rng.integers(2**31)),
-    )
+    axes_scale = rng.uniform(0.9, 1.1, size=3)
+    rotation = random_rotation(rng)
+    modulation = CellShape.random_modulation(rng, 5, 0.06)
+    nucleus_dri = rng.uniform(0.006, 0.012)
+    interior = CellInterior(kind=kind, cyto_ri=cyto, nucleus_dri=nucleus_dri, nucleus_offset=nuc_off,
+                            nucleus_scale=0.65 if kind == CART else 0.6, granules=gran,
+                            texture_seed=int(rng.integers(2**31)))
+    return Cell(kind=kind, radius_um=radius, axes_scale=axes_scale, rotation=rotation, modulation=modulation,
+                interior=interior)
+
+
+def _vary_cell(cell: Cell, rng: np.random.Generator, flat: bool) -> None:
+    """Domain randomisation of one cell (shape family, interior), in place."""
+    inner = cell.interior
+    cell.axes_scale = rng.uniform(0.8, 1.25, size=3)
+    if rng.random() < 0.5:  # ruffled membrane: short waves on top of the overall irregularity
+        ruffle = CellShape.random_modulation(rng, int(rng.integers(4, 9)), rng.uniform(0.015, 0.04), (6.0, 14.0))
+        cell.modulation = {k: np.concatenate([cell.modulation[k], ruffle[k]]) for k in cell.modulation}
+    if flat:
+        cell.flatten = float(rng.uniform(0.55, 0.85))
+        if cell.kind != CART:  # a target lies on the glass: its third axis is the coverslip normal
+            cell.rotation = frame_flat(_UP, None, rng)
+    inner.cyto_ri = float(rng.uniform(1.355, 1.375) if cell.kind == CART else rng.uniform(1.350, 1.368))
+    inner.nucleus_dri = float(rng.uniform(-0.008, 0.012))
+    inner.granules[:, 4] = rng.uniform(1.37, 1.42, size=len(inner.granules))
+    n_nl = int(rng.integers(0, 4))
+    nl = np.zeros((n_nl, 4))
+    if n_nl:
+        v = rng.normal(size=(n_nl, 3))
+        nl[:, :3] = v / np.linalg.norm(v, axis=1, keepdims=True) * rng.uniform(0.0, 0.5, size=(n_nl, 1))
+        nl[:, 3] = rng.uniform(0.3, 0.8, size=n_nl)
+    inner.nucleoli, inner.nucleolus_dri = nl, float(rng.uniform(0.005, 0.02))
+    inner.texture_octaves = ((float(rng.uniform(1.5, 3.0)), float(rng.uniform(0.0005, 0.003))),
+                             (float(rng.uniform(0.4, 0.8)), float(rng.uniform(0.0005, 0.003))))
 
 
 def make_video(seed: int, shape: tuple[int, int, int], voxel_size_um: tuple[float, float, float],
-               n_frames: int, kinetics: dict | None = None) -> VideoParams:
+               n_frames: int, kinetics: dict | None = None, randomize: bool = False,
+               imaging: str | Imaging | GaussianOTF = "legacy") -> VideoParams:
     """Draw the parameters of video ``seed`` (deterministic).
 
     ``kinetics`` prescribes some of the drawn values instead: any of ``a_max_um2``,
@@ -128,7 +189,21 @@ def make_video(seed: int, shape: tuple[int, int, int], voxel_size_um: tuple[floa
     differs from the drawn one only in those values. A large ``a_max_um2`` (the
     paper's ~106 um^2) needs a target large enough for the contact disc: the target
     radius is raised to 1.15 x the disc radius when needed.
+
+    ``randomize`` adds the domain randomisation of the module docstring (shape
+    families, interiors); kinetics, layout and seeds stay those of the default video.
+
+    ``imaging``: ``"legacy"`` (the Gaussian-OTF model the bundled checkpoint was trained
+    on), ``"tomocube"`` (holotomography with the Tomocube-like condition, noise
+    0.001-0.003 RI), ``"raw"`` (the same without non-negativity iterations: the raw
+    Rytov reconstruction), ``"random"`` (every imaging parameter drawn,
+    :func:`deepis_rt.synth.optics.draw_imaging`), or an :class:`Imaging` /
+    :class:`GaussianOTF` to use as it is.
     """
+    from deepis_rt.errors import ConfigError
+
+    if isinstance(imaging, str) and imaging not in IMAGING_CONDITIONS:
+        raise ConfigError(f"synth: imaging {imaging!r} is not one of {list(IMAGING_CONDITIONS)}")
     rng = np.random.default_rng([int(seed), 7919])
     grid = Grid(tuple(int(s) for s in shape), tuple(float(v) for v in voxel_size_um))  # type: ignore[arg-type]
     dt = rng.uniform(3.0, 8.0)
@@ -150,16 +225,21 @@ def make_video(seed: int, shape: tuple[int, int, int], voxel_size_um: tuple[floa
         drift_um_s=rng.normal(size=3) / np.sqrt(3) * rng.uniform(0.005, 0.02),
         cart=_cell(rng, CART),
         target=_cell(rng, TARGET),
-        optics={
-            "sigma_um": (rng.uniform(0.35, 0.6), rng.uniform(0.12, 0.2), rng.uniform(0.12, 0.2)),
-            "cone_slope": 1.5,
-            "cone_gain": 0.4,
-            "noise_ri": rng.uniform(0.0004, 0.001),
-            "background_ri": rng.normal(scale=0.0003),
-        },
     )
-    if kinetics:
-        _prescribe(params, kinetics)
+    # drawn where earlier versions drew a Gaussian optics model (three widths, noise,
+    # offset), so that a seed's second cell, drawn next, stays where it was
+    sigma_um = (rng.uniform(0.35, 0.6), rng.uniform(0.12, 0.2), rng.uniform(0.12, 0.2))
+    noise_u = rng.uniform()
+    params.background_ri = float(rng.normal(scale=0.0003))
+    if imaging == "legacy":
+        params.imaging = GaussianOTF(sigma_um=sigma_um, noise_ri=0.0004 + 0.0006 * noise_u)
+    elif imaging in ("tomocube", "raw"):
+        params.imaging = Imaging(noise_ri=0.001 + 0.002 * noise_u, nonneg_iterations=10 if imaging == "tomocube" else 0)
+    elif imaging == "random":
+        params.imaging = draw_imaging(np.random.default_rng([int(seed), 7919, 3]))
+        params.background_ri = float(np.random.default_rng([int(seed), 7919, 4]).normal(scale=0.0008))
+    else:
+        params.imaging = imaging  # type: ignore[assignment]
     if rng.random() < 0.4:
         kind = CART if rng.random() < 0.6 else TARGET
         second = _cell(rng, kind)
@@ -172,7 +252,27 @@ def make_video(seed: int, shape: tuple[int, int, int], voxel_size_um: tuple[floa
             if off_axis > second.radius_um * 1.2 + 9.0 or along > second.radius_um * 1.2 + 14.0:
                 params.second, params.second_center_um = second, c
                 break
+    if randomize:
+        _randomize(params, np.random.default_rng([int(seed), 7919, 2]))
+    if kinetics:
+        _prescribe(params, kinetics)
     return params
+
+
+def _randomize(params: VideoParams, rng: np.random.Generator) -> None:
+    params.randomized = True
+    params.max_ri = 1.42
+    flat = bool(rng.random() < 0.4)
+    params.coverslip_depth = float(rng.uniform(0.05, 0.25)) if flat else None
+    if flat:  # cells on the glass meet mostly side by side
+        params.normal[0] *= 0.5
+        params.normal /= np.linalg.norm(params.normal)
+    if rng.random() < 0.5:
+        params.curvature_per_um = float(rng.uniform(0.02, 0.125))
+        params.press = float(rng.uniform(0.3, 0.8))
+    for cell in (params.cart, params.target, params.second):
+        if cell is not None:
+            _vary_cell(cell, rng, flat)
 
 
 _KINETIC_KEYS = ("a_max_um2", "tau_half_s", "onset_s", "frame_interval_s")
@@ -212,11 +312,13 @@ def _contact_area(p: VideoParams, t: float) -> float:
 
 
 def _layout(p: VideoParams, t: float, rng: np.random.Generator) -> dict:
-    """Shapes and contact plane of the pair at time t."""
+    """Shapes, contact surface and coverslip of the pair at time t."""
     n = p.normal
     drift = p.drift_um_s * t + rng.normal(scale=0.05, size=3)
     tgt = p.target
     t_axes = tgt.radius_um * tgt.axes_scale
+    if tgt.flatten != 1.0:  # flattened on the glass at constant volume (third axis is z)
+        t_axes = t_axes * np.array([1 / np.sqrt(tgt.flatten), 1 / np.sqrt(tgt.flatten), tgt.flatten])
     target = _shape(tgt, np.zeros(3), t_axes, tgt.rotation, t)
     rt = target.radius_along(n)
     rc = p.cart.radius_um
@@ -226,13 +328,17 @@ def _layout(p: VideoParams, t: float, rng: np.random.Generator) -> dict:
     rho = min(rho, 0.95 * rt)
     lateral = max(rc, rho / 0.9)
     normal_axis = rc**3 / lateral**2
-    c_rot = frame_with_axis(n, np.random.default_rng(p.cart.texture_seed))
+    c_rng = np.random.default_rng(p.cart.texture_seed)
+    c_rot = frame_with_axis(n, c_rng) if p.cart.flatten == 1.0 else frame_flat(_UP, n, c_rng)
     c_axes = np.array([lateral, lateral, normal_axis]) * np.array([p.cart.axes_scale[0], p.cart.axes_scale[1], 1.0])
+    c_axes[0] *= p.cart.flatten
+    surface = None
     if area > 0:
         s_t = float(np.sqrt(max(rt**2 - rho**2, 0.0)))
         s_c = normal_axis * float(np.sqrt(max(1.0 - (rho / lateral) ** 2, 0.0)))
+        sag = p.curvature_per_um * rho * rho / 2
+        cart_center = n * (s_t + s_c - p.press * sag)
         plane = s_t
-        cart_center = n * (s_t + s_c)
     else:
         gap = 0.3 + (p.approach_um_s * (p.onset_s - t) if p.onset_s is not None else 2.5)
         gap = min(gap, 3.0)
@@ -242,25 +348,21 @@ def _layout(p: VideoParams, t: float, rng: np.random.Generator) -> dict:
     shift = p.pair_offset_um - mid + drift
     target = target.with_(center_um=target.center_um + shift)
     cart = _shape(p.cart, cart_center + shift, c_axes, c_rot, t)
-    plane_point = None if plane is None else n * plane + shift
+    if plane is not None:
+        surface = ContactSurface(point_um=n * plane + shift, normal=n, curvature_per_um=p.curvature_per_um,
+                                 rim_radius_um=rho)
+    coverslip = None
+    if p.coverslip_depth is not None:
+        coverslip = float(target.center_um[0] - target.radius_along(-_UP) * (1.0 - p.coverslip_depth))
     second = None
     if p.second is not None:
         sc = p.second
-        second = _shape(sc, p.second_center_um + drift, sc.radius_um * sc.axes_scale, sc.rotation, t)
-    return {"target": target, "cart": cart, "second": second, "plane_point": plane_point,
+        s_axes = sc.radius_um * sc.axes_scale
+        if sc.flatten != 1.0:
+            s_axes = s_axes * np.array([1.0, 1.0, sc.flatten])
+        second = _shape(sc, p.second_center_um + drift, s_axes, sc.rotation, t)
+    return {"target": target, "cart": cart, "second": second, "surface": surface, "coverslip_z_um": coverslip,
             "ideal_area_um2": area, "shift": shift}
-
-
-def _plane_area(cart: CellShape, target: CellShape, point: np.ndarray, n: np.ndarray, step_um: float = 0.05) -> float:
-    """Area (um^2) of the contact plane inside both cells, sampled on a fine 2-D grid."""
-    R = frame_with_axis(n, np.random.default_rng(0))
-    e1, e2 = R[:, 0], R[:, 1]
-    half = cart.max_radius_um + 0.5
-    u = np.arange(-half, half, step_um, dtype=np.float32)
-    uu, vv = np.meshgrid(u, u, indexing="ij")
-    pts = [np.float32(point[i]) + uu * np.float32(e1[i]) + vv * np.float32(e2[i]) for i in range(3)]
-    inside = (cart.level(*pts) < 1.0) & (target.level(*pts) < 1.0)
-    return float(inside.sum()) * step_um * step_um
 
 
 # --------------------------------------------------------------------------- rendering
@@ -269,58 +371,38 @@ def _paste(full: np.ndarray, box: tuple[slice, ...] | None, local: np.ndarray | 
         full[box] |= local
 
 
-def _cut(mask: np.ndarray, box, grid: Grid, point: np.ndarray, n: np.ndarray, keep_sign: float) -> np.ndarray:
+def _cut(mask: np.ndarray, box, grid: Grid, surface: ContactSurface | None, keep_sign: float,
+         coverslip_z_um: float | None) -> np.ndarray:
     z, y, x = grid.coords(box)
-    side = (z - np.float32(point[0])) * np.float32(n[0]) + (y - np.float32(point[1])) * np.float32(n[1]) + \
-        (x - np.float32(point[2])) * np.float32(n[2])
-    return mask & (side * np.float32(keep_sign) > 0)
+    if surface is not None:
+        mask = mask & (surface.side(z, y, x) * np.float32(keep_sign) > 0)
+    if coverslip_z_um is not None:
+        mask = mask & (z > np.float32(coverslip_z_um))
+    return mask
 
 
-def _texture(shape: tuple[int, ...], seed: int, amplitude: float) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    coarse = rng.normal(size=tuple(max(2, s // 8) for s in shape)).astype(np.float32)
-    zoom = [s / c for s, c in zip(shape, coarse.shape, strict=False)]
-    tex = ndi.zoom(coarse, zoom, order=1, prefilter=False)[: shape[0], : shape[1], : shape[2]]
-    return tex * np.float32(amplitude)
-
-
-def _paint_cell(ri: np.ndarray, cell: Cell, shape: CellShape, mask_full: np.ndarray, grid: Grid,
-                polarisation: float, toward: np.ndarray | None) -> None:
-    box = grid.bbox(shape.center_um, shape.max_radius_um)
-    if box is None:
-        return
-    m = mask_full[box]
-    if not m.any():
-        return
-    z, y, x = grid.coords(box)
-    local = np.full(m.shape, cell.cyto_ri - MEDIUM_RI, dtype=np.float32)
-    local += _texture(m.shape, cell.texture_seed, 0.0015)
-    nucleus = shape.with_(center_um=shape.center_um + shape.rotation @ (cell.nucleus_offset * shape.axes_um),
-                          axes_um=shape.axes_um * (0.65 if cell.kind == CART else 0.6),
-                          wave_amps=shape.wave_amps * 0.5)
-    local += np.float32(cell.nucleus_dri) * (nucleus.level(z, y, x) < 1.0)
-    for g in cell.granules:
-        pos = shape.center_um + shape.rotation @ (g[:3] * shape.axes_um)
-        if toward is not None and polarisation > 0:
-            pos = pos + polarisation * (toward - pos) * 0.7
-        d2 = (z - np.float32(pos[0])) ** 2 + (y - np.float32(pos[1])) ** 2 + (x - np.float32(pos[2])) ** 2
-        inside = d2 < np.float32(g[3] ** 2)
-        local = np.where(inside, np.float32(g[4] - MEDIUM_RI), local)
-    ri[box] = np.where(m, local, ri[box])
-
-
-def _otf(grid: Grid, optics: dict) -> np.ndarray:
+def _masks(lay: dict, grid: Grid, second_kind: int | None) -> dict:
+    """The cells' voxels on ``grid``: target, CAR-T and second cell of the layout, each exclusive."""
     shape = grid.shape
-    kz = sfft.fftfreq(shape[0], d=grid.voxel_size_um[0]).astype(np.float32)[:, None, None]
-    ky = sfft.fftfreq(shape[1], d=grid.voxel_size_um[1]).astype(np.float32)[None, :, None]
-    kx = sfft.rfftfreq(shape[2], d=grid.voxel_size_um[2]).astype(np.float32)[None, None, :]
-    sz, sy, sx = optics["sigma_um"]
-    two_pi2 = np.float32(2 * np.pi**2)
-    otf = np.exp(-two_pi2 * ((sz * kz) ** 2 + (sy * ky) ** 2 + (sx * kx) ** 2))
-    kr = np.sqrt(ky**2 + kx**2)
-    cone = (np.abs(kz) > optics["cone_slope"] * kr) & (np.abs(kz) > 0)
-    otf = np.where(cone, otf * np.float32(optics["cone_gain"]), otf)
-    return otf.astype(np.float32)
+    cover = lay["coverslip_z_um"]
+    out = {}
+    for name, shp, sign in (("target", lay["target"], -1.0), ("cart", lay["cart"], 1.0)):
+        full = np.zeros(shape, dtype=bool)
+        box, m = shp.mask_in(grid)
+        if m is not None:
+            m = _cut(m, box, grid, lay["surface"], sign, cover)
+        _paste(full, box, m)
+        out[name] = full
+    out["cart"] &= ~out["target"]
+    s_mask = np.zeros(shape, dtype=bool)
+    if lay["second"] is not None:
+        box, m = lay["second"].mask_in(grid)
+        if m is not None:
+            m = _cut(m, box, grid, None, 1.0, cover)
+        _paste(s_mask, box, m)
+        s_mask &= ~(out["target"] | out["cart"])
+    out["second"] = s_mask
+    return out
 
 
 def _signed_distance(pos: np.ndarray, neg: np.ndarray, voxel_size_um: tuple[float, float, float]) -> np.ndarray:
@@ -334,37 +416,41 @@ def _signed_distance(pos: np.ndarray, neg: np.ndarray, voxel_size_um: tuple[floa
     return d
 
 
-def render_frame(p: VideoParams, index: int, with_truth_area: bool = True) -> RenderedFrame:
-    """Render frame ``index`` of video ``p`` (deterministic in (seed, index))."""
+def acquisition_grid(grid: Grid, voxel_size_um: tuple[float, float, float]) -> Grid:
+    """The grid a microscope with voxels near ``voxel_size_um`` would sample ``grid``'s field on.
+
+    Same centre and extent (so the runtime's resampling maps one onto the other); the
+    voxel size is adjusted to a whole number of voxels per axis.
+    """
+    shape = tuple(max(8, int(round(e / v))) for e, v in zip(grid.extent_um, voxel_size_um, strict=True))
+    vs = tuple(e / n for e, n in zip(grid.extent_um, shape, strict=True))
+    return Grid(shape, vs, grid.center_um)  # type: ignore[arg-type]
+
+
+def render_frame(p: VideoParams, index: int, with_truth_area: bool = True,
+                 acquisition_voxel_um: tuple[float, float, float] | None = None) -> RenderedFrame:
+    """Render frame ``index`` of video ``p`` (deterministic in (seed, index)).
+
+    Labels and distance map are drawn on ``p.grid``. The RI is drawn and reconstructed on
+    ``p.grid`` too, or, with ``acquisition_voxel_um``, on the same field sampled at that
+    voxel size and then resampled to ``p.grid`` exactly as the runtime resamples a
+    tomogram to the model's voxel size (:func:`deepis_rt.runtime.preprocess.resample`).
+    """
     rng = np.random.default_rng([p.seed, 104729, int(index)])
     grid = p.grid
     t = index * p.frame_interval_s
     lay = _layout(p, t, rng)
     target, cart, second = lay["target"], lay["cart"], lay["second"]
+    second_kind = None if p.second is None else p.second.kind
     n = p.normal
     shape = grid.shape
-    t_mask = np.zeros(shape, dtype=bool)
-    c_mask = np.zeros(shape, dtype=bool)
-    box_t, m_t = target.mask_in(grid)
-    box_c, m_c = cart.mask_in(grid)
-    if lay["plane_point"] is not None:
-        if m_t is not None:
-            m_t = _cut(m_t, box_t, grid, lay["plane_point"], n, -1.0)
-        if m_c is not None:
-            m_c = _cut(m_c, box_c, grid, lay["plane_point"], n, +1.0)
-    _paste(t_mask, box_t, m_t)
-    _paste(c_mask, box_c, m_c)
-    c_mask &= ~t_mask
-    s_mask = np.zeros(shape, dtype=bool)
-    if second is not None:
-        box_s, m_s = second.mask_in(grid)
-        _paste(s_mask, box_s, m_s)
-        s_mask &= ~(t_mask | c_mask)
-    cart_all = c_mask | (s_mask if second is not None and p.second.kind == CART else False)
-    target_all = t_mask | (s_mask if second is not None and p.second.kind == TARGET else False)
+    masks = _masks(lay, grid, second_kind)
+    t_mask, c_mask, s_mask = masks["target"], masks["cart"], masks["second"]
+    cart_all = c_mask | (s_mask if second_kind == CART else False)
+    target_all = t_mask | (s_mask if second_kind == TARGET else False)
 
     # contact (IS) voxels: cell voxels face-adjacent to the other cell of the pair
-    contact = bool(lay["plane_point"] is not None)
+    contact = lay["surface"] is not None
     is_mask = np.zeros(shape, dtype=bool)
     if contact and c_mask.any() and t_mask.any():
         is_mask = (c_mask & ndi.binary_dilation(t_mask)) | (t_mask & ndi.binary_dilation(c_mask))
@@ -375,21 +461,28 @@ def render_frame(p: VideoParams, index: int, with_truth_area: bool = True) -> Re
     labels[is_mask] = SYNAPSE
     distance = _signed_distance(cart_all, target_all, grid.voxel_size_um)
 
-    # refractive index
-    dri = np.zeros(shape, dtype=np.float32)
+    # refractive index, on the acquisition grid
+    acq = grid if acquisition_voxel_um is None else acquisition_grid(grid, acquisition_voxel_um)
+    acq_masks = masks if acq is grid else _masks(lay, acq, second_kind)
+    medium = p.imaging.medium_ri
+    contrast = np.zeros(acq.shape, dtype=np.float32)
     polar = 0.0 if not contact else lay["ideal_area_um2"] / p.a_max_um2
-    _paint_cell(dri, p.target, target, t_mask, grid, 0.0, None)
-    _paint_cell(dri, p.cart, cart, c_mask, grid, polar, lay["plane_point"])
+    toward = None if lay["surface"] is None else lay["surface"].point_um
+    paint_cell(contrast, p.target.interior, target, acq_masks["target"], acq, medium)
+    paint_cell(contrast, p.cart.interior, cart, acq_masks["cart"], acq, medium, polar, toward)
     if second is not None:
-        _paint_cell(dri, p.second, second, s_mask, grid, 0.0, None)
-    np.clip(dri, None, np.float32(1.39 - MEDIUM_RI), out=dri)
-    blurred = sfft.irfftn(sfft.rfftn(dri, workers=1) * _otf(grid, p.optics), s=shape, workers=1)
-    ri = blurred.astype(np.float32) + np.float32(MEDIUM_RI + p.optics["background_ri"])
-    ri += rng.normal(scale=p.optics["noise_ri"], size=shape).astype(np.float32)
+        paint_cell(contrast, p.second.interior, second, acq_masks["second"], acq, medium)
+    np.clip(contrast, None, np.float32(p.max_ri - medium), out=contrast)
+    ri = p.imaging.reconstruct(contrast, acq.voxel_size_um, rng)
+    ri += np.float32(medium + p.background_ri)
+    if acq is not grid:
+        from deepis_rt.runtime.preprocess import resample
+
+        ri = resample(ri, shape)
 
     area = 0.0
     if contact and with_truth_area:
-        area = _plane_area(cart, target, lay["plane_point"], n)
+        area = lay["surface"].area_inside([cart, target], cart.max_radius_um + 0.5, lay["coverslip_z_um"])
     vox = float(np.prod(grid.voxel_size_um))
     truth = {
         "frame": int(index),
@@ -399,11 +492,13 @@ def render_frame(p: VideoParams, index: int, with_truth_area: bool = True) -> Re
         "is_area_model_um2": float(lay["ideal_area_um2"]) if contact else 0.0,
         "cart_volume_um3": float(c_mask.sum() * vox),
         "target_volume_um3": float(t_mask.sum() * vox),
-        "second_cell": "" if second is None else ("cart" if p.second.kind == CART else "target"),
+        "second_cell": "" if second is None else ("cart" if second_kind == CART else "target"),
         "cart_z_um": float(cart.center_um[0]), "cart_y_um": float(cart.center_um[1]),
         "cart_x_um": float(cart.center_um[2]),
         "target_z_um": float(target.center_um[0]), "target_y_um": float(target.center_um[1]),
         "target_x_um": float(target.center_um[2]),
         "normal_z": float(n[0]), "normal_y": float(n[1]), "normal_x": float(n[2]),
     }
-    return RenderedFrame(ri=ri, labels=labels, distance_um=distance, truth=truth)
+    imaging = {**p.imaging.as_dict(), "acquisition_voxel_um": list(acq.voxel_size_um),
+               "curvature_per_um": p.curvature_per_um, "coverslip": p.coverslip_depth is not None}
+    return RenderedFrame(ri=ri, labels=labels, distance_um=distance, truth=truth, imaging=imaging)

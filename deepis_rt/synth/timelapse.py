@@ -6,7 +6,7 @@ import csv
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class SynthFrame:
         Voxel size (Z, Y, X) in um.
     seed : int
         Video seed.
+    imaging : dict
+        The imaging condition (:mod:`deepis_rt.synth.optics`) and ``acquisition_voxel_um``.
     """
 
     ri: np.ndarray
@@ -64,6 +66,8 @@ class SynthFrame:
     truth: dict[str, Any]
     voxel_size_um: tuple[float, float, float]
     seed: int
+    #: the imaging condition and acquisition voxel size the RI was made with
+    imaging: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_area_um2(self) -> float:
@@ -101,14 +105,18 @@ def iter_timelapse(
     frames: Sequence[int] | None = None,
     with_truth_area: bool = True,
     kinetics: dict | None = None,
+    imaging: str | Any = "legacy",
+    randomize: bool = False,
+    acquisition_voxel_um: Sequence[float] | None = None,
 ) -> Iterator[SynthFrame]:
     """Yield the frames of a synthetic video one by one (see :func:`generate_timelapse`)."""
     shape, vs = _check(n_frames, shape, voxel_size_um)
-    params = make_video(seed, shape, vs, n_frames, kinetics)
+    params = make_video(seed, shape, vs, n_frames, kinetics, randomize=randomize, imaging=imaging)
+    acq = None if acquisition_voxel_um is None else tuple(float(v) for v in acquisition_voxel_um)
     for k in (range(n_frames) if frames is None else frames):
-        r = render_frame(params, int(k), with_truth_area=with_truth_area)
+        r = render_frame(params, int(k), with_truth_area=with_truth_area, acquisition_voxel_um=acq)  # type: ignore[arg-type]
         yield SynthFrame(ri=r.ri, labels=r.labels, distance_um=r.distance_um, truth=r.truth,
-                         voxel_size_um=vs, seed=int(seed))  # type: ignore[arg-type]
+                         voxel_size_um=vs, seed=int(seed), imaging=r.imaging)  # type: ignore[arg-type]
 
 
 def generate_timelapse(
@@ -119,6 +127,9 @@ def generate_timelapse(
     frames: Sequence[int] | None = None,
     with_truth_area: bool = True,
     kinetics: dict | None = None,
+    imaging: str | Any = "legacy",
+    randomize: bool = False,
+    acquisition_voxel_um: Sequence[float] | None = None,
 ) -> list[SynthFrame]:
     """A synthetic time-lapse of a CAR-T cell meeting a target cell.
 
@@ -143,12 +154,21 @@ def generate_timelapse(
     kinetics : dict, optional
         Prescribed ``a_max_um2``, ``tau_half_s``, ``onset_s``, ``frame_interval_s``
         instead of drawn ones (see :func:`deepis_rt.synth.scene.make_video`).
+    imaging : str or imaging model
+        ``"legacy"`` (default), ``"tomocube"``, ``"raw"``, ``"random"``, or an
+        :class:`deepis_rt.synth.optics.Imaging` (see :func:`deepis_rt.synth.scene.make_video`).
+    randomize : bool
+        Domain randomisation of the shapes and cell interiors (training).
+    acquisition_voxel_um : (Z, Y, X), optional
+        Make the RI at this voxel size and resample it to ``voxel_size_um`` as the runtime
+        does (labels and distance maps are always exact on ``voxel_size_um``).
 
     Returns
     -------
     list of SynthFrame
     """
-    return list(iter_timelapse(n_frames, seed, shape, voxel_size_um, frames, with_truth_area, kinetics))
+    return list(iter_timelapse(n_frames, seed, shape, voxel_size_um, frames, with_truth_area, kinetics, imaging,
+                               randomize, acquisition_voxel_um))
 
 
 def write_timelapse(
@@ -160,6 +180,7 @@ def write_timelapse(
     fmt: str = "tiff",
     progress: bool | None = None,
     kinetics: dict | None = None,
+    imaging: str = "legacy",
 ) -> Path:
     """Write a synthetic time-lapse and its ground truth to a folder.
 
@@ -186,10 +207,10 @@ def write_timelapse(
     out.mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(exist_ok=True)
     (out / "distance").mkdir(exist_ok=True)
-    params = make_video(seed, shape, vs, n_frames, kinetics)
+    params = make_video(seed, shape, vs, n_frames, kinetics, imaging=imaging)
     rows = []
     disable = (not _isatty()) if progress is None else not progress
-    for frame in tqdm(iter_timelapse(n_frames, seed, shape, vs, kinetics=kinetics), total=n_frames, desc="synth", unit="frame",
+    for frame in tqdm(iter_timelapse(n_frames, seed, shape, vs, kinetics=kinetics, imaging=imaging), total=n_frames, desc="synth", unit="frame",
                       disable=disable):
         k = frame.truth["frame"]
         name = f"frame_{k:06d}"
@@ -207,7 +228,7 @@ def write_timelapse(
         "generator": "deepis_rt.synth", "seed": int(seed), "n_frames": int(n_frames), "shape_zyx": list(shape),
         "voxel_size_um": list(vs), "frame_interval_s": params.frame_interval_s, "medium_ri": MEDIUM_RI,
         "onset_s": params.onset_s, "a_max_um2": params.a_max_um2, "tau_half_s": params.tau_half_s,
-        "format": fmt,
+        "format": fmt, "imaging": params.imaging.as_dict(),
     }, indent=2))
     log.info("synth: wrote %d frames to %s", n_frames, out)
     return out

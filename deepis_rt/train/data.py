@@ -3,6 +3,10 @@
 Both sources hand out :class:`Sample` objects (RI, signed distance, loss weight) at
 the model's voxel size; :func:`random_crop_batch` turns them into augmented crops.
 
+Synthetic frames are domain-randomised by default (:mod:`deepis_rt.synth.randomize`):
+every imaging parameter, shape family and acquisition voxel size (0.1-0.5 um, resampled
+to the model's voxel size as the runtime does) is drawn per frame.
+
 Seeds: on-the-fly training videos use seeds below :data:`VALIDATION_SEED_BASE`;
 validation uses ``VALIDATION_SEED_BASE + i`` and held-out evaluation
 ``HELDOUT_SEED_BASE + i``, so the three never overlap.
@@ -126,11 +130,20 @@ class SyntheticSource:
         Frames kept in memory.
     refresh_every : int
         Replace the oldest frame every this many batches.
+    randomize : bool
+        Domain-randomised frames (imaging condition, shapes, acquisition voxel size);
+        False: the default videos with the legacy imaging model.
+    min_shape : (Z, Y, X)
+        Smallest randomised frame (the training crop): fine acquisition voxels get a
+        field this small around the conjugate rather than the whole ``shape``.
     """
 
     def __init__(self, rng: np.random.Generator, shape: Sequence[int], voxel_size_um: Sequence[float],
-                 pool_size: int = 16, refresh_every: int = 2) -> None:
+                 pool_size: int = 16, refresh_every: int = 2, randomize: bool = True,
+                 min_shape: Sequence[int] = (32, 64, 64)) -> None:
         self.rng = rng
+        self.randomize = bool(randomize)
+        self.min_shape = tuple(int(s) for s in min_shape)
         self.shape = tuple(int(s) for s in shape)
         self.voxel_size_um = tuple(float(v) for v in voxel_size_um)
         self.pool_size = int(pool_size)
@@ -143,11 +156,15 @@ class SyntheticSource:
 
     def _new(self) -> Sample:
         from deepis_rt.synth import generate_timelapse
+        from deepis_rt.synth.randomize import randomized_frame
 
         seed = int(self.rng.integers(0, TRAIN_SEED_LIMIT))
         k = int(self.rng.integers(0, TRAIN_VIDEO_FRAMES))
-        f = generate_timelapse(TRAIN_VIDEO_FRAMES, seed, self.shape, self.voxel_size_um, frames=[k],
-                               with_truth_area=False)[0]
+        if self.randomize:
+            f = randomized_frame(seed, k, TRAIN_VIDEO_FRAMES, self.shape, self.voxel_size_um, min_shape=self.min_shape)
+        else:
+            f = generate_timelapse(TRAIN_VIDEO_FRAMES, seed, self.shape, self.voxel_size_um, frames=[k],
+                                   with_truth_area=False)[0]
         self.generated += 1
         return _sample(f.ri, f.distance_um, f"synth seed {seed} frame {k}", f.labels)
 
@@ -160,7 +177,9 @@ class SyntheticSource:
         return self.pool
 
     def describe(self) -> str:
-        return (f"synthetic conjugates generated on the fly (deepis_rt.synth), frames {self.shape} at "
+        kind = ("domain-randomised (imaging condition, shapes, acquisition voxel 0.1-0.5 um; "
+                "deepis_rt.synth.randomize)" if self.randomize else "legacy imaging model")
+        return (f"synthetic conjugates generated on the fly (deepis_rt.synth, {kind}), frames up to {self.shape} at "
                 f"{self.voxel_size_um} um, video seeds drawn from [0, {TRAIN_SEED_LIMIT}), pool of "
                 f"{self.pool_size} frames, one replaced every {self.refresh_every} batches")
 

@@ -7,6 +7,11 @@ Run as a module::
 
     python -m deepis_rt.train.evaluate deepis_rt/data/deepis-lite-synthetic.pt \\
         --videos 6 --frames 5 20 35 50 --json heldout.json --figure docs/model_card_example.png
+
+``--imaging legacy tomocube raw random`` evaluates the same videos under each imaging
+condition of :mod:`deepis_rt.synth` (``random``: the domain-randomised frames of
+training, :func:`deepis_rt.synth.randomize.randomized_frame`) and reports one summary
+per condition.
 """
 
 from __future__ import annotations
@@ -35,18 +40,26 @@ HELDOUT_FRAMES: tuple[int, ...] = (5, 20, 35, 50)
 _VIDEO_FRAMES = 60
 
 
+def _frames(seed: int, tile: Sequence[int], vs: Sequence[float], frames: Sequence[int], imaging: str) -> list:
+    from deepis_rt.synth import generate_timelapse
+    from deepis_rt.synth.randomize import randomized_frame
+
+    if imaging == "random":
+        return [randomized_frame(seed, k, _VIDEO_FRAMES, tile, vs, with_truth_area=True) for k in frames]
+    return generate_timelapse(_VIDEO_FRAMES, seed, tile, vs, frames=list(frames), imaging=imaging)
+
+
 def evaluate_checkpoint(path: str | Path, videos: int = 6, frames: Sequence[int] = HELDOUT_FRAMES,
-                        seed_base: int = HELDOUT_SEED_BASE) -> dict[str, Any]:
-    """Metrics of a checkpoint on held-out synthetic frames.
+                        seed_base: int = HELDOUT_SEED_BASE, imaging: str = "legacy") -> dict[str, Any]:
+    """Metrics of a checkpoint on held-out synthetic frames made with the imaging condition ``imaging``.
 
     Returns
     -------
     dict
         ``summary`` (see :func:`deepis_rt.train.metrics.summarize`), ``rows`` (one per frame),
-        ``seeds``, ``frames``, ``seconds``.
+        ``seeds``, ``frames``, ``imaging``, ``seconds``.
     """
     from deepis_rt.checkpoint import load_checkpoint
-    from deepis_rt.synth import generate_timelapse
 
     ck = load_checkpoint(path)
     model = ck.build()
@@ -56,15 +69,15 @@ def evaluate_checkpoint(path: str | Path, videos: int = 6, frames: Sequence[int]
     t0 = time.perf_counter()
     seeds = [seed_base + i for i in range(videos)]
     for seed in seeds:
-        for f in generate_timelapse(_VIDEO_FRAMES, seed, tile, vs, frames=list(frames)):
+        for f in _frames(seed, tile, vs, frames, imaging):
             pred = predict_distance(model, f.ri)
             m = frame_metrics(pred, f.distance_um, vs,
                               true_is_area_um2=f.truth["is_area_um2"] if f.contact else None)
             m.update(seed=seed, frame=int(f.truth["frame"]), contact=f.contact)
             rows.append(m)
-            log.info("held-out seed %d frame %d: %s", seed, f.truth["frame"],
+            log.info("held-out %s seed %d frame %d: %s", imaging, seed, f.truth["frame"],
                      {k: round(v, 3) for k, v in m.items() if isinstance(v, float)})
-    return {"summary": summarize(rows), "rows": rows, "seeds": seeds, "frames": list(frames),
+    return {"summary": summarize(rows), "rows": rows, "seeds": seeds, "frames": list(frames), "imaging": imaging,
             "seconds": time.perf_counter() - t0, "checkpoint_sha256": ck.sha256}
 
 
@@ -130,9 +143,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--json", dest="json_out")
     p.add_argument("--figure")
     p.add_argument("--threads", type=int)
+    p.add_argument("--imaging", nargs="+", default=["legacy"], choices=["legacy", "tomocube", "raw", "random"],
+                   help="imaging condition(s) of the held-out frames (one summary each)")
     p.add_argument("--bundle", help="write a copy of the checkpoint here with the held-out metrics in its meta, "
                                     "and <bundle>.json (sha256, metrics) next to it")
     args = p.parse_args(argv)
+    if args.bundle and len(args.imaging) > 1:
+        p.error("--bundle takes one --imaging condition (the held-out metrics of the checkpoint's card)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         import torch
@@ -140,8 +157,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.figure:
         draw_figure(args.checkpoint, args.figure)
-    res = evaluate_checkpoint(args.checkpoint, args.videos, args.frames)
-    print(json.dumps(res["summary"], indent=2))
+    results = {name: evaluate_checkpoint(args.checkpoint, args.videos, args.frames, imaging=name)
+               for name in args.imaging}
+    res = results[args.imaging[0]]
+    if len(results) == 1:
+        print(json.dumps(res["summary"], indent=2))
+    else:
+        print(json.dumps({name: r["summary"] for name, r in results.items()}, indent=2))
+        res = {"conditions": results, "checkpoint_sha256": res["checkpoint_sha256"]}
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=2, default=float))
     if args.bundle:

@@ -58,6 +58,9 @@ class TrainConfig:
 
     #: Train on synthetic data generated on the fly.
     synthetic: bool = True
+    #: Domain-randomised synthetic data (imaging condition, shapes, acquisition voxel size);
+    #: False: the legacy generator the bundled checkpoint was trained on.
+    randomize: bool = True
     #: Folder of annotated tomograms (used when ``synthetic`` is False).
     data_dir: str | None = None
     #: Architecture preset.
@@ -143,11 +146,19 @@ def predict_distance(model: Any, ri: np.ndarray, ri_norm: tuple[float, float] = 
 
 
 def validation_frames(n: int, shape: Sequence[int], voxel_size_um: Sequence[float],
-                      seed_base: int = VALIDATION_SEED_BASE) -> list:
-    """One synthetic frame from each of ``n`` videos ``seed_base + i`` (frames cycle through early/late)."""
+                      seed_base: int = VALIDATION_SEED_BASE, randomize: bool = False) -> list:
+    """One synthetic frame from each of ``n`` videos ``seed_base + i`` (frames cycle through early/late).
+
+    ``randomize``: domain-randomised frames (:func:`deepis_rt.synth.randomize.randomized_frame`,
+    with the geometric IS area measured), else the default videos (legacy imaging).
+    """
     from deepis_rt.synth import generate_timelapse
+    from deepis_rt.synth.randomize import randomized_frame
 
     picks = (40, 12, 55, 25, 5, 33)
+    if randomize:
+        return [randomized_frame(seed_base + i, picks[i % len(picks)], 60, shape, voxel_size_um, with_truth_area=True)
+                for i in range(n)]
     return [generate_timelapse(60, seed_base + i, shape, voxel_size_um, frames=[picks[i % len(picks)]])[0]
             for i in range(n)]
 
@@ -290,9 +301,11 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     val_frames_list: list = []
     if cfg.synthetic:
         source: SyntheticSource | FolderSource = SyntheticSource(
-            rng, cfg.tile_zyx, cfg.voxel_size_um, cfg.pool_size, cfg.refresh_every)
+            rng, cfg.tile_zyx, cfg.voxel_size_um, cfg.pool_size, cfg.refresh_every, randomize=cfg.randomize,
+            min_shape=cfg.crop_zyx)
         if cfg.val_frames:
-            val_frames_list = validation_frames(cfg.val_frames, cfg.tile_zyx, cfg.voxel_size_um)
+            val_frames_list = validation_frames(cfg.val_frames, cfg.tile_zyx, cfg.voxel_size_um,
+                                                randomize=cfg.randomize)
         epoch_steps = cfg.epoch_steps or 10
         data_desc = source.describe()
     else:

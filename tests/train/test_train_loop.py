@@ -74,7 +74,7 @@ def test_crops_are_augmented_consistently(tiny_overrides):
     from deepis_rt.train.data import SyntheticSource
 
     rng = np.random.default_rng(0)
-    src = SyntheticSource(rng, (32, 64, 64), VS, pool_size=1)
+    src = SyntheticSource(rng, (32, 64, 64), VS, pool_size=1, min_shape=(16, 32, 32))
     ri, d, w = random_crop_batch(src.samples(), 4, (16, 32, 32), rng)
     assert ri.shape == d.shape == w.shape == (4, 16, 32, 32)
     # the loss weight still marks the borders of the (flipped / rotated) distance map
@@ -176,3 +176,32 @@ def test_cli_train_needs_a_data_source():
 
     res = CliRunner().invoke(main, ["train", "--out", "x.pt"])
     assert res.exit_code != 0 and "--synthetic" in res.output
+
+
+def test_randomized_source_varies_the_acquisition_and_never_imports_the_validation_generator():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from deepis_rt.train.data import SyntheticSource\n"
+        "src = SyntheticSource(np.random.default_rng(1), (16, 32, 32), (1.0, 0.5, 0.5), pool_size=3,\n"
+        "                      min_shape=(16, 32, 32))\n"
+        "assert 'domain-randomised' in src.describe()\n"
+        "assert all(s.ri.shape[0] % 16 == 0 and s.weight.max() > 1 for s in src.pool)\n"
+        "assert len({float(s.ri.std()) for s in src.pool}) == 3\n"
+        "print(sorted(m for m in sys.modules if m.startswith('deepis_rt.validation')))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_randomized_frames_record_their_acquisition():
+    from deepis_rt.synth.randomize import randomized_frame
+
+    f = randomized_frame(11, 25, 60, (32, 64, 64), (1.0, 0.5, 0.5), min_shape=(16, 32, 32),
+                         max_acquisition_voxels=200_000)
+    vz, vy, vx = f.imaging["acquisition_voxel_um"]
+    assert 0.09 <= vy == vx <= vz <= 0.55
+    assert f.imaging["model"] == "odt" and f.voxel_size_um == (1.0, 0.5, 0.5)
