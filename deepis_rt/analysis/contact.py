@@ -267,11 +267,6 @@ def contact_surface(
     eps = band_fraction * threshold_um
     t_ext = tcell | (dilate(tcell, 1) & (d > eps) & ~target)
     g_ext = target | (dilate(target, 1) & (d < -eps) & ~t_ext)
-    # a voxel that lies on the interface itself reads 0 (neither cell's, as the map defines the
-    # synapse) and touches both cells: it belongs to both, so that a one-voxel zero band between
-    # touching cells is not read as a gap
-    seam = dilate(t_ext, 1) & dilate(g_ext, 1) & ~t_ext & ~g_ext & (np.abs(d) <= eps)
-    t_ext, g_ext = t_ext | seam, g_ext | seam
     mesh = _mesh_gap(t_ext, g_ext, vs)
     if mesh is None:
         return ContactEstimate()

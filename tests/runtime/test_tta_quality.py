@@ -65,7 +65,10 @@ def _segmenter(runner, tile=(16, 48, 48), **kw):
 
 def _ri(shape=(16, 48, 48), origin_x_um=6.0, r=(2.2, 2.6), contact=1.4):
     """Two spheres along X whose contact disk (radius ``contact``) is centred at (4, 6, origin_x) um:
-    the exact signed distance (CAR-T +, target -), written as RI."""
+    the exact signed distance (CAR-T +, target -), written as RI. The plane lies 0.1 um past
+    ``origin_x_um``, between voxel centres: on a voxel row it would read 0 there, a one-voxel gap between
+    the two masks, which the IS-area estimator does not count as a contact (docs/analysis.md)."""
+    origin_x_um = origin_x_um + 0.1
     p = np.stack(np.meshgrid(*[np.arange(n) * h for n, h in zip(shape, VS, strict=True)], indexing="ij"), -1)
     s = p[..., 2] - origin_x_um  # signed distance to the contact plane
     c1 = np.array([4.0, 6.0, origin_x_um - math.sqrt(r[0] ** 2 - contact**2)])
@@ -108,7 +111,7 @@ def test_tta_averages_the_flips_and_their_spread_widens_sigma():
              for axes in FLIP_AXES]
     np.testing.assert_allclose(tta.distance, np.mean(flips, axis=0), atol=1e-5)
     (s_tta,), (s_plain,) = tta.synapses, plain.synapses
-    assert s_tta.is_area_err_um2 > 2 * s_plain.is_area_err_um2
+    assert s_tta.is_area_err_um2 > 1.2 * s_plain.is_area_err_um2  # the flips' spread adds in quadrature
     assert FLIPS_DISAGREE in split_reasons(s_tta.quality) and FLIPS_DISAGREE in split_reasons(tta.quality)
     assert FLIPS_DISAGREE not in split_reasons(plain.quality)
 
