@@ -212,7 +212,10 @@ class TritonServer:
             f"mkdir -p {shlex.quote(str(self.backend_dir / 'python'))}",
             f"cp {shlex.quote(str(self.dist.python_backend))}/* {shlex.quote(str(stub))} "
             f"{shlex.quote(str(self.backend_dir / 'python'))}/",
-            " ".join(f"{k}={shlex.quote(env[k])}" for k in ("LD_LIBRARY_PATH", "PYTHONPATH")) + " \\",
+            # PATH too: the Python backend's stub finds its interpreter (and so this environment's
+            # site-packages) through the first python3 on PATH
+            " ".join(f"{k}={shlex.quote(env[k])}" for k in ("LD_LIBRARY_PATH", "PYTHONPATH"))
+            + f' PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH" \\',
             "  " + " ".join(shlex.quote(a) for a in self.command()),
         ]
         return "\n".join(lines)
