@@ -195,6 +195,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     # tracker, after reading, preprocessing, inference and labels: the path that holds frames
     seg = Segmenter(IdentityRunner(), meta, analyze=False)
     import laptrack, scipy.ndimage  # imported by every stream anyway; not counted as frame memory
+    import zarr, matplotlib.pyplot, deepis_rt.report.html  # the time-lapse store and the end-of-run report: the same
     before = status_mib("VmRSS")
     tracemalloc.start()
     Stream({cam!r}, {out!r}, seg, once=True, settle_s=0.0, use_events=False, write_masks=False,
@@ -214,8 +215,10 @@ def test_streaming_a_30_time_point_tiled_tcf_keeps_memory_to_a_few_frames(tmp_pa
     With one frame per queue the pipeline still holds several frames at its fullest: one in each
     queue, one in each stage, one more in a stage blocked on handing its output on, and the
     normalised copy beside its input; how many at once depends on thread timing (7 to 12 frames of
-    traced allocations measured on a 2-core machine). Bounds: 16 frames traced, 18 of process RSS
-    growth; reading the file whole would add 30.
+    traced allocations measured on a 2-core machine). Bounds: 16 frames traced, 24 of process RSS
+    growth (RSS also counts what the allocator's per-thread arenas keep after frames are freed: 19 to
+    21 frames measured once the stream gained its scheduler and time-lapse store, while the traced
+    peak stayed at 12 to 13.5); reading the file whole would add 30 on top.
     """
     shape = (32, 512, 512)
     frame_mib = np.prod(shape) * 4 / 2**20
@@ -236,8 +239,8 @@ def test_streaming_a_30_time_point_tiled_tcf_keeps_memory_to_a_few_frames(tmp_pa
 
     write_tiled_tcf(cam / "lapse.tcf", Volumes(), uint8=False, tile=(32, 256, 256), pad_to=None, preview=False,
                     keep_expected=False)
-    bound, rss_bound = 16 * frame_mib, 18 * frame_mib
-    assert n * frame_mib > 1.4 * rss_bound  # reading the file whole would clearly break the bounds
+    bound, rss_bound = 16 * frame_mib, 24 * frame_mib
+    assert n * frame_mib > 1.8 * bound  # reading the file whole would clearly break the traced bound
     script = _MEMORY_SCRIPT.format(tests=str(Path(__file__).parents[1]), cam=str(cam), out=str(out),
                                    shape=list(shape))
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
