@@ -32,7 +32,7 @@ TILE = (64, 128, 128)
 
 
 def machine() -> dict:
-    from deepis_rt.runtime.runners.onnxruntime_runner import physical_cores
+    from deepis_rt.backends.onnxrt.runner import physical_cores
 
     model = "unknown"
     try:
@@ -105,7 +105,7 @@ def build(preset: str, workdir: Path):
 
 
 def run_preset(preset: str, repeats: int, workdir: Path, threads: int) -> dict:
-    from deepis_rt.runtime.runners import OnnxRuntimeRunner, TorchRunner
+    from deepis_rt.backends import OnnxRuntimeRunner, TorchRunner
 
     model, onnx_path, slim_path, facts = build(preset, workdir)
     variants = {
@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
-    from deepis_rt.runtime.runners.onnxruntime_runner import physical_cores
+    from deepis_rt.backends.onnxrt.runner import physical_cores
 
     threads = args.threads or physical_cores()
     report = {

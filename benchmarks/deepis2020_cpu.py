@@ -89,7 +89,7 @@ def timing(args) -> dict:
 
     from deepis_rt.export import export_onnx
     from deepis_rt.model import build_model, complexity
-    from deepis_rt.runtime.runners import OnnxRuntimeRunner
+    from deepis_rt.backends import OnnxRuntimeRunner
 
     work = Path(tempfile.mkdtemp(prefix="deepis2020-bench-"))
     models, facts = {}, {}

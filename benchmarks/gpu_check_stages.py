@@ -155,7 +155,7 @@ def stage_datapath(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from deepis_rt.runtime.gpu import CudaDataPath
+    from deepis_rt.backends.cuda import CudaDataPath
 
     torch.backends.cudnn.benchmark = True
     conv = torch.nn.Sequential(*[torch.nn.Conv3d(1 if i == 0 else 16, 1 if i == 5 else 16, 3, padding=1)

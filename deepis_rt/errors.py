@@ -100,7 +100,7 @@ class BackendError(DeepisError, RuntimeError):
     names, bad input), True (:class:`TransientBackendError`) for one that may pass by itself.
     """
 
-    #: whether trying again later may succeed (see :func:`deepis_rt.runtime.failures.is_transient`)
+    #: whether trying again later may succeed (see :func:`deepis_rt.backends.failures.is_transient`)
     transient: bool = False
 
 

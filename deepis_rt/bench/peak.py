@@ -33,7 +33,7 @@ def cpu_bf16_unsupported_reason() -> str | None:
             return None
         return f"this CPU has no native BF16 matrix instructions (none of {', '.join(CPU_BF16_FLAGS)} in its flags)"
     try:
-        from deepis_rt.runtime.runners.openvino_runner import bf16_unavailable_reason
+        from deepis_rt.backends.openvino.runner import bf16_unavailable_reason
 
         return bf16_unavailable_reason()
     except Exception as exc:

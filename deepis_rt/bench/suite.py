@@ -232,7 +232,7 @@ def run_benchmark(
 
     from deepis_rt import __version__
     from deepis_rt.bench.machine import describe_machine
-    from deepis_rt.runtime.runners.onnxruntime_runner import physical_cores
+    from deepis_rt.backends.onnxrt.runner import physical_cores
 
     say = progress or (lambda msg: log.info("bench | %s", msg))
     batches = sorted({int(b) for b in batches})

@@ -109,7 +109,7 @@ def unavailable_reason(backend: str, precision: str | None = None) -> str | None
     """None when ``backend`` (in ``precision``) can run on this machine, else why not (and what to install)."""
     from deepis_rt._optional import is_available
     from deepis_rt.runtime.backends import cuda_available
-    from deepis_rt.runtime.runners.onnxruntime_runner import ort_providers
+    from deepis_rt.backends.onnxrt.runner import ort_providers
 
     if backend in _GPU and not cuda_available():
         return "no CUDA GPU (torch.cuda.is_available() is False)"
@@ -124,11 +124,11 @@ def unavailable_reason(backend: str, precision: str | None = None) -> str | None
         if not is_available("onnx"):
             return "exporting to ONNX needs the onnx package"
     if backend == "tensorrt":
-        from deepis_rt.export.tensorrt import tensorrt_unavailable_reason
+        from deepis_rt.backends.trt.engine import tensorrt_unavailable_reason
 
         return tensorrt_unavailable_reason()
     if backend == "openvino-cpu":
-        from deepis_rt.runtime.runners.openvino_runner import bf16_unavailable_reason, openvino_available
+        from deepis_rt.backends.openvino.runner import bf16_unavailable_reason, openvino_available
 
         if not openvino_available():
             return "OpenVINO is not installed (pip install openvino)"
@@ -150,7 +150,7 @@ def make_runner(variant: Variant, model: Any, max_batch: int, threads: int | Non
                 engines_dir: str | Path = "engines") -> Any:
     """An inactive runner for ``variant`` (the runtime's own runner classes, so the numbers are what
     ``deepis_rt.load`` runs). ONNX files and engines are made lazily, in ``activate()``."""
-    from deepis_rt.runtime.runners import OnnxRuntimeRunner, OpenVINORunner, TensorRTRunner, TorchRunner
+    from deepis_rt.backends import OnnxRuntimeRunner, OpenVINORunner, TensorRTRunner, TorchRunner
 
     b, p = variant.backend, variant.precision
     if b == "torch-cpu":
@@ -176,7 +176,7 @@ def make_runner(variant: Variant, model: Any, max_batch: int, threads: int | Non
         return OnnxRuntimeRunner(onnx, provider="cuda", allow_tf32=False,
                                  device_id=int(cuda_device().partition(":")[2]))
     if b == "onnxruntime-tensorrt":
-        from deepis_rt.export import tensorrt as trt_cache
+        from deepis_rt.backends.trt import engine as trt_cache
 
         # the FP32 graph; the EP's own FP16 flag decides the engine precision. The profile is the
         # native TensorRT row's, so the EP builds one engine (cached under engines/ort-trt) for all batches
@@ -186,7 +186,7 @@ def make_runner(variant: Variant, model: Any, max_batch: int, threads: int | Non
                                  device_id=int(cuda_device().partition(":")[2]))
     if b == "tensorrt":
         def load_engine() -> bytes:
-            from deepis_rt.export import tensorrt as trt_cache
+            from deepis_rt.backends.trt import engine as trt_cache
 
             profile = trt_cache.profile_from_batch((1, max_batch, max_batch), model.tile_zyx)
             onnx_path = model.onnx_fp16() if p == "fp16" else model.onnx_fp32()

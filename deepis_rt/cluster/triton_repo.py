@@ -13,7 +13,7 @@ Layout written by :func:`write_triton_repository` (Triton's documented repositor
 ``[1, Z, Y, X]`` after the batch axis, ``-1`` for a dynamic axis), dynamic batching, an
 instance group (``KIND_GPU`` where GPUs exist, else ``KIND_CPU``) and the model's deepis-rt
 metadata (voxel size, RI normalisation, tile) as the string parameter ``deepis_rt.meta``, so a
-client needs nothing but the server's URL (:mod:`deepis_rt.runtime.runners.triton_runner`).
+client needs nothing but the server's URL (:mod:`deepis_rt.backends.triton.runner`).
 
 Every generated file is parsed back into Triton's own ``inference.ModelConfig`` protobuf message
 (the ``model_config_pb2`` module that tritonclient ships): unknown fields, wrong types or bad

@@ -145,7 +145,7 @@ def bf16_parity_report(checkpoint: str | Path | None = None, videos: int = 2, fr
         OpenVINO is missing or this CPU has no BF16 (checked before any frame is made).
     """
     import deepis_rt
-    from deepis_rt.runtime.runners.openvino_runner import bf16_unavailable_reason, cpu_capabilities
+    from deepis_rt.backends.openvino.runner import bf16_unavailable_reason, cpu_capabilities
     from deepis_rt.runtime.source import resolve_source
 
     why = bf16_unavailable_reason()

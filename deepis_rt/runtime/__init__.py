@@ -7,7 +7,7 @@
 
 from deepis_rt.runtime.backends import AUTO_ORDER, BackendChoice
 from deepis_rt.runtime.result import FrameResult, labels_from_distance
-from deepis_rt.runtime.runners import FakeRunner, OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
+from deepis_rt.backends import FakeRunner, OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
 from deepis_rt.runtime.segmenter import Segmenter, load
 from deepis_rt.runtime.tiling import sliding_window_inference
 

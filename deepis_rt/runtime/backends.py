@@ -19,9 +19,9 @@ from typing import Any
 
 from deepis_rt._optional import is_available
 from deepis_rt.errors import BackendError, ConfigError, MissingDependencyError
-from deepis_rt.runtime.runners import OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
-from deepis_rt.runtime.runners.onnxruntime_runner import ort_providers
-from deepis_rt.runtime.runners.openvino_runner import (
+from deepis_rt.backends import OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
+from deepis_rt.backends.onnxrt.runner import ort_providers
+from deepis_rt.backends.openvino.runner import (
     OpenVINORunner,
     bf16_unavailable_reason,
     openvino_available,
@@ -140,7 +140,7 @@ def _tensorrt_engine_loader(source: ModelSource, engines_dir: Path, batch_size: 
     TensorRT < 10.12, from the FP32 graph with the FP16 builder flag; ``precision="fp32"`` gives a
     true FP32 engine (TF32 off).
     """
-    from deepis_rt.export import tensorrt as trt_cache
+    from deepis_rt.backends.trt import engine as trt_cache
 
     def load() -> bytes:
         env = trt_cache.current_engine_env(device)
@@ -231,7 +231,7 @@ def _make_runner(name: str, source: ModelSource, device: str | None, cache_dir: 
 
         profile = None
         if provider == "tensorrt":
-            from deepis_rt.export.tensorrt import profile_from_batch
+            from deepis_rt.backends.trt.engine import profile_from_batch
 
             # the profile the native TensorRT backend builds, so the EP never rebuilds for a new batch size
             tile = tuple(int(v) for v in source.meta.get("tile_zyx", (64, 128, 128)))

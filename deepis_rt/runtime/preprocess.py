@@ -165,7 +165,7 @@ def frame_working_bytes(shape: Sequence[int], grid_shape: Sequence[int], stitch_
 
 def default_frame_budget_bytes() -> int:
     """:data:`FRAME_BUDGET_BYTES`, or three quarters of this machine's memory where that is less."""
-    from deepis_rt.runtime.failures import host_memory_bytes
+    from deepis_rt.backends.failures import host_memory_bytes
 
     total = host_memory_bytes()
     return FRAME_BUDGET_BYTES if total is None else min(FRAME_BUDGET_BYTES, total * 3 // 4)

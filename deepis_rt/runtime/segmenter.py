@@ -24,7 +24,7 @@ from deepis_rt.io.ri import RIDecoder, RIScale
 from deepis_rt.runtime import preprocess
 from deepis_rt.runtime.backends import BackendChoice, select_runner
 from deepis_rt.runtime.result import FrameResult, labels_from_distance
-from deepis_rt.runtime.runners import Runner
+from deepis_rt.backends import Runner
 from deepis_rt.runtime.source import resolve_source
 from deepis_rt.runtime.tiling import choose_tile, make_output, plan_tiles, sliding_window_inference
 from deepis_rt.runtime.tta import FLIP_AXES, flip, mean_of_flips
@@ -477,7 +477,7 @@ def load(
         PyTorch CPU; the specific names are ``"openvino-cpu"``, ``"onnxruntime-cpu"``, ``"onnxruntime-gpu"``, ``"torch-cpu"``,
         ``"torch-cuda"``. Why each faster one was skipped is logged and kept in
         :attr:`Segmenter.backend_report`. ``"triton"``: the network runs on a Triton Inference
-        Server (``url="host:8000"``, ``model_name="deepis"``; see ``runners/triton_runner.py``).
+        Server (``url="host:8000"``, ``model_name="deepis"``; see ``backends/triton/runner.py``).
     device : str, optional
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None: any.
     cache_dir : path, optional
@@ -502,8 +502,8 @@ def load(
     BackendError
         No requested backend can run here; the message lists why each was rejected.
     """
-    if backend == "triton":  # remote inference on a Triton server (runners/triton_runner.py)
-        from deepis_rt.runtime.runners.triton_runner import load_triton
+    if backend == "triton":  # remote inference on a Triton server (backends/triton/runner.py)
+        from deepis_rt.backends.triton.runner import load_triton
 
         return load_triton(path, device=device, segmenter_options=dict(
             overlap=overlap, batch_size=batch_size, blend=blend, analyze=analyze, stitch_on_disk=stitch_on_disk,

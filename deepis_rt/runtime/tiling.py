@@ -333,7 +333,7 @@ def sliding_window_inference(
         Input (may be a ``numpy.memmap``; only one tile batch is read at a time).
     runner : callable or Runner
         ``runner(batch) -> output`` on ``(B, 1, Z, Y, X)`` float32; an object with ``infer_stream``
-        (every :class:`~deepis_rt.runtime.runners.Runner`) is streamed, so GPU runners overlap
+        (every :class:`~deepis_rt.backends.Runner`) is streamed, so GPU runners overlap
         copies and compute.
     tile_zyx, overlap, multiple, fixed_tile, blend
         See :func:`plan_tiles`.

@@ -1,6 +1,6 @@
 """Riding out a backend outage: capped exponential backoff, bounded by ``retry_for_s``.
 
-When the inference backend fails *transiently* (:func:`deepis_rt.runtime.failures.is_transient`:
+When the inference backend fails *transiently* (:func:`deepis_rt.backends.failures.is_transient`:
 server restarting or unreachable, timed out, overloaded, out of memory), the frame is not failed:
 the inference stage waits and tries again, with delays ``initial_s, initial_s * factor, ...``
 capped at ``max_delay_s``, while the frames behind it wait in their queues (order is kept, and
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from deepis_rt.errors import ConfigError
-from deepis_rt.runtime.failures import is_transient
+from deepis_rt.backends.failures import is_transient
 
 __all__ = ["RetryPolicy", "BackendEvent", "BackendHealth", "DEFAULT_RETRY_FOR_S"]
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from deepis_rt.runtime.failures import is_out_of_memory
+from deepis_rt.backends.failures import is_out_of_memory
 from deepis_rt.stream.pipeline import FrameTask, Stage
 from deepis_rt.stream.retry import BackendHealth
 

@@ -54,7 +54,7 @@ def marking_runner(marks_dir: str, delay_s: float = 0.0, tile=TILE, hold_ip: str
     import os
     import time
 
-    from deepis_rt.runtime.runners.fake import FakeRunner
+    from deepis_rt.backends.fake import FakeRunner
 
     class MarkingRunner(FakeRunner):
         def infer_impl(self, batch):

@@ -12,7 +12,7 @@ from cluster_helpers import META, TILE
 
 from deepis_rt.cluster.ray_batch import make_segmenter, run_batch
 from deepis_rt.errors import BackendUnavailableError
-from deepis_rt.runtime.runners.fake import FakeRunner
+from deepis_rt.backends.fake import FakeRunner
 
 
 class SwitchableRunner(FakeRunner):

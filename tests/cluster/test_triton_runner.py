@@ -16,7 +16,7 @@ from fake_triton import FakeTritonServer  # noqa: E402
 
 from deepis_rt.cluster import write_triton_repository  # noqa: E402
 from deepis_rt.errors import BackendError, ConfigError  # noqa: E402
-from deepis_rt.runtime.runners.triton_runner import TritonRunner, load_triton, parse_triton_url  # noqa: E402
+from deepis_rt.backends.triton.runner import TritonRunner, load_triton, parse_triton_url  # noqa: E402
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from deepis_rt.errors import (
     ShapeError,
     TransientBackendError,
 )
-from deepis_rt.runtime.failures import classify, is_out_of_memory, is_transient
+from deepis_rt.backends.failures import classify, is_out_of_memory, is_transient
 
 TILE = (16, 32, 32)
 
@@ -79,7 +79,7 @@ class _OutOfMemoryNet(torch.nn.Module):
 
 
 def test_torch_runner_out_of_memory_is_transient():
-    from deepis_rt.runtime.runners.torch_runner import TorchRunner
+    from deepis_rt.backends.pytorch.runner import TorchRunner
 
     with TorchRunner(_OutOfMemoryNet()) as runner:
         with pytest.raises(BackendOutOfMemoryError) as info:
@@ -89,8 +89,8 @@ def test_torch_runner_out_of_memory_is_transient():
 
 
 def test_corrupt_input_is_permanent_for_every_local_runner(tmp_path):
-    from deepis_rt.runtime.runners.onnxruntime_runner import OnnxRuntimeRunner
-    from deepis_rt.runtime.runners.torch_runner import TorchRunner
+    from deepis_rt.backends.onnxrt.runner import OnnxRuntimeRunner
+    from deepis_rt.backends.pytorch.runner import TorchRunner
 
     onnx_path = _pointwise_onnx(tmp_path / "m.onnx")
     for runner in (TorchRunner(torch.nn.Identity()), OnnxRuntimeRunner(onnx_path)):
@@ -102,7 +102,7 @@ def test_corrupt_input_is_permanent_for_every_local_runner(tmp_path):
 
 def test_segmenter_refuses_implausible_input_permanently():
     from deepis_rt.runtime import Segmenter
-    from deepis_rt.runtime.runners.torch_runner import TorchRunner
+    from deepis_rt.backends.pytorch.runner import TorchRunner
 
     seg = Segmenter(TorchRunner(torch.nn.Identity()), {"voxel_size_um": [0.5, 0.25, 0.25], "tile_zyx": list(TILE)})
     vol = np.full(TILE, 1.337, np.float32)
@@ -136,7 +136,7 @@ def _pointwise_onnx(path):
 def test_onnxruntime_allocation_failure_is_transient(tmp_path):
     from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
-    from deepis_rt.runtime.runners.onnxruntime_runner import OnnxRuntimeRunner
+    from deepis_rt.backends.onnxrt.runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(_pointwise_onnx(tmp_path / "m.onnx")) as runner:
         np.testing.assert_allclose(runner.infer(_x()), np.tanh(_x()), rtol=1e-6)  # the real session works
@@ -166,7 +166,7 @@ def test_onnxruntime_allocation_failure_is_transient(tmp_path):
 def test_triton_unreachable_server_is_transient():
     pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
     from deepis_rt.cluster.triton_server import free_port
-    from deepis_rt.runtime.runners.triton_runner import TritonRunner
+    from deepis_rt.backends.triton.runner import TritonRunner
 
     runner = TritonRunner(f"127.0.0.1:{free_port()}", "deepis", connection_timeout_s=2.0)  # nobody listens
     with pytest.raises(BackendUnavailableError) as info:
@@ -176,7 +176,7 @@ def test_triton_unreachable_server_is_transient():
 
 def test_triton_server_that_never_answers_times_out_transiently():
     pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
-    from deepis_rt.runtime.runners.triton_runner import TritonRunner
+    from deepis_rt.backends.triton.runner import TritonRunner
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -222,7 +222,7 @@ def test_triton_server_that_never_answers_times_out_transiently():
 ])
 def test_triton_error_answers_are_classified(status, message, transient):
     utils = pytest.importorskip("tritonclient.utils", reason="needs tritonclient")
-    from deepis_rt.runtime.runners.triton_runner import server_error
+    from deepis_rt.backends.triton.runner import server_error
 
     err = server_error("triton | 127.0.0.1:8000 model 'deepis'", "inference", utils.InferenceServerException(message, status))
     assert is_transient(err) is transient
@@ -236,7 +236,7 @@ def test_out_of_memory_frees_the_failed_calls_tensors_without_a_collection():
     import gc
     import weakref
 
-    from deepis_rt.runtime.runners.torch_runner import TorchRunner
+    from deepis_rt.backends.pytorch.runner import TorchRunner
 
     held = []
 
@@ -261,7 +261,7 @@ def test_out_of_memory_frees_the_failed_calls_tensors_without_a_collection():
 @pytest.mark.gpu
 def test_real_cuda_out_of_memory_is_transient():
     """A real CUDA out-of-memory error (asking for twice the GPU's memory) comes out typed and transient."""
-    from deepis_rt.runtime.runners.torch_runner import TorchRunner
+    from deepis_rt.backends.pytorch.runner import TorchRunner
 
     class Greedy(torch.nn.Module):
         def forward(self, x):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepis_rt.runtime.gpu import CudaDataPath
+from deepis_rt.backends.cuda import CudaDataPath
 
 
 class _Event:
@@ -177,7 +177,7 @@ def test_torch_cuda_ops_scope_the_device(monkeypatch):
     """TorchCudaOps makes its own device current with torch.cuda.device(index)."""
     import torch
 
-    from deepis_rt.runtime.gpu import TorchCudaOps
+    from deepis_rt.backends.cuda import TorchCudaOps
 
     entered = []
 

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from deepis_rt.runtime.runners import FakeRunner
+from deepis_rt.backends import FakeRunner
 from deepis_rt.runtime.segmenter import Segmenter
 
 SHAPE = (64, 512, 512)

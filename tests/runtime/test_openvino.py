@@ -16,7 +16,7 @@ import pytest
 import deepis_rt
 from deepis_rt.errors import BackendError, ConfigError
 from deepis_rt.runtime import backends
-from deepis_rt.runtime.runners import openvino_runner
+from deepis_rt.backends.openvino import runner as openvino_runner
 from deepis_rt.runtime.source import resolve_source
 
 TILE = (16, 32, 32)
@@ -43,7 +43,7 @@ def _force_cpu(monkeypatch):
 
 
 def test_fp32_equals_onnxruntime(ov, tiny_onnx, tmp_path):
-    from deepis_rt.runtime.runners import OnnxRuntimeRunner, OpenVINORunner
+    from deepis_rt.backends import OnnxRuntimeRunner, OpenVINORunner
 
     x = _batch(3, seed=5)
     with OnnxRuntimeRunner(tiny_onnx) as o, OpenVINORunner(tiny_onnx, cache_dir=tmp_path) as v:
@@ -55,7 +55,7 @@ def test_fp32_equals_onnxruntime(ov, tiny_onnx, tmp_path):
 
 
 def test_model_bytes_and_cache_dir(ov, tiny_onnx, tmp_path):
-    from deepis_rt.runtime.runners import OpenVINORunner
+    from deepis_rt.backends import OpenVINORunner
 
     cache = tmp_path / "ov-cache"
     with OpenVINORunner(tiny_onnx, cache_dir=cache) as first:
@@ -68,7 +68,7 @@ def test_model_bytes_and_cache_dir(ov, tiny_onnx, tmp_path):
 
 
 def test_bad_options_refused():
-    from deepis_rt.runtime.runners import OpenVINORunner
+    from deepis_rt.backends import OpenVINORunner
 
     with pytest.raises(ConfigError, match="fp16"):
         OpenVINORunner("x.onnx", precision="fp16")
@@ -77,14 +77,14 @@ def test_bad_options_refused():
 
 
 def test_missing_file_is_clear(ov, tmp_path):
-    from deepis_rt.runtime.runners import OpenVINORunner
+    from deepis_rt.backends import OpenVINORunner
 
     with pytest.raises(BackendError, match="no such ONNX file"):
         OpenVINORunner(tmp_path / "missing.onnx").activate()
 
 
 def test_bf16_refused_without_cpu_support_simulated(ov, tiny_onnx, no_bf16):
-    from deepis_rt.runtime.runners import OpenVINORunner
+    from deepis_rt.backends import OpenVINORunner
 
     r = OpenVINORunner(tiny_onnx, precision="bf16")
     with pytest.raises(BackendError, match=r"bf16.*no BF16 support.*AVX512_BF16 or AMX"):
@@ -95,7 +95,7 @@ def test_bf16_refused_without_cpu_support_simulated(ov, tiny_onnx, no_bf16):
 
 def test_bf16_gate_follows_the_capability_query(ov, tiny_onnx, monkeypatch):
     """With BF16 reported, the runner compiles with the BF16 hint (OpenVINO itself decides on real hardware)."""
-    from deepis_rt.runtime.runners import OpenVINORunner
+    from deepis_rt.backends import OpenVINORunner
 
     monkeypatch.setattr(openvino_runner, "cpu_capabilities", lambda: ("FP32", "BF16", "INT8"))
     assert openvino_runner.bf16_unavailable_reason() is None
@@ -107,7 +107,7 @@ def test_bf16_gate_follows_the_capability_query(ov, tiny_onnx, monkeypatch):
 
 def test_bf16_on_this_cpu(ov, tiny_onnx, tiny_checkpoint, onnx_cache):
     """The real capability query: refused with a clear error where the CPU lacks BF16, BF16 where it has it."""
-    from deepis_rt.runtime.runners import OpenVINORunner
+    from deepis_rt.backends import OpenVINORunner
 
     if "BF16" in openvino_runner.cpu_capabilities():
         with OpenVINORunner(tiny_onnx, precision="bf16") as r:
@@ -270,7 +270,7 @@ def test_parity_report_refused_on_this_cpu_without_bf16(ov, no_bf16):
 
 def test_concurrent_threads_share_one_runner(ov, tiny_onnx):
     """Two threads calling infer() and infer_stream() on one runner get what serial calls give."""
-    from deepis_rt.runtime.runners import OpenVINORunner
+    from deepis_rt.backends import OpenVINORunner
 
     xs = [_batch(2, seed=s) for s in range(4)]
     with OpenVINORunner(tiny_onnx, hint="throughput") as r:
@@ -301,7 +301,7 @@ def test_concurrent_threads_share_one_runner(ov, tiny_onnx):
 
 def test_stream_keeps_requests_in_flight(ov, tiny_onnx):
     """infer_stream takes the next batch while earlier ones run, and yields in order."""
-    from deepis_rt.runtime.runners import OpenVINORunner
+    from deepis_rt.backends import OpenVINORunner
 
     xs = [_batch(1, seed=s) for s in range(6)]
     taken = []

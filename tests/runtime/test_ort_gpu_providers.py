@@ -17,8 +17,8 @@ import pytest
 
 from deepis_rt.errors import BackendError
 from deepis_rt.runtime import backends
-from deepis_rt.runtime.runners import OnnxRuntimeRunner
-from deepis_rt.runtime.runners.ort_providers import NativeStderr, check_registered
+from deepis_rt.backends import OnnxRuntimeRunner
+from deepis_rt.backends.onnxrt.providers import NativeStderr, check_registered
 
 GPU_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 #: what onnxruntime-gpu logs when cuDNN is missing (format of its default logger)
@@ -120,7 +120,7 @@ def test_auto_selection_moves_on_and_records_why(gpu_wheel, monkeypatch, tiny_ch
         assert "did not register CUDAExecutionProvider" in by_name["onnxruntime-gpu"].reason
         assert "libcudnn.so.9" in by_name["onnxruntime-gpu"].reason
         assert by_name["torch-cuda"].status == "failed"  # torch has no CUDA here
-        from deepis_rt.runtime.runners.openvino_runner import openvino_available
+        from deepis_rt.backends.openvino.runner import openvino_available
 
         first_cpu = "openvino-cpu" if openvino_available() else "onnxruntime-cpu"
         assert report[-1].backend == first_cpu and report[-1].status == "chosen"

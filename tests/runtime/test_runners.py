@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepis_rt.errors import BackendError, ShapeError
-from deepis_rt.runtime.runners import FakeRunner, OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
+from deepis_rt.backends import FakeRunner, OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
 
 
 def _tile():
@@ -25,7 +25,7 @@ def _make(kind, ckpt, onnx):
     if kind.startswith("openvino-cpu"):
         import tempfile
 
-        from deepis_rt.runtime.runners import OpenVINORunner
+        from deepis_rt.backends import OpenVINORunner
 
         hint = "throughput" if kind.endswith("throughput") else "latency"
         return OpenVINORunner(onnx, hint=hint, cache_dir=tempfile.mkdtemp(prefix="deepis-rt-ov-cache-"))
@@ -65,7 +65,7 @@ RUNNERS = [
 @pytest.fixture(params=RUNNERS)
 def runner(request, tiny_checkpoint, tiny_onnx):
     if request.param == "onnxruntime-cuda":
-        from deepis_rt.runtime.runners.onnxruntime_runner import ort_providers
+        from deepis_rt.backends.onnxrt.runner import ort_providers
 
         if "CUDAExecutionProvider" not in ort_providers():
             pytest.skip("onnxruntime-gpu is not installed")
@@ -161,7 +161,7 @@ def test_onnxruntime_fixed_tile_reported(tiny_onnx):
 
 
 def test_onnxruntime_missing_provider_is_clear(tiny_onnx):
-    from deepis_rt.runtime.runners.onnxruntime_runner import ort_providers
+    from deepis_rt.backends.onnxrt.runner import ort_providers
 
     if "CUDAExecutionProvider" in ort_providers():
         pytest.skip("this ONNX Runtime has a CUDA provider")

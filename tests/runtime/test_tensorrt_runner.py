@@ -24,7 +24,7 @@ def engines(tmp_path_factory):
 
 
 def _engine(tiny_onnx, engines, dynamic=False, device="cuda:0"):
-    from deepis_rt.export.tensorrt import get_engine, profile_from_batch
+    from deepis_rt.backends.trt.engine import get_engine, profile_from_batch
 
     profile = profile_from_batch((1, 2, 4), (16, 32, 32), dynamic_shape=dynamic)
     return get_engine(tiny_onnx, engines, "fp32", profile, device=device, progress=False)
@@ -42,7 +42,7 @@ def _reference(tiny_checkpoint, x):
 def test_one_context_own_stream_and_chunked_batches(tiny_checkpoint, tiny_onnx, engines):
     import torch
 
-    from deepis_rt.runtime.runners import TensorRTRunner
+    from deepis_rt.backends import TensorRTRunner
 
     build = _engine(tiny_onnx, engines)
     x = np.random.default_rng(0).standard_normal((6, 1, 16, 32, 32)).astype(np.float32)
@@ -58,7 +58,7 @@ def test_one_context_own_stream_and_chunked_batches(tiny_checkpoint, tiny_onnx, 
 
 
 def test_abandoned_stream_then_reuse(tiny_onnx, engines):
-    from deepis_rt.runtime.runners import TensorRTRunner
+    from deepis_rt.backends import TensorRTRunner
 
     build = _engine(tiny_onnx, engines)
     batches = [np.random.default_rng(i).standard_normal((2, 1, 16, 32, 32)).astype(np.float32) for i in range(8)]
@@ -74,7 +74,7 @@ def test_forward_device_output_is_ready_on_the_callers_stream(tiny_onnx, engines
     """The benchmark's breakdown reads forward_device's output on its own stream, without synchronising."""
     import torch
 
-    from deepis_rt.runtime.runners import TensorRTRunner
+    from deepis_rt.backends import TensorRTRunner
 
     build = _engine(tiny_onnx, engines)
     x = np.random.default_rng(4).standard_normal((2, 1, 16, 32, 32)).astype(np.float32)
@@ -89,7 +89,7 @@ def test_forward_device_output_is_ready_on_the_callers_stream(tiny_onnx, engines
 def test_dynamic_profile_small_volume_segments(tiny_checkpoint, tiny_onnx, engines, make_ri):
     """A volume smaller than a tile, through an engine with a profile range: no profile error."""
     import deepis_rt
-    from deepis_rt.runtime.runners import TensorRTRunner
+    from deepis_rt.backends import TensorRTRunner
     from deepis_rt.runtime.segmenter import Segmenter
 
     build = _engine(tiny_onnx, engines, dynamic=True)
@@ -111,7 +111,7 @@ def test_dynamic_profile_small_volume_segments(tiny_checkpoint, tiny_onnx, engin
 def test_second_gpu_gets_its_own_engine_and_context(tiny_checkpoint, tiny_onnx, engines):
     import torch
 
-    from deepis_rt.runtime.runners import TensorRTRunner
+    from deepis_rt.backends import TensorRTRunner
 
     build = _engine(tiny_onnx, engines, device="cuda:1")
     assert build.manifest["gpu_name"] == torch.cuda.get_device_name(1)

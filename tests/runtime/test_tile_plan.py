@@ -9,7 +9,7 @@ import pytest
 
 import deepis_rt
 from deepis_rt.errors import ConfigError, ShapeError
-from deepis_rt.runtime.runners import FakeRunner
+from deepis_rt.backends import FakeRunner
 from deepis_rt.runtime.segmenter import Segmenter
 from deepis_rt.runtime.tiling import choose_tile
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepis_rt.errors import ConfigError
-from deepis_rt.runtime.runners import FakeRunner, TorchRunner
+from deepis_rt.backends import FakeRunner, TorchRunner
 from deepis_rt.runtime.tiling import (
     BlendMerger,
     make_output,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from deepis_rt.errors import ConfigError
-from deepis_rt.runtime.runners import TorchRunner
-from deepis_rt.runtime.runners.cuda_graphs import CudaGraphCache
+from deepis_rt.backends import TorchRunner
+from deepis_rt.backends.pytorch.cuda_graphs import CudaGraphCache
 
 
 class FakeEvent:

@@ -25,7 +25,7 @@ from deepis_rt.analysis.quality import (
     join_reasons,
     split_reasons,
 )
-from deepis_rt.runtime.runners import FakeRunner
+from deepis_rt.backends import FakeRunner
 from deepis_rt.runtime.segmenter import Segmenter
 from deepis_rt.runtime.tta import FLIP_AXES
 

@@ -14,7 +14,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from deepis_rt.runtime import Segmenter
-from deepis_rt.runtime.runners.base import Runner, as_numpy_batch
+from deepis_rt.backends.base import Runner, as_numpy_batch
 
 VOXEL = (0.5, 0.25, 0.25)
 SHAPE = (32, 64, 64)

@@ -9,11 +9,11 @@ One runner = one device, one persistent non-default CUDA stream and one executio
 
 * the engine is deserialised, and its context created, inside ``torch.cuda.device(index)`` for the
   runner's device (an ``ICudaEngine`` belongs to the device current when it was made);
-* every enqueue — :meth:`~deepis_rt.runtime.runners.base.Runner.infer`, :meth:`infer_stream`,
+* every enqueue — :meth:`~deepis_rt.backends.base.Runner.infer`, :meth:`infer_stream`,
   :meth:`forward_device` — goes to the runner's own stream, never the legacy default stream (on
   which TensorRT adds device synchronisations); the one context is therefore only ever used on one
   stream, in order, and the runner's lock serialises host threads;
-* :meth:`~deepis_rt.runtime.runners.base.Runner.deactivate` synchronises that stream before the
+* :meth:`~deepis_rt.backends.base.Runner.deactivate` synchronises that stream before the
   context, the engine and the runtime are released, in that order.
 
 The engine's optimisation profile is read back (``get_tensor_profile_shape(name, 0)``) and exposed
@@ -34,7 +34,7 @@ import numpy as np
 
 from deepis_rt._optional import import_optional
 from deepis_rt.errors import BackendError, BackendOutOfMemoryError
-from deepis_rt.runtime.runners.base import Runner
+from deepis_rt.backends.base import Runner
 
 __all__ = ["TensorRTRunner", "torch_dtype"]
 
@@ -63,12 +63,12 @@ class TensorRTRunner(Runner):
     device : str
         CUDA device, e.g. ``"cuda:0"`` or ``"cuda:1"``.
     ops : object, optional
-        The CUDA operations (default :class:`deepis_rt.runtime.gpu.TorchCudaOps` for ``device``);
+        The CUDA operations (default :class:`deepis_rt.backends.cuda.TorchCudaOps` for ``device``);
         tests pass a CPU stand-in.
 
     Attributes
     ----------
-    input_profile : deepis_rt.export.tensorrt.EngineProfile or None
+    input_profile : deepis_rt.backends.trt.engine.EngineProfile or None
         The input's optimisation profile as the engine reports it (min / opt / max, N1ZYX).
     spatial_range_zyx : ((z, y, x), (z, y, x)) or None
         Smallest and largest spatial tile the engine accepts when its profile is a range (None for a
@@ -106,7 +106,7 @@ class TensorRTRunner(Runner):
 
             if not torch.cuda.is_available():
                 raise BackendError("tensorrt: no CUDA GPU is available (torch.cuda.is_available() is False)")
-            from deepis_rt.runtime.gpu import TorchCudaOps
+            from deepis_rt.backends.cuda import TorchCudaOps
 
             ops = TorchCudaOps(self.device_str)
         self._trt, self._ops, self.device = trt, ops, ops.device
@@ -140,7 +140,7 @@ class TensorRTRunner(Runner):
                 raise BackendError(f"tensorrt: no such engine file: {path}")
             source = path.read_bytes()
         if isinstance(source, (bytes, bytearray, memoryview)):
-            from deepis_rt.export.trt_build import make_logger
+            from deepis_rt.backends.trt.build import make_logger
 
             self._logger = make_logger(trt)
             self._runtime = trt.Runtime(self._logger)
@@ -153,7 +153,7 @@ class TensorRTRunner(Runner):
         return engine
 
     def _read_io(self, trt: Any, engine: Any) -> None:
-        from deepis_rt.export.tensorrt import EngineProfile
+        from deepis_rt.backends.trt.engine import EngineProfile
 
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -194,7 +194,7 @@ class TensorRTRunner(Runner):
     # -- inference ---------------------------------------------------------------------------
     @property
     def ops(self) -> Any:
-        """The CUDA operations in use (:class:`~deepis_rt.runtime.gpu.TorchCudaOps` on a GPU)."""
+        """The CUDA operations in use (:class:`~deepis_rt.backends.cuda.TorchCudaOps` on a GPU)."""
         return self._ops
 
     def synchronize(self) -> None:
@@ -266,11 +266,11 @@ class TensorRTRunner(Runner):
                 return y.cpu().numpy()
 
     def infer_stream(self, batches: Iterable[Any]) -> Iterator[np.ndarray]:
-        """Outputs in order; copies overlap compute (pinned ring, see :mod:`deepis_rt.runtime.gpu`).
+        """Outputs in order; copies overlap compute (pinned ring, see :mod:`deepis_rt.backends.cuda`).
 
         The ring and its copy streams persist between calls; compute runs on the runner's stream.
         """
-        from deepis_rt.runtime.gpu import CudaDataPath
+        from deepis_rt.backends.cuda import CudaDataPath
 
         if not self.is_active:
             raise BackendError("tensorrt: infer_stream() called before activate()")

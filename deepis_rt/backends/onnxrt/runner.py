@@ -4,9 +4,9 @@ On a GPU the runner owns one non-default CUDA stream, hands it to the CUDA execu
 (``user_compute_stream``) and binds inputs and outputs in device memory (I/O binding of torch
 CUDA tensors), with provider synchronisation after ``Run`` disabled: ONNX Runtime's kernels are
 enqueued on that stream and ordered against the data path's copy streams by stream waits, never
-by blocking the host, so the pinned-ring pipeline of :mod:`deepis_rt.runtime.gpu` overlaps
+by blocking the host, so the pinned-ring pipeline of :mod:`deepis_rt.backends.cuda` overlaps
 copies with compute. A session that silently lost a requested GPU provider is refused (see
-:mod:`~deepis_rt.runtime.runners.ort_providers`).
+:mod:`~deepis_rt.backends.onnxrt.providers`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 
 from deepis_rt._optional import import_optional
 from deepis_rt.errors import BackendError, ConfigError
-from deepis_rt.runtime.runners.base import Runner, as_numpy_batch
-from deepis_rt.runtime.runners.ort_providers import (
+from deepis_rt.backends.base import Runner, as_numpy_batch
+from deepis_rt.backends.onnxrt.providers import (
     PROVIDER_NAMES,
     NativeStderr,
     check_registered,
@@ -108,7 +108,7 @@ class OnnxRuntimeRunner(Runner):
         relative error). Off by default, so that an FP32 graph computes in FP32.
     trt_profile : EngineProfile or (min, opt, max), optional
         TensorRT EP only: the input shapes ``(N, 1, Z, Y, X)`` its engine is built for (the same
-        profile as the native TensorRT backend, :func:`deepis_rt.export.tensorrt.profile_from_batch`).
+        profile as the native TensorRT backend, :func:`deepis_rt.backends.trt.engine.profile_from_batch`).
         Without one the EP rebuilds its engine whenever a new batch size appears.
     """
 
@@ -133,7 +133,7 @@ class OnnxRuntimeRunner(Runner):
         if provider == "tensorrt" and trt_profile is None:
             raise ConfigError("onnxruntime runner: the TensorRT provider needs trt_profile (min, opt, max input "
                               "shapes), or it rebuilds its engine for every new batch size; see "
-                              "deepis_rt.export.tensorrt.profile_from_batch")
+                              "deepis_rt.backends.trt.engine.profile_from_batch")
         self._model_source = model
         self.provider = provider
         self.intra_op_threads = intra_op_threads
@@ -320,7 +320,7 @@ class OnnxRuntimeRunner(Runner):
         if self.provider == "cpu":
             yield from super().infer_stream(batches)
             return
-        from deepis_rt.runtime.gpu import CudaDataPath
+        from deepis_rt.backends.cuda import CudaDataPath
 
         with self._lock:
             yield from CudaDataPath(self.forward_device, device=f"cuda:{self.device_id}").run(self._checked(batches))

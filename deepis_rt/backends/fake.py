@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.runtime.runners.base import Runner, as_numpy_batch
+from deepis_rt.backends.base import Runner, as_numpy_batch
 
 __all__ = ["FakeRunner"]
 

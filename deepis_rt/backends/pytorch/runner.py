@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.errors import BackendError, ConfigError
-from deepis_rt.runtime.runners.base import Runner, as_numpy_batch
-from deepis_rt.runtime.runners.cuda_graphs import CudaGraphCache
+from deepis_rt.backends.base import Runner, as_numpy_batch
+from deepis_rt.backends.pytorch.cuda_graphs import CudaGraphCache
 
 __all__ = ["TorchRunner"]
 
@@ -49,7 +49,7 @@ class TorchRunner(Runner):
         Use the ``channels_last_3d`` memory format (sometimes faster with cuDNN / oneDNN).
     max_graphs : int
         With ``cuda_graphs``: graphs kept at most (one per input shape, all in one shared memory
-        pool; least recently used evicted). See :class:`~deepis_rt.runtime.runners.cuda_graphs.CudaGraphCache`.
+        pool; least recently used evicted). See :class:`~deepis_rt.backends.pytorch.cuda_graphs.CudaGraphCache`.
     cudnn_benchmark : bool, optional
         Set ``torch.backends.cudnn.benchmark`` (process-wide) on activation; default: on for CUDA,
         where the Segmenter's fixed tile makes autotuning pay off. None on the CPU leaves it alone.
@@ -183,11 +183,11 @@ class TorchRunner(Runner):
         return y.contiguous().cpu().numpy()
 
     def infer_stream(self, batches: Iterable[Any]) -> Iterator[np.ndarray]:
-        """On a GPU, overlap host-device copies with compute (see :mod:`deepis_rt.runtime.gpu`)."""
+        """On a GPU, overlap host-device copies with compute (see :mod:`deepis_rt.backends.cuda`)."""
         if not self.is_cuda:
             yield from super().infer_stream(batches)
             return
-        from deepis_rt.runtime.gpu import CudaDataPath
+        from deepis_rt.backends.cuda import CudaDataPath
 
         if not self.is_active:
             raise BackendError(f"{self.name}: infer_stream() called before activate()")

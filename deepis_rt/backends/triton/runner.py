@@ -29,7 +29,7 @@ import numpy as np
 
 from deepis_rt._optional import import_optional
 from deepis_rt.errors import BackendError, BackendOutOfMemoryError, BackendUnavailableError, ConfigError
-from deepis_rt.runtime.runners.base import Runner, as_numpy_batch
+from deepis_rt.backends.base import Runner, as_numpy_batch
 
 __all__ = ["TritonRunner", "load_triton", "TRITON_URL_ENV", "parse_triton_url", "server_error"]
 

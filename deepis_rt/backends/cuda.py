@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.runtime.runners.base import as_numpy_batch
+from deepis_rt.backends.base import as_numpy_batch
 
 __all__ = ["CudaDataPath", "TorchCudaOps"]
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from deepis_rt.errors import EngineCacheError, ExportError, MissingDependencyError
-from deepis_rt.export.trt_build import (
+from deepis_rt.backends.trt.build import (
     TimingCache,
     cuda_device_index,
     device_scope,
@@ -540,12 +540,12 @@ def run_engine(engine: Any, x: Any, ops: Any = None) -> Any:
     """Run ``engine`` once on a device float32 tensor (N, 1, Z, Y, X); returns the distance tensor.
 
     A minimal synchronous call used by export checks and tests, through
-    :class:`~deepis_rt.runtime.runners.TensorRTRunner`: an execution context of its own on a stream of
+    :class:`~deepis_rt.backends.TensorRTRunner`: an execution context of its own on a stream of
     its own (never the legacy default stream), on the input's device, checked input shape, output
     dtype from the engine, and a synchronise before the context is released. ``ops``: the CUDA
     operations (default ``torch.cuda``; tests pass a CPU stand-in).
     """
-    from deepis_rt.runtime.runners.tensorrt_runner import TensorRTRunner
+    from deepis_rt.backends.trt.runner import TensorRTRunner
 
     runner = TensorRTRunner(lambda: engine, device=str(x.device), ops=ops)
     runner.activate()

@@ -1,0 +1,10 @@
+"""Inference backends behind one contract (see :class:`Runner`)."""
+
+from deepis_rt.backends.base import Runner
+from deepis_rt.backends.fake import FakeRunner
+from deepis_rt.backends.onnxrt.runner import OnnxRuntimeRunner
+from deepis_rt.backends.openvino.runner import OpenVINORunner
+from deepis_rt.backends.trt.runner import TensorRTRunner
+from deepis_rt.backends.pytorch.runner import TorchRunner
+
+__all__ = ["Runner", "FakeRunner", "TorchRunner", "OnnxRuntimeRunner", "OpenVINORunner", "TensorRTRunner"]

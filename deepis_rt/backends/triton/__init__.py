@@ -1,0 +1,1 @@
+"""Triton Inference Server backend (a remote model behind the Runner contract)."""

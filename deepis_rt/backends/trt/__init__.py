@@ -1,0 +1,1 @@
+"""TensorRT backend: engine description, build, verified cache and runner."""
