@@ -1,4 +1,4 @@
-"""Inference backends behind one contract (see :class:`Runner`)."""
+"""Inference backends behind one contract (see :class:`Runner`), listed in one table (:mod:`.registry`)."""
 
 from deepis_rt.backends.base import Runner
 from deepis_rt.backends.fake import FakeRunner
@@ -6,5 +6,7 @@ from deepis_rt.backends.onnxrt.runner import OnnxRuntimeRunner
 from deepis_rt.backends.openvino.runner import OpenVINORunner
 from deepis_rt.backends.trt.runner import TensorRTRunner
 from deepis_rt.backends.pytorch.runner import TorchRunner
+from deepis_rt.backends.spec import BackendSpec, RunnerRequest
 
-__all__ = ["Runner", "FakeRunner", "TorchRunner", "OnnxRuntimeRunner", "OpenVINORunner", "TensorRTRunner"]
+__all__ = ["Runner", "FakeRunner", "TorchRunner", "OnnxRuntimeRunner", "OpenVINORunner", "TensorRTRunner",
+           "BackendSpec", "RunnerRequest"]

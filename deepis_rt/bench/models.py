@@ -137,7 +137,7 @@ def resolve_model(
     tile_zyx : (Z, Y, X), optional
         Benchmark this tile instead of the model's (multiples of 16; small tiles for quick runs).
     cache_dir : path, optional
-        Parent of the export cache (default: ``deepis_rt.runtime.source.default_cache_dir()``).
+        Parent of the export cache (default: ``deepis_rt.backends.files.default_cache_dir()``).
     **overrides
         Config overrides for a preset (e.g. tiny widths in tests).
     """

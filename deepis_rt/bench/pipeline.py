@@ -71,13 +71,12 @@ def run_pipeline(runner: Any, model: Any, frames_dir: str | Path, out_dir: str |
     ``stages_ms`` (medians per frame of read, preprocess, infer, postprocess, analyze, track, write).
     ``tta``: with test-time augmentation (four flips per frame; the analysis also measures each flip).
     """
-    from deepis_rt.runtime.segmenter import Segmenter
+    from deepis_rt.runtime.load import load
+    from deepis_rt.runtime.source import ModelSource
     from deepis_rt.stream.stream import Stream
 
-    meta = dict(model.checkpoint.meta)
-    segmenter = Segmenter(runner, meta, batch_size=batch, analyze=True, tta=tta,
-                          size_multiple=int(model.config.size_multiple),
-                          model_info={"name": model.name, "preset": model.preset})
+    source = ModelSource.from_checkpoint(model.checkpoint, model.checkpoint.path or model.name)
+    segmenter = load(source, runner=runner, batch_size=batch, analyze=True, tta=tta)
     if prime is not None:
         try:
             _prime(segmenter, prime[0], prime[1], model.voxel_size_um)

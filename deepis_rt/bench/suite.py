@@ -212,7 +212,7 @@ def run_benchmark(
     models : sequence of BenchModel
         From :func:`deepis_rt.bench.models.resolve_model`.
     backends : sequence of str
-        Backend names (:data:`deepis_rt.bench.variants.BACKENDS`); the PyTorch eager FP32 baseline
+        Backend names (:func:`deepis_rt.bench.variants.backends`); the PyTorch eager FP32 baseline
         is always added.
     precisions : sequence of str, optional
         ``fp32`` / ``fp16``; default: fp32 on the CPU, both on a GPU.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from deepis_rt.cli.backend_option import backend_option
 from deepis_rt.cli.run_options import command_record, config_option, device_option, gpu_device
 from deepis_rt.cli.stream import file_options, output_options
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
@@ -23,8 +24,7 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint); "
                    "every worker must see it at this path.")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "openvino", "torch", "triton"]),
-              default="auto", show_default=True)
+@backend_option()
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Ask for a precision, as in `deepis-rt stream` [default: the backend's exact default].")
 @click.option("--url", default=None, metavar="HOST:PORT",

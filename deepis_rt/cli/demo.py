@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from deepis_rt.cli.backend_option import backend_option
 from deepis_rt.cli.run_options import command_record, device_option, gpu_device
 
 _MARKER = ".deepis-demo"
@@ -35,8 +36,7 @@ def _prepare_out(out: Path) -> None:
 @click.option("--pace", type=float, default=3.0, show_default=True, metavar="S",
               help="Seconds between two frames written into the camera folder (holotomography time-lapses take one "
                    "tomogram every 3-8 s).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "openvino", "torch"]), default="auto",
-              show_default=True)
+@backend_option(remote=False)
 @click.option("--model", type=click.Path(exists=True, path_type=Path), default=None,
               help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint).")
 @device_option

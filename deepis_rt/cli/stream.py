@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from deepis_rt.cli.backend_option import backend_option
 from deepis_rt.cli.run_options import command_record, config_option, device_option, gpu_device
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 
@@ -287,8 +288,7 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
               show_default=True, help="Results folder (an earlier run there is continued).")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "openvino", "torch", "triton"]),
-              default="auto", show_default=True)
+@backend_option()
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Ask for a precision: fp16 on GPUs, bf16 on CPUs with AVX512_BF16 or AMX (OpenVINO; changes the "
                    "numbers slightly, see docs/export.md) [default: the backend's exact default].")

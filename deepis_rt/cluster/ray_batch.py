@@ -85,10 +85,11 @@ class SegmenterSpec:
 
 
 def make_segmenter(runner_factory: Callable[[], Any], meta: dict[str, Any], **segmenter_options: Any) -> Any:
-    """A Segmenter around ``runner_factory()`` (for custom or test runners; picklable with functools.partial)."""
-    from deepis_rt.runtime import Segmenter
+    """``deepis_rt.load(runner=runner_factory(), meta=meta, ...)`` on the worker (for custom or test
+    runners; picklable with functools.partial)."""
+    import deepis_rt.runtime as rt
 
-    return Segmenter(runner_factory(), meta, **segmenter_options)
+    return rt.load(runner=runner_factory(), meta=meta, **segmenter_options)
 
 
 def _source_folder(item: BatchItem, out: Path) -> Path:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from deepis_rt._optional import import_optional
+from deepis_rt.backends.triton.runner import INPUT_NAME, META_PARAMETER, OUTPUT_NAME
 from deepis_rt.errors import ConfigError, ExportError
 
 __all__ = [
@@ -51,10 +52,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Name of the config.pbtxt string parameter holding the model's deepis-rt metadata (JSON).
-META_PARAMETER = "deepis_rt.meta"
-INPUT_NAME = "tomogram"
-OUTPUT_NAME = "distance"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _pb2_lock = threading.Lock()
 _pb2: Any = None

@@ -10,7 +10,7 @@ from deepis_rt.export.onnx_export import (
 )
 from deepis_rt.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, ParityResult, ParityTolerance
 from deepis_rt.export.pipeline import ExportResult, export_model, read_manifest
-from deepis_rt.backends.trt.engine import cache_key, load_engine_bytes, tensorrt_unavailable_reason
+from deepis_rt.backends.trt import cache_key, load_engine_bytes, tensorrt_unavailable_reason
 
 __all__ = [
     "INPUT_NAME",

@@ -116,7 +116,7 @@ def describe_export(path: Path) -> dict[str, Any]:
 
 def describe_engine(path: Path) -> dict[str, Any]:
     """A TensorRT engine (``.plan`` or its ``.json`` manifest), with key and checksum verified."""
-    from deepis_rt.backends.trt.engine import load_engine_bytes, read_engine_manifest
+    from deepis_rt.backends.trt import load_engine_bytes, read_engine_manifest
 
     plan = path.with_suffix(".plan")
     manifest = read_engine_manifest(plan)

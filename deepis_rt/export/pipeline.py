@@ -69,7 +69,7 @@ class ExportResult:
     manifest_path: Path
     manifest: dict[str, Any]
     parity: list[ParityResult] = field(default_factory=list)
-    engine: Any = None  # deepis_rt.backends.trt.engine.EngineBuild when an engine was built or found
+    engine: Any = None  # deepis_rt.backends.trt.cache.EngineBuild when an engine was built or found
     trt_status: str = "not requested"
 
 
@@ -254,7 +254,7 @@ def export_model(
         files.append({"path": fp16_path.name, "precision": "fp16", "sha256": file_sha256(fp16_path),
                       "bytes": fp16_path.stat().st_size, "simplified": simplified,
                       **fp32_parts, "float16_summary": fp16_summary})
-    from deepis_rt.backends.trt.engine import profile_from_batch
+    from deepis_rt.backends.trt import profile_from_batch
 
     profile = profile_from_batch((bmin, bopt, bmax), tile, dynamic_shape, ckpt.config.size_multiple)
     manifest: dict[str, Any] = {
@@ -295,7 +295,7 @@ def export_model(
 
     if trt is False:
         return result
-    from deepis_rt.backends.trt.engine import get_engine, tensorrt_unavailable_reason
+    from deepis_rt.backends.trt import get_engine, tensorrt_unavailable_reason
 
     reason = tensorrt_unavailable_reason()
     if reason is not None:

@@ -1,4 +1,4 @@
-"""The embedding API: ``load()`` a model, ``Segmenter.segment()`` tomograms.
+"""The embedding API: ``Segmenter.segment()`` tomograms (a Segmenter comes from :func:`deepis_rt.load`).
 
 Thread-safety: a :class:`Segmenter` may be shared between threads (e.g. a microscope control loop
 calling :meth:`Segmenter.segment` while another thread streams frames). Inference is serialised
@@ -22,14 +22,13 @@ import numpy as np
 from deepis_rt.errors import InputError
 from deepis_rt.io.ri import RIDecoder, RIScale
 from deepis_rt.runtime import preprocess
-from deepis_rt.runtime.backends import BackendChoice, select_runner
+from deepis_rt.runtime.backends import BackendChoice
 from deepis_rt.runtime.result import FrameResult, labels_from_distance
 from deepis_rt.backends import Runner
-from deepis_rt.runtime.source import resolve_source
 from deepis_rt.runtime.tiling import choose_tile, make_output, plan_tiles, sliding_window_inference
 from deepis_rt.runtime.tta import FLIP_AXES, flip, mean_of_flips
 
-__all__ = ["Segmenter", "PreparedFrame", "load"]
+__all__ = ["Segmenter", "PreparedFrame"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,8 @@ def _get_analyze() -> Any:
 class Segmenter:
     """A model behind a runner, with the pre- and post-processing that turn RI volumes into results.
 
-    Usually made by :func:`load`. Parameters mirror its keyword arguments.
+    Made by :func:`deepis_rt.load` (the one place the package assembles one; pass ``runner=`` there for
+    a runner of your own). Parameters mirror its keyword arguments.
 
     Every backend gets the same tile plan: tiles of the model's size (``meta["tile_zyx"]``), the
     same overlap and blending, and volumes smaller than a tile padded to it with the medium's RI
@@ -449,78 +449,3 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return f"<Segmenter backend={self.backend!r} model_voxel_size_um={self.model_voxel_size_um} tile={self.tile_zyx}>"
-
-
-def load(
-    path: str | Path | None = None,
-    backend: str = "auto",
-    device: str | None = None,
-    *,
-    cache_dir: str | Path | None = None,
-    engines_dir: str | Path = "engines",
-    overlap: float = 0.25,
-    batch_size: int = 1,
-    blend: str = "cosine",
-    analyze: bool = True,
-    stitch_on_disk: bool | str | Path = False,
-    tta: bool = False,
-    **runner_options: Any,
-) -> Segmenter:
-    """Load a model and pick the fastest backend that works here.
-
-    Parameters
-    ----------
-    path : path, optional
-        A checkpoint (``.pt``), an ONNX file, or an export folder; None: the bundled checkpoint.
-    backend : {"auto", "tensorrt", "onnxruntime", "openvino", "torch"} or a specific one
-        ``"auto"`` tries TensorRT > ONNX Runtime GPU > PyTorch CUDA > OpenVINO CPU > ONNX Runtime CPU >
-        PyTorch CPU; the specific names are ``"openvino-cpu"``, ``"onnxruntime-cpu"``, ``"onnxruntime-gpu"``, ``"torch-cpu"``,
-        ``"torch-cuda"``. Why each faster one was skipped is logged and kept in
-        :attr:`Segmenter.backend_report`. ``"triton"``: the network runs on a Triton Inference
-        Server (``url="host:8000"``, ``model_name="deepis"``; see ``backends/triton/runner.py``).
-    device : str, optional
-        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None: any.
-    cache_dir : path, optional
-        Where ONNX exports of checkpoints are cached (keyed by the checkpoint's sha256); default
-        ``$DEEPIS_RT_CACHE`` or ``~/.cache/deepis-rt/onnx``.
-    engines_dir : path
-        TensorRT engines and timing caches.
-    overlap, batch_size, blend, analyze, stitch_on_disk, tta
-        See :class:`Segmenter`; ``tta``: test-time augmentation on every frame (see
-        :meth:`Segmenter.segment`; 4x the inference).
-    **runner_options
-        Backend options: ``precision`` ("fp32"/"fp16" on GPUs; "bf16" on CPUs that have it, OpenVINO
-        only, never chosen by ``auto`` alone), ``performance_hint`` ("latency"/"throughput") and
-        ``num_requests`` (OpenVINO), ``cuda_graphs``, ``num_threads``, ``execution_mode`` (ONNX
-        Runtime), ``ort_tensorrt`` (use ONNX Runtime's TensorRT EP), ``allow_tf32`` (PyTorch CUDA and
-        ONNX Runtime CUDA: let "fp32" use TF32; off by default).
-
-    Raises
-    ------
-    CheckpointError
-        No usable model at ``path`` (or no bundled checkpoint when ``path`` is None).
-    BackendError
-        No requested backend can run here; the message lists why each was rejected.
-    """
-    if backend == "triton":  # remote inference on a Triton server (backends/triton/runner.py)
-        from deepis_rt.backends.triton.runner import load_triton
-
-        return load_triton(path, device=device, segmenter_options=dict(
-            overlap=overlap, batch_size=batch_size, blend=blend, analyze=analyze, stitch_on_disk=stitch_on_disk,
-            tta=tta),
-            **runner_options)
-    source = resolve_source(path)
-    runner, report = select_runner(source, backend, device, cache_dir, engines_dir, batch_size=batch_size,
-                                   **runner_options)
-    model_info = {
-        "name": source.path.stem if source.kind != "export" else source.path.name,
-        "path": str(source.path),
-        "kind": source.kind,
-        "sha256": source.sha256,
-        "preset": getattr(source.checkpoint, "preset", None) or source.meta.get("preset"),
-        "voxel_size_um": list(source.meta.get("voxel_size_um", [])),
-        "tile_zyx": list(source.meta.get("tile_zyx", [])),
-    }
-    return Segmenter(runner, source.meta, report, overlap=overlap, batch_size=batch_size, blend=blend,
-                     analyze=analyze, stitch_on_disk=stitch_on_disk, size_multiple=source.size_multiple,
-                     model_info=model_info, tta=tta)

@@ -1,13 +1,17 @@
-"""What ``load(path)`` was given: a checkpoint, an ONNX file or an export folder, with its meta."""
+"""What ``load()`` was given, as one :class:`ModelSource`: a checkpoint (deepis-rt's or the published
+DeepIS code's), an ONNX file, an export folder, a model served by Triton, or bare metadata for a
+runner the caller made."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepis_rt.backends.files import default_cache_dir
 from deepis_rt.errors import CheckpointError
 
 __all__ = ["ModelSource", "resolve_source", "default_cache_dir", "bundled_checkpoint"]
@@ -15,20 +19,12 @@ __all__ = ["ModelSource", "resolve_source", "default_cache_dir", "bundled_checkp
 log = logging.getLogger(__name__)
 
 
-def default_cache_dir() -> Path:
-    """``$DEEPIS_RT_CACHE``, else ``$XDG_CACHE_HOME/deepis-rt``, else ``~/.cache/deepis-rt``."""
-    if os.environ.get("DEEPIS_RT_CACHE"):
-        return Path(os.environ["DEEPIS_RT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "deepis-rt"
-
-
 @dataclass
 class ModelSource:
     """A resolved model: where it lives, which forms exist (checkpoint, ONNX FP32/FP16, engine), its meta."""
 
     path: Path
-    kind: str  # "checkpoint" | "onnx" | "export"
+    kind: str  # "checkpoint" | "onnx" | "export" | "triton" | "meta"
     meta: dict[str, Any]
     checkpoint: Any = None  # deepis_rt.checkpoint.Checkpoint
     onnx_fp32: Path | None = None
@@ -45,6 +41,29 @@ class ModelSource:
     @property
     def size_multiple(self) -> int:
         return int(getattr(self.config, "size_multiple", 16))
+
+    @property
+    def tile_zyx(self) -> tuple[int, int, int]:
+        """The model's tile (Z, Y, X); the default tile when the meta does not say."""
+        from deepis_rt.checkpoint import DEFAULT_META
+
+        return tuple(int(v) for v in self.meta.get("tile_zyx", DEFAULT_META["tile_zyx"]))  # type: ignore[return-value]
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.kind == "export" else self.path.stem
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Any, path: str | os.PathLike | None = None) -> ModelSource:
+        """A loaded :class:`~deepis_rt.checkpoint.Checkpoint` (``path``: where it came from, for messages)."""
+        where = Path(path) if path is not None else Path(getattr(checkpoint, "path", None) or "checkpoint.pt")
+        return cls(path=where, kind="checkpoint", meta=dict(checkpoint.meta), checkpoint=checkpoint,
+                   config=checkpoint.config, sha256=getattr(checkpoint, "sha256", None))
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], name: str = "model", config: Any = None) -> ModelSource:
+        """Metadata alone, for a runner made by the caller (its model is wherever the runner has it)."""
+        return cls(path=Path(name), kind="meta", meta=dict(meta), config=config)
 
 
 def bundled_checkpoint() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from deepis_rt.bench.variants import Variant, make_runner
-from deepis_rt.backends.trt.engine import profile_from_batch
+from deepis_rt.backends.trt import profile_from_batch
 
 
 def _model():

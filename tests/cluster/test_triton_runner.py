@@ -16,7 +16,8 @@ from fake_triton import FakeTritonServer  # noqa: E402
 
 from deepis_rt.cluster import write_triton_repository  # noqa: E402
 from deepis_rt.errors import BackendError, ConfigError  # noqa: E402
-from deepis_rt.backends.triton.runner import TritonRunner, load_triton, parse_triton_url  # noqa: E402
+from deepis_rt import load  # noqa: E402
+from deepis_rt.backends.triton.runner import TritonRunner, parse_triton_url  # noqa: E402
 
 
 @pytest.fixture
@@ -90,14 +91,14 @@ def test_url_forms(monkeypatch):
     assert parse_triton_url("https://gpu-server:8000/") == ("gpu-server:8000", True)
 
 
-def test_load_triton_segments_like_a_local_backend(server, export_dir):
+def test_triton_segments_like_a_local_backend(server, export_dir):
     """Segmenter over Triton == Segmenter over the FakeRunner (the same point-wise function)."""
     from deepis_rt.runtime import FakeRunner, Segmenter
 
     rng = np.random.default_rng(1)
     volume = (1.337 + 0.03 * rng.random((20, 40, 36))).astype(np.float32)
     voxel = (0.5, 0.25, 0.25)
-    seg = load_triton(url=server.url, model_name="deepis", segmenter_options={"analyze": False})
+    seg = load(backend="triton", url=server.url, model_name="deepis", analyze=False)
     assert seg.backend == "triton" and seg.tile_zyx == TILE
     local = Segmenter(FakeRunner(fixed_spatial_zyx=TILE), META, analyze=False)
     got, want = seg.segment(volume, voxel), local.segment(volume, voxel)
@@ -108,7 +109,7 @@ def test_load_triton_segments_like_a_local_backend(server, export_dir):
 
     other = pointwise_onnx(export_dir.parent / "other.onnx", meta={**META, "voxel_size_um": [1.0, 0.5, 0.5]})
     with pytest.raises(BackendError, match="voxel_size_um"):
-        load_triton(other, url=server.url, model_name="deepis")
+        load(other, backend="triton", url=server.url, model_name="deepis")
 
 
 def test_load_dispatches_to_triton(server):
@@ -123,7 +124,8 @@ def test_load_dispatches_to_triton(server):
                     reason="no real Triton server: set DEEPIS_TRITON_URL=host:8000 (and DEEPIS_TRITON_MODEL, "
                            "default 'deepis') to run against one")
 def test_real_server():
-    seg = load_triton(url=os.environ["DEEPIS_TRITON_URL"], model_name=os.environ.get("DEEPIS_TRITON_MODEL", "deepis"))
+    seg = load(backend="triton", url=os.environ["DEEPIS_TRITON_URL"],
+               model_name=os.environ.get("DEEPIS_TRITON_MODEL", "deepis"))
     tile = seg.tile_zyx
     volume = np.full(tile, seg.medium_ri, dtype=np.float32)
     result = seg.segment(volume, seg.model_voxel_size_um)

@@ -20,7 +20,8 @@ pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip i
 
 from deepis_rt.errors import BackendError  # noqa: E402
 from deepis_rt.backends.failures import is_transient  # noqa: E402
-from deepis_rt.backends.triton.runner import TritonRunner, load_triton, server_error  # noqa: E402
+from deepis_rt import load  # noqa: E402
+from deepis_rt.backends.triton.runner import TritonRunner, server_error  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +138,7 @@ def test_dynamic_batching_with_concurrent_clients(server, triton_python_repo):
 
 def test_model_not_loaded_is_a_clear_permanent_error(server):
     with pytest.raises(BackendError) as info:
-        load_triton(url=server.url, model_name="no-such-model")
+        load(backend="triton", url=server.url, model_name="no-such-model")
     assert not is_transient(info.value)
     assert "no-such-model" in str(info.value) and "tiny" in str(info.value)  # names what the server has
 
@@ -197,7 +198,7 @@ def _crash_server_before_call(monkeypatch, server, call: int, then=None) -> dict
 def test_server_killed_and_restarted_mid_stream_loses_no_frame(server, camera, tmp_path, monkeypatch):
     from deepis_rt.stream import Stream
 
-    segmenter = load_triton(url=server.url, model_name="tiny")
+    segmenter = load(backend="triton", url=server.url, model_name="tiny")
     events, restarted = [], []
 
     def restart():  # back a few seconds after the crash

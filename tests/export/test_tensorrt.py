@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from deepis_rt.errors import EngineCacheError, ExportError, MissingDependencyError
-from deepis_rt.backends.trt.engine import (
+from deepis_rt.backends.trt import (
     ENGINE_FORMAT,
     EngineEnv,
     build_mode,
@@ -167,7 +167,7 @@ def test_info_describes_engines(tmp_path):
 
 
 def test_missing_tensorrt_is_explained(monkeypatch):
-    from deepis_rt.backends.trt.engine import build_engine, current_engine_env
+    from deepis_rt.backends.trt import build_engine, current_engine_env
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     reason = tensorrt_unavailable_reason()
@@ -219,7 +219,7 @@ def test_tensorrt_engine_builds_runs_and_caches(exports, engines_dir, precision)
 
     from deepis_rt.checkpoint import load_checkpoint
     from deepis_rt.export.parity import FP16_TOLERANCE, compare_distance
-    from deepis_rt.backends.trt.engine import deserialize_engine, get_engine, run_engine
+    from deepis_rt.backends.trt import deserialize_engine, get_engine, run_engine
 
     ckpt_path, result = exports.get("deepis-lite")
     tile = load_checkpoint(ckpt_path).tile_zyx
@@ -248,7 +248,7 @@ def test_tensorrt_corrupt_engine_is_rebuilt(exports, engines_dir, tmp_path):
     import shutil
 
     from deepis_rt.checkpoint import load_checkpoint
-    from deepis_rt.backends.trt.engine import get_engine
+    from deepis_rt.backends.trt import get_engine
 
     ckpt_path, result = exports.get("deepis-lite")
     profile = profile_from_batch((1, 2, 3), load_checkpoint(ckpt_path).tile_zyx)
@@ -276,7 +276,7 @@ def test_broken_tensorrt_install_is_explained(monkeypatch):
 
 
 def test_engine_build_failure_is_recorded(monkeypatch, exports, fake_onnx_export, tmp_path):
-    import deepis_rt.backends.trt.engine as trt_mod
+    import deepis_rt.backends.trt as trt_mod
     from deepis_rt.export.pipeline import export_model, read_manifest
 
     def failing_build(*args, **kwargs):

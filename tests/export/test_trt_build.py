@@ -11,7 +11,8 @@ import types
 import pytest
 
 from deepis_rt.errors import EngineCacheError
-from deepis_rt.backends.trt.build import cuda_device_index, device_scope, file_lock
+from deepis_rt.backends.files import file_lock
+from deepis_rt.backends.trt.env import cuda_device_index, device_scope
 
 
 def test_cuda_device_index(monkeypatch):
@@ -29,7 +30,7 @@ def test_engine_facts_come_from_the_device_used(monkeypatch):
     """GPU name and compute capability are those of the device asked for, inside its device scope."""
     import torch
 
-    from deepis_rt.backends.trt.engine import current_engine_env
+    from deepis_rt.backends.trt.env import current_engine_env
 
     gpus = {0: ("NVIDIA H200", (9, 0)), 1: ("NVIDIA L4", (8, 9))}
     entered = []
@@ -64,7 +65,7 @@ def test_file_lock_excludes_another_process(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parents[2])!r})
-        from deepis_rt.backends.trt.build import file_lock
+        from deepis_rt.backends.files import file_lock
         with file_lock({str(target)!r}, "test"):
             print("held", flush=True)
             time.sleep(3)

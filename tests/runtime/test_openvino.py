@@ -15,7 +15,7 @@ import pytest
 
 import deepis_rt
 from deepis_rt.errors import BackendError, ConfigError
-from deepis_rt.runtime import backends
+from deepis_rt.backends import facts
 from deepis_rt.backends.openvino import runner as openvino_runner
 from deepis_rt.runtime.source import resolve_source
 
@@ -38,8 +38,8 @@ def no_bf16(monkeypatch):
 
 
 def _force_cpu(monkeypatch):
-    monkeypatch.setattr(backends, "cuda_available", lambda: False)
-    monkeypatch.setattr(backends, "tensorrt_available", lambda: False)
+    monkeypatch.setattr(facts, "cuda_available", lambda: False)
+    monkeypatch.setattr(facts, "tensorrt_available", lambda: False)
 
 
 def test_fp32_equals_onnxruntime(ov, tiny_onnx, tmp_path):
@@ -115,7 +115,7 @@ def test_bf16_on_this_cpu(ov, tiny_onnx, tiny_checkpoint, onnx_cache):
         return
     with pytest.raises(BackendError, match="no BF16 support"):
         OpenVINORunner(tiny_onnx, precision="bf16").activate()
-    with pytest.raises(BackendError, match="openvino-cpu: failed .*bf16"):
+    with pytest.raises(BackendError, match="openvino-cpu: skipped .*no BF16 support"):
         deepis_rt.load(tiny_checkpoint, backend="openvino", precision="bf16", cache_dir=onnx_cache)
 
 
@@ -124,7 +124,7 @@ def test_auto_order_with_openvino(ov, tiny_checkpoint, onnx_cache, monkeypatch):
     seg = deepis_rt.load(tiny_checkpoint, cache_dir=onnx_cache, analyze=False)
     assert seg.backend == "openvino-cpu"
     assert seg.describe()["execution_precision"] == "fp32"  # auto is exact: never BF16 unasked
-    assert [c.backend for c in seg.backend_report] == ["tensorrt", "onnxruntime-gpu", "torch-cuda", "openvino-cpu"]
+    assert [c.backend for c in seg.backend_report] == ["tensorrt", "onnxruntime-cuda", "torch-cuda", "openvino-cpu"]
     assert seg.backend_report[-1].status == "chosen"
 
 
@@ -146,8 +146,8 @@ def test_bf16_only_when_asked_and_only_on_openvino(tiny_checkpoint, onnx_cache, 
     with pytest.raises(BackendError) as info:
         deepis_rt.load(tiny_checkpoint, precision="bf16", cache_dir=onnx_cache)
     text = str(info.value)
-    assert "onnxruntime-cpu: skipped (precision 'bf16' runs on OpenVINO" in text
-    assert "torch-cpu: skipped (precision 'bf16' runs on OpenVINO" in text
+    assert "onnxruntime-cpu: skipped (precision 'bf16' runs on openvino-cpu only" in text
+    assert "torch-cpu: skipped (precision 'bf16' runs on openvino-cpu only" in text
 
 
 def _parity_report(sha, agreement):
@@ -155,7 +155,7 @@ def _parity_report(sha, agreement):
 
 
 def test_bf16_warns_per_the_measured_report(tiny_checkpoint, onnx_cache, caplog):
-    from deepis_rt.export import precision_parity as pp
+    from deepis_rt.backends.openvino import parity as pp
 
     source = resolve_source(tiny_checkpoint)
     path = onnx_cache / "openvino" / "parity" / f"{source.sha256[:16]}.json"
@@ -175,7 +175,7 @@ def test_bf16_warns_per_the_measured_report(tiny_checkpoint, onnx_cache, caplog)
 
 def test_bf16_load_consults_the_report(ov, tiny_checkpoint, onnx_cache, monkeypatch, caplog):
     """precision='bf16' on a (simulated) BF16 CPU: loads, and warns when the measured report breaks the rule."""
-    from deepis_rt.export import precision_parity as pp
+    from deepis_rt.backends.openvino import parity as pp
 
     monkeypatch.setattr(openvino_runner, "cpu_capabilities", lambda: ("FP32", "BF16"))
     seen = []

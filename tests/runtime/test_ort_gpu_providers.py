@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from deepis_rt.errors import BackendError
+from deepis_rt.backends import facts
 from deepis_rt.runtime import backends
 from deepis_rt.backends import OnnxRuntimeRunner
 from deepis_rt.backends.onnxrt.providers import NativeStderr, check_registered
@@ -111,14 +112,14 @@ def test_auto_selection_moves_on_and_records_why(gpu_wheel, monkeypatch, tiny_ch
     from deepis_rt.runtime.source import resolve_source
 
     gpu_wheel()
-    monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    monkeypatch.setattr(facts, "cuda_available", lambda: True)
     runner, report = backends.select_runner(resolve_source(tiny_checkpoint), "auto", cache_dir=onnx_cache,
                                             precision="fp32")
     try:
         by_name = {c.backend: c for c in report}
-        assert by_name["onnxruntime-gpu"].status == "failed"
-        assert "did not register CUDAExecutionProvider" in by_name["onnxruntime-gpu"].reason
-        assert "libcudnn.so.9" in by_name["onnxruntime-gpu"].reason
+        assert by_name["onnxruntime-cuda"].status == "failed"
+        assert "did not register CUDAExecutionProvider" in by_name["onnxruntime-cuda"].reason
+        assert "libcudnn.so.9" in by_name["onnxruntime-cuda"].reason
         assert by_name["torch-cuda"].status == "failed"  # torch has no CUDA here
         from deepis_rt.backends.openvino.runner import openvino_available
 

@@ -160,7 +160,7 @@ def test_tensorrt_options_are_documented(tmp_path):
 
 def test_tensorrt_profile_is_the_native_backends(tmp_path):
     """The EP's profile comes from the same function as the native TensorRT engine's."""
-    from deepis_rt.backends.trt.engine import profile_from_batch
+    from deepis_rt.backends.trt import profile_from_batch
 
     profile = profile_from_batch((1, 2, 4), (16, 32, 32))
     options = tensorrt_provider_options(0, "input", profile, tmp_path, fp16=False)

@@ -40,12 +40,13 @@ def _make(kind, ckpt, onnx):
         import tempfile
         from pathlib import Path
 
-        from deepis_rt.runtime.backends import _tensorrt_engine_loader
+        from deepis_rt.backends.trt.loader import engine_for_model
+        from deepis_rt.runtime.backends import SourceFiles
         from deepis_rt.runtime.source import resolve_source
 
         # one engine folder for the run (engines are keyed and verified): built once, reused by every test
         engines = Path(os.environ.get("DEEPIS_RT_TEST_ENGINES") or Path(tempfile.gettempdir()) / "deepis-rt-test-engines")
-        return TensorRTRunner(_tensorrt_engine_loader(resolve_source(onnx), engines, batch_size=2, precision="fp32"))
+        return TensorRTRunner(engine_for_model(SourceFiles(resolve_source(onnx)), engines, (1, 2, 4), precision="fp32"))
     raise AssertionError(kind)
 
 

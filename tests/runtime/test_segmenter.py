@@ -12,7 +12,7 @@ import deepis_rt
 from deepis_rt.errors import BackendError, CheckpointError, ConfigError, InputError, NonFiniteInputError
 from deepis_rt.runtime import backends
 from deepis_rt.runtime.result import FrameResult, labels_from_distance
-from deepis_rt.backends import FakeRunner
+from deepis_rt.backends import FakeRunner, facts, registry
 from deepis_rt.runtime.segmenter import Segmenter
 
 META = {"voxel_size_um": [0.5, 0.25, 0.25], "ri_normalization": {"offset": 1.337, "scale": 0.02},
@@ -138,10 +138,10 @@ def test_no_bundled_checkpoint_is_a_clear_error(monkeypatch):
 
 
 def _force(monkeypatch, cuda=False, trt=False, providers=("CPUExecutionProvider",), openvino=False):
-    monkeypatch.setattr(backends, "cuda_available", lambda: cuda)
-    monkeypatch.setattr(backends, "tensorrt_available", lambda: trt)
-    monkeypatch.setattr(backends, "ort_providers", lambda: list(providers))
-    monkeypatch.setattr(backends, "openvino_available", lambda: openvino)
+    monkeypatch.setattr(facts, "cuda_available", lambda: cuda)
+    monkeypatch.setattr(facts, "tensorrt_available", lambda: trt)
+    monkeypatch.setattr(facts, "ort_providers", lambda: list(providers))
+    monkeypatch.setattr(facts, "openvino_available", lambda: openvino)
 
 
 def test_auto_prefers_onnxruntime_cpu_and_reports_why(tiny_checkpoint, onnx_cache, tiny_onnx, monkeypatch):
@@ -149,7 +149,7 @@ def test_auto_prefers_onnxruntime_cpu_and_reports_why(tiny_checkpoint, onnx_cach
     seg = deepis_rt.load(tiny_checkpoint, cache_dir=onnx_cache, analyze=False)
     assert seg.backend == "onnxruntime-cpu"
     report = {c.backend: c for c in seg.backend_report}
-    assert [c.backend for c in seg.backend_report] == list(backends.AUTO_ORDER[:5])
+    assert [c.backend for c in seg.backend_report] == list(registry.auto_order()[:5])
     assert report["tensorrt"].status == "skipped" and "CUDA" in report["tensorrt"].reason
     assert report["openvino-cpu"].status == "skipped" and "OpenVINO is not installed" in report["openvino-cpu"].reason
     assert report["onnxruntime-cpu"].status == "chosen"
@@ -180,7 +180,7 @@ def test_auto_falls_back_when_a_backend_fails_to_start(tiny_checkpoint, monkeypa
     runner, report = backends.select_runner(resolve_source(tiny_checkpoint), "auto")
     statuses = {c.backend: c.status for c in report}
     assert statuses["tensorrt"] == "failed"
-    assert statuses["onnxruntime-gpu"] == "skipped"  # no CUDA provider
+    assert statuses["onnxruntime-cuda"] == "skipped"  # no CUDA provider
     # torch-cuda "probes" well here but fails to activate without a real GPU, unless one exists
     assert runner.name in ("torch-cuda", "torch-cpu")
     runner.deactivate()

@@ -24,7 +24,7 @@ def engines(tmp_path_factory):
 
 
 def _engine(tiny_onnx, engines, dynamic=False, device="cuda:0"):
-    from deepis_rt.backends.trt.engine import get_engine, profile_from_batch
+    from deepis_rt.backends.trt import get_engine, profile_from_batch
 
     profile = profile_from_batch((1, 2, 4), (16, 32, 32), dynamic_shape=dynamic)
     return get_engine(tiny_onnx, engines, "fp32", profile, device=device, progress=False)

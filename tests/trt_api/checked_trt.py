@@ -269,6 +269,22 @@ class FakeNetwork(Checked):
     def num_inputs(self) -> int:
         return 1 if self._parsed else 0
 
+    def get_input(self, index: int) -> FakeTensor:
+        if not self._parsed or index != 0:
+            raise IndexError(f"network input {index} does not exist")
+        return FakeTensor("tomogram")
+
+
+class FakeTensor(Checked):
+    REAL = "ITensor"
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
 
 class FakeParserError:
     def __init__(self, text: str) -> None:

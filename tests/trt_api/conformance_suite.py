@@ -212,13 +212,13 @@ def test_checker_rejects_wrong_calls(trt):
 
 
 def _profile(dynamic=False):
-    from deepis_rt.backends.trt.engine import profile_from_batch
+    from deepis_rt.backends.trt import profile_from_batch
 
     return profile_from_batch((1, 2, 4), (32, 64, 64), dynamic_shape=dynamic)
 
 
 def test_fp32_engine_clears_tf32_and_is_cached(trt, onnx_files, tmp_path):
-    from deepis_rt.backends.trt.engine import get_engine, load_engine_bytes
+    from deepis_rt.backends.trt import get_engine, load_engine_bytes
 
     fp32, _ = onnx_files
     built = get_engine(fp32, tmp_path / "engines", "fp32", _profile(), progress=False)
@@ -242,7 +242,7 @@ def test_fp32_engine_clears_tf32_and_is_cached(trt, onnx_files, tmp_path):
 
 
 def test_fp16_engine_by_tensorrt_version(trt, onnx_files, tmp_path, monkeypatch):
-    from deepis_rt.backends.trt.engine import get_engine
+    from deepis_rt.backends.trt import get_engine
 
     fp32, fp16 = onnx_files
     built = get_engine(fp16, tmp_path, "fp16", _profile(), onnx_fp32_path=fp32, progress=False)
@@ -260,7 +260,7 @@ def test_fp16_engine_by_tensorrt_version(trt, onnx_files, tmp_path, monkeypatch)
 
 def test_bad_profile_and_parse_errors_are_reported(trt, onnx_files, tmp_path):
     from deepis_rt.errors import ExportError
-    from deepis_rt.backends.trt.engine import EngineProfile, build_engine
+    from deepis_rt.backends.trt import EngineProfile, build_engine
 
     fp32, _ = onnx_files
     bad = EngineProfile((4, 1, 32, 64, 64), (2, 1, 32, 64, 64), (1, 1, 32, 64, 64))
@@ -273,7 +273,7 @@ def test_bad_profile_and_parse_errors_are_reported(trt, onnx_files, tmp_path):
 
 @pytest.mark.parametrize("existing", ["other-device", "garbage", "compatible"])
 def test_timing_cache_is_checked_and_mismatch_replaced(trt, onnx_files, tmp_path, existing):
-    from deepis_rt.backends.trt.engine import build_engine
+    from deepis_rt.backends.trt import build_engine
 
     fp32, _ = onnx_files
     first = build_engine(fp32, tmp_path, "fp32", _profile(), progress=False)
@@ -295,7 +295,7 @@ def test_timing_cache_is_checked_and_mismatch_replaced(trt, onnx_files, tmp_path
 
 
 def test_build_holds_the_engine_lock(trt, onnx_files, tmp_path, monkeypatch):
-    import deepis_rt.backends.trt.engine as trt_mod
+    import deepis_rt.backends.trt.build as trt_mod
 
     held = []
     real_lock = trt_mod.file_lock
@@ -312,7 +312,7 @@ def test_build_holds_the_engine_lock(trt, onnx_files, tmp_path, monkeypatch):
 
 
 def test_device_used_for_facts_key_and_scope(trt, onnx_files, tmp_path):
-    from deepis_rt.backends.trt.engine import get_engine
+    from deepis_rt.backends.trt import get_engine
 
     fp32, _ = onnx_files
     on0 = get_engine(fp32, tmp_path, "fp32", _profile(), device="cuda:0", progress=False)
@@ -327,7 +327,7 @@ def test_device_used_for_facts_key_and_scope(trt, onnx_files, tmp_path):
 
 
 def _engine_bytes(tmp_path, onnx, dynamic):
-    from deepis_rt.backends.trt.engine import get_engine
+    from deepis_rt.backends.trt import get_engine
 
     return get_engine(onnx, tmp_path, "fp32", _profile(dynamic), progress=False).data
 
@@ -376,7 +376,8 @@ def test_runner_fixed_profile_and_real_device_scope(trt, onnx_files, tmp_path, m
 
 
 def test_backend_loader_builds_once_and_passes_verified_bytes(trt, onnx_files, tmp_path, monkeypatch):
-    from deepis_rt.runtime import backends
+    from deepis_rt.backends.trt.loader import engine_for_model
+    from deepis_rt.runtime.backends import SourceFiles
     from deepis_rt.runtime.source import ModelSource
 
     fp32, fp16 = onnx_files
@@ -391,9 +392,9 @@ def test_backend_loader_builds_once_and_passes_verified_bytes(trt, onnx_files, t
     monkeypatch.setattr(Path, "read_bytes", counting)
     source = ModelSource(path=fp32, kind="onnx", onnx_fp32=fp32, onnx_fp16=None,
                          meta={"tile_zyx": [32, 64, 64]})
-    data = backends._tensorrt_engine_loader(source, tmp_path, 1, precision="fp16", device="cuda:1")()
+    data = engine_for_model(SourceFiles(source), tmp_path, (1, 1, 4), precision="fp16", device="cuda:1")()
     assert data.startswith(b"FAKEPLAN") and reads == []  # built: nothing read back from disk
-    again = backends._tensorrt_engine_loader(source, tmp_path, 1, precision="fp16", device="cuda:1")()
+    again = engine_for_model(SourceFiles(source), tmp_path, (1, 1, 4), precision="fp16", device="cuda:1")()
     assert again == data and len(reads) == 1  # cached: read (and hashed) once
     # strongly typed TensorRT without an FP16 graph builds (and labels) FP32
     assert ct.FakeBuilder._builds[-1]["onnx"] == str(fp32)
@@ -401,7 +402,7 @@ def test_backend_loader_builds_once_and_passes_verified_bytes(trt, onnx_files, t
 
 def test_segmenter_plans_tiles_inside_the_engine_profile(trt, onnx_files, tmp_path):
     """A volume smaller than the profile's minimum is padded to a tile the engine accepts."""
-    from deepis_rt.backends.trt.engine import EngineProfile, get_engine
+    from deepis_rt.backends.trt import EngineProfile, get_engine
     from deepis_rt.backends import TensorRTRunner
     from deepis_rt.runtime.segmenter import Segmenter
 
@@ -423,7 +424,7 @@ def test_run_engine_checks_shape_uses_own_stream_and_releases_its_context(trt, o
     import torch
 
     from deepis_rt.errors import BackendError
-    from deepis_rt.backends.trt.engine import deserialize_engine, run_engine
+    from deepis_rt.backends.trt import deserialize_engine, run_engine
 
     data = _engine_bytes(tmp_path, onnx_files[0], dynamic=False)
     engine = deserialize_engine(data, device="cuda:1")
@@ -488,7 +489,8 @@ def test_forward_device_output_is_ready_on_the_callers_stream(trt, onnx_files, t
 
 
 def test_loader_uses_the_fp16_flag_on_old_tensorrt_without_fp16_onnx(trt, onnx_files, tmp_path, monkeypatch):
-    from deepis_rt.runtime import backends
+    from deepis_rt.backends.trt.loader import engine_for_model
+    from deepis_rt.runtime.backends import SourceFiles
     from deepis_rt.runtime.source import ModelSource
 
     if MAJOR >= 11:  # TensorRT 11 has no FP16 builder flag: always the FP16 graph
@@ -497,13 +499,13 @@ def test_loader_uses_the_fp16_flag_on_old_tensorrt_without_fp16_onnx(trt, onnx_f
     monkeypatch.setattr(trt, "__version__", "10.11.0.33")
     fp32, _ = onnx_files
     source = ModelSource(path=fp32, kind="onnx", onnx_fp32=fp32, meta={"tile_zyx": [32, 64, 64]})
-    backends._tensorrt_engine_loader(source, tmp_path, 1, precision=None, device="cuda:0")()
+    engine_for_model(SourceFiles(source), tmp_path, (1, 1, 4), precision=None, device="cuda:0")()
     record = ct.FakeBuilder._builds[-1]
     assert record["onnx"] == str(fp32) and "FP16" in record["flags"]
 
 
 def test_timing_cache_keeps_timings_another_process_wrote(trt, tmp_path):
-    from deepis_rt.backends.trt.build import TimingCache
+    from deepis_rt.backends.trt.cache import TimingCache
 
     path = tmp_path / "timing.cache"
     path.write_bytes(json.dumps({"tag": ct.DEVICE_TAG, "entries": {"mine-before": 1.0}}).encode())

@@ -89,7 +89,7 @@ def tensorrt_provider_options(
         The graph's input tensor.
     profile : EngineProfile or (min, opt, max)
         Input shapes ``(N, 1, Z, Y, X)``; the same profile the native TensorRT backend builds
-        (:func:`deepis_rt.backends.trt.engine.profile_from_batch`), so a new batch size inside it
+        (:func:`deepis_rt.backends.trt.profile.profile_from_batch`), so a new batch size inside it
         never triggers a rebuild (minutes).
     cache_dir : path
         Engine and timing caches (created if missing).

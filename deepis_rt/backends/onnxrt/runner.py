@@ -108,7 +108,7 @@ class OnnxRuntimeRunner(Runner):
         relative error). Off by default, so that an FP32 graph computes in FP32.
     trt_profile : EngineProfile or (min, opt, max), optional
         TensorRT EP only: the input shapes ``(N, 1, Z, Y, X)`` its engine is built for (the same
-        profile as the native TensorRT backend, :func:`deepis_rt.backends.trt.engine.profile_from_batch`).
+        profile as the native TensorRT backend, :func:`deepis_rt.backends.trt.profile.profile_from_batch`).
         Without one the EP rebuilds its engine whenever a new batch size appears.
     """
 
@@ -133,7 +133,7 @@ class OnnxRuntimeRunner(Runner):
         if provider == "tensorrt" and trt_profile is None:
             raise ConfigError("onnxruntime runner: the TensorRT provider needs trt_profile (min, opt, max input "
                               "shapes), or it rebuilds its engine for every new batch size; see "
-                              "deepis_rt.backends.trt.engine.profile_from_batch")
+                              "deepis_rt.backends.trt.profile.profile_from_batch")
         self._model_source = model
         self.provider = provider
         self.intra_op_threads = intra_op_threads

@@ -97,15 +97,13 @@ class TorchRunner(Runner):
     def activate_impl(self) -> None:
         import torch
 
-        from deepis_rt.checkpoint import Checkpoint
-
         if self.is_cuda and not torch.cuda.is_available():
             raise BackendError(f"{self.name}: CUDA is not available (torch {torch.__version__})")
         source = self._model_source
         if callable(source) and not isinstance(source, torch.nn.Module):
             source = source()
-        if isinstance(source, Checkpoint):
-            source = source.build()
+        if not isinstance(source, torch.nn.Module) and callable(getattr(source, "build", None)):
+            source = source.build()  # a Checkpoint (or anything that builds the network)
         if not isinstance(source, torch.nn.Module):
             raise BackendError(f"{self.name}: expected an nn.Module or Checkpoint, got {type(source).__name__}")
         self.size_multiple = int(getattr(getattr(source, "config", None), "size_multiple", 16))

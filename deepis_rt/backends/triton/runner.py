@@ -31,13 +31,16 @@ from deepis_rt._optional import import_optional
 from deepis_rt.errors import BackendError, BackendOutOfMemoryError, BackendUnavailableError, ConfigError
 from deepis_rt.backends.base import Runner, as_numpy_batch
 
-__all__ = ["TritonRunner", "load_triton", "TRITON_URL_ENV", "parse_triton_url", "server_error"]
+__all__ = ["TritonRunner", "TRITON_URL_ENV", "META_PARAMETER", "INPUT_NAME", "OUTPUT_NAME", "parse_triton_url",
+           "server_error"]
 
 log = logging.getLogger(__name__)
 
 #: Environment variable read when no ``url`` is given.
 TRITON_URL_ENV = "DEEPIS_TRITON_URL"
-META_PARAMETER = "deepis_rt.meta"  # same as deepis_rt.cluster.triton_repo.META_PARAMETER
+#: the model-config parameter that carries the model's metadata (JSON), written by deepis_rt.cluster.triton_repo
+META_PARAMETER = "deepis_rt.meta"
+#: the tensors of a deepis-rt model on the server
 INPUT_NAME, OUTPUT_NAME = "tomogram", "distance"
 
 
@@ -316,105 +319,3 @@ class TritonRunner(Runner):
             "max_batch_size": self.max_batch_size,
             "binary_data": self.binary_data,
         }
-
-
-# --------------------------------------------------------------------------------------------
-# load(..., backend="triton")
-# --------------------------------------------------------------------------------------------
-
-_META_KEYS = ("voxel_size_um", "ri_normalization", "tile_zyx")
-
-
-def _flat_meta(raw: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
-    """(meta with DEFAULT_META filled in, size multiple or None) from an ONNX-style meta dict."""
-    from deepis_rt.checkpoint import DEFAULT_META
-
-    inner = raw.get("meta") if isinstance(raw.get("meta"), dict) else raw
-    meta = {**DEFAULT_META, **{k: v for k, v in inner.items() if k not in ("meta",)}}
-    size_multiple = None
-    cfg = raw.get("config") if isinstance(raw.get("config"), dict) else inner.get("config")
-    if isinstance(cfg, dict):
-        try:
-            from deepis_rt.model import ModelConfig
-
-            size_multiple = int(ModelConfig.from_dict(cfg).size_multiple)
-        except Exception as exc:
-            log.debug("triton | embedded model config not understood: %s", exc)
-    return meta, size_multiple
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=1e-6))
-    except (TypeError, ValueError):
-        if isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b):
-            return all(_same(a[k], b[k]) for k in a)
-        return a == b
-
-
-def load_triton(
-    path: Any = None,
-    url: str | None = None,
-    model_name: str = "deepis",
-    model_version: str = "",
-    device: str | None = None,
-    segmenter_options: dict[str, Any] | None = None,
-    **runner_options: Any,
-) -> Any:
-    """A :class:`~deepis_rt.runtime.Segmenter` whose network runs on a Triton server.
-
-    What ``deepis_rt.load(path, backend="triton", url=..., model_name=...)`` calls.
-
-    Parameters
-    ----------
-    path : path-like, optional
-        A local copy of the model (checkpoint, ONNX or export folder); needed only when the
-        server's model config carries no ``deepis_rt.meta`` parameter. When both exist, voxel size,
-        RI normalisation and tile must agree.
-    url, model_name, model_version, **runner_options
-        See :class:`TritonRunner`.
-    device : str, optional
-        Ignored except that a CUDA device is refused: the server picks its own GPUs.
-    segmenter_options : dict, optional
-        Keyword arguments of :class:`~deepis_rt.runtime.Segmenter` (overlap, batch_size, ...).
-    """
-    from deepis_rt.runtime.backends import BackendChoice
-    from deepis_rt.runtime.segmenter import Segmenter
-
-    if device is not None and str(device).startswith("cuda"):
-        raise ConfigError(
-            f"triton | device={device!r}: the Triton server chooses its GPUs (instance_group in config.pbtxt); "
-            "leave device unset"
-        )
-    runner = TritonRunner(url, model_name, model_version, **runner_options)
-    runner.activate()
-    try:
-        server_meta, size_multiple = _flat_meta(runner.model_meta) if runner.model_meta else ({}, None)
-        local_meta: dict[str, Any] = {}
-        if path is not None:
-            from deepis_rt.runtime.source import resolve_source
-
-            source = resolve_source(path)
-            local_meta = dict(source.meta)
-            size_multiple = size_multiple or source.size_multiple
-        if server_meta and local_meta:
-            differ = [k for k in _META_KEYS if k in local_meta and not _same(server_meta.get(k), local_meta[k])]
-            if differ:
-                raise BackendError(
-                    f"{runner.where}: the server's model and the local model {path} differ in {differ} "
-                    f"(server {[server_meta.get(k) for k in differ]}, local {[local_meta[k] for k in differ]}); "
-                    "write the repository again from this export (deepis-rt export --triton REPO)"
-                )
-        meta = server_meta or local_meta
-        if not meta:
-            raise BackendError(
-                f"{runner.where}: the server's model config has no {META_PARAMETER!r} parameter (was the repository "
-                "written by `deepis-rt export --triton`?); pass the local model too: load(path, backend='triton', url=...)"
-            )
-        if runner.fixed_spatial_zyx is not None and "tile_zyx" in meta:
-            meta["tile_zyx"] = list(runner.fixed_spatial_zyx)
-        report = [BackendChoice("triton", "chosen", f"backend='triton' at {runner.url}, model {model_name!r}")]
-        return Segmenter(runner, meta, report, size_multiple=size_multiple, **(segmenter_options or {}))
-    except BaseException:
-        runner.deactivate()
-        raise

@@ -1,191 +1,232 @@
-"""The parts of a TensorRT build that touch files or the GPU: device scope, locks, timing cache.
+"""Building an engine from ONNX: parse, one optimisation profile, the timing cache, ``build_serialized_network``.
 
-* :func:`device_scope` makes one CUDA device current (``torch.cuda.device(index)``) while GPU objects
-  are created or used: a builder, a runtime, an ``ICudaEngine`` and its execution contexts belong to
-  the device that was current when they were made.
-* :func:`file_lock` serialises processes that build the same engine or write the same timing cache
-  (as Polygraphy does), so two builds never overwrite each other's files and the second one finds
-  the first one's engine instead of spending minutes building it again.
-* :class:`TimingCache` loads the cache beside the engines, attaches it with ``set_timing_cache``
-  (whose result is checked: a cache from another device or TensorRT is *not* used and is replaced,
-  never written back unchanged), and after the build merges the new timings into the file under
-  the lock.
-* :func:`make_logger` / :func:`make_progress_monitor` subclass the real ``trt.ILogger`` /
-  ``trt.IProgressMonitor``.
+Written against the TensorRT 10/11 Python API and kept thin. Everything runs inside
+``torch.cuda.device(index)`` for the device asked for, and a build holds a file lock on its key, so
+concurrent processes neither build twice nor overwrite each other (the second finds the first
+one's engine). ``"fp32"`` engines are built with ``BuilderFlag.TF32`` cleared (TensorRT sets it by
+default), so they compute in true FP32; the flag's state is part of the key and the manifest.
+Builder progress is shown through ``IProgressMonitor``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
-import os
 import sys
-from collections.abc import Iterator
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from deepis_rt.errors import EngineCacheError
+from deepis_rt._optional import import_optional
+from deepis_rt.backends.files import atomic_write, file_lock, file_sha256
+from deepis_rt.backends.trt.cache import (
+    DEFAULT_WORKSPACE_GIB,
+    ENGINE_FORMAT,
+    ENGINE_FORMAT_VERSION,
+    EngineBuild,
+    TimingCache,
+    cache_key,
+    load_engine_bytes,
+    read_engine_manifest,
+    sha256_bytes,
+    timing_cache_path,
+)
+from deepis_rt.backends.trt.env import EngineEnv, cuda_device_index, current_engine_env, device_scope, make_logger
+from deepis_rt.backends.trt.profile import EngineProfile, build_mode, version_tuple
+from deepis_rt.errors import EngineCacheError, ExportError
 
-__all__ = ["cuda_device_index", "device_scope", "file_lock", "TimingCache", "make_logger",
-           "make_progress_monitor"]
+__all__ = ["build_engine", "get_engine", "make_progress_monitor"]
 
 log = logging.getLogger(__name__)
 
-#: how long a process waits for another one building the same engine (builds take minutes)
-LOCK_TIMEOUT_S = 3600.0
 
+@dataclass(frozen=True)
+class _Target:
+    """What exactly an engine request resolves to on this machine (the inputs of its key)."""
 
-def cuda_device_index(device: Any = None) -> int:
-    """The CUDA device index of ``device`` (``None``/``"cuda"``: the current device; ``"cuda:1"``: 1).
+    source: Path
+    onnx_sha256: str
+    env: EngineEnv
+    device: int
+    precision: str
+    mode: str
+    tf32: bool
+    workspace_bytes: int
+    profile: EngineProfile
+    key: str
 
-    Raises
-    ------
-    EngineCacheError
-        ``device`` names no CUDA device (e.g. ``"cpu"``).
-    """
-    import torch
+def _target(onnx_path: str | Path, precision: str, profile: EngineProfile | None,
+            onnx_fp32_path: str | Path | None, device: Any, tf32: bool | None,
+            workspace_gib: float) -> _Target:
+    if profile is None:
+        raise ExportError("export | an engine needs an optimisation profile (profile_from_batch)")
+    index = cuda_device_index(device)
+    env = current_engine_env(index)
+    mode = build_mode(env.trt_version, precision)
+    source = Path(onnx_path)
+    if mode == "builder-flag" and precision == "fp16" and onnx_fp32_path is not None:
+        source = Path(onnx_fp32_path)  # older TensorRT: the FP32 graph with BuilderFlag.FP16
+    if not source.is_file():
+        raise ExportError(f"export | {source}: no such ONNX file to build a TensorRT engine from")
+    # TF32 stays TensorRT's default for FP16 engines; an "fp32" engine computes in true FP32
+    tf32 = (precision == "fp16") if tf32 is None else bool(tf32)
+    workspace_bytes = int(workspace_gib * (1 << 30))
+    sha = file_sha256(source)
+    key = cache_key(sha, env.trt_version, env.gpu_name, env.compute_capability, precision, profile,
+                    tf32=tf32, workspace_bytes=workspace_bytes)
+    return _Target(source, sha, env, index, precision, mode, tf32, workspace_bytes, profile, key)
 
-    if device is None:
-        return int(torch.cuda.current_device())
-    if isinstance(device, int):
-        return device
-    dev = device if isinstance(device, torch.device) else torch.device(str(device))
-    if dev.type != "cuda":
-        raise EngineCacheError(f"tensorrt | device {device!r} is not a CUDA device; use 'cuda' or 'cuda:N'")
-    return int(torch.cuda.current_device()) if dev.index is None else int(dev.index)
+def _build(trt: Any, t: _Target, engines_dir: Path, progress: bool | None) -> EngineBuild:
+    """Build the engine of ``t`` (the caller holds the key's lock and the device scope)."""
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    flags = 0
+    if t.mode == "strongly-typed" and version_tuple(t.env.trt_version)[0] < 11:  # always, from 11 on
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(t.source)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"export | TensorRT could not parse {t.source}: {errors}")
+    if network.num_inputs != 1:
+        raise ExportError(f"export | {t.source}: a DeepIS graph has one input, this one has {network.num_inputs}")
+    input_name = network.get_input(0).name
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, t.workspace_bytes)
+    if t.mode == "builder-flag" and t.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if t.tf32:
+        config.set_flag(trt.BuilderFlag.TF32)
+    else:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    trt_profile = builder.create_optimization_profile()
+    trt_profile.set_shape(input_name, t.profile.min_shape, t.profile.opt_shape, t.profile.max_shape)
+    if config.add_optimization_profile(trt_profile) < 0:
+        raise ExportError(f"export | TensorRT rejected the optimisation profile {t.profile.to_dict()} for "
+                          f"input {input_name!r} (need min <= opt <= max, rank 5; see the TensorRT log)")
 
+    timing = TimingCache(timing_cache_path(engines_dir, t.env))
+    timing.attach(config)
+    show = sys.stderr.isatty() if progress is None else progress
+    config.progress_monitor = make_progress_monitor(trt, show)
 
-@contextlib.contextmanager
-def device_scope(index: int) -> Iterator[None]:
-    """Make CUDA device ``index`` current for the block (``torch.cuda.device``)."""
-    import torch
+    log.info("export | building TensorRT %s engine (%s, TF32 %s, TensorRT %s, %s sm %s, cuda:%d); this "
+             "takes minutes", t.precision, t.mode, "on" if t.tf32 else "off", t.env.trt_version,
+             t.env.gpu_name, t.env.compute_capability, t.device)
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    build_s = time.perf_counter() - start
+    if serialized is None:
+        raise ExportError(f"export | TensorRT failed to build an engine from {t.source} (see the "
+                          "TensorRT messages above; run with -vv for all of them)")
+    data = bytes(serialized)
+    timing.save()
+    manifest = {
+        "format": ENGINE_FORMAT,
+        "format_version": ENGINE_FORMAT_VERSION,
+        "cache_key": t.key,
+        "onnx_path": str(t.source),
+        "onnx_sha256": t.onnx_sha256,
+        **asdict(t.env),
+        "precision": t.precision,
+        "tf32": t.tf32,
+        "workspace_bytes": t.workspace_bytes,
+        "build_mode": t.mode,
+        "profile": t.profile.to_dict(),
+        "input_name": input_name,
+        "build_time_s": round(build_s, 2),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "engine_sha256": sha256_bytes(data),
+        "engine_bytes": len(data),
+        "timing_cache": timing.path.name,
+        "timing_cache_status": timing.status,
+    }
+    plan_path = engines_dir / f"{t.key}.plan"
+    atomic_write(plan_path, data)
+    atomic_write(plan_path.with_suffix(".json"), json.dumps(manifest, indent=2).encode())
+    log.info("export | wrote %s (%.1f MB, built in %.0f s)", plan_path, len(data) / 1e6, build_s)
+    return EngineBuild(plan_path, plan_path.with_suffix(".json"), manifest, cached=False, data=data)
 
-    with torch.cuda.device(int(index)):
-        yield
-
-
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike, what: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """An inter-process lock on ``<path>.lock`` (``filelock``), with a log line when it must wait."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(path) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("%s: another process holds %s.lock; waiting for it (up to %.0f s)", what, path, timeout_s)
-        try:
-            lock.acquire(timeout=timeout_s)
-        except Timeout:
-            raise EngineCacheError(f"{what}: {path}.lock still held after {timeout_s:.0f} s; if no other "
-                                   "deepis-rt process is building, delete the .lock file") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-class TimingCache:
-    """The builder's timing cache, kept in one file per TensorRT version and GPU model.
+def build_engine(
+    onnx_path: str | Path,
+    engines_dir: str | Path = "engines",
+    precision: str = "fp16",
+    profile: EngineProfile | None = None,
+    onnx_fp32_path: str | Path | None = None,
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB,
+    progress: bool | None = None,
+    device: Any = None,
+    tf32: bool | None = None,
+) -> EngineBuild:
+    """Build a TensorRT engine and store it under its cache key (always builds; see :func:`get_engine`).
 
     Parameters
     ----------
-    path : path-like
-        The cache file (created on :meth:`save`).
+    onnx_path : path-like
+        The ONNX graph of ``precision`` (the FP16 file for ``"fp16"`` on TensorRT >= 10.12).
+    engines_dir : path-like
+        Where ``<key>.plan``, ``<key>.json`` and the timing cache live.
+    precision : {"fp16", "fp32"}
+    profile : EngineProfile
+        Optimisation profile of the input.
+    onnx_fp32_path : path-like, optional
+        The FP32 graph, parsed instead on TensorRT < 10.12 for FP16 engines (builder flag). Without
+        it ``onnx_path`` is parsed with the flag.
+    workspace_gib : float
+        Workspace memory pool limit (part of the key).
+    progress : bool, optional
+        Show builder progress bars (default: when stderr is a terminal).
+    device : int or str, optional
+        The CUDA device to build for (``"cuda:1"``); default: the current one.
+    tf32 : bool, optional
+        Allow TF32 for FP32 tensors; default: off for ``"fp32"``, on (TensorRT's default) for ``"fp16"``.
     """
+    trt = import_optional("tensorrt", "building TensorRT engines")
+    t = _target(onnx_path, precision, profile, onnx_fp32_path, device, tf32, workspace_gib)
+    engines_dir = Path(engines_dir)
+    engines_dir.mkdir(parents=True, exist_ok=True)
+    with device_scope(t.device), file_lock(engines_dir / f"{t.key}.plan", f"engine cache | {t.key}"):
+        return _build(trt, t, engines_dir, progress)
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.cache: Any = None
-        self._config: Any = None
-        self._loaded = b""
-        #: "loaded", "new" or "rejected: <why>": what happened to the file on disk
-        self.status = "new"
+def get_engine(
+    onnx_path: str | Path,
+    engines_dir: str | Path = "engines",
+    precision: str = "fp16",
+    profile: EngineProfile | None = None,
+    onnx_fp32_path: str | Path | None = None,
+    rebuild: bool = True,
+    *,
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB,
+    progress: bool | None = None,
+    device: Any = None,
+    tf32: bool | None = None,
+) -> EngineBuild:
+    """The engine for these inputs from the cache, verified; built when absent, stale or corrupt.
 
-    def attach(self, config: Any) -> Any:
-        """Create the cache from the file and attach it to ``config`` (an ``IBuilderConfig``).
-
-        A file TensorRT cannot read, or one ``set_timing_cache`` refuses (another device or
-        TensorRT version), is not used: the build starts from an empty cache, and :meth:`save`
-        replaces the file afterwards.
-        """
-        blob = b""
-        self._config = config
-        with file_lock(self.path, f"timing cache | {self.path}"):
-            if self.path.is_file():
-                blob = self.path.read_bytes()
-        cache = None
-        if blob:
+    The returned :class:`EngineBuild` carries the verified bytes (``.data``): the plan is read and
+    hashed once. The key's file lock is held while checking and building, so a second process asking
+    for the same engine waits and then uses the first one's. With ``rebuild=False`` an invalid cached
+    engine raises :class:`EngineCacheError` instead. Other parameters: see :func:`build_engine`.
+    """
+    t = _target(onnx_path, precision, profile, onnx_fp32_path, device, tf32, workspace_gib)
+    engines_dir = Path(engines_dir)
+    engines_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = engines_dir / f"{t.key}.plan"
+    with device_scope(t.device), file_lock(plan_path, f"engine cache | {t.key}"):
+        if plan_path.exists() or plan_path.with_suffix(".json").exists():
             try:
-                cache = config.create_timing_cache(blob)
-            except Exception as exc:  # noqa: BLE001 - a damaged cache only costs build time
-                self.status = f"rejected: unreadable ({type(exc).__name__}: {exc})"
-            if cache is None and self.status == "new":
-                self.status = "rejected: TensorRT could not read it"
-            if cache is not None:
-                if config.set_timing_cache(cache, False):
-                    self.status = "loaded"
-                    self.cache, self._loaded = cache, blob
-                    return cache
-                self.status = "rejected: made on another device or TensorRT version"
-        if self.status != "new":
-            log.warning("timing cache | %s %s; building with a new one, which will replace it", self.path,
-                        self.status)
-        cache = config.create_timing_cache(b"")
-        if cache is None or not config.set_timing_cache(cache, False):
-            raise EngineCacheError(f"timing cache | {self.path}: TensorRT refused a new, empty timing cache")
-        self.cache = cache
-        return cache
-
-    def save(self) -> None:
-        """Merge this build's timings into the file (under the lock) and write it atomically.
-
-        The cache attached to the config is the one the build filled in. Timings another process
-        wrote meanwhile are combined into it when compatible; an incompatible file is replaced.
-        """
-        if self.cache is None:
-            return
-        with file_lock(self.path, f"timing cache | {self.path}"):
-            on_disk = self.path.read_bytes() if self.path.is_file() else b""
-            if on_disk and on_disk != self._loaded and self.status == "loaded":
-                # another build wrote timings meanwhile: keep them (an incompatible file is replaced)
-                other = None
-                try:
-                    other = self._config.create_timing_cache(on_disk)
-                except Exception as exc:  # noqa: BLE001
-                    log.debug("timing cache | %s: unreadable now (%s); replacing it", self.path, exc)
-                if other is not None and not self.cache.combine(other, False):
-                    log.info("timing cache | %s: the file changed to an incompatible cache; replacing it",
-                             self.path)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.path, bytes(self.cache.serialize()))
-
-
-def make_logger(trt: Any) -> Any:
-    """A ``trt.ILogger`` that forwards TensorRT's messages to Python logging."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity: Any, msg: str) -> None:
-            sev = trt.ILogger.Severity
-            level = {
-                sev.INTERNAL_ERROR: logging.ERROR,
-                sev.ERROR: logging.ERROR,
-                sev.WARNING: logging.WARNING,
-                sev.INFO: logging.DEBUG,
-            }.get(severity, logging.DEBUG)
-            log.log(level, "TensorRT: %s", msg)
-
-    return _Logger()
-
+                data = load_engine_bytes(plan_path, expected_key=t.key, env=t.env)
+                log.info("export | using cached engine %s", plan_path)
+                return EngineBuild(plan_path, plan_path.with_suffix(".json"), read_engine_manifest(plan_path),
+                                   cached=True, data=data)
+            except EngineCacheError as exc:
+                if not rebuild:
+                    raise
+                log.warning("%s; rebuilding it", exc)
+        trt = import_optional("tensorrt", "building TensorRT engines")
+        return _build(trt, t, engines_dir, progress)
 
 def make_progress_monitor(trt: Any, show: bool) -> Any:
     """A ``trt.IProgressMonitor`` that shows one tqdm bar per builder phase."""

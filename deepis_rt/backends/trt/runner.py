@@ -35,8 +35,10 @@ import numpy as np
 from deepis_rt._optional import import_optional
 from deepis_rt.errors import BackendError, BackendOutOfMemoryError
 from deepis_rt.backends.base import Runner
+from deepis_rt.backends.trt.env import make_logger
+from deepis_rt.backends.trt.profile import EngineProfile
 
-__all__ = ["TensorRTRunner", "torch_dtype"]
+__all__ = ["TensorRTRunner", "torch_dtype", "run_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class TensorRTRunner(Runner):
 
     Attributes
     ----------
-    input_profile : deepis_rt.backends.trt.engine.EngineProfile or None
+    input_profile : deepis_rt.backends.trt.profile.EngineProfile or None
         The input's optimisation profile as the engine reports it (min / opt / max, N1ZYX).
     spatial_range_zyx : ((z, y, x), (z, y, x)) or None
         Smallest and largest spatial tile the engine accepts when its profile is a range (None for a
@@ -140,8 +142,6 @@ class TensorRTRunner(Runner):
                 raise BackendError(f"tensorrt: no such engine file: {path}")
             source = path.read_bytes()
         if isinstance(source, (bytes, bytearray, memoryview)):
-            from deepis_rt.backends.trt.build import make_logger
-
             self._logger = make_logger(trt)
             self._runtime = trt.Runtime(self._logger)
             engine = self._runtime.deserialize_cuda_engine(bytes(source))
@@ -153,8 +153,6 @@ class TensorRTRunner(Runner):
         return engine
 
     def _read_io(self, trt: Any, engine: Any) -> None:
-        from deepis_rt.backends.trt.engine import EngineProfile
-
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -288,3 +286,24 @@ class TensorRTRunner(Runner):
             info["profile"] = self.input_profile.to_dict()
             info["io_dtype"] = str(self.input_dtype).replace("torch.", "")
         return info
+
+
+def run_engine(engine: Any, x: Any, ops: Any = None) -> Any:
+    """Run ``engine`` once on a device float32 tensor (N, 1, Z, Y, X); returns the distance tensor.
+
+    A minimal synchronous call used by export checks and tests, through
+    :class:`~deepis_rt.backends.TensorRTRunner`: an execution context of its own on a stream of
+    its own (never the legacy default stream), on the input's device, checked input shape, output
+    dtype from the engine, and a synchronise before the context is released. ``ops``: the CUDA
+    operations (default ``torch.cuda``; tests pass a CPU stand-in).
+    """
+    runner = TensorRTRunner(lambda: engine, device=str(x.device), ops=ops)
+    runner.activate()
+    try:
+        y = runner.forward_device(x)
+        runner.synchronize()
+        # y's memory belongs to the runner's stream; the caller uses it on its own
+        runner.ops.keep_alive(y, runner.ops.current_stream())
+    finally:
+        runner.deactivate()
+    return y

@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def _backends() -> tuple[str, ...]:
-    from deepis_rt.runtime.backends import AUTO_ORDER
+    from deepis_rt.backends import registry
 
-    return ("auto", *AUTO_ORDER)
+    return ("auto", *registry.auto_order())
 
 
 #: Backend names offered: "auto" and every backend deepis-rt registers, fastest first.
