@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.errors import BackendError, InputError, ShapeError
 from deepis_rt.backends.failures import classify
+from deepis_rt.errors import BackendError, InputError, ShapeError
 
 __all__ = ["Runner", "as_numpy_batch"]
 

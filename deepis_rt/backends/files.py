@@ -15,8 +15,6 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from deepis_rt.errors import EngineCacheError
 
 __all__ = ["default_cache_dir", "atomic_write", "file_lock", "file_sha256", "LOCK_TIMEOUT_S"]
@@ -46,6 +44,8 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike, what: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """An inter-process lock on ``<path>.lock`` (``filelock``), with a log line when it must wait."""
+    from filelock import FileLock, Timeout  # only where a file is built: not on every load()
+
     lock = FileLock(str(path) + ".lock")
     try:
         lock.acquire(timeout=0)

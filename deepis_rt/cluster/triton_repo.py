@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from deepis_rt._optional import import_optional
-from deepis_rt.backends.triton.runner import INPUT_NAME, META_PARAMETER, OUTPUT_NAME
+from deepis_rt.backends.triton.protocol import INPUT_NAME, META_PARAMETER, OUTPUT_NAME
 from deepis_rt.errors import ConfigError, ExportError
 
 __all__ = [

@@ -5,10 +5,10 @@
 >>> result.labels, result.distance, result.timings_ms  # doctest: +SKIP
 """
 
-from deepis_rt.runtime.backends import BackendChoice
-from deepis_rt.runtime.result import FrameResult, labels_from_distance
 from deepis_rt.backends import FakeRunner, OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
+from deepis_rt.runtime.backends import BackendChoice
 from deepis_rt.runtime.load import load
+from deepis_rt.runtime.result import FrameResult, labels_from_distance
 from deepis_rt.runtime.segmenter import Segmenter
 from deepis_rt.runtime.tiling import sliding_window_inference
 

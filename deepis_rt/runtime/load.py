@@ -18,7 +18,7 @@ import numpy as np
 
 from deepis_rt.backends import registry
 from deepis_rt.backends.base import Runner
-from deepis_rt.backends.triton.runner import META_PARAMETER
+from deepis_rt.backends.triton.protocol import META_PARAMETER
 from deepis_rt.errors import BackendError
 from deepis_rt.runtime.backends import BackendChoice, select_runner
 from deepis_rt.runtime.segmenter import Segmenter

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.backends import Runner
 from deepis_rt.errors import InputError
 from deepis_rt.io.ri import RIDecoder, RIScale
 from deepis_rt.runtime import preprocess
 from deepis_rt.runtime.backends import BackendChoice
 from deepis_rt.runtime.result import FrameResult, labels_from_distance
-from deepis_rt.backends import Runner
 from deepis_rt.runtime.tiling import choose_tile, make_output, plan_tiles, sliding_window_inference
 from deepis_rt.runtime.tta import FLIP_AXES, flip, mean_of_flips
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from deepis_rt.bench.variants import Variant, make_runner
 from deepis_rt.backends.trt import profile_from_batch
+from deepis_rt.bench.variants import Variant, make_runner
 
 
 def _model():

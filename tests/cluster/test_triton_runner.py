@@ -14,10 +14,10 @@ pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip i
 
 from fake_triton import FakeTritonServer  # noqa: E402
 
-from deepis_rt.cluster import write_triton_repository  # noqa: E402
-from deepis_rt.errors import BackendError, ConfigError  # noqa: E402
 from deepis_rt import load  # noqa: E402
 from deepis_rt.backends.triton.runner import TritonRunner, parse_triton_url  # noqa: E402
+from deepis_rt.cluster import write_triton_repository  # noqa: E402
+from deepis_rt.errors import BackendError, ConfigError  # noqa: E402
 
 
 @pytest.fixture

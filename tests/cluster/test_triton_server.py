@@ -18,10 +18,10 @@ from cluster_helpers import TILE
 
 pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (pip install 'deepis-rt[cluster]')")
 
-from deepis_rt.errors import BackendError  # noqa: E402
-from deepis_rt.backends.failures import is_transient  # noqa: E402
 from deepis_rt import load  # noqa: E402
+from deepis_rt.backends.failures import is_transient  # noqa: E402
 from deepis_rt.backends.triton.runner import TritonRunner, server_error  # noqa: E402
+from deepis_rt.errors import BackendError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

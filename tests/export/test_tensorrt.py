@@ -14,7 +14,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from deepis_rt.errors import EngineCacheError, ExportError, MissingDependencyError
 from deepis_rt.backends.trt import (
     ENGINE_FORMAT,
     EngineEnv,
@@ -24,6 +23,7 @@ from deepis_rt.backends.trt import (
     profile_from_batch,
     tensorrt_unavailable_reason,
 )
+from deepis_rt.errors import EngineCacheError, ExportError, MissingDependencyError
 
 PROFILE = profile_from_batch((1, 1, 4), (64, 128, 128))
 KEY_ARGS = dict(onnx_sha256="a" * 64, trt_version="10.13.0", gpu_name="NVIDIA H100 80GB HBM3",
@@ -217,9 +217,9 @@ def engines_dir(tmp_path_factory):
 def test_tensorrt_engine_builds_runs_and_caches(exports, engines_dir, precision):
     import torch
 
+    from deepis_rt.backends.trt import deserialize_engine, get_engine, run_engine
     from deepis_rt.checkpoint import load_checkpoint
     from deepis_rt.export.parity import FP16_TOLERANCE, compare_distance
-    from deepis_rt.backends.trt import deserialize_engine, get_engine, run_engine
 
     ckpt_path, result = exports.get("deepis-lite")
     tile = load_checkpoint(ckpt_path).tile_zyx
@@ -247,8 +247,8 @@ def test_tensorrt_engine_builds_runs_and_caches(exports, engines_dir, precision)
 def test_tensorrt_corrupt_engine_is_rebuilt(exports, engines_dir, tmp_path):
     import shutil
 
-    from deepis_rt.checkpoint import load_checkpoint
     from deepis_rt.backends.trt import get_engine
+    from deepis_rt.checkpoint import load_checkpoint
 
     ckpt_path, result = exports.get("deepis-lite")
     profile = profile_from_batch((1, 2, 3), load_checkpoint(ckpt_path).tile_zyx)

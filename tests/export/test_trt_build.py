@@ -10,9 +10,9 @@ import types
 
 import pytest
 
-from deepis_rt.errors import EngineCacheError
 from deepis_rt.backends.files import file_lock
 from deepis_rt.backends.trt.env import cuda_device_index, device_scope
+from deepis_rt.errors import EngineCacheError
 
 
 def test_cuda_device_index(monkeypatch):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import deepis_rt
-from deepis_rt.errors import BackendError, ConfigError
 from deepis_rt.backends import facts
 from deepis_rt.backends.openvino import runner as openvino_runner
+from deepis_rt.errors import BackendError, ConfigError
 from deepis_rt.runtime.source import resolve_source
 
 TILE = (16, 32, 32)

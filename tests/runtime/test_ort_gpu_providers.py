@@ -15,11 +15,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from deepis_rt.errors import BackendError
-from deepis_rt.backends import facts
-from deepis_rt.runtime import backends
-from deepis_rt.backends import OnnxRuntimeRunner
+from deepis_rt.backends import OnnxRuntimeRunner, facts
 from deepis_rt.backends.onnxrt.providers import NativeStderr, check_registered
+from deepis_rt.errors import BackendError
+from deepis_rt.runtime import backends
 
 GPU_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 #: what onnxruntime-gpu logs when cuDNN is missing (format of its default logger)

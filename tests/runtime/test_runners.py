@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepis_rt.errors import BackendError, ShapeError
 from deepis_rt.backends import FakeRunner, OnnxRuntimeRunner, Runner, TensorRTRunner, TorchRunner
+from deepis_rt.errors import BackendError, ShapeError
 
 
 def _tile():

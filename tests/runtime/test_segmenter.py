@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import deepis_rt
+from deepis_rt.backends import FakeRunner, facts, registry
 from deepis_rt.errors import BackendError, CheckpointError, ConfigError, InputError, NonFiniteInputError
 from deepis_rt.runtime import backends
 from deepis_rt.runtime.result import FrameResult, labels_from_distance
-from deepis_rt.backends import FakeRunner, facts, registry
 from deepis_rt.runtime.segmenter import Segmenter
 
 META = {"voxel_size_um": [0.5, 0.25, 0.25], "ri_normalization": {"offset": 1.337, "scale": 0.02},

@@ -259,8 +259,8 @@ def test_fp16_engine_by_tensorrt_version(trt, onnx_files, tmp_path, monkeypatch)
 
 
 def test_bad_profile_and_parse_errors_are_reported(trt, onnx_files, tmp_path):
-    from deepis_rt.errors import ExportError
     from deepis_rt.backends.trt import EngineProfile, build_engine
+    from deepis_rt.errors import ExportError
 
     fp32, _ = onnx_files
     bad = EngineProfile((4, 1, 32, 64, 64), (2, 1, 32, 64, 64), (1, 1, 32, 64, 64))
@@ -333,8 +333,8 @@ def _engine_bytes(tmp_path, onnx, dynamic):
 
 
 def test_runner_reads_profile_uses_one_context_and_its_own_stream(trt, onnx_files, tmp_path):
-    from deepis_rt.errors import ShapeError
     from deepis_rt.backends import TensorRTRunner
+    from deepis_rt.errors import ShapeError
 
     ops = HostOps()
     runner = TensorRTRunner(_engine_bytes(tmp_path, onnx_files[0], dynamic=True), device="cuda:1", ops=ops)
@@ -402,8 +402,8 @@ def test_backend_loader_builds_once_and_passes_verified_bytes(trt, onnx_files, t
 
 def test_segmenter_plans_tiles_inside_the_engine_profile(trt, onnx_files, tmp_path):
     """A volume smaller than the profile's minimum is padded to a tile the engine accepts."""
-    from deepis_rt.backends.trt import EngineProfile, get_engine
     from deepis_rt.backends import TensorRTRunner
+    from deepis_rt.backends.trt import EngineProfile, get_engine
     from deepis_rt.runtime.segmenter import Segmenter
 
     profile = EngineProfile((1, 1, 32, 32, 32), (1, 1, 32, 64, 64), (2, 1, 64, 128, 128))
@@ -423,8 +423,8 @@ def test_segmenter_plans_tiles_inside_the_engine_profile(trt, onnx_files, tmp_pa
 def test_run_engine_checks_shape_uses_own_stream_and_releases_its_context(trt, onnx_files, tmp_path):
     import torch
 
-    from deepis_rt.errors import BackendError
     from deepis_rt.backends.trt import deserialize_engine, run_engine
+    from deepis_rt.errors import BackendError
 
     data = _engine_bytes(tmp_path, onnx_files[0], dynamic=False)
     engine = deserialize_engine(data, device="cuda:1")

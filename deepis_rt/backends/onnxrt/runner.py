@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from deepis_rt._optional import import_optional
-from deepis_rt.errors import BackendError, ConfigError
 from deepis_rt.backends.base import Runner, as_numpy_batch
 from deepis_rt.backends.onnxrt.providers import (
     PROVIDER_NAMES,
@@ -29,6 +28,7 @@ from deepis_rt.backends.onnxrt.providers import (
     cuda_provider_options,
     tensorrt_provider_options,
 )
+from deepis_rt.errors import BackendError, ConfigError
 
 __all__ = ["OnnxRuntimeRunner", "physical_cores", "ort_providers"]
 

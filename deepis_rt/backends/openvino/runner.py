@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from deepis_rt._optional import import_optional, is_available
-from deepis_rt.errors import BackendError, ConfigError
 from deepis_rt.backends.base import Runner, as_numpy_batch
 from deepis_rt.backends.onnxrt.runner import physical_cores
+from deepis_rt.errors import BackendError, ConfigError
 
 __all__ = ["OpenVINORunner", "openvino_available", "cpu_capabilities", "bf16_unavailable_reason",
            "PRECISIONS", "HINTS"]

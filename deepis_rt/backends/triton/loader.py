@@ -9,9 +9,9 @@ normalisation, tile) comes from the server once the runner is active (``TritonRu
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from deepis_rt.backends.spec import BackendSpec, RunnerRequest
-from deepis_rt.backends.triton.runner import TritonRunner
 from deepis_rt.errors import ConfigError
 
 __all__ = ["SPEC"]
@@ -23,7 +23,10 @@ def probe(request: RunnerRequest) -> str | None:
     return None  # a missing client package or server is reported by activate(), with what to do
 
 
-def make_runner(request: RunnerRequest) -> TritonRunner:
+def make_runner(request: RunnerRequest) -> Any:
+    # the client's module pulls in http.client, email and ssl: imported only for a Triton run
+    from deepis_rt.backends.triton.runner import TritonRunner
+
     if request.device is not None and str(request.device).startswith("cuda"):
         raise ConfigError(
             f"triton | device={request.device!r}: the Triton server chooses its GPUs (instance_group in "

@@ -28,20 +28,16 @@ from typing import Any
 import numpy as np
 
 from deepis_rt._optional import import_optional
-from deepis_rt.errors import BackendError, BackendOutOfMemoryError, BackendUnavailableError, ConfigError
 from deepis_rt.backends.base import Runner, as_numpy_batch
+from deepis_rt.backends.triton.protocol import INPUT_NAME, META_PARAMETER, OUTPUT_NAME
+from deepis_rt.errors import BackendError, BackendOutOfMemoryError, BackendUnavailableError, ConfigError
 
-__all__ = ["TritonRunner", "TRITON_URL_ENV", "META_PARAMETER", "INPUT_NAME", "OUTPUT_NAME", "parse_triton_url",
-           "server_error"]
+__all__ = ["TritonRunner", "TRITON_URL_ENV", "parse_triton_url", "server_error"]
 
 log = logging.getLogger(__name__)
 
 #: Environment variable read when no ``url`` is given.
 TRITON_URL_ENV = "DEEPIS_TRITON_URL"
-#: the model-config parameter that carries the model's metadata (JSON), written by deepis_rt.cluster.triton_repo
-META_PARAMETER = "deepis_rt.meta"
-#: the tensors of a deepis-rt model on the server
-INPUT_NAME, OUTPUT_NAME = "tomogram", "distance"
 
 
 #: HTTP statuses (and gRPC codes) of a server that is there but cannot serve now

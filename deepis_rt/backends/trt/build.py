@@ -33,7 +33,13 @@ from deepis_rt.backends.trt.cache import (
     sha256_bytes,
     timing_cache_path,
 )
-from deepis_rt.backends.trt.env import EngineEnv, cuda_device_index, current_engine_env, device_scope, make_logger
+from deepis_rt.backends.trt.env import (
+    EngineEnv,
+    cuda_device_index,
+    current_engine_env,
+    device_scope,
+    make_logger,
+)
 from deepis_rt.backends.trt.profile import EngineProfile, build_mode, version_tuple
 from deepis_rt.errors import EngineCacheError, ExportError
 

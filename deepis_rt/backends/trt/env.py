@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from deepis_rt._optional import import_optional
+from deepis_rt import _optional
 from deepis_rt.errors import EngineCacheError, MissingDependencyError
 
 __all__ = ["TRT_INSTALL_HINT", "EngineEnv", "tensorrt_unavailable_reason", "current_engine_env",
@@ -38,7 +38,7 @@ def tensorrt_unavailable_reason() -> str | None:
     """None when TensorRT engines can be built here, else what exactly is missing and how to fix it."""
     missing: list[str] = []
     try:
-        import_optional("tensorrt")
+        _optional.import_optional("tensorrt")
     except MissingDependencyError:
         missing.append(f"the TensorRT Python package is not installed ({TRT_INSTALL_HINT} on a machine with an NVIDIA GPU)")
     except Exception as exc:  # installed but broken (missing libnvinfer, CUDA mismatch, ...)
@@ -68,7 +68,7 @@ def current_engine_env(device: Any = None) -> EngineEnv:
         ``"cuda:N"``, ``N`` or ``"cuda"``; default: the current CUDA device. The facts are those of
         the device the engine will be built or run on, never simply of GPU 0.
     """
-    trt = import_optional("tensorrt", "building and running TensorRT engines")
+    trt = _optional.import_optional("tensorrt", "building and running TensorRT engines")
     import torch
 
     if not torch.cuda.is_available():

@@ -23,9 +23,13 @@ from typing import Any
 from deepis_rt._optional import import_optional
 from deepis_rt.backends import facts
 from deepis_rt.backends.spec import BackendSpec, ModelFiles, RunnerRequest
-from deepis_rt.backends.trt.build import get_engine
-from deepis_rt.backends.trt.cache import load_engine_bytes
-from deepis_rt.backends.trt.env import TRT_INSTALL_HINT, cuda_device_index, current_engine_env, device_scope, make_logger
+from deepis_rt.backends.trt.env import (
+    TRT_INSTALL_HINT,
+    cuda_device_index,
+    current_engine_env,
+    device_scope,
+    make_logger,
+)
 from deepis_rt.backends.trt.profile import EngineProfile, build_mode, profile_from_batch
 from deepis_rt.backends.trt.runner import TensorRTRunner
 from deepis_rt.errors import BackendError, EngineCacheError
@@ -43,6 +47,8 @@ class EngineFromCache:
     device: Any = None
 
     def __call__(self) -> bytes:
+        from deepis_rt.backends.trt.cache import load_engine_bytes  # hashing and manifests: only when loading
+
         return load_engine_bytes(self.path, env=current_engine_env(self.device))
 
 
@@ -61,6 +67,10 @@ class EngineFromOnnx:
     device: Any = None
 
     def __call__(self) -> bytes:
+        from deepis_rt.backends.trt.build import (
+            get_engine,  # the build machinery: only when an engine is needed
+        )
+
         build = get_engine(self.onnx, self.engines_dir, self.precision, self.profile,
                            onnx_fp32_path=self.onnx_fp32, device=self.device)
         assert build.data is not None  # get_engine returns the verified bytes
@@ -98,7 +108,7 @@ def engine_for_model(model: ModelFiles, engines_dir: str | Path, batch: tuple[in
 
 
 def deserialize_engine(data: bytes, device: Any = None) -> Any:
-    """``trt.ICudaEngine`` from verified plan bytes (see :func:`load_engine_bytes`), on ``device``."""
+    """``trt.ICudaEngine`` from verified plan bytes (see :func:`~deepis_rt.backends.trt.cache.load_engine_bytes`), on ``device``."""
     trt = import_optional("tensorrt", "running TensorRT engines")
     with device_scope(cuda_device_index(device)):
         runtime = trt.Runtime(make_logger(trt))

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from deepis_rt._optional import import_optional
-from deepis_rt.errors import BackendError, BackendOutOfMemoryError
 from deepis_rt.backends.base import Runner
 from deepis_rt.backends.trt.env import make_logger
 from deepis_rt.backends.trt.profile import EngineProfile
+from deepis_rt.errors import BackendError, BackendOutOfMemoryError
 
 __all__ = ["TensorRTRunner", "torch_dtype", "run_engine"]
 
