@@ -127,3 +127,26 @@ def test_precision_rules_come_from_the_specs():
     assert "not 'fp16'" in registry.precision_refusal("openvino-cpu", "fp16")
     assert registry.precision_refusal("onnxruntime-cpu", "fp16") is None  # its CPU provider computes FP32
     assert registry.precision_refusal("tensorrt", None) is None
+
+
+def test_the_backend_layer_imports_nothing_above_it():
+    """Runners get what they need passed in: no import (top-level or inside a function) from the
+    backend layer into checkpoints, models, export, runtime, stream, cluster, bench or the CLI."""
+    import ast
+    from pathlib import Path
+
+    import deepis_rt.backends
+
+    above = ("deepis_rt.checkpoint", "deepis_rt.published", "deepis_rt.model", "deepis_rt.export",
+             "deepis_rt.runtime", "deepis_rt.stream", "deepis_rt.cluster", "deepis_rt.bench", "deepis_rt.cli",
+             "deepis_rt.train", "deepis_rt.napari")
+    root = Path(deepis_rt.backends.__file__).parent
+    upward = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom)
+                     else [])
+            upward += [f"{path.relative_to(root)}:{node.lineno} {n}" for n in names
+                       if any(n == a or n.startswith(a + ".") for a in above)]
+    assert len(list(root.rglob("*.py"))) > 20 and upward == []
