@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from deepis_rt.core.meta import ModelMeta
 from deepis_rt.errors import ConfigError
 
 __all__ = ["convert_checkpoint", "HEAD_KEYS"]
@@ -164,6 +165,8 @@ def convert_checkpoint(
     if description is not None:
         meta["description"] = description
     state_dict = {k: v.detach().to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()}
-    path = save_checkpoint(out, state_dict, config=ckpt.config, meta=meta, preset=ckpt.preset)
+    # fields of an earlier version's file that this one does not know are carried over as they were
+    new_meta = ModelMeta.from_dict(meta, f"convert | {source}: meta", unknown="keep")
+    path = save_checkpoint(out, state_dict, config=ckpt.config, meta=new_meta, preset=ckpt.preset)
     log.info("convert | wrote %s (%s)", path, "still assumed: " + ", ".join(assumed) if assumed else "nothing assumed")
     return path, assumed

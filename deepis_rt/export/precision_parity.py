@@ -4,7 +4,7 @@ The same checkpoint segments the same held-out synthetic frames twice, once in t
 precision and once in FP32 (both through :func:`deepis_rt.load`, so tiling, normalisation and
 labels are exactly what a user gets). Reported per frame and overall: max and 99th-percentile
 absolute error of the distance map (um), the fraction of voxels whose label (background, CAR-T,
-target, IS; :func:`~deepis_rt.runtime.result.labels_from_distance`) is the same, and the agreement
+target, IS; :func:`~deepis_rt.core.labels.labels_from_distance`) is the same, and the agreement
 of each class's mask (Dice).
 
 Rule for BF16: it must keep label agreement >= :data:`BF16_MIN_LABEL_AGREEMENT` on the bundled
@@ -36,6 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.core.labels import labels_from_distance
+from deepis_rt.core.machine import describe_machine
+from deepis_rt.core.metrics import dice, distance_errors
 from deepis_rt.errors import BackendError
 
 __all__ = ["BF16_MIN_LABEL_AGREEMENT", "CLASSES", "label_parity", "summarize_parity", "heldout_frames",
@@ -60,26 +63,23 @@ def label_parity(reference_um: np.ndarray, test_um: np.ndarray, voxel_size_um: S
         label), ``dice_<class>`` for each of :data:`CLASSES` (1.0 when both masks are empty) and
         ``reference_voxels_<class>``.
     """
-    from deepis_rt.runtime.result import labels_from_distance
-
     ref = np.asarray(reference_um, np.float32)
     test = np.asarray(test_um, np.float32)
     if ref.shape != test.shape:
         raise ValueError(f"parity | output shape {test.shape} differs from the reference {ref.shape}")
     if not np.isfinite(test).all():
         raise BackendError(f"parity | {int((~np.isfinite(test)).sum())} non-finite values in the reduced-precision output")
-    err = np.abs(test.astype(np.float64) - ref)
+    errors = distance_errors(ref, test)
     ref_labels = labels_from_distance(ref, voxel_size_um)
     test_labels = labels_from_distance(test, voxel_size_um)
     out: dict[str, Any] = {
-        "max_abs_um": float(err.max()),
-        "p99_abs_um": float(np.percentile(err, 99)),
+        "max_abs_um": errors.max_abs_um,
+        "p99_abs_um": errors.p99_abs_um,
         "label_agreement": float(np.mean(ref_labels == test_labels)),
     }
     for value, name in CLASSES.items():
         a, b = ref_labels == value, test_labels == value
-        total = int(a.sum()) + int(b.sum())
-        out[f"dice_{name}"] = 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+        out[f"dice_{name}"] = dice(a, b)
         out[f"reference_voxels_{name}"] = int(a.sum())
     return out
 
@@ -163,7 +163,6 @@ def bf16_parity_report(checkpoint: str | Path | None = None, videos: int = 2, fr
     summary = summarize_parity(rows)
     summary["rule"] = f"label_agreement >= {BF16_MIN_LABEL_AGREEMENT}"
     summary["rule_met"] = bool(summary["label_agreement_min"] >= BF16_MIN_LABEL_AGREEMENT)
-    from deepis_rt.bench.machine import describe_machine
 
     return {"report": "bf16 vs fp32 parity (OpenVINO CPU)", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "checkpoint": str(source.path), "checkpoint_sha256": source.sha256, "precision": "bf16",
@@ -239,7 +238,6 @@ def emulated_bf16_parity_report(checkpoint: str | Path | None = None, videos: in
     summary = summarize_parity(rows)
     summary["rule"] = f"label_agreement >= {BF16_MIN_LABEL_AGREEMENT}"
     summary["rule_met"] = bool(summary["label_agreement_min"] >= BF16_MIN_LABEL_AGREEMENT)
-    from deepis_rt.bench.machine import describe_machine
 
     return {"report": "bf16 vs fp32 parity, EMULATED (FP32 arithmetic with BF16 rounding, PyTorch CPU)",
             "emulated": True, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

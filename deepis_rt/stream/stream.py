@@ -528,7 +528,7 @@ class Stream:
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""
         from deepis_rt.analysis.quality import quality_summary
-        from deepis_rt.bench.stats import latency_stats
+        from deepis_rt.core.stats import latency_stats
         from deepis_rt.report.record import run_record
 
         elapsed = max(time.time() - self._run_started, 1e-9)

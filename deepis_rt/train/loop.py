@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.analysis.quality import describe_training_inputs
+from deepis_rt.core.jsonable import json_safe
 from deepis_rt.errors import CheckpointError, ConfigError
 from deepis_rt.train.data import (
     HELDOUT_SEED_BASE,
@@ -187,10 +188,6 @@ def _lr_halving_steps(halve_epochs: int, epoch_steps: int, steps: int) -> list[i
     return list(range(every, int(steps) + 1, every))
 
 
-def _clean(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-
-
 def _save_state(path: Path, model: Any, opt: Any, step: int, rng: np.random.Generator, history: list,
                 elapsed_s: float, cfg: TrainConfig, val_history: list | None = None,
                 epoch_steps: int | None = None) -> None:
@@ -320,7 +317,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     val_before: dict[str, float] = {}
     if init is not None and val_frames_list and step == 0:  # the starting point, to compare with the end
         val_before, _ = evaluate_frames(model, val_frames_list, ri_norm)
-        val_history.append({"step": 0, **_clean(val_before)})
+        val_history.append({"step": 0, **json_safe(val_before)})
         log.info("train: validation of %s before fine-tuning %s", cfg.init, _fmt(val_before))
     elif init is not None:  # resumed: the starting point's validation is in the saved history
         val_before = {k: v for k, v in next((v for v in val_history if v.get("step") == 0), {}).items() if k != "step"}
@@ -365,7 +362,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
                             val_history, epoch_steps)
             if cfg.val_every and step % cfg.val_every == 0 and val_frames_list and step < cfg.steps:
                 val_summary, _ = evaluate_frames(model, val_frames_list, ri_norm)
-                val_history.append({"step": step, **_clean(val_summary)})
+                val_history.append({"step": step, **json_safe(val_summary)})
                 log.info("train: step %d validation %s", step, _fmt(val_summary))
     except KeyboardInterrupt:
         _save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
@@ -381,7 +378,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     if val_frames_list:
         val_summary, rows = evaluate_frames(model, val_frames_list, ri_norm)
         if not val_history or val_history[-1].get("step") != step:
-            val_history.append({"step": step, **_clean(val_summary)})
+            val_history.append({"step": step, **json_safe(val_summary)})
             _save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
         log.info("train: validation %s", _fmt(val_summary))
     tail = history[-50:]
@@ -417,9 +414,9 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             "synthetic_frames_generated": getattr(source, "generated", None),
             "torch": str(torch.__version__),
             "threads": torch.get_num_threads(),
-            "init": None if init is None else {**init.record, "validation_before": _clean(val_before)},
+            "init": None if init is None else {**init.record, "validation_before": json_safe(val_before)},
         },
-        "metrics": {"validation": _clean(val_summary), "validation_history": val_history},
+        "metrics": {"validation": json_safe(val_summary), "validation_history": val_history},
     }
     preset = (None if cfg.model_overrides else cfg.preset) if init is None else init.preset
     save_checkpoint(out, model, meta=meta, preset=preset)
