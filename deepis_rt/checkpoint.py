@@ -40,10 +40,11 @@ from typing import Any
 import torch
 
 from deepis_rt import published
+from deepis_rt.core.files import file_sha256
 from deepis_rt.core.jsonable import json_safe
 from deepis_rt.core.meta import ModelMeta
 from deepis_rt.errors import CheckpointError, ConfigError, UnsafeCheckpointError
-from deepis_rt.model import PRESETS, DeepIS, ModelConfig
+from deepis_rt.model import PRESETS, DeepISNetwork, ModelConfig, build_model
 from deepis_rt.model.state_dict import strip_wrapper_prefixes
 
 __all__ = [
@@ -108,9 +109,9 @@ class Checkpoint:
         if not isinstance(self.meta, ModelMeta):
             self.meta = ModelMeta.from_dict(self.meta, "Checkpoint meta")
 
-    def build(self) -> DeepIS:
+    def build(self) -> DeepISNetwork:
         """The network with these weights, in eval mode on the CPU."""
-        model = DeepIS(self.config)
+        model = build_model(self.config)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
 
@@ -162,7 +163,7 @@ def _checksum(config: dict, preset: str | None, meta: dict, state_dict: Mapping[
 
 def save_checkpoint(
     path: str | os.PathLike,
-    model: DeepIS | Mapping[str, torch.Tensor],
+    model: DeepISNetwork | Mapping[str, torch.Tensor],
     config: ModelConfig | None = None,
     meta: Mapping[str, Any] | None = None,
     preset: str | None = None,
@@ -173,7 +174,7 @@ def save_checkpoint(
     ----------
     path : path-like
         Destination (``.pt``); parent folders are created.
-    model : DeepIS or state dict
+    model : DeepISNetwork or state dict
         The network (its config is used) or a bare state dict (then give ``config``).
         ``nn.DataParallel``-wrapped and ``torch.compile``-d models are unwrapped.
     config : ModelConfig, optional
@@ -190,14 +191,14 @@ def save_checkpoint(
     Path
         The written file.
     """
-    while not isinstance(model, DeepIS):  # DataParallel / DDP (.module), torch.compile (._orig_mod)
+    while not isinstance(model, DeepISNetwork):  # DataParallel / DDP (.module), torch.compile (._orig_mod)
         if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
             model = model._orig_mod
         else:
             break
-    if isinstance(model, DeepIS):
+    if isinstance(model, DeepISNetwork):
         config = model.config if config is None else config
         state_dict = model.state_dict()
     else:
@@ -233,15 +234,6 @@ def save_checkpoint(
     os.replace(tmp, path)
     log.info("checkpoint: wrote %s", path)
     return path
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _migrate(payload: dict, where: str) -> dict:
@@ -376,7 +368,7 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
                       sha256=file_sha256(path))
     # Fail now, with a clear message, if weights and architecture disagree.
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in DeepIS(config).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = sorted(k for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k])

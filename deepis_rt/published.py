@@ -32,7 +32,7 @@ import torch
 
 from deepis_rt.core.meta import TILE_ZYX, ModelMeta
 from deepis_rt.errors import CheckpointError
-from deepis_rt.model import PRESETS, DeepIS, ModelConfig
+from deepis_rt.model import PRESETS, ModelConfig, build_model
 from deepis_rt.model.config import DEEPIS_2020_BASE_WIDTHS
 from deepis_rt.model.state_dict import strip_wrapper_prefixes
 
@@ -109,7 +109,7 @@ def to_zyx(tensor: torch.Tensor) -> torch.Tensor:
 def published_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every kept key of a published state dict (no ``module.``) and its shape in the original layout."""
     with torch.device("meta"):
-        sd = DeepIS(config).state_dict()
+        sd = build_model(config).state_dict()
     return {k: _yxz_shape(tuple(v.shape)) for k, v in sd.items()}
 
 
