@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ import numpy as np
 
 from deepis_rt.analysis.quality import describe_training_inputs
 from deepis_rt.core.jsonable import json_safe
-from deepis_rt.errors import CheckpointError, ConfigError
+from deepis_rt.errors import ConfigError
 from deepis_rt.train.data import (
     HELDOUT_SEED_BASE,
     TRAIN_SEED_LIMIT,
@@ -44,6 +43,8 @@ from deepis_rt.train.data import (
     random_crop_batch,
 )
 from deepis_rt.train.metrics import frame_metrics, summarize
+from deepis_rt.train.plots import plot_training
+from deepis_rt.train.state import load_state, lr_halving_steps, save_state
 
 __all__ = ["TrainConfig", "train", "state_path", "predict_distance", "evaluate_frames", "validation_frames"]
 
@@ -182,49 +183,6 @@ def _lr_at(cfg: TrainConfig, step: int, epoch_steps: int) -> float:
     return cfg.lr * 0.5 ** (epoch // max(1, cfg.lr_halve_epochs))
 
 
-def _lr_halving_steps(halve_epochs: int, epoch_steps: int, steps: int) -> list[int]:
-    """Steps at which the learning rate halves (for the training-curve figure)."""
-    every = max(1, int(halve_epochs)) * max(1, int(epoch_steps))
-    return list(range(every, int(steps) + 1, every))
-
-
-def _save_state(path: Path, model: Any, opt: Any, step: int, rng: np.random.Generator, history: list,
-                elapsed_s: float, cfg: TrainConfig, val_history: list | None = None,
-                epoch_steps: int | None = None) -> None:
-    import torch
-
-    payload = {
-        "format": "deepis-rt-train-state",
-        "step": int(step),
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "numpy_rng": json.dumps(rng.bit_generator.state),
-        "history": [float(v) for v in history],
-        "elapsed_s": float(elapsed_s),
-        "config": json.dumps(asdict(cfg)),
-        "val_history": json.dumps(val_history or []),
-        "epoch_steps": int(epoch_steps or 0),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    log.debug("train: saved state at step %d to %s", step, path)
-
-
-def _load_state(path: Path) -> dict:
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"train | {path}: cannot load the training state ({type(exc).__name__}: {exc}); "
-                              "delete it to start afresh") from None
-    if not isinstance(state, dict) or state.get("format") != "deepis-rt-train-state":
-        raise CheckpointError(f"train | {path}: not a deepis-rt training state")
-    return state
-
-
 def _isatty() -> bool:
     return sys.stderr.isatty()
 
@@ -283,7 +241,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     step, history, elapsed_prev = 0, [], 0.0
     val_history: list[dict[str, Any]] = []
     if resume and spath.is_file():
-        state = _load_state(spath)
+        state = load_state(spath)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -358,28 +316,28 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             if step % 10 == 0:
                 log.debug("step %d loss %.4f (ema %.4f) lr %.1e", step, value, ema, lr)
             if cfg.save_every and step % cfg.save_every == 0:
-                _save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
+                save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
                             val_history, epoch_steps)
             if cfg.val_every and step % cfg.val_every == 0 and val_frames_list and step < cfg.steps:
                 val_summary, _ = evaluate_frames(model, val_frames_list, ri_norm)
                 val_history.append({"step": step, **json_safe(val_summary)})
                 log.info("train: step %d validation %s", step, _fmt(val_summary))
     except KeyboardInterrupt:
-        _save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
+        save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
                     val_history, epoch_steps)
         pbar.close()
         log.warning("train: interrupted at step %d; state saved to %s (continue with --resume)", step, spath)
         raise
     pbar.close()
     wall = elapsed_prev + time.perf_counter() - t0
-    _save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
+    save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
 
     rows: list[dict] = []
     if val_frames_list:
         val_summary, rows = evaluate_frames(model, val_frames_list, ri_norm)
         if not val_history or val_history[-1].get("step") != step:
             val_history.append({"step": step, **json_safe(val_summary)})
-            _save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
+            save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
         log.info("train: validation %s", _fmt(val_summary))
     tail = history[-50:]
     meta = {
@@ -421,10 +379,8 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     preset = (None if cfg.model_overrides else cfg.preset) if init is None else init.preset
     save_checkpoint(out, model, meta=meta, preset=preset)
     log.info("train: wrote %s (%d steps, %.0f s)", out, step, wall)
-    from deepis_rt.train.plots import plot_training
-
     figure = plot_training(history, val_history, out.with_name(out.name + ".loss.png"),
-                           _lr_halving_steps(cfg.lr_halve_epochs, epoch_steps, step),
+                           lr_halving_steps(cfg.lr_halve_epochs, epoch_steps, step),
                            title=f"{out.name}: {cfg.preset}, seed {cfg.seed}, {step} steps")
     log.info("train: training curves in %s", figure)
     return {"checkpoint": out, "steps": step, "wall_time_s": wall, "final_loss": meta["training"]["final_loss_mean_last_50"],
