@@ -19,6 +19,7 @@ import numpy as np
 from deepis_rt.core.labels import cell_masks, default_threshold_um
 from deepis_rt.core.metrics import dice, distance_errors
 from deepis_rt.core.stats import latency_stats
+from deepis_rt.synth import iter_timelapse
 
 __all__ = ["HostPeakRSS", "time_runner", "gpu_breakdown", "accuracy", "dice", "synthetic_tiles"]
 
@@ -176,8 +177,6 @@ def synthetic_tiles(model: Any, n: int = 1, seed: int = 0) -> tuple[np.ndarray, 
 
     Returns the normalised batch ``(n, 1, Z, Y, X)`` (the runners' input) and the raw RI volumes.
     """
-    from deepis_rt.synth import iter_timelapse
-
     norm = model.checkpoint.meta.ri_normalization
     n_video = max(8, 2 * n)
     # late frames of the video: the cells are in contact, so both masks and an IS exist

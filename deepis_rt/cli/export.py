@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from deepis_rt.errors import MissingDependencyError
+
 
 def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
     try:
@@ -50,7 +52,6 @@ def export(checkpoint: Path, out_dir: Path, name: str | None, opset: int, batch:
     A TensorRT FP16 engine is built too where TensorRT and an NVIDIA GPU exist. Without them the ONNX
     files are still written; the command fails only when --trt was given explicitly.
     """
-    from deepis_rt.errors import MissingDependencyError
     from deepis_rt.export.parity import format_parity_table
     from deepis_rt.export.pipeline import default_export_name, export_model, load_manifest
 

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from deepis_rt.backends.trt.engine import load_engine_bytes, read_engine_manifest
 from deepis_rt.core.files import file_sha256
 from deepis_rt.core.meta import EXPORT_FORMAT
 from deepis_rt.errors import EngineCacheError, ExportError, FileFormatError
@@ -116,8 +117,6 @@ def describe_export(path: Path) -> dict[str, Any]:
 
 def describe_engine(path: Path) -> dict[str, Any]:
     """A TensorRT engine (``.plan`` or its ``.json`` manifest), with key and checksum verified."""
-    from deepis_rt.backends.trt.engine import load_engine_bytes, read_engine_manifest
-
     plan = path.with_suffix(".plan")
     manifest = read_engine_manifest(plan)
     try:

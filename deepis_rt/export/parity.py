@@ -19,6 +19,7 @@ import numpy as np
 from deepis_rt.core.meta import MEDIUM_RI, ModelMeta
 from deepis_rt.core.metrics import distance_errors
 from deepis_rt.errors import ParityError
+from deepis_rt.export.onnx_export import INPUT_NAME
 
 __all__ = [
     "ParityTolerance",
@@ -212,7 +213,6 @@ def run_onnxruntime(path_or_bytes: Any, x: np.ndarray, basic_optimizations: bool
     """
     import onnxruntime as ort
 
-    from deepis_rt.export.onnx_export import INPUT_NAME
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

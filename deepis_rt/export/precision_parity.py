@@ -36,10 +36,16 @@ from typing import Any
 
 import numpy as np
 
+import deepis_rt
+from deepis_rt.backends.openvino.runner import bf16_unavailable_reason, cpu_capabilities
 from deepis_rt.core.labels import labels_from_distance
 from deepis_rt.core.machine import describe_machine
 from deepis_rt.core.metrics import dice, distance_errors
 from deepis_rt.errors import BackendError
+from deepis_rt.runtime.source import default_cache_dir, resolve_source
+from deepis_rt.synth import generate_timelapse
+from deepis_rt.train.data import HELDOUT_SEED_BASE
+from deepis_rt.train.evaluate import HELDOUT_FRAMES
 
 __all__ = ["BF16_MIN_LABEL_AGREEMENT", "CLASSES", "label_parity", "summarize_parity", "heldout_frames",
            "bf16_parity_report", "emulate_bf16", "emulated_bf16_parity_report", "find_parity_report",
@@ -104,10 +110,6 @@ def summarize_parity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def heldout_frames(voxel_size_um: Sequence[float], tile_zyx: Sequence[int], videos: int = 2,
                    frames: Sequence[int] | None = None) -> list[tuple[str, np.ndarray]]:
     """Held-out synthetic conjugate frames (seeds never used in training), as ``(name, RI volume)``."""
-    from deepis_rt.synth import generate_timelapse
-    from deepis_rt.train.data import HELDOUT_SEED_BASE
-    from deepis_rt.train.evaluate import HELDOUT_FRAMES
-
     frames = list(frames or HELDOUT_FRAMES)
     out = []
     for i in range(videos):
@@ -144,10 +146,6 @@ def bf16_parity_report(checkpoint: str | Path | None = None, videos: int = 2, fr
     BackendError
         OpenVINO is missing or this CPU has no BF16 (checked before any frame is made).
     """
-    import deepis_rt
-    from deepis_rt.backends.openvino.runner import bf16_unavailable_reason, cpu_capabilities
-    from deepis_rt.runtime.source import resolve_source
-
     why = bf16_unavailable_reason()
     if why is not None:
         raise BackendError(f"bf16 parity | cannot measure BF16 here: {why}; run this on a CPU with "
@@ -217,9 +215,6 @@ def emulated_bf16_parity_report(checkpoint: str | Path | None = None, videos: in
     (:func:`bf16_parity_report`) will say. The report has ``"emulated": true`` and is never used as
     the gate of ``precision="bf16"``.
     """
-    import deepis_rt
-    from deepis_rt.runtime.source import resolve_source
-
     source = resolve_source(checkpoint)
     opts = {"analyze": False, "cache_dir": cache_dir, "num_threads": num_threads}
     with deepis_rt.load(checkpoint, backend="torch", device="cpu", **opts) as fp32, \
@@ -246,8 +241,6 @@ def emulated_bf16_parity_report(checkpoint: str | Path | None = None, videos: in
 
 
 def _report_paths(source: Any, cache_dir: str | Path | None) -> list[Path]:
-    from deepis_rt.runtime.source import default_cache_dir
-
     paths = []
     if getattr(source, "path", None) is not None:
         p = Path(source.path)
@@ -343,7 +336,6 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     except BackendError as exc:
         out(f"error: {exc}" + ("" if args.emulate else "\n(an estimate on this CPU: add --emulate)"))
         return 2
-    from deepis_rt.runtime.source import resolve_source
 
     text = json.dumps(report, indent=2)
     cached = None

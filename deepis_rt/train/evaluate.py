@@ -28,6 +28,8 @@ import numpy as np
 
 from deepis_rt.core.jsonable import json_safe
 from deepis_rt.core.labels import labels_from_distance
+from deepis_rt.synth import generate_timelapse
+from deepis_rt.synth.randomize import randomized_frame
 from deepis_rt.train.data import HELDOUT_SEED_BASE
 from deepis_rt.train.loop import predict_distance
 from deepis_rt.train.metrics import frame_metrics, summarize
@@ -42,9 +44,6 @@ _VIDEO_FRAMES = 60
 
 
 def _frames(seed: int, tile: Sequence[int], vs: Sequence[float], frames: Sequence[int], imaging: str) -> list:
-    from deepis_rt.synth import generate_timelapse
-    from deepis_rt.synth.randomize import randomized_frame
-
     if imaging == "random":
         return [randomized_frame(seed, k, _VIDEO_FRAMES, tile, vs, with_truth_area=True) for k in frames]
     return generate_timelapse(_VIDEO_FRAMES, seed, tile, vs, frames=list(frames), imaging=imaging)
@@ -95,7 +94,6 @@ def draw_figure(path: str | Path, out_png: str | Path, seed: int = HELDOUT_SEED_
     from matplotlib.colors import ListedColormap
 
     from deepis_rt.checkpoint import load_checkpoint
-    from deepis_rt.synth import generate_timelapse
 
     ck = load_checkpoint(path)
     model = ck.build()

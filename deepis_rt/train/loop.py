@@ -33,6 +33,8 @@ import numpy as np
 from deepis_rt.analysis.quality import describe_training_inputs
 from deepis_rt.core.jsonable import json_safe
 from deepis_rt.errors import ConfigError
+from deepis_rt.synth import generate_timelapse
+from deepis_rt.synth.randomize import randomized_frame
 from deepis_rt.train.data import (
     HELDOUT_SEED_BASE,
     TRAIN_SEED_LIMIT,
@@ -42,6 +44,7 @@ from deepis_rt.train.data import (
     SyntheticSource,
     random_crop_batch,
 )
+from deepis_rt.train.init import load_init
 from deepis_rt.train.metrics import frame_metrics, summarize
 from deepis_rt.train.plots import plot_training
 from deepis_rt.train.state import load_state, lr_halving_steps, save_state
@@ -154,9 +157,6 @@ def validation_frames(n: int, shape: Sequence[int], voxel_size_um: Sequence[floa
     ``randomize``: domain-randomised frames (:func:`deepis_rt.synth.randomize.randomized_frame`,
     with the geometric IS area measured), else the default videos (legacy imaging).
     """
-    from deepis_rt.synth import generate_timelapse
-    from deepis_rt.synth.randomize import randomized_frame
-
     picks = (40, 12, 55, 25, 5, 33)
     if randomize:
         return [randomized_frame(seed_base + i, picks[i % len(picks)], 60, shape, voxel_size_um, with_truth_area=True)
@@ -231,8 +231,6 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     rng = np.random.default_rng([cfg.seed, 2020])
     init = None
     if cfg.init:
-        from deepis_rt.train.init import load_init
-
         init = load_init(cfg.init, cfg.voxel_size_um)
         cfg.voxel_size_um, cfg.tile_zyx = init.voxel_size_um, init.tile_zyx
     model = build_model(cfg.preset, **cfg.model_overrides) if init is None else init.model

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from deepis_rt.analysis import analyze
 from deepis_rt.core.labels import cell_masks, default_threshold_um
 from deepis_rt.core.metrics import dice
 
@@ -37,8 +38,6 @@ def is_area_um2(distance_um: np.ndarray, voxel_size_um: Sequence[float]) -> floa
     The sum of ``is_area_um2`` over the synapses found by :func:`deepis_rt.analysis.analyze`
     (one estimator for training, evaluation and the product); 0 when the cells do not touch.
     """
-    from deepis_rt.analysis import analyze
-
     return float(sum(s.is_area_um2 for s in analyze(distance_um, None, voxel_size_um).synapses))
 
 
