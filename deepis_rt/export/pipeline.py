@@ -25,13 +25,17 @@ import torch
 
 from deepis_rt._optional import import_optional
 from deepis_rt._version import __version__
-from deepis_rt.backends.trt.engine import get_engine, profile_from_batch, tensorrt_unavailable_reason
+
+# the engine code and the ONNX exporter are called through their modules, so that a replaced builder
+# (a test's failing build, a fake export) is the one used
+from deepis_rt.backends.trt import engine as trt_engine
 from deepis_rt.checkpoint import Checkpoint, load_checkpoint
 from deepis_rt.core.files import file_sha256
 from deepis_rt.core.meta import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, ExportFile, ExportManifest
 from deepis_rt.errors import ConfigError, EngineCacheError, ExportError, MissingDependencyError
+from deepis_rt.export import onnx_export
 from deepis_rt.export.fp16 import convert_to_fp16, float16_summary
-from deepis_rt.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, set_onnx_meta
+from deepis_rt.export.onnx_export import INPUT_NAME, OUTPUT_NAME, set_onnx_meta
 from deepis_rt.export.parity import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
@@ -211,7 +215,7 @@ def export_model(
     with tempfile.TemporaryDirectory(prefix=".export-", dir=folder) as tmpdir:
         raw_path = Path(tmpdir) / "raw.onnx"
         log.info("export | %s: exporting the FP32 graph (opset %d, tile %s)", name, opset, tile)
-        export_onnx(model, raw_path, tile, opset=opset, dynamic_shape=dynamic_shape,
+        onnx_export.export_onnx(model, raw_path, tile, opset=opset, dynamic_shape=dynamic_shape,
                     meta={**meta, "precision": "fp32"})
         proto = onnx.load(str(raw_path))
         # Try the simplified graph first; the unsimplified one is the fallback when it loses parity.
@@ -257,7 +261,7 @@ def export_model(
         files.append(ExportFile(path=fp16_path.name, precision="fp16", sha256=file_sha256(fp16_path),
                                 bytes=fp16_path.stat().st_size, simplified=simplified, **fp32_parts,
                                 float16_summary=fp16_summary))
-    profile = profile_from_batch((bmin, bopt, bmax), tile, dynamic_shape, ckpt.config.size_multiple)
+    profile = trt_engine.profile_from_batch((bmin, bopt, bmax), tile, dynamic_shape, ckpt.config.size_multiple)
     stored_meta = ckpt.meta.to_dict()
     shape = ["N", 1, *(["Z", "Y", "X"] if dynamic_shape else tile)]
     manifest = ExportManifest(
@@ -292,7 +296,7 @@ def export_model(
 
     if trt is False:
         return result
-    reason = tensorrt_unavailable_reason()
+    reason = trt_engine.tensorrt_unavailable_reason()
     if reason is not None:
         result.trt_status = f"skipped: {reason}"
         _write_manifest(result, tensorrt=result.trt_status)
@@ -304,7 +308,7 @@ def export_model(
         log.info("export | %s (ONNX files written; pass --trt to require an engine)", reason)
         return result
     try:
-        engine = get_engine(fp16_path if fp16 else fp32_path, engines_dir, "fp16" if fp16 else "fp32",
+        engine = trt_engine.get_engine(fp16_path if fp16 else fp32_path, engines_dir, "fp16" if fp16 else "fp32",
                             profile, onnx_fp32_path=fp32_path)
     except (ExportError, EngineCacheError) as exc:
         result.trt_status = f"failed: {exc}"

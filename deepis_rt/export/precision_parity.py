@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 
 import deepis_rt
-from deepis_rt.backends.openvino.runner import bf16_unavailable_reason, cpu_capabilities
+
+# the capability query is looked up when called (a CPU without BF16 is simulated by replacing it)
+from deepis_rt.backends.openvino import runner as openvino_runner
 from deepis_rt.core.labels import labels_from_distance
 from deepis_rt.core.machine import describe_machine
 from deepis_rt.core.metrics import dice, distance_errors
@@ -146,7 +148,7 @@ def bf16_parity_report(checkpoint: str | Path | None = None, videos: int = 2, fr
     BackendError
         OpenVINO is missing or this CPU has no BF16 (checked before any frame is made).
     """
-    why = bf16_unavailable_reason()
+    why = openvino_runner.bf16_unavailable_reason()
     if why is not None:
         raise BackendError(f"bf16 parity | cannot measure BF16 here: {why}; run this on a CPU with "
                            "AVX512_BF16 or AMX")
@@ -164,7 +166,7 @@ def bf16_parity_report(checkpoint: str | Path | None = None, videos: int = 2, fr
 
     return {"report": "bf16 vs fp32 parity (OpenVINO CPU)", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "checkpoint": str(source.path), "checkpoint_sha256": source.sha256, "precision": "bf16",
-            "reference": "fp32", "runner": describe, "cpu_capabilities": list(cpu_capabilities()),
+            "reference": "fp32", "runner": describe, "cpu_capabilities": list(openvino_runner.cpu_capabilities()),
             "machine": describe_machine(), "summary": summary, "rows": rows}
 
 
