@@ -16,17 +16,22 @@ from deepis_rt.errors import MissingDependencyError
 
 log = logging.getLogger(__name__)
 
-#: module name -> (pip extra, what it is for)
+#: ``_EXTRAS`` value of a core dependency: installed with deepis-rt itself, so no extra names it; when it
+#: is missing the installation is broken, and installing the package alone mends it.
+CORE = "core"
+
+#: module name -> (pip extra, :data:`CORE`, or None for a package no extra brings; what it is for)
 _EXTRAS: dict[str, tuple[str | None, str]] = {
     "tensorrt": ("tensorrt", "building and running TensorRT engines"),
-    "onnx": ("dev", "exporting ONNX models"),
-    "onnxruntime": ("dev", "the ONNX Runtime backend"),
+    "onnx": (CORE, "exporting ONNX models"),
+    "onnxruntime": (CORE, "the ONNX Runtime backend"),
+    # a core dependency only where OpenVINO publishes wheels (pyproject.toml)
     "openvino": (None, "the OpenVINO backend"),
-    "onnxslim": ("dev", "simplifying exported ONNX graphs"),
+    "onnxslim": ("simplify", "simplifying exported ONNX graphs"),
     "ray": ("cluster", "running archives on a Ray cluster"),
     "tritonclient": ("cluster", "serving from Triton Inference Server"),
     "hdf5plugin": ("formats", "reading compressed Tomocube TCF files"),
-    "matplotlib": ("dev", "plots"),
+    "matplotlib": (CORE, "plots"),
     "napari": ("napari", "the napari plugin"),
     "magicgui": ("napari", "the napari plugin's widgets"),
     "dask": ("napari", "reading volumes lazily in the napari plugin"),
@@ -54,9 +59,12 @@ def import_optional(name: str, purpose: str | None = None) -> ModuleType:
         top = name.split(".")[0]
         extra, default_purpose = _EXTRAS.get(top, (None, None))
         what = purpose or default_purpose or "this feature"
-        hint = (
-            f"pip install 'deepis-rt[{extra}]'" if extra else f"pip install {top}"
-        )
+        if extra == CORE:
+            hint = f"pip install {top} (a dependency of deepis-rt itself: the installation is incomplete)"
+        elif extra:
+            hint = f"pip install 'deepis-rt[{extra}]'"
+        else:
+            hint = f"pip install {top}"
         raise MissingDependencyError(
             f"{top} is not installed (needed for {what}); install it with: {hint}"
             f" [{type(exc).__name__}: {exc}]"

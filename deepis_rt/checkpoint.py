@@ -12,11 +12,14 @@ Layout (format version 1)::
       "config": {...},            # ModelConfig.to_dict()
       "preset": "deepis-lite",    # or None for a custom architecture
       "state_dict": {...},        # tensors only
-      "meta": {...},              # voxel_size_um, ri_normalization, tile_zyx, training, metrics
+      "meta": {...},              # ModelMeta.to_dict(): voxel_size_um, ri_normalization, tile_zyx, ...
       "checksum": "sha256:...",   # over config, preset, meta and every tensor's bytes
     }
 
-``meta`` holds only JSON-like values (str, int, float, bool, None, lists, dicts).
+``meta`` holds only JSON-like values (str, int, float, bool, None, lists, dicts); in memory it is a
+:class:`~deepis_rt.core.meta.ModelMeta`. Fields that this version does not know (files of earlier
+versions) are kept and written back unchanged, with a warning; a caller's ``meta`` must name known
+fields only.
 """
 
 from __future__ import annotations
@@ -34,11 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from deepis_rt import published
+from deepis_rt.core.files import file_sha256
+from deepis_rt.core.jsonable import json_safe
+from deepis_rt.core.meta import ModelMeta
 from deepis_rt.errors import CheckpointError, ConfigError, UnsafeCheckpointError
-from deepis_rt.model import PRESETS, TILE_ZYX, DeepIS, ModelConfig
+from deepis_rt.model import PRESETS, DeepISNetwork, ModelConfig, build_model
+from deepis_rt.model.state_dict import strip_wrapper_prefixes
 
 __all__ = [
     "Checkpoint",
@@ -57,20 +64,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "deepis-rt-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
-#: Metadata every checkpoint carries; values a caller does not give come from here.
-DEFAULT_META: dict[str, Any] = {
-    # Voxel size (Z, Y, X) in um the model was trained at; inputs are resampled to it.
-    "voxel_size_um": [0.5, 0.25, 0.25],
-    # Input normalisation: x = (ri - offset) / scale.
-    "ri_normalization": {"offset": 1.337, "scale": 0.02},
-    # Medium refractive index assumed when an input carries none.
-    "medium_ri": 1.337,
-    # Tile (Z, Y, X) the model is run on.
-    "tile_zyx": list(TILE_ZYX),
-    "training": {},
-    "metrics": {},
-    "description": "",
-}
+#: Metadata every checkpoint carries, as stored (the defaults of :class:`~deepis_rt.core.meta.ModelMeta`).
+DEFAULT_META: dict[str, Any] = ModelMeta().to_dict()
 
 _MAX_CHECKPOINT_BYTES = 4 * 1024**3  # absurdly large files are refused before reading
 
@@ -104,24 +99,29 @@ class Checkpoint:
 
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
+    #: Voxel size, input normalisation, tile, training record, ... (a dict is validated into one).
+    meta: ModelMeta = field(default_factory=ModelMeta)
     preset: str | None = None
     path: Path | None = None
     sha256: str | None = None
 
-    def build(self) -> DeepIS:
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, ModelMeta):
+            self.meta = ModelMeta.from_dict(self.meta, "Checkpoint meta")
+
+    def build(self) -> DeepISNetwork:
         """The network with these weights, in eval mode on the CPU."""
-        model = DeepIS(self.config)
+        model = build_model(self.config)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
 
     @property
     def voxel_size_um(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in self.meta["voxel_size_um"])  # type: ignore[return-value]
+        return self.meta.voxel_size_um
 
     @property
     def tile_zyx(self) -> tuple[int, int, int]:
-        return tuple(int(v) for v in self.meta["tile_zyx"])  # type: ignore[return-value]
+        return self.meta.tile_zyx
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -148,22 +148,6 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    # subclasses (e.g. torch.__version__, enum members) would not survive weights_only loading
-    for plain in (bool, int, float, str):
-        if isinstance(value, plain) and type(value) is not plain:
-            return plain(value)
-    return value
-
-
 def _checksum(config: dict, preset: str | None, meta: dict, state_dict: Mapping[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"config": config, "preset": preset, "meta": meta}, sort_keys=True).encode())
@@ -177,22 +161,9 @@ def _checksum(config: dict, preset: str | None, meta: dict, state_dict: Mapping[
     return "sha256:" + h.hexdigest()
 
 
-def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Accept state dicts saved from ``nn.DataParallel`` / DDP (``module.`` prefix) and ``torch.compile``
-    (``_orig_mod.``), nested in either order."""
-    state_dict = dict(state_dict)
-    while state_dict:
-        prefix = next((p for p in ("module.", "_orig_mod.") if all(k.startswith(p) for k in state_dict)), None)
-        if prefix is None:
-            break
-        log.info("checkpoint: stripping the %r prefix of a DataParallel / torch.compile state dict", prefix)
-        state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
-    return state_dict
-
-
 def save_checkpoint(
     path: str | os.PathLike,
-    model: DeepIS | Mapping[str, torch.Tensor],
+    model: DeepISNetwork | Mapping[str, torch.Tensor],
     config: ModelConfig | None = None,
     meta: Mapping[str, Any] | None = None,
     preset: str | None = None,
@@ -203,13 +174,15 @@ def save_checkpoint(
     ----------
     path : path-like
         Destination (``.pt``); parent folders are created.
-    model : DeepIS or state dict
+    model : DeepISNetwork or state dict
         The network (its config is used) or a bare state dict (then give ``config``).
         ``nn.DataParallel``-wrapped and ``torch.compile``-d models are unwrapped.
     config : ModelConfig, optional
         Required when ``model`` is a state dict.
-    meta : mapping, optional
-        Metadata; missing keys are filled from :data:`DEFAULT_META`.
+    meta : ModelMeta or mapping, optional
+        Metadata; missing fields take the defaults of :class:`~deepis_rt.core.meta.ModelMeta`. A
+        mapping may hold only the fields ModelMeta declares (free-form records go under
+        ``training`` or ``metrics``).
     preset : str, optional
         Preset name; inferred when the config equals a preset.
 
@@ -218,26 +191,31 @@ def save_checkpoint(
     Path
         The written file.
     """
-    while not isinstance(model, DeepIS):  # DataParallel / DDP (.module), torch.compile (._orig_mod)
+    while not isinstance(model, DeepISNetwork):  # DataParallel / DDP (.module), torch.compile (._orig_mod)
         if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
             model = model._orig_mod
         else:
             break
-    if isinstance(model, DeepIS):
+    if isinstance(model, DeepISNetwork):
         config = model.config if config is None else config
         state_dict = model.state_dict()
     else:
         if config is None:
             raise ConfigError("save_checkpoint: give config= when saving a bare state dict")
         state_dict = dict(model)
-    state_dict = {k: v.detach().cpu().clone() for k, v in _strip_prefix(state_dict).items()}
+    state_dict = {k: v.detach().cpu().clone() for k, v in strip_wrapper_prefixes(state_dict).items()}
     if preset is None:
         preset = next((name for name, cfg in PRESETS.items() if cfg == config), None)
-    full_meta = {k: (dict(v) if isinstance(v, dict) else (list(v) if isinstance(v, list) else v)) for k, v in DEFAULT_META.items()}
-    full_meta.update(_jsonable(dict(meta or {})))
-    full_meta = _jsonable(full_meta)
+    if not isinstance(meta, ModelMeta):
+        given = json_safe(dict(meta or {}), nonfinite_to_none=False)
+        _check_plain(given, "meta")
+        try:
+            meta = ModelMeta.from_dict(given, "save_checkpoint | meta")
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (free-form records go under 'training' or 'metrics')") from None
+    full_meta = json_safe(meta.to_dict(), nonfinite_to_none=False)
     _check_plain(full_meta, "meta")
     cfg = config.to_dict()
     payload = {
@@ -256,15 +234,6 @@ def save_checkpoint(
     os.replace(tmp, path)
     log.info("checkpoint: wrote %s", path)
     return path
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _migrate(payload: dict, where: str) -> dict:
@@ -343,16 +312,16 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
         raise CheckpointError(f"{where}: corrupt or truncated file ({type(exc).__name__}: {exc})") from None
 
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        from deepis_rt import published
-
         bare = isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values())
-        if bare and "stem.0.weight" in _strip_prefix(payload):
+        if bare and "stem.0.weight" in strip_wrapper_prefixes(payload):
             raise CheckpointError(
                 f"{where}: a bare state dict without architecture or metadata; wrap it with "
                 "deepis_rt.save_checkpoint(path, state_dict, config=...)"
             )
         if published.looks_published(payload) or bare:
-            ckpt = published.published_checkpoint(payload, path, where)
+            weights = published.read_published(payload, path, where)
+            ckpt = Checkpoint(config=weights.config, state_dict=weights.state_dict, meta=weights.meta,
+                              preset=weights.preset, path=path, sha256=file_sha256(path))
             if announce:
                 _notice(ckpt.meta, where)
             return ckpt
@@ -371,7 +340,7 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
     state_dict = payload["state_dict"]
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{where}: state_dict must map names to tensors")
-    state_dict = _strip_prefix(state_dict)
+    state_dict = strip_wrapper_prefixes(state_dict)
     try:
         if not isinstance(payload["meta"] or {}, Mapping):
             raise CheckpointError(f"checkpoint meta: a {type(payload['meta']).__name__}, expected a dict")
@@ -380,8 +349,10 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
         raise CheckpointError(
             f"{where}: {exc}; write it with deepis_rt.save_checkpoint(path, state_dict, config=..., meta=...)"
         ) from None
-    meta = dict(DEFAULT_META)
-    meta.update(payload["meta"] or {})
+    try:  # files of earlier versions may hold fields this one does not know: kept, with a warning
+        meta = ModelMeta.from_dict(payload["meta"] or {}, f"{where}: meta", unknown="keep")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
     preset = payload.get("preset")
 
     stored = payload.get("checksum")
@@ -397,7 +368,7 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True, announce: bool
                       sha256=file_sha256(path))
     # Fail now, with a clear message, if weights and architecture disagree.
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in DeepIS(config).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = sorted(k for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k])
@@ -459,8 +430,6 @@ def _is_legacy_torch_file(head: bytes) -> bool:
 
 def _notice(meta: Mapping[str, Any], where: str) -> None:
     """Warn once per file and process when the model's input scaling or output unit is only assumed."""
-    from deepis_rt.published import assumption_notice
-
-    text = assumption_notice(meta, where)
+    text = published.assumption_notice(meta, where)
     if text:
         log.warning("%s", text)

@@ -27,7 +27,11 @@ from typing import Any
 
 import torch
 
+from deepis_rt.checkpoint import load_checkpoint, save_checkpoint
+from deepis_rt.core.meta import ModelMeta
 from deepis_rt.errors import ConfigError
+from deepis_rt.io.plausibility import check_voxel_size
+from deepis_rt.published import PUBLISHED_FORMAT
 
 __all__ = ["convert_checkpoint", "HEAD_KEYS"]
 
@@ -94,9 +98,6 @@ def convert_checkpoint(
     CheckpointError
         ``source`` is not a usable checkpoint.
     """
-    from deepis_rt.checkpoint import load_checkpoint, save_checkpoint
-    from deepis_rt.published import PUBLISHED_FORMAT
-
     source = Path(source)
     ckpt = load_checkpoint(source, announce=False)
     meta: dict[str, Any] = {k: v for k, v in ckpt.meta.items()}
@@ -116,8 +117,6 @@ def convert_checkpoint(
         assumed = [k for k in assumed if k != "ri_normalization"]
 
     if voxel_size_um is not None:
-        from deepis_rt.io.plausibility import check_voxel_size
-
         vs = check_voxel_size(list(voxel_size_um), "convert", "--voxel-size", error=ConfigError,
                               fix="give the voxel size the model was trained at, Z Y X in micrometres")
         meta["voxel_size_um"] = list(vs)
@@ -164,6 +163,8 @@ def convert_checkpoint(
     if description is not None:
         meta["description"] = description
     state_dict = {k: v.detach().to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()}
-    path = save_checkpoint(out, state_dict, config=ckpt.config, meta=meta, preset=ckpt.preset)
+    # fields of an earlier version's file that this one does not know are carried over as they were
+    new_meta = ModelMeta.from_dict(meta, f"convert | {source}: meta", unknown="keep")
+    path = save_checkpoint(out, state_dict, config=ckpt.config, meta=new_meta, preset=ckpt.preset)
     log.info("convert | wrote %s (%s)", path, "still assumed: " + ", ".join(assumed) if assumed else "nothing assumed")
     return path, assumed

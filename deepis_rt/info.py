@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from deepis_rt.core.meta import ModelMeta
 from deepis_rt.errors import InputError
 
 __all__ = ["describe", "register", "describe_checkpoint", "describe_tcf"]
@@ -31,7 +32,7 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
     ckpt = load_checkpoint(path, announce=False)
     cx = complexity(ckpt.config, ckpt.tile_zyx)
     meta = ckpt.meta
-    source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
+    source = meta.source or {}
     if source.get("format") == "deepis-2020-cnntrainer" and ckpt.path is not None and ckpt.path.name == source.get("file"):
         return _describe_published(ckpt, cx)
     desc = {
@@ -44,21 +45,21 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
         "tile_zyx": list(ckpt.tile_zyx),
         "gflops_per_tile": round(cx.gflops_per_tile, 1),
         "voxel_size_um": list(ckpt.voxel_size_um),
-        "ri_normalization": meta.get("ri_normalization"),
-        "medium_ri": meta.get("medium_ri"),
-        "description": meta.get("description", ""),
-        "training": meta.get("training", {}),
-        "metrics": meta.get("metrics", {}),
+        "ri_normalization": meta.ri_normalization.to_dict(),
+        "medium_ri": meta.medium_ri,
+        "description": meta.description,
+        "training": meta.training,
+        "metrics": meta.metrics,
     }
-    if meta.get("distance_output"):
-        desc["distance_output"] = meta["distance_output"]
-    if meta.get("assumed"):
+    if meta.distance_output is not None:
+        desc["distance_output"] = meta.distance_output.to_dict()
+    if meta.assumed:
         desc["assumed"] = _assumed(meta)
     return desc
 
 
-def _assumed(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: meta.get(k) for k in meta.get("assumed") or []}
+def _assumed(meta: ModelMeta) -> dict[str, Any]:
+    return {k: meta.get(k) for k in meta.assumed or ()}
 
 
 def _describe_published(ckpt: Any, cx: Any) -> dict[str, Any]:

@@ -24,20 +24,24 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from deepis_rt.core.meta import TILE_ZYX, ModelMeta
 from deepis_rt.errors import CheckpointError
-from deepis_rt.model import PRESETS, ModelConfig
+from deepis_rt.model import PRESETS, ModelConfig, build_model
 from deepis_rt.model.config import DEEPIS_2020_BASE_WIDTHS
+from deepis_rt.model.state_dict import strip_wrapper_prefixes
 
 __all__ = [
     "PUBLISHED_FORMAT",
     "ASSUMED_META",
+    "PublishedWeights",
     "looks_published",
-    "published_checkpoint",
+    "read_published",
     "published_shapes",
     "to_zyx",
     "assumption_notice",
@@ -58,20 +62,13 @@ ASSUMED_META: dict[str, Any] = {
     # the network's output is the signed distance in um
     "distance_output": {"unit": "um", "scale": 1.0},
     # the published code trained on 128 x 128 x 64 (Y, X, Z) crops
-    "tile_zyx": [64, 128, 128],
+    "tile_zyx": list(TILE_ZYX),
 }
 
 #: Keys whose values a published file does not record; ``meta["assumed"]`` lists those still assumed.
 UNRECORDED: tuple[str, ...] = ("ri_normalization", "distance_output", "voxel_size_um")
 
 _PROBE_KEYS = ("conv1.conv1.0.weight", "gcn1.weight", "final.0.weight")
-
-
-def _strip_module(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Without the ``module.`` (DataParallel) and ``_orig_mod.`` (torch.compile) prefixes."""
-    from deepis_rt.checkpoint import _strip_prefix
-
-    return _strip_prefix(state_dict)
 
 
 def _network(payload: Any) -> tuple[Mapping[str, Any], bool] | None:
@@ -81,7 +78,7 @@ def _network(payload: Any) -> tuple[Mapping[str, Any], bool] | None:
     if "network" in payload and isinstance(payload["network"], Mapping):
         return payload["network"], True
     if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        keys = set(_strip_module(payload))
+        keys = set(strip_wrapper_prefixes(payload))
         if keys & set(_PROBE_KEYS) or any(k.startswith(("layer1.blocks.", "gcn2.conv_l1")) for k in keys):
             return payload, False
     return None
@@ -90,7 +87,7 @@ def _network(payload: Any) -> tuple[Mapping[str, Any], bool] | None:
 def looks_published(payload: Any) -> bool:
     """True when ``payload`` (a ``weights_only``-loaded object) is laid out like a published-DeepIS file.
 
-    Only the layout is judged here; :func:`published_checkpoint` checks every key and shape.
+    Only the layout is judged here; :func:`read_published` checks every key and shape.
     """
     return _network(payload) is not None
 
@@ -111,10 +108,8 @@ def to_zyx(tensor: torch.Tensor) -> torch.Tensor:
 
 def published_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every kept key of a published state dict (no ``module.``) and its shape in the original layout."""
-    from deepis_rt.model import DeepIS
-
     with torch.device("meta"):
-        sd = DeepIS(config).state_dict()
+        sd = build_model(config).state_dict()
     return {k: _yxz_shape(tuple(v.shape)) for k, v in sd.items()}
 
 
@@ -183,8 +178,20 @@ def _plain_number(value: Any) -> float | int | None:
     return value
 
 
-def published_checkpoint(payload: Any, path: Path, where: str) -> Any:
-    """A :class:`~deepis_rt.checkpoint.Checkpoint` from a ``weights_only``-loaded published-DeepIS file.
+@dataclass
+class PublishedWeights:
+    """What a published-DeepIS file gives: the architecture, the weights in deepis-rt's (Z, Y, X) layout,
+    and the meta (what the file records, and what is assumed); :func:`deepis_rt.load_checkpoint`
+    makes a :class:`~deepis_rt.checkpoint.Checkpoint` of it."""
+
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    meta: ModelMeta
+    preset: str | None
+
+
+def read_published(payload: Any, path: Path, where: str) -> PublishedWeights:
+    """The weights of a ``weights_only``-loaded published-DeepIS file, checked key by key.
 
     Raises
     ------
@@ -192,8 +199,6 @@ def published_checkpoint(payload: Any, path: Path, where: str) -> Any:
         A key is missing, unexpected or of the wrong shape (the first such key is named, with the
         expected and the found shape).
     """
-    from deepis_rt.checkpoint import DEFAULT_META, Checkpoint, file_sha256
-
     found = _network(payload)
     if found is None and isinstance(payload, Mapping) and payload and all(
             isinstance(v, torch.Tensor) for v in payload.values()):
@@ -201,7 +206,7 @@ def published_checkpoint(payload: Any, path: Path, where: str) -> Any:
     if found is None:
         raise CheckpointError(f"{where}: not a published-DeepIS checkpoint (no 'network' state dict)")
     network, wrapped = found
-    sd = _strip_module(network)
+    sd = strip_wrapper_prefixes(network)
     config = _infer_config(sd, where)
     filled = _check_shapes(sd, config, where)
     state_dict = {k: to_zyx(v.detach().to(torch.float32) if v.is_floating_point() else v.detach())
@@ -223,15 +228,10 @@ def published_checkpoint(payload: Any, path: Path, where: str) -> Any:
         "layout": "kernels permuted from (Y, X, Z) to (Z, Y, X)",
         "dropped": dropped + (["optimizer"] if wrapped and "optimizer" in payload else []),
     }
-    meta = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULT_META.items()}
-    meta.update({k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-                 for k, v in ASSUMED_META.items()})
-    meta["description"] = f"published-DeepIS checkpoint (Unet3D_glob) {path.name}"
-    meta["source"] = source
-    meta["assumed"] = list(UNRECORDED)
+    meta = ModelMeta.from_dict({**ASSUMED_META, "description": f"published-DeepIS checkpoint (Unet3D_glob) {path.name}",
+                                "source": source, "assumed": list(UNRECORDED)}, where)
     preset = next((name for name, cfg in PRESETS.items() if cfg == config), None)
-    return Checkpoint(config=config, state_dict=state_dict, meta=meta, preset=preset, path=path,
-                      sha256=file_sha256(path))
+    return PublishedWeights(config=config, state_dict=state_dict, meta=meta, preset=preset)
 
 
 _NOTICES_GIVEN: set[str] = set()

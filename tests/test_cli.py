@@ -59,6 +59,27 @@ def test_missing_dependency_names_extra(monkeypatch):
         import_optional("tensorrt")
 
 
+@pytest.mark.parametrize("module", ["onnx", "onnxruntime", "matplotlib"])
+def test_missing_core_dependency_names_no_extra(monkeypatch, module):
+    # a core dependency comes with deepis-rt itself: no extra would bring it back
+    from deepis_rt._optional import import_optional
+    from deepis_rt.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingDependencyError, match=rf"pip install {module} \(a dependency of deepis-rt") as info:
+        import_optional(module)
+    assert "deepis-rt[" not in str(info.value)
+
+
+def test_missing_onnxslim_names_the_simplify_extra(monkeypatch):
+    from deepis_rt._optional import import_optional
+    from deepis_rt.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "onnxslim", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'deepis-rt\[simplify\]'"):
+        import_optional("onnxslim")
+
+
 def test_output_path_that_cannot_be_created_is_one_clear_line(tmp_path):
     # e.g. a typo in a parent folder, a read-only share, a file where a folder should be
     blocker = tmp_path / "a-file"

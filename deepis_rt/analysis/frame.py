@@ -15,7 +15,6 @@ from scipy import ndimage as ndi
 
 from deepis_rt.analysis.contact import ContactEstimate, contact_surface
 from deepis_rt.analysis.masks import (
-    _voxel_size,
     cell_masks,
     default_threshold_um,
     dilate,
@@ -23,6 +22,7 @@ from deepis_rt.analysis.masks import (
     label_volume,
 )
 from deepis_rt.analysis.measure import surface_area_um2
+from deepis_rt.core.labels import check_voxel_size
 from deepis_rt.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ def analyze(
         touching CAR-T/target pair). Empty lists for empty frames.
     """
     d, r = _check_inputs(distance, ri)
-    vs = _voxel_size(voxel_size_um)
+    vs = check_voxel_size(voxel_size_um)
     t = float(threshold_um) if threshold_um is not None else default_threshold_um(vs)
     if not (math.isfinite(t) and t >= 0):
         raise InputError(f"analysis | threshold_um={threshold_um!r}: expected a number >= 0 (um)")

@@ -9,17 +9,30 @@ band at the synapse. The paper's post-processing, implemented here:
 - IS mask: the overlap of the two masks, each dilated by 2 voxels.
 - Cell instances: connected components (6-connectivity) of each mask; fragments
   smaller than a minimum volume are dropped (noise, debris, tile seams).
+
+Thresholds, dilation and the label volume are defined in :mod:`deepis_rt.core.labels` (shared by
+every layer) and re-exported here; the cell instances are the analysis's own.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from deepis_rt.errors import InputError
+from deepis_rt.core.labels import (
+    CROSS,
+    LABEL_BACKGROUND,
+    LABEL_IS,
+    LABEL_TARGET,
+    LABEL_TCELL,
+    cell_masks,
+    default_threshold_um,
+    dilate,
+    is_mask,
+    label_volume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,66 +49,6 @@ __all__ = [
     "label_volume",
 ]
 
-LABEL_BACKGROUND = 0
-LABEL_TCELL = 1
-LABEL_TARGET = 2
-LABEL_IS = 3
-
-#: 6-connected structuring element: one dilation step moves one voxel along an axis
-_CROSS = ndi.generate_binary_structure(3, 1)
-
-
-def _voxel_size(voxel_size_um: Sequence[float]) -> tuple[float, float, float]:
-    try:
-        vs = tuple(float(v) for v in voxel_size_um)
-    except TypeError as exc:
-        raise InputError(
-            f"analysis | voxel_size_um={voxel_size_um!r}: expected three numbers (Z, Y, X) in um"
-        ) from exc
-    if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
-        raise InputError(
-            f"analysis | voxel_size_um={voxel_size_um!r}: expected three positive numbers (Z, Y, X) in um"
-        )
-    return vs  # type: ignore[return-value]
-
-
-def default_threshold_um(voxel_size_um: Sequence[float]) -> float:
-    """Half the voxel pitch: the paper's mask threshold on the distance map.
-
-    With anisotropic voxels the smallest edge is used, so that a voxel whose
-    centre lies one (lateral) voxel inside a cell is always in its mask.
-    """
-    return 0.5 * min(_voxel_size(voxel_size_um))
-
-
-def cell_masks(distance: np.ndarray, threshold_um: float) -> tuple[np.ndarray, np.ndarray]:
-    """CAR-T and target masks: ``distance > t`` and ``distance < -t``.
-
-    Parameters
-    ----------
-    distance : ndarray, shape (Z, Y, X)
-        Signed distance map in um.
-    threshold_um : float
-        The threshold ``t`` (half the voxel pitch in the paper).
-
-    Returns
-    -------
-    tcell, target : ndarray of bool
-    """
-    return distance > threshold_um, distance < -threshold_um
-
-
-def dilate(mask: np.ndarray, voxels: int) -> np.ndarray:
-    """Binary dilation by ``voxels`` steps of the 6-connected cross (scipy.ndimage)."""
-    if voxels <= 0:
-        return mask.copy()
-    return ndi.binary_dilation(mask, structure=_CROSS, iterations=int(voxels))
-
-
-def is_mask(tcell: np.ndarray, target: np.ndarray, dilation_voxels: int = 2) -> np.ndarray:
-    """The paper's IS mask: overlap of both masks, each dilated by ``dilation_voxels``."""
-    return dilate(tcell, dilation_voxels) & dilate(target, dilation_voxels)
-
 
 def label_instances(
     mask: np.ndarray, voxel_volume_um3: float, min_volume_um3: float
@@ -111,7 +64,7 @@ def label_instances(
     dropped : int
         Number of fragments dropped.
     """
-    labels, n = ndi.label(mask, structure=_CROSS)
+    labels, n = ndi.label(mask, structure=CROSS)
     if n == 0:
         return labels.astype(np.int32, copy=False), 0, 0
     counts = np.bincount(labels.ravel(), minlength=n + 1)
@@ -123,13 +76,3 @@ def label_instances(
     if dropped:
         log.debug("dropped %d fragment(s) below %.1f um^3", dropped, min_volume_um3)
     return remap[labels], int(keep.sum()), dropped
-
-
-def label_volume(tcell: np.ndarray, target: np.ndarray, dilation_voxels: int = 2) -> np.ndarray:
-    """The uint8 label volume: 0 background, 1 CAR-T, 2 target, 3 IS (IS drawn last)."""
-    labels = np.zeros(tcell.shape, dtype=np.uint8)
-    labels[tcell] = LABEL_TCELL
-    labels[target] = LABEL_TARGET
-    if tcell.any() and target.any():
-        labels[is_mask(tcell, target, dilation_voxels)] = LABEL_IS
-    return labels

@@ -110,13 +110,6 @@ class SynapseHistory:
     def onset_s(self) -> float:
         return self.time_s[0] if self.time_s else math.nan
 
-    def displacement_um(self) -> np.ndarray:
-        """CAR-T centroid displacement from its position at onset, per observation."""
-        if not self.tcell_centroid_um:
-            return np.zeros(0)
-        c = np.asarray(self.tcell_centroid_um, dtype=float)
-        return np.linalg.norm(c - c[0], axis=1)
-
 
 @dataclass
 class SynapseSummary:

@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.bench.stats import latency_stats
+from deepis_rt.core.labels import cell_masks, default_threshold_um
+from deepis_rt.core.metrics import dice, distance_errors
+from deepis_rt.core.stats import latency_stats
+from deepis_rt.synth import iter_timelapse
 
 __all__ = ["HostPeakRSS", "time_runner", "gpu_breakdown", "accuracy", "dice", "synthetic_tiles"]
 
@@ -144,35 +147,24 @@ def gpu_breakdown(runner: Any, batch: np.ndarray, repeats: int = 3) -> dict[str,
     return {"h2d_ms": med(h2d), "compute_ms": med(comp), "d2h_ms": med(d2h)}
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient of two boolean masks; 1.0 when both are empty."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = int(a.sum()) + int(b.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def accuracy(output: np.ndarray, reference: np.ndarray, voxel_size_um: Sequence[float]) -> dict[str, Any]:
     """Error of a distance map against the FP32 reference, and Dice of the CAR-T / target masks.
 
     Masks are the paper's thresholds (distance > half the voxel pitch: CAR-T; < minus it: target).
     ``reference_*_voxels`` say how many voxels the reference masks hold (a Dice of empty masks is 1).
     """
-    from deepis_rt.analysis.masks import cell_masks, default_threshold_um
-
     out = np.asarray(output, np.float32)
     ref = np.asarray(reference, np.float32)
     if out.shape != ref.shape:
         raise ValueError(f"bench | accuracy: output shape {out.shape} differs from the reference {ref.shape}")
-    err = np.abs(out.astype(np.float64) - ref)
     t = default_threshold_um(voxel_size_um)
     tc_out, tg_out = cell_masks(out, t)
     tc_ref, tg_ref = cell_masks(ref, t)
     finite = bool(np.isfinite(out).all())
+    errors = distance_errors(ref, out) if finite else None
     return {
-        "max_abs_um": float(err.max()) if finite else math.inf,
-        "p99_abs_um": float(np.percentile(err, 99)) if finite else math.inf,
+        "max_abs_um": errors.max_abs_um if errors else math.inf,
+        "p99_abs_um": errors.p99_abs_um if errors else math.inf,
         "dice_tcell": round(dice(tc_out, tc_ref), 5),
         "dice_target": round(dice(tg_out, tg_ref), 5),
         "reference_tcell_voxels": int(tc_ref.sum()),
@@ -185,10 +177,7 @@ def synthetic_tiles(model: Any, n: int = 1, seed: int = 0) -> tuple[np.ndarray, 
 
     Returns the normalised batch ``(n, 1, Z, Y, X)`` (the runners' input) and the raw RI volumes.
     """
-    from deepis_rt.synth import iter_timelapse
-
-    meta = model.checkpoint.meta
-    norm = meta.get("ri_normalization", {"offset": 1.337, "scale": 0.02})
+    norm = model.checkpoint.meta.ri_normalization
     n_video = max(8, 2 * n)
     # late frames of the video: the cells are in contact, so both masks and an IS exist
     frames = list(range(n_video - n, n_video))
@@ -200,5 +189,5 @@ def synthetic_tiles(model: Any, n: int = 1, seed: int = 0) -> tuple[np.ndarray, 
                                                                      voxel_size_um=model.voxel_size_um, frames=frames)]
     finally:
         synth_log.setLevel(level)
-    batch = np.stack([(v - float(norm["offset"])) / float(norm["scale"]) for v in volumes])[:, None]
+    batch = np.stack([(v - norm.offset) / norm.scale for v in volumes])[:, None]
     return np.ascontiguousarray(batch, np.float32), volumes

@@ -144,7 +144,7 @@ def resolve_model(
     import torch
 
     from deepis_rt import __version__
-    from deepis_rt.checkpoint import DEFAULT_META, Checkpoint, bundled_checkpoint_path, load_checkpoint
+    from deepis_rt.checkpoint import Checkpoint, bundled_checkpoint_path, load_checkpoint
     from deepis_rt.model import build_model
     from deepis_rt.runtime.source import default_cache_dir
 
@@ -153,8 +153,7 @@ def resolve_model(
     if preset is not None:
         torch.manual_seed(int(seed))
         net = build_model(preset, **overrides).eval()
-        meta = json.loads(json.dumps(DEFAULT_META))
-        ckpt = Checkpoint(config=net.config, state_dict=net.state_dict(), meta=meta, preset=preset)
+        ckpt = Checkpoint(config=net.config, state_dict=net.state_dict(), preset=preset)
         name = preset + ("-custom" if overrides else "")
         source = f"preset {preset}{' ' + str(overrides) if overrides else ''}, random weights (seed {seed})"
         weights_key: Any = (preset, net.config.to_dict(), int(seed))
@@ -168,7 +167,7 @@ def resolve_model(
         multiple = int(ckpt.config.size_multiple)
         if len(tile) != 3 or any(v < multiple or v % multiple for v in tile):
             raise ConfigError(f"bench: --tile {tile}: three sizes, each a multiple of {multiple}")
-        ckpt.meta["tile_zyx"] = list(tile)
+        ckpt.meta = ckpt.meta.replace(tile_zyx=tile)
     key = _key(weights_key, list(ckpt.tile_zyx), __version__, torch.__version__)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return BenchModel(name=name, source=source, checkpoint=ckpt, key=key, cache_dir=root / "bench" / key,

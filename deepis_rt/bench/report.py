@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from deepis_rt.core.jsonable import json_safe
+
 __all__ = ["finish_model", "format_table", "to_markdown", "write_json", "merge_reports", "TARGETS"]
 
 #: The figures the runtime is judged by (reported, not asserted).
@@ -331,23 +333,11 @@ def to_markdown(report: dict[str, Any], title: str = "deepis-rt bench") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _clean(obj.item())
-    return obj
-
-
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
     """Write the report as JSON (non-finite numbers become null)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(report), indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(report), indent=2) + "\n")
     return path
 
 
@@ -356,15 +346,15 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     concatenated; context from the first, load averages from the first and the last."""
     if not reports:
         raise ValueError("merge_reports: no reports")
-    merged = json.loads(json.dumps(_clean(reports[0])))
+    merged = json.loads(json.dumps(json_safe(reports[0])))
     # each run measured its own peak under its own load, and its models' fractions of peak use it:
     # every peak says which run and models it belongs to
     merged["peaks"] = []
     for run, report in enumerate(reports, start=1):
         names = [str(m.get("model", {}).get("name", "?")) for m in report["models"]]
-        merged["peaks"] += [{**p, "run": run, "models": names} for p in _clean(report["peaks"])]
+        merged["peaks"] += [{**p, "run": run, "models": names} for p in json_safe(report["peaks"])]
     for extra in reports[1:]:
-        merged["models"] += json.loads(json.dumps(_clean(extra["models"])))
+        merged["models"] += json.loads(json.dumps(json_safe(extra["models"])))
         merged["elapsed_s"] = round((merged.get("elapsed_s") or 0) + (extra.get("elapsed_s") or 0), 1)
         merged["load_average_after"] = extra.get("load_average_after")
     merged["merged_from"] = len(reports)

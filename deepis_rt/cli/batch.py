@@ -7,8 +7,16 @@ from pathlib import Path
 import click
 
 from deepis_rt.cli.backend_option import backend_option
+from deepis_rt.cli.options import (
+    input_options,
+    model_option,
+    output_options,
+    precision_option,
+    retry_option,
+    triton_options,
+    tta_option,
+)
 from deepis_rt.cli.run_options import command_record, config_option, device_option, gpu_device
-from deepis_rt.cli.stream import file_options, output_options
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 
 
@@ -21,15 +29,10 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
                    "machine), HOST:PORT (the head node's address) or ray://HOST:10001. A cluster with token "
                    "authentication gets the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token. "
                    "Without --ray: one item after the other in this process.")
-@click.option("--model", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint); "
-                   "every worker must see it at this path.")
+@model_option(note="every worker must see it at this path")
 @backend_option()
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-              help="Ask for a precision, as in `deepis-rt stream` [default: the backend's exact default].")
-@click.option("--url", default=None, metavar="HOST:PORT",
-              help="Triton server for --backend triton [default: $DEEPIS_TRITON_URL].")
-@click.option("--model-name", default="deepis", show_default=True, help="Model name on the Triton server.")
+@precision_option
+@triton_options
 @click.option("--retries", type=click.IntRange(0, 100), default=1, show_default=True,
               help="Further attempts of an item that failed.")
 @click.option("--workers", type=click.IntRange(1), default=None,
@@ -42,14 +45,11 @@ from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
               help="[default: 1 where the cluster has GPUs, 0 with --backend triton or without GPUs].")
 @click.option("--max-workers-per-node", type=click.IntRange(1), default=None,
               help="At most this many Ray actors on one node.")
-@file_options
+@input_options
 @click.option("--max-batch", type=int, default=4, show_default=True, help="Frames inferred together.")
-@click.option("--tta", is_flag=True, help="Test-time augmentation, as in `deepis-rt stream` (4x the inference).")
-@click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
+@tta_option
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
-              metavar="SECONDS", help="How long frames wait for a backend that is unavailable (server restarting, "
-              "timeout, out of memory) before they are recorded 'retry' (the next run processes them).")
+@retry_option
 @output_options
 @device_option
 @config_option

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from deepis_rt.cli.run_options import device_option
+from deepis_rt.errors import CheckpointError
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -109,8 +110,6 @@ def bench(model_paths: tuple[Path, ...], presets: tuple[str, ...], backends: lis
     models = [resolve_model(preset=p, tile_zyx=tile, seed=seed, cache_dir=cache_dir) for p in presets]
     models += [resolve_model(model_path=p, tile_zyx=tile, cache_dir=cache_dir) for p in model_paths]
     if not models:
-        from deepis_rt.errors import CheckpointError
-
         try:
             models = [resolve_model(tile_zyx=tile, cache_dir=cache_dir)]
         except CheckpointError as exc:

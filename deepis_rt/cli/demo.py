@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from deepis_rt.cli.backend_option import backend_option
+from deepis_rt.cli.options import model_option, tta_option
 from deepis_rt.cli.run_options import command_record, device_option, gpu_device
 
 _MARKER = ".deepis-demo"
@@ -37,10 +38,9 @@ def _prepare_out(out: Path) -> None:
               help="Seconds between two frames written into the camera folder (holotomography time-lapses take one "
                    "tomogram every 3-8 s).")
 @backend_option(remote=False)
-@click.option("--model", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint).")
+@model_option(must_exist=True)
 @device_option
-@click.option("--tta", is_flag=True, help="Test-time augmentation, as in `deepis-rt stream` (4x the inference).")
+@tta_option
 def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Path | None,
          device: int | None = None, tta: bool = False) -> None:
     """Stream a synthetic CAR-T / target-cell video through the bundled checkpoint.

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from deepis_rt.errors import MissingDependencyError
+
 
 def _parse_batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
     try:
@@ -50,9 +52,8 @@ def export(checkpoint: Path, out_dir: Path, name: str | None, opset: int, batch:
     A TensorRT FP16 engine is built too where TensorRT and an NVIDIA GPU exist. Without them the ONNX
     files are still written; the command fails only when --trt was given explicitly.
     """
-    from deepis_rt.errors import MissingDependencyError
     from deepis_rt.export.parity import format_parity_table
-    from deepis_rt.export.pipeline import default_export_name, export_model, read_manifest
+    from deepis_rt.export.pipeline import default_export_name, export_model, load_manifest
 
     try:
         result = export_model(checkpoint, out_dir=out_dir, name=name, opset=opset, batch=batch, fp16=fp16,
@@ -60,17 +61,17 @@ def export(checkpoint: Path, out_dir: Path, name: str | None, opset: int, batch:
                               simplify=not no_simplify)
     except MissingDependencyError:
         folder = out_dir / (name or default_export_name(checkpoint))
-        manifest = read_manifest(folder, verify=False)
-        click.echo(format_parity_table(manifest["parity"]["results"]))
+        manifest = load_manifest(folder, verify=False)
+        click.echo(format_parity_table((manifest.parity or {}).get("results", [])))
         click.echo(f"ONNX files written to {folder}")
         raise
-    manifest = result.manifest
+    parity = result.manifest.parity or {}
     click.echo(format_parity_table(result.parity))
-    click.echo(f"parity: within tolerance (reference {manifest['parity']['reference']}, "
-               f"mask threshold +/-{manifest['parity']['half_pitch_um']:g} um)")
-    for entry in manifest["files"]:
-        click.echo(f"wrote {result.out_dir / entry['path']} ({entry['precision']}, {entry['bytes'] / 1e6:.2f} MB"
-                   f"{', simplified' if entry['simplified'] else ''})")
+    click.echo(f"parity: within tolerance (reference {parity['reference']}, "
+               f"mask threshold +/-{parity['half_pitch_um']:g} um)")
+    for entry in result.manifest.files:
+        click.echo(f"wrote {result.out_dir / entry.path} ({entry.precision}, {(entry.bytes or 0) / 1e6:.2f} MB"
+                   f"{', simplified' if entry.simplified else ''})")
     click.echo(f"wrote {result.manifest_path}")
     if result.engine is not None:
         verb = "using cached" if result.engine.cached else "built"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import click
+
+from deepis_rt.errors import ConfigError
 
 
 @click.command("serve-triton")
@@ -27,10 +30,7 @@ def serve_triton(repo: Path, http_port: int, grpc_port: int, address: str, home:
     Needs Linux (x86-64 or arm64); runs on a CPU. NVIDIA's Triton container serves the same
     repository, and the onnxruntime / tensorrt flavours too.
     """
-    import time
-
     from deepis_rt.cluster.triton_server import TritonServer, find_tritonserver
-    from deepis_rt.errors import ConfigError
 
     models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
     if not models:  # tritonserver would start and serve nothing

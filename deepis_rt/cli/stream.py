@@ -12,40 +12,17 @@ from typing import Any
 import click
 
 from deepis_rt.cli.backend_option import backend_option
+from deepis_rt.cli.options import (
+    input_options,
+    model_option,
+    output_options,
+    precision_option,
+    retry_option,
+    triton_options,
+    tta_option,
+)
 from deepis_rt.cli.run_options import command_record, config_option, device_option, gpu_device
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
-
-
-def file_options(command: Any) -> Any:
-    """The options that say how to read tomogram files (``stream`` and ``batch``): --voxel-size,
-    --frame-interval, --medium-ri, --ri-scale, --ri-offset, --follow-symlinks."""
-    options = [
-        click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
-                     help="Voxel size in um for files that carry none."),
-        click.option("--frame-interval", type=float, default=None, metavar="S",
-                     help="Seconds between frames for files without time stamps (default: file times)."),
-        click.option("--medium-ri", type=float, default=None, help="Medium RI (default: from the file or 1.337)."),
-        click.option("--ri-scale", type=float, default=None, metavar="S",
-                     help="Files hold RI as value x S + O (not for TCF, which declares its encoding). Default: "
-                          "RI as stored, integers 10000-20000 as RI x 10 000; other values are refused."),
-        click.option("--ri-offset", type=float, default=None, metavar="O", help="See --ri-scale (default 0)."),
-        click.option("--follow-symlinks", is_flag=True,
-                     help="Read symbolic links to files outside the source folder (default: skipped)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def output_options(command: Any) -> Any:
-    """``--zarr`` (what the OME-Zarr time-lapse ``timelapse.ome.zarr`` holds) and ``--no-report``, for
-    ``stream`` and ``batch``."""
-    command = click.option("--no-report", is_flag=True,
-                           help="Do not write report.html at the end of the run (`deepis-rt report OUT` "
-                                "writes it any time).")(command)
-    return click.option("--zarr", type=click.Choice(["ri+labels", "labels", "off"]), default="ri+labels",
-                        show_default=True, help="What the OME-Zarr time-lapse OUT/timelapse.ome.zarr holds "
-                        "(docs/results.md): the RI and the labels, the labels only, or no store.")(command)
 
 
 def _say_why_nothing(source: Path) -> None:
@@ -286,18 +263,12 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
               help="Camera folder to watch.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               show_default=True, help="Results folder (an earlier run there is continued).")
-@click.option("--model", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint, ONNX file or export folder (default: the bundled demo checkpoint).")
+@model_option()
 @backend_option()
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-              help="Ask for a precision: fp16 on GPUs, bf16 on CPUs with AVX512_BF16 or AMX (OpenVINO; changes the "
-                   "numbers slightly, see docs/export.md) [default: the backend's exact default].")
-@click.option("--url", default=None, metavar="HOST:PORT",
-              help="Triton server for --backend triton [default: $DEEPIS_TRITON_URL].")
-@click.option("--model-name", default="deepis", show_default=True, help="Model name on the Triton server.")
-@file_options
-@click.option("--tta", is_flag=True, help="Test-time augmentation: also segment each frame mirrored in Y, in X and in "
-              "both (4x the inference), average, and widen is_area_err_um2 where the flips disagree.")
+@precision_option
+@triton_options
+@input_options
+@tta_option
 @click.option("--once", is_flag=True, help="Process what is in the folder now, then exit.")
 @click.option("--idle-timeout", type=float, default=None, metavar="S", help="Exit after S seconds without new frames.")
 @click.option("--max-frames", type=int, default=None, metavar="N", help="Exit after N frames.")
@@ -312,11 +283,8 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
 @click.option("--live-model", type=click.Path(exists=True, path_type=Path), default=None, metavar="FAST.pt",
               help="A fast model that segments the newest frame at once (results in OUT/live/) while --model "
                    "processes every frame for the record.")
-@click.option("--no-masks", is_flag=True, help="Do not write masks/ label volumes.")
 @click.option("--jsonl", is_flag=True, help="Quiet mode for other programs: one JSON line per frame on stdout.")
-@click.option("--retry-for", "retry_for", type=click.FloatRange(min=0), default=DEFAULT_RETRY_FOR_S, show_default=True,
-              metavar="SECONDS", help="How long frames wait for a backend that is unavailable (server restarting, "
-              "timeout, out of memory) before they are recorded 'retry' for the next run.")
+@retry_option
 @click.option("--allow-other-source", is_flag=True,
               help="Continue an --out folder made from another source folder (the same frames, moved); "
                    "frames of the same names count as done.")
@@ -332,14 +300,14 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
     import deepis_rt
     from deepis_rt.stream import Stream, StreamSettings
 
-    settings = dict(
+    # checked here, so that an option out of range is said before the model loads
+    settings = StreamSettings(
         retry_for_s=retry_for, voxel_size_um=tuple(voxel_size) if voxel_size else None,
         frame_interval_s=frame_interval, medium_ri=medium_ri, once=once, idle_timeout_s=idle_timeout,
         max_frames=max_frames, settle_s=settle, max_batch=max_batch, write_masks=not no_masks,
         ri_scale=ri_scale, ri_offset=ri_offset, check_source=not allow_other_source, zarr=zarr,
         report=not no_report, follow_symlinks=follow_symlinks, policy=policy,
     )
-    StreamSettings(**settings)  # an option out of range is said before the model loads
     remote = {"url": url, "model_name": model_name} if backend == "triton" else {}  # a Triton server
     if precision is not None:
         remote["precision"] = precision
@@ -355,7 +323,7 @@ def stream(source, out, model, backend, voxel_size, frame_interval, medium_ri, o
     reporter = BackendReporter(jsonl=jsonl)
     s = Stream(source, out, segmenter, on_backend=reporter, on_backlog=BacklogReporter(jsonl=jsonl),
                live_segmenter=live, on_live_frame=on_live, command=command_record(click.get_current_context()),
-               **settings)
+               settings=settings)
     if not jsonl:
         click.echo(f"watching {source} with {segmenter.backend}; results in {out}/ (Ctrl-C to stop)", err=True)
     summary = run_stream(s.start(), jsonl=jsonl, reporter=reporter)

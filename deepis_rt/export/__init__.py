@@ -1,5 +1,7 @@
 """Export: ONNX (FP32, FP16) with a parity report, and TensorRT engines with a verified cache."""
 
+from deepis_rt.backends.trt.cache import cache_key, load_engine_bytes
+from deepis_rt.backends.trt.env import tensorrt_unavailable_reason
 from deepis_rt.export.onnx_export import (
     INPUT_NAME,
     META_KEY,
@@ -10,7 +12,6 @@ from deepis_rt.export.onnx_export import (
 )
 from deepis_rt.export.parity import FP16_TOLERANCE, FP32_TOLERANCE, ParityResult, ParityTolerance
 from deepis_rt.export.pipeline import ExportResult, export_model, read_manifest
-from deepis_rt.backends.trt import cache_key, load_engine_bytes, tensorrt_unavailable_reason
 
 __all__ = [
     "INPUT_NAME",

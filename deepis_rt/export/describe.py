@@ -11,7 +11,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from deepis_rt.backends.trt.cache import load_engine_bytes, read_engine_manifest
+from deepis_rt.core.files import file_sha256
+from deepis_rt.core.meta import EXPORT_FORMAT
 from deepis_rt.errors import EngineCacheError, ExportError, FileFormatError
+from deepis_rt.export.onnx_export import read_onnx_meta
+from deepis_rt.export.pipeline import MANIFEST_NAME, load_manifest
 from deepis_rt.info import register
 
 __all__ = ["describe_onnx", "describe_export", "describe_engine", "describe_engines_dir", "describe_exports_dir"]
@@ -31,9 +36,6 @@ def _json_format(path: Path) -> str | None:
 def describe_onnx(path: Path) -> dict[str, Any]:
     """Inputs, outputs, opset, precision, operator counts and the embedded deepis-rt metadata."""
     import onnx
-
-    from deepis_rt.checkpoint import file_sha256
-    from deepis_rt.export.onnx_export import read_onnx_meta
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -68,23 +70,21 @@ def describe_onnx(path: Path) -> dict[str, Any]:
         "operators": dict(Counter(n.op_type for n in proto.graph.node).most_common()),
         "deepis_rt_meta": {k: meta[k] for k in _META_FIELDS if k in meta} if meta else "none (not a deepis-rt export)",
     }
-    manifest = path.parent / "manifest.json"
-    if manifest.is_file() and _json_format(manifest) == "deepis-rt-export":
+    manifest = path.parent / MANIFEST_NAME
+    if manifest.is_file() and _json_format(manifest) == EXPORT_FORMAT:
         desc["export_manifest"] = str(manifest)
     return desc
 
 
 def describe_export(path: Path) -> dict[str, Any]:
     """An export folder (or its manifest.json): files with verified checksums, parity, engine."""
-    from deepis_rt.export.pipeline import read_manifest
-
-    manifest = read_manifest(path, verify=False)
+    manifest = load_manifest(path, verify=False)
     try:
-        read_manifest(path, verify=True)
+        load_manifest(path, verify=True)
         integrity = "ok (every ONNX file matches its sha256)"
     except ExportError as exc:
         integrity = f"FAILED: {exc}"
-    parity = manifest.get("parity", {})
+    parity = manifest.parity or {}
     worst: dict[str, dict[str, Any]] = {}
     for r in parity.get("results", []):
         w = worst.setdefault(r["model"], {"max_abs_um": 0.0, "p99_abs_um": 0.0, "min_mask_agreement": 1.0,
@@ -93,31 +93,30 @@ def describe_export(path: Path) -> dict[str, Any]:
         w["p99_abs_um"] = max(w["p99_abs_um"], r["p99_abs_um"])
         w["min_mask_agreement"] = min(w["min_mask_agreement"], r["cart_agreement"], r["target_agreement"])
         w["passed"] = w["passed"] and r["passed"]
-    ckpt = manifest.get("checkpoint", {})
+    ckpt = manifest.checkpoint or {}
+    ckpt_meta = ckpt.get("meta") or {}
     return {
         "kind": "export",
         "path": str(path),
-        "name": manifest.get("name"),
-        "created_at": manifest.get("created_at"),
+        "name": manifest.name,
+        "created_at": manifest.created_at,
         "checkpoint": {"path": ckpt.get("path"), "sha256": ckpt.get("sha256"), "preset": ckpt.get("preset")},
-        "voxel_size_um": ckpt.get("meta", {}).get("voxel_size_um"),
-        "tile_zyx": ckpt.get("meta", {}).get("tile_zyx"),
-        "opset": manifest.get("opset"),
-        "dynamic_shape": manifest.get("dynamic_shape"),
-        "files": [{k: f.get(k) for k in ("path", "precision", "bytes", "sha256", "simplified")}
-                  for f in manifest.get("files", [])],
+        "voxel_size_um": ckpt_meta.get("voxel_size_um"),
+        "tile_zyx": ckpt_meta.get("tile_zyx"),
+        "opset": manifest.opset,
+        "dynamic_shape": manifest.dynamic_shape,
+        "files": [{"path": f.path, "precision": f.precision, "bytes": f.bytes, "sha256": f.sha256,
+                   "simplified": f.simplified} for f in manifest.files],
         "integrity": integrity,
         "parity": worst,
-        "tensorrt": manifest.get("tensorrt"),
-        "engine": manifest.get("engine") or "-",
-        "tools": manifest.get("tools", {}),
+        "tensorrt": manifest.tensorrt,
+        "engine": manifest.engine or "-",
+        "tools": manifest.tools,
     }
 
 
 def describe_engine(path: Path) -> dict[str, Any]:
     """A TensorRT engine (``.plan`` or its ``.json`` manifest), with key and checksum verified."""
-    from deepis_rt.backends.trt import load_engine_bytes, read_engine_manifest
-
     plan = path.with_suffix(".plan")
     manifest = read_engine_manifest(plan)
     try:
@@ -152,8 +151,8 @@ def describe_engines_dir(path: Path) -> dict[str, Any]:
 def describe_exports_dir(path: Path) -> dict[str, Any]:
     """A parent folder of exports (``export/``): one short entry per export."""
     exports = []
-    for manifest in sorted(path.glob("*/manifest.json")):
-        if _json_format(manifest) == "deepis-rt-export":
+    for manifest in sorted(path.glob(f"*/{MANIFEST_NAME}")):
+        if _json_format(manifest) == EXPORT_FORMAT:
             d = describe_export(manifest.parent)
             exports.append({k: d[k] for k in ("name", "created_at", "integrity", "tensorrt")}
                            | {"files": [f["path"] for f in d["files"]]})
@@ -161,7 +160,7 @@ def describe_exports_dir(path: Path) -> dict[str, Any]:
 
 
 def _is_exports_dir(p: Path) -> bool:
-    return p.is_dir() and any(_json_format(m) == "deepis-rt-export" for m in p.glob("*/manifest.json"))
+    return p.is_dir() and any(_json_format(m) == EXPORT_FORMAT for m in p.glob(f"*/{MANIFEST_NAME}"))
 
 
 def _is_engines_dir(p: Path) -> bool:
@@ -173,8 +172,8 @@ def _is_engines_dir(p: Path) -> bool:
 
 
 register("onnx", lambda p: p.is_file() and p.suffix == ".onnx", describe_onnx)
-register("export", lambda p: (p.is_dir() and _json_format(p / "manifest.json") == "deepis-rt-export")
-         or (p.is_file() and p.suffix == ".json" and _json_format(p) == "deepis-rt-export"), describe_export)
+register("export", lambda p: (p.is_dir() and _json_format(p / MANIFEST_NAME) == EXPORT_FORMAT)
+         or (p.is_file() and p.suffix == ".json" and _json_format(p) == EXPORT_FORMAT), describe_export)
 register("engine", lambda p: (p.is_file() and p.suffix == ".plan")
          or (p.is_file() and p.suffix == ".json" and _json_format(p) == "deepis-rt-engine"), describe_engine)
 register("engines", _is_engines_dir, describe_engines_dir)

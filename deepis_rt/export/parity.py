@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.core.meta import MEDIUM_RI, ModelMeta
+from deepis_rt.core.metrics import distance_errors
 from deepis_rt.errors import ParityError
+from deepis_rt.export.onnx_export import INPUT_NAME
 
 __all__ = [
     "ParityTolerance",
@@ -100,11 +103,8 @@ def compare_distance(
     if not np.isfinite(test).all():
         failures.append(f"{int((~np.isfinite(test)).sum())} non-finite values")
         test = np.nan_to_num(test, nan=1e9, posinf=1e9, neginf=-1e9)
-    err = np.abs(test - reference)
-    ref_max = float(np.abs(reference).max()) if reference.size else 0.0
-    max_abs = float(err.max()) if err.size else 0.0
-    med = float(np.median(err)) if err.size else 0.0
-    p99 = float(np.percentile(err, 99)) if err.size else 0.0
+    errors = distance_errors(reference, test)
+    ref_max, max_abs, med, p99 = errors.ref_max_abs_um, errors.max_abs_um, errors.median_abs_um, errors.p99_abs_um
     cart = float(np.mean((reference > half_pitch_um) == (test > half_pitch_um)))
     target = float(np.mean((reference < -half_pitch_um) == (test < -half_pitch_um)))
     max_bound = tolerance.max_abs_um + tolerance.rel * ref_max
@@ -146,7 +146,7 @@ def check_parity(results: Sequence[ParityResult]) -> None:
 def two_cell_tomogram(
     tile_zyx: Sequence[int],
     voxel_size_um: Sequence[float],
-    medium_ri: float = 1.337,
+    medium_ri: float = MEDIUM_RI,
     seed: int = 0,
 ) -> np.ndarray:
     """A synthetic RI tomogram (Z, Y, X) float32: a CAR-T cell touching a larger target cell.
@@ -184,7 +184,7 @@ def two_cell_tomogram(
 
 def parity_inputs(
     tile_zyx: Sequence[int],
-    meta: Mapping[str, Any],
+    meta: ModelMeta | Mapping[str, Any],
     random_batch: int = 1,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
@@ -193,12 +193,12 @@ def parity_inputs(
     ``random``: standard normal noise (the range normalised tomograms occupy); ``synthetic``: the
     :func:`two_cell_tomogram` normalised with the checkpoint's ``ri_normalization``.
     """
+    meta = ModelMeta.from_dict(meta, "parity | model meta", unknown="keep")
     rng = np.random.default_rng(seed)
     shape = (random_batch, 1, *(int(s) for s in tile_zyx))
-    norm = meta.get("ri_normalization") or {"offset": 1.337, "scale": 0.02}
-    medium = float(meta.get("medium_ri", 1.337))
-    ri = two_cell_tomogram(tile_zyx, meta.get("voxel_size_um", (0.5, 0.25, 0.25)), medium, seed)
-    synthetic = ((ri - float(norm["offset"])) / float(norm["scale"])).astype(np.float32)
+    norm = meta.ri_normalization
+    ri = two_cell_tomogram(tile_zyx, meta.voxel_size_um, meta.medium_ri, seed)
+    synthetic = ((ri - norm.offset) / norm.scale).astype(np.float32)
     return {
         "random": rng.standard_normal(shape).astype(np.float32),
         "synthetic": synthetic[None, None],
@@ -213,7 +213,6 @@ def run_onnxruntime(path_or_bytes: Any, x: np.ndarray, basic_optimizations: bool
     """
     import onnxruntime as ort
 
-    from deepis_rt.export.onnx_export import INPUT_NAME
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

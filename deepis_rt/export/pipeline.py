@@ -7,6 +7,7 @@ after their parity was checked: a graph outside tolerance is never written under
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -14,14 +15,27 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from deepis_rt.errors import EngineCacheError, ExportError, MissingDependencyError
+from deepis_rt._optional import import_optional
+from deepis_rt._version import __version__
+
+# the engine code and the ONNX exporter are called through their modules, so that a replaced builder
+# (a test's failing build, a fake export) is the one used
+from deepis_rt.backends import trt as trt_engine
+from deepis_rt.checkpoint import Checkpoint, load_checkpoint
+from deepis_rt.core.files import file_sha256
+from deepis_rt.core.meta import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, ExportFile, ExportManifest
+from deepis_rt.errors import ConfigError, EngineCacheError, ExportError, MissingDependencyError
+from deepis_rt.export import onnx_export
+from deepis_rt.export.fp16 import convert_to_fp16, float16_summary
+from deepis_rt.export.onnx_export import INPUT_NAME, OUTPUT_NAME, set_onnx_meta
 from deepis_rt.export.parity import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
@@ -32,18 +46,20 @@ from deepis_rt.export.parity import (
     run_onnxruntime,
 )
 
-__all__ = ["ExportResult", "export_model", "read_manifest", "EXPORT_FORMAT", "MANIFEST_NAME"]
+__all__ = ["ExportResult", "export_model", "load_manifest", "read_manifest", "EXPORT_FORMAT", "EXPORT_FORMAT_VERSION",
+           "MANIFEST_NAME"]
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMAT = "deepis-rt-export"
-EXPORT_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 #: Op types the FP16 graph computes in FP32 (none; Resize in FP32 made no measurable difference).
 FP16_KEEP_FP32_OPS: tuple[str, ...] = ()
 #: The output head (the 1x1x1 Conv that writes the distance map) is computed in FP32: it sums every
 #: channel into the value whose sign near +/- half a voxel pitch decides the masks (docs/export.md).
 FP16_HEAD_IN_FP32 = True
+#: Fields of the model's meta the manifest records under ``checkpoint.meta``.
+MANIFEST_META_FIELDS = ("voxel_size_um", "ri_normalization", "tile_zyx", "medium_ri", "description", "training",
+                        "metrics")
 
 
 def _output_head_nodes(proto: Any) -> list[str]:
@@ -67,17 +83,13 @@ class ExportResult:
     onnx_fp32: Path
     onnx_fp16: Path | None
     manifest_path: Path
-    manifest: dict[str, Any]
+    manifest: ExportManifest
     parity: list[ParityResult] = field(default_factory=list)
     engine: Any = None  # deepis_rt.backends.trt.cache.EngineBuild when an engine was built or found
     trt_status: str = "not requested"
 
 
 def _tool_versions(with_tensorrt: bool = False) -> dict[str, str]:
-    import importlib
-
-    from deepis_rt._version import __version__
-
     versions = {"deepis_rt": __version__, "python": platform.python_version()}
     names = ["torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "numpy"]
     if with_tensorrt:
@@ -165,11 +177,6 @@ def export_model(
         An exported graph disagrees with PyTorch beyond the documented tolerance (no file written).
     """
     import onnx
-    import torch
-
-    from deepis_rt.checkpoint import Checkpoint, file_sha256, load_checkpoint
-    from deepis_rt.export.fp16 import convert_to_fp16, float16_summary
-    from deepis_rt.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, set_onnx_meta
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     bmin, bopt, bmax = _parse_batch(batch)
@@ -208,7 +215,7 @@ def export_model(
     with tempfile.TemporaryDirectory(prefix=".export-", dir=folder) as tmpdir:
         raw_path = Path(tmpdir) / "raw.onnx"
         log.info("export | %s: exporting the FP32 graph (opset %d, tile %s)", name, opset, tile)
-        export_onnx(model, raw_path, tile, opset=opset, dynamic_shape=dynamic_shape,
+        onnx_export.export_onnx(model, raw_path, tile, opset=opset, dynamic_shape=dynamic_shape,
                     meta={**meta, "precision": "fp32"})
         proto = onnx.load(str(raw_path))
         # Try the simplified graph first; the unsimplified one is the fallback when it loses parity.
@@ -248,59 +255,51 @@ def export_model(
             fp16_path.unlink()  # an FP16 file of an earlier export would not match this manifest
         shutil.move(str(raw_path), fp32_path)
 
-    files = [{"path": fp32_path.name, "precision": "fp32", "sha256": file_sha256(fp32_path),
-              "bytes": fp32_path.stat().st_size, "simplified": simplified}]
+    files = [ExportFile(path=fp32_path.name, precision="fp32", sha256=file_sha256(fp32_path),
+                        bytes=fp32_path.stat().st_size, simplified=simplified)]
     if fp16:
-        files.append({"path": fp16_path.name, "precision": "fp16", "sha256": file_sha256(fp16_path),
-                      "bytes": fp16_path.stat().st_size, "simplified": simplified,
-                      **fp32_parts, "float16_summary": fp16_summary})
-    from deepis_rt.backends.trt import profile_from_batch
-
-    profile = profile_from_batch((bmin, bopt, bmax), tile, dynamic_shape, ckpt.config.size_multiple)
-    manifest: dict[str, Any] = {
-        "format": EXPORT_FORMAT,
-        "format_version": EXPORT_FORMAT_VERSION,
-        "name": name,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": {
+        files.append(ExportFile(path=fp16_path.name, precision="fp16", sha256=file_sha256(fp16_path),
+                                bytes=fp16_path.stat().st_size, simplified=simplified, **fp32_parts,
+                                float16_summary=fp16_summary))
+    profile = trt_engine.profile_from_batch((bmin, bopt, bmax), tile, dynamic_shape, ckpt.config.size_multiple)
+    stored_meta = ckpt.meta.to_dict()
+    shape = ["N", 1, *(["Z", "Y", "X"] if dynamic_shape else tile)]
+    manifest = ExportManifest(
+        name=name,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        checkpoint={
             "path": str(ckpt.path) if ckpt.path is not None else None,
             "sha256": ckpt_sha,
             "preset": ckpt.preset,
-            "meta": {k: ckpt.meta.get(k) for k in ("voxel_size_um", "ri_normalization", "tile_zyx",
-                                                    "medium_ri", "description", "training", "metrics")},
+            "meta": {k: stored_meta[k] for k in MANIFEST_META_FIELDS},
         },
-        "config": ckpt.config.to_dict(),
-        "opset": opset,
-        "input": {"name": INPUT_NAME, "shape": ["N", 1, *(["Z", "Y", "X"] if dynamic_shape else tile)],
-                  "dtype": "float32", "normalization": ckpt.meta.get("ri_normalization")},
-        "output": {"name": OUTPUT_NAME, "shape": ["N", 1, *(["Z", "Y", "X"] if dynamic_shape else tile)],
-                   "dtype": "float32", "unit": "um"},
-        "dynamic_shape": bool(dynamic_shape),
-        "batch_profile": profile.to_dict(),
-        "files": files,
-        "parity": {
+        config=ckpt.config.to_dict(),
+        opset=opset,
+        input={"name": INPUT_NAME, "shape": shape, "dtype": "float32",
+               "normalization": ckpt.meta.ri_normalization.to_dict()},
+        output={"name": OUTPUT_NAME, "shape": shape, "dtype": "float32", "unit": "um"},
+        dynamic_shape=bool(dynamic_shape),
+        batch_profile=profile.to_dict(),
+        files=tuple(files),
+        parity={
             "reference": "PyTorch FP32 (CPU)",
             "runtime": "ONNX Runtime CPU",
             "half_pitch_um": half_pitch,
             "tolerances": {"fp32": FP32_TOLERANCE.__dict__, "fp16": FP16_TOLERANCE.__dict__},
             "results": [r.to_dict() for r in parity],
         },
-        "tools": _tool_versions(),
-        "engine": None,
-        "tensorrt": "not requested",
-    }
+        tools=_tool_versions(),
+    )
     result = ExportResult(name, folder, fp32_path, fp16_path if fp16 else None, folder / MANIFEST_NAME,
                           manifest, parity)
     _write_manifest(result)
 
     if trt is False:
         return result
-    from deepis_rt.backends.trt import get_engine, tensorrt_unavailable_reason
-
-    reason = tensorrt_unavailable_reason()
+    reason = trt_engine.tensorrt_unavailable_reason()
     if reason is not None:
-        result.trt_status = manifest["tensorrt"] = f"skipped: {reason}"
-        _write_manifest(result)
+        result.trt_status = f"skipped: {reason}"
+        _write_manifest(result, tensorrt=result.trt_status)
         if trt:
             raise MissingDependencyError(
                 f"export | {reason}. The ONNX files and manifest are in {folder}; run the export "
@@ -309,29 +308,26 @@ def export_model(
         log.info("export | %s (ONNX files written; pass --trt to require an engine)", reason)
         return result
     try:
-        engine = get_engine(fp16_path if fp16 else fp32_path, engines_dir, "fp16" if fp16 else "fp32",
+        engine = trt_engine.get_engine(fp16_path if fp16 else fp32_path, engines_dir, "fp16" if fp16 else "fp32",
                             profile, onnx_fp32_path=fp32_path)
     except (ExportError, EngineCacheError) as exc:
-        result.trt_status = manifest["tensorrt"] = f"failed: {exc}"
-        _write_manifest(result)
+        result.trt_status = f"failed: {exc}"
+        _write_manifest(result, tensorrt=result.trt_status)
         if trt:
             raise
         log.error("%s (the ONNX files are fine; pass --no-trt to skip the engine)", exc)
         return result
     result.engine = engine
-    result.trt_status = manifest["tensorrt"] = "cached" if engine.cached else "built"
-    manifest["engine"] = {"path": str(engine.path), **{k: engine.manifest[k] for k in (
-        "cache_key", "trt_version", "gpu_name", "compute_capability", "precision", "build_mode",
-        "build_time_s", "engine_sha256")}}
-    manifest["tools"] = _tool_versions(with_tensorrt=True)
-    _write_manifest(result)
+    result.trt_status = "cached" if engine.cached else "built"
+    _write_manifest(result, tensorrt=result.trt_status, tools=_tool_versions(with_tensorrt=True), engine={
+        "path": str(engine.path), **{k: engine.manifest[k] for k in (
+            "cache_key", "trt_version", "gpu_name", "compute_capability", "precision", "build_mode",
+            "build_time_s", "engine_sha256")}})
     return result
 
 
 def _simplify(proto: Any) -> Any:
     try:
-        from deepis_rt._optional import import_optional
-
         onnxslim = import_optional("onnxslim", "simplifying exported ONNX graphs")
     except MissingDependencyError as exc:
         log.info("export | not simplifying: %s", exc)
@@ -343,22 +339,31 @@ def _simplify(proto: Any) -> Any:
         return None
 
 
-def _write_manifest(result: ExportResult) -> None:
+def _write_manifest(result: ExportResult, **changes: Any) -> None:
+    """Write ``result.manifest`` with ``changes`` (fields of :class:`ExportManifest`) atomically."""
+    result.manifest = replace(result.manifest, **changes)
     tmp = result.manifest_path.with_name(result.manifest_path.name + ".tmp")
-    tmp.write_text(json.dumps(result.manifest, indent=2))
+    tmp.write_text(json.dumps(result.manifest.to_dict(), indent=2))
     os.replace(tmp, result.manifest_path)
 
 
 def read_manifest(export_dir: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """The manifest of an export folder as a dict (:func:`load_manifest`, in its stored layout)."""
+    return load_manifest(export_dir, verify).to_dict()
+
+
+def load_manifest(export_dir: str | os.PathLike, verify: bool = True) -> ExportManifest:
     """The manifest of an export folder, with every listed ONNX file's sha256 verified.
+
+    Every field must be one :class:`~deepis_rt.core.meta.ExportManifest` declares: a field added by
+    hand is refused, naming it.
 
     Raises
     ------
     ExportError
-        No manifest, not an export manifest, a listed file missing, or a checksum mismatch.
+        No manifest, not an export manifest, an unknown or malformed field, a listed file missing,
+        or a checksum mismatch.
     """
-    from deepis_rt.checkpoint import file_sha256
-
     folder = Path(export_dir)
     path = folder / MANIFEST_NAME if folder.is_dir() else folder
     folder = path.parent
@@ -371,12 +376,16 @@ def read_manifest(export_dir: str | os.PathLike, verify: bool = True) -> dict[st
         raise ExportError(f"{where}: corrupt manifest ({exc}); export again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
         raise ExportError(f"{where}: not a deepis-rt export manifest")
+    try:
+        typed = ExportManifest.from_dict(manifest, where)
+    except ConfigError as exc:
+        raise ExportError(f"{exc}; export again, or correct the file") from None
     if verify:
-        for entry in manifest.get("files", []):
-            onnx_path = folder / entry["path"]
+        for entry in typed.files:
+            onnx_path = folder / entry.path
             if not onnx_path.is_file():
-                raise ExportError(f"{where}: listed file {entry['path']} is missing; export again")
-            if file_sha256(onnx_path) != entry.get("sha256"):
-                raise ExportError(f"{where}: {entry['path']} does not match its sha256 in the manifest "
+                raise ExportError(f"{where}: listed file {entry.path} is missing; export again")
+            if file_sha256(onnx_path) != entry.sha256:
+                raise ExportError(f"{where}: {entry.path} does not match its sha256 in the manifest "
                                   "(modified or corrupt); export again")
-    return manifest
+    return typed

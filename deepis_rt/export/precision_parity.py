@@ -4,7 +4,7 @@ The same checkpoint segments the same held-out synthetic frames twice, once in t
 precision and once in FP32 (both through :func:`deepis_rt.load`, so tiling, normalisation and
 labels are exactly what a user gets). Reported per frame and overall: max and 99th-percentile
 absolute error of the distance map (um), the fraction of voxels whose label (background, CAR-T,
-target, IS; :func:`~deepis_rt.runtime.result.labels_from_distance`) is the same, and the agreement
+target, IS; :func:`~deepis_rt.core.labels.labels_from_distance`) is the same, and the agreement
 of each class's mask (Dice).
 
 Rule for BF16: it must keep label agreement >= :data:`BF16_MIN_LABEL_AGREEMENT` on the bundled
@@ -36,9 +36,24 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.backends.openvino.parity import BF16_MIN_LABEL_AGREEMENT, find_parity_report, warn_if_bf16_disagrees
-from deepis_rt.backends.openvino.parity import report_paths as _report_paths
+import deepis_rt
+
+# the capability query is looked up when called (a CPU without BF16 is simulated by replacing it)
+from deepis_rt.backends.openvino import runner as openvino_runner
+from deepis_rt.backends.openvino.parity import (
+    BF16_MIN_LABEL_AGREEMENT,
+    find_parity_report,
+    report_paths,
+    warn_if_bf16_disagrees,
+)
+from deepis_rt.core.labels import labels_from_distance
+from deepis_rt.core.machine import describe_machine
+from deepis_rt.core.metrics import dice, distance_errors
 from deepis_rt.errors import BackendError
+from deepis_rt.runtime.source import resolve_source
+from deepis_rt.synth import generate_timelapse
+from deepis_rt.train.data import HELDOUT_SEED_BASE
+from deepis_rt.train.evaluate import HELDOUT_FRAMES
 
 __all__ = ["BF16_MIN_LABEL_AGREEMENT", "CLASSES", "label_parity", "summarize_parity", "heldout_frames",
            "bf16_parity_report", "emulate_bf16", "emulated_bf16_parity_report", "find_parity_report",
@@ -60,26 +75,23 @@ def label_parity(reference_um: np.ndarray, test_um: np.ndarray, voxel_size_um: S
         label), ``dice_<class>`` for each of :data:`CLASSES` (1.0 when both masks are empty) and
         ``reference_voxels_<class>``.
     """
-    from deepis_rt.runtime.result import labels_from_distance
-
     ref = np.asarray(reference_um, np.float32)
     test = np.asarray(test_um, np.float32)
     if ref.shape != test.shape:
         raise ValueError(f"parity | output shape {test.shape} differs from the reference {ref.shape}")
     if not np.isfinite(test).all():
         raise BackendError(f"parity | {int((~np.isfinite(test)).sum())} non-finite values in the reduced-precision output")
-    err = np.abs(test.astype(np.float64) - ref)
+    errors = distance_errors(ref, test)
     ref_labels = labels_from_distance(ref, voxel_size_um)
     test_labels = labels_from_distance(test, voxel_size_um)
     out: dict[str, Any] = {
-        "max_abs_um": float(err.max()),
-        "p99_abs_um": float(np.percentile(err, 99)),
+        "max_abs_um": errors.max_abs_um,
+        "p99_abs_um": errors.p99_abs_um,
         "label_agreement": float(np.mean(ref_labels == test_labels)),
     }
     for value, name in CLASSES.items():
         a, b = ref_labels == value, test_labels == value
-        total = int(a.sum()) + int(b.sum())
-        out[f"dice_{name}"] = 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+        out[f"dice_{name}"] = dice(a, b)
         out[f"reference_voxels_{name}"] = int(a.sum())
     return out
 
@@ -104,10 +116,6 @@ def summarize_parity(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def heldout_frames(voxel_size_um: Sequence[float], tile_zyx: Sequence[int], videos: int = 2,
                    frames: Sequence[int] | None = None) -> list[tuple[str, np.ndarray]]:
     """Held-out synthetic conjugate frames (seeds never used in training), as ``(name, RI volume)``."""
-    from deepis_rt.synth import generate_timelapse
-    from deepis_rt.train.data import HELDOUT_SEED_BASE
-    from deepis_rt.train.evaluate import HELDOUT_FRAMES
-
     frames = list(frames or HELDOUT_FRAMES)
     out = []
     for i in range(videos):
@@ -144,11 +152,7 @@ def bf16_parity_report(checkpoint: str | Path | None = None, videos: int = 2, fr
     BackendError
         OpenVINO is missing or this CPU has no BF16 (checked before any frame is made).
     """
-    import deepis_rt
-    from deepis_rt.backends.openvino.runner import bf16_unavailable_reason, cpu_capabilities
-    from deepis_rt.runtime.source import resolve_source
-
-    why = bf16_unavailable_reason()
+    why = openvino_runner.bf16_unavailable_reason()
     if why is not None:
         raise BackendError(f"bf16 parity | cannot measure BF16 here: {why}; run this on a CPU with "
                            "AVX512_BF16 or AMX")
@@ -163,11 +167,10 @@ def bf16_parity_report(checkpoint: str | Path | None = None, videos: int = 2, fr
     summary = summarize_parity(rows)
     summary["rule"] = f"label_agreement >= {BF16_MIN_LABEL_AGREEMENT}"
     summary["rule_met"] = bool(summary["label_agreement_min"] >= BF16_MIN_LABEL_AGREEMENT)
-    from deepis_rt.bench.machine import describe_machine
 
     return {"report": "bf16 vs fp32 parity (OpenVINO CPU)", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "checkpoint": str(source.path), "checkpoint_sha256": source.sha256, "precision": "bf16",
-            "reference": "fp32", "runner": describe, "cpu_capabilities": list(cpu_capabilities()),
+            "reference": "fp32", "runner": describe, "cpu_capabilities": list(openvino_runner.cpu_capabilities()),
             "machine": describe_machine(), "summary": summary, "rows": rows}
 
 
@@ -218,9 +221,6 @@ def emulated_bf16_parity_report(checkpoint: str | Path | None = None, videos: in
     (:func:`bf16_parity_report`) will say. The report has ``"emulated": true`` and is never used as
     the gate of ``precision="bf16"``.
     """
-    import deepis_rt
-    from deepis_rt.runtime.source import resolve_source
-
     source = resolve_source(checkpoint)
     opts = {"analyze": False, "cache_dir": cache_dir, "num_threads": num_threads}
     with deepis_rt.load(checkpoint, backend="torch", device="cpu", **opts) as fp32, \
@@ -239,7 +239,6 @@ def emulated_bf16_parity_report(checkpoint: str | Path | None = None, videos: in
     summary = summarize_parity(rows)
     summary["rule"] = f"label_agreement >= {BF16_MIN_LABEL_AGREEMENT}"
     summary["rule_met"] = bool(summary["label_agreement_min"] >= BF16_MIN_LABEL_AGREEMENT)
-    from deepis_rt.bench.machine import describe_machine
 
     return {"report": "bf16 vs fp32 parity, EMULATED (FP32 arithmetic with BF16 rounding, PyTorch CPU)",
             "emulated": True, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -286,12 +285,11 @@ def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) 
     except BackendError as exc:
         out(f"error: {exc}" + ("" if args.emulate else "\n(an estimate on this CPU: add --emulate)"))
         return 2
-    from deepis_rt.runtime.source import resolve_source
 
     text = json.dumps(report, indent=2)
     cached = None
     if not report.get("emulated"):  # only measurements gate precision='bf16'
-        cached = _report_paths(resolve_source(args.checkpoint), args.cache_dir)[-1]
+        cached = report_paths(resolve_source(args.checkpoint), args.cache_dir)[-1]
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(text)
     if args.json_path:

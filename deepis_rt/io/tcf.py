@@ -556,8 +556,3 @@ def describe_tcf(path: str | Path) -> dict[str, Any]:
         desc["tiles"] = tiles
     return desc
 
-
-def is_tcf(path: Path) -> bool:
-    """A file whose suffix is a TCF/HDF5 one (for ``deepis-rt info``)."""
-    return path.is_file() and path.suffix.lower() in (".tcf", ".h5", ".hdf5")
-

@@ -14,8 +14,8 @@ from functools import lru_cache
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from deepis_rt.model.build import build_model
 from deepis_rt.model.config import TILE_ZYX, ModelConfig
-from deepis_rt.model.network import DeepIS
 
 __all__ = ["Complexity", "complexity"]
 
@@ -35,7 +35,7 @@ class Complexity:
 def complexity(config: ModelConfig, tile_zyx: tuple[int, int, int] = TILE_ZYX) -> Complexity:
     """Parameters and forward FLOPs for one tile of ``tile_zyx`` voxels (batch 1)."""
     with torch.device("meta"):
-        model = DeepIS(config).eval()
+        model = build_model(config).eval()
         x = torch.empty((1, config.in_channels, *tile_zyx))
     params = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False)

@@ -7,12 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from deepis_rt.core.meta import TILE_ZYX
 from deepis_rt.errors import ConfigError
 
 __all__ = ["ModelConfig", "PRESETS", "preset_config", "TILE_ZYX", "ARCHITECTURES", "DEEPIS_2020_BASE_WIDTHS"]
-
-#: Model tile (Z, Y, X) in voxels, as in the paper.
-TILE_ZYX: tuple[int, int, int] = (64, 128, 128)
 
 #: Network families :class:`ModelConfig` describes. ``"deepis"``: deepis-rt's reading of the paper's
 #: text (:class:`~deepis_rt.model.network.DeepIS`). ``"deepis-2020"``: the module structure of the

@@ -1,6 +1,6 @@
 """The network of the authors' published DeepIS training code, in deepis-rt's (Z, Y, X) layout.
 
-``DeepIS2020`` is what ``DeepIS(config)`` builds for ``config.architecture == "deepis-2020"``
+``DeepIS2020`` is what ``build_model(config)`` builds for ``config.architecture == "deepis-2020"``
 (preset ``deepis-2020``). Its module names and numerics are those of ``Unet3D_glob`` in the
 published repository (Jinyeop3110/2020__DeepIS, ``models/unet3D_glob.py`` with the layers of
 ``models/layers/GCN_layer1007.py`` and ``unet_layer.py``), so a checkpoint of that code loads
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepis_rt.model.base import DeepISNetwork
 from deepis_rt.model.config import ModelConfig
-from deepis_rt.model.network import DeepIS
 
 __all__ = ["DeepIS2020", "GCN_AXES"]
 
@@ -129,7 +129,7 @@ def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=like.shape[2:], mode="trilinear", align_corners=True)
 
 
-class DeepIS2020(DeepIS):
+class DeepIS2020(DeepISNetwork):
     """``Unet3D_glob`` of the published DeepIS code; input (N, 1, Z, Y, X), output (N, 1, Z, Y, X).
 
     Parameters
@@ -141,13 +141,12 @@ class DeepIS2020(DeepIS):
         original (Y, X, Z).
     """
 
+    architecture = "deepis-2020"
+
     def __init__(self, config: ModelConfig, layout: str = "zyx") -> None:
-        nn.Module.__init__(self)
-        if config.architecture != "deepis-2020":
-            raise ValueError(f"DeepIS2020 needs architecture 'deepis-2020', got {config.architecture!r}")
+        super().__init__(config)
         if sorted(layout) != ["x", "y", "z"]:
             raise ValueError(f"layout must name the axes z, y, x once each, got {layout!r}")
-        self.config = config
         self.layout = layout
         w, t, k = config.widths, config.skip_width, config.gcn_kernels
         self.conv1 = UnetConv(config.in_channels, w[0])

@@ -16,16 +16,15 @@ Architecture (Lee et al., eLife 2020; see docs/model.md):
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepis_rt.errors import ShapeError
-from deepis_rt.model.config import ModelConfig, preset_config
+from deepis_rt.model.base import DeepISNetwork, check_spatial_size, nearest_valid_size
+from deepis_rt.model.config import ModelConfig
 
-__all__ = ["DeepIS", "build_model", "check_spatial_size", "nearest_valid_size"]
+# check_spatial_size and nearest_valid_size are defined in deepis_rt.model.base (every network uses them)
+__all__ = ["DeepIS", "check_spatial_size", "nearest_valid_size"]
 
 
 class Bottleneck(nn.Module):
@@ -90,44 +89,17 @@ class Refine(nn.Module):
         return x + self.conv2(F.relu(self.bn(self.conv1(x))))
 
 
-def nearest_valid_size(size: int, multiple: int) -> int:
-    """The multiple of ``multiple`` closest to ``size`` (at least ``multiple``)."""
-    return max(multiple, int(round(size / multiple)) * multiple)
+class DeepIS(DeepISNetwork):
+    """DeepIS 3-D segmentation network as the paper describes it; input (N, C, Z, Y, X), output (N, 1, Z, Y, X).
 
-
-def check_spatial_size(shape: tuple[int, ...], multiple: int) -> None:
-    """Raise :class:`ShapeError` unless every spatial size is a multiple of ``multiple``.
-
-    ``shape`` is the (Z, Y, X) part of an input's shape.
-    """
-    bad = [s for s in shape if s <= 0 or s % multiple]
-    if bad:
-        nearest = tuple(nearest_valid_size(s, multiple) for s in shape)
-        padded = tuple(-(-s // multiple) * multiple for s in shape)
-        raise ShapeError(
-            f"model | spatial size {tuple(shape)} (Z, Y, X) is not a multiple of {multiple} "
-            f"along every axis; nearest valid size is {nearest} (pad to {padded} to keep "
-            "every voxel; deepis_rt.load() pads automatically)"
-        )
-
-
-class DeepIS(nn.Module):
-    """DeepIS 3-D segmentation network; input (N, C, Z, Y, X), output (N, 1, Z, Y, X).
-
-    ``DeepIS(config)`` with ``config.architecture == "deepis-2020"`` builds the published code's
-    network (:class:`~deepis_rt.model.deepis2020.DeepIS2020`, a subclass).
+    For a config of another architecture (``"deepis-2020"``), :func:`~deepis_rt.model.build_model`
+    builds the matching network.
     """
 
-    def __new__(cls, config: ModelConfig | None = None, *args: Any, **kwargs: Any) -> DeepIS:
-        if cls is DeepIS and config is not None and config.architecture == "deepis-2020":
-            from deepis_rt.model.deepis2020 import DeepIS2020
-
-            cls = DeepIS2020
-        return super().__new__(cls)
+    architecture = "deepis"
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         w = config.widths
         self.stem = nn.Sequential(
             nn.Conv3d(config.in_channels, w[0], 3, padding=1, bias=False),
@@ -150,14 +122,6 @@ class DeepIS(nn.Module):
         self.refine = nn.ModuleList(Refine(config.skip_width) for _ in w)
         self.head = nn.Conv3d(config.skip_width, config.out_channels, 1)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _is_exporting()):
-            if x.dim() != 5:
-                raise ShapeError(
-                    f"model | expected a 5-D tensor (N, C, Z, Y, X), got shape {tuple(x.shape)}"
-                )
-            check_spatial_size(tuple(x.shape[2:]), self.config.size_multiple)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         feats = []
@@ -171,31 +135,3 @@ class DeepIS(nn.Module):
             up = F.interpolate(d, size=skip.shape[2:], mode="trilinear", align_corners=True)
             d = self.refine[i](skip + up)
         return self.head(d)
-
-
-def _is_exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting()) if is_exporting is not None else False
-
-
-def build_model(preset: str | ModelConfig = "deepis", **overrides: Any) -> DeepIS:
-    """Build a DeepIS network.
-
-    Parameters
-    ----------
-    preset : str or ModelConfig
-        ``"deepis"`` (the paper's text), ``"deepis-lite"`` (CPU/demo variant), ``"deepis-2020"``
-        (the published training code's network, :mod:`deepis_rt.model.deepis2020`), or a config.
-    **overrides
-        Config fields to change, e.g. ``widths=(4, 8, 8, 8, 8)`` for tiny test models.
-
-    Returns
-    -------
-    DeepIS
-        The network in training mode, randomly initialised.
-    """
-    if isinstance(preset, ModelConfig):
-        config = preset.replace(**overrides) if overrides else preset
-    else:
-        config = preset_config(preset, **overrides)
-    return DeepIS(config)

@@ -24,7 +24,7 @@ RECORD_VERSION = 1
 @functools.lru_cache(maxsize=1)
 def host_record() -> dict[str, Any]:
     """The host and the library versions (read once per process; no library imported to read them)."""
-    from deepis_rt.bench.machine import describe_host, package_versions
+    from deepis_rt.core.machine import describe_host, package_versions
 
     host = describe_host()
     host.pop("load_average_1m", None)

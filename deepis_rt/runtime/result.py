@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FrameResult", "labels_from_distance", "LABEL_BACKGROUND", "LABEL_TCELL", "LABEL_TARGET", "LABEL_SYNAPSE"]
+# defined one layer down (training and export use it too); re-exported as part of the runtime's API
+from deepis_rt.core.labels import LABEL_BACKGROUND, LABEL_TARGET, LABEL_TCELL, labels_from_distance
+from deepis_rt.core.labels import LABEL_IS as LABEL_SYNAPSE
 
-LABEL_BACKGROUND, LABEL_TCELL, LABEL_TARGET, LABEL_SYNAPSE = 0, 1, 2, 3
+__all__ = ["FrameResult", "labels_from_distance", "LABEL_BACKGROUND", "LABEL_TCELL", "LABEL_TARGET", "LABEL_SYNAPSE"]
 
 
 @dataclass
@@ -110,14 +111,3 @@ class FrameResult:
             f"total_ms={self.timings_ms.get('total', float('nan')):.1f})"
         )
 
-
-def labels_from_distance(distance: np.ndarray, voxel_size_um: Sequence[float], dilation_voxels: int = 2) -> np.ndarray:
-    """The paper's labels from a signed distance map, without the rest of the analysis.
-
-    CAR-T = distance > half the voxel pitch, target = distance < minus half the pitch, IS = overlap of
-    both masks each dilated by ``dilation_voxels`` voxels (:mod:`deepis_rt.analysis.masks`).
-    """
-    from deepis_rt.analysis.masks import cell_masks, default_threshold_um, label_volume
-
-    tcell, target = cell_masks(distance, default_threshold_um(voxel_size_um))
-    return label_volume(tcell, target, dilation_voxels)

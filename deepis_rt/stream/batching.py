@@ -42,9 +42,9 @@ def curves_path(cache_dir: str | Path | None = None) -> Path:
 
 
 def _host() -> str:
-    from deepis_rt.bench.machine import _cpu_model
+    from deepis_rt.core.machine import cpu_model
 
-    return _cpu_model()
+    return cpu_model()
 
 
 def curve_key(model: Mapping[str, Any], backend: str, precision: str | None, device: str | None,

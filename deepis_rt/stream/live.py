@@ -138,7 +138,7 @@ class LiveLane:
 
     def summary(self) -> dict[str, Any]:
         """Facts for summary.json: the live model, its results and how old its decisions were."""
-        from deepis_rt.bench.stats import latency_stats
+        from deepis_rt.core.stats import latency_stats
 
         w = self.writer
         lat = latency_stats(w.latencies_ms)

@@ -91,8 +91,8 @@ class Stage:
 def mark_failed(task: FrameTask, stage: str, exc: BaseException) -> None:
     """Record ``exc`` on ``task``; transient failures (:func:`~deepis_rt.backends.failures.is_transient`)
     mark it for retry by the next run instead of failing it."""
-    from deepis_rt.errors import DeepisError
     from deepis_rt.backends.failures import is_transient
+    from deepis_rt.errors import DeepisError
 
     task.retry = is_transient(exc)
     if isinstance(exc, DeepisError):

@@ -43,6 +43,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from deepis_rt.core.jsonable import json_safe
+
 __all__ = ["FRAME_COLUMNS", "STAGES", "LABELS_TIFF", "CsvTable", "ResultsFolder", "atomic_write_bytes", "atomic_write_json",
            "ome_voxel_size_um"]
 
@@ -78,23 +80,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(_clean(obj), indent=2) + "\n").encode())
-
-
-def _clean(obj: Any) -> Any:
-    """JSON without NaN/Inf (written as null), numpy scalars as Python numbers."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):
-        try:
-            return _clean(obj.item())
-        except (TypeError, ValueError):
-            pass
-    return obj
+    atomic_write_bytes(path, (json.dumps(json_safe(obj), indent=2) + "\n").encode())
 
 
 def _fmt(value: Any) -> Any:

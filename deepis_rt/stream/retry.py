@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from deepis_rt.errors import ConfigError
 from deepis_rt.backends.failures import is_transient
+from deepis_rt.errors import ConfigError
 
 __all__ = ["RetryPolicy", "BackendEvent", "BackendHealth", "DEFAULT_RETRY_FOR_S"]
 

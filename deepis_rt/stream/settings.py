@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
+from deepis_rt.errors import ConfigError
+from deepis_rt.io.plausibility import config_voxel_size
+from deepis_rt.io.ri import RI_RANGE, RIScale
 from deepis_rt.stream.backlog import DEFAULT_BACKLOG_WINDOW_S
 from deepis_rt.stream.retry import DEFAULT_RETRY_FOR_S
 from deepis_rt.stream.scheduling import POLICIES
+from deepis_rt.stream.timelapse_store import ZARR_MODES
 
 __all__ = ["StreamSettings"]
 
 
 @dataclass
 class StreamSettings:
-    """Options of a :class:`~deepis_rt.stream.Stream`; every field is documented where it is declared."""
+    """Options of a :class:`~deepis_rt.stream.Stream`; every field is documented where it is declared.
+
+    Checked when made, so that a value out of range is said before any model loads; the object is
+    what a :class:`~deepis_rt.stream.Stream` runs with (``Stream(..., settings=...)``).
+    """
 
     #: voxel size (Z, Y, X) um for inputs that do not carry one (npy without sidecar, ...)
     voxel_size_um: tuple[float, float, float] | None = None
@@ -72,9 +82,21 @@ class StreamSettings:
     #: as done, and new frames of the same names be skipped); off for the same frames moved elsewhere
     check_source: bool = True
 
-    def __post_init__(self) -> None:
-        from deepis_rt.errors import ConfigError
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "stream") -> StreamSettings:
+        """Settings from a mapping of field names (keyword arguments, a recorded run); unknown names are
+        refused, naming them."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {unknown}; the settings are {', '.join(known)}")
+        return cls(**values)
 
+    def replace(self, **changes: Any) -> StreamSettings:
+        """A checked copy with ``changes`` (unknown names refused)."""
+        return StreamSettings.from_dict({**vars(self), **changes})
+
+    def __post_init__(self) -> None:
         if (self.max_batch is not None and self.max_batch < 1) or self.queue_size < 1:
             raise ConfigError("stream: max_batch and queue_size must be >= 1")
         if self.policy not in POLICIES:
@@ -90,19 +112,13 @@ class StreamSettings:
             raise ConfigError(f"stream: frame_interval_s must be a positive number of seconds, got {self.frame_interval_s}")
         if self.idle_timeout_s is not None and not self.idle_timeout_s >= 0:
             raise ConfigError(f"stream: idle_timeout_s must be >= 0 seconds, got {self.idle_timeout_s}")
-        from deepis_rt.io.ri import RI_RANGE, RIScale
-
         if self.medium_ri is not None and not RI_RANGE[0] <= self.medium_ri <= RI_RANGE[1]:
             raise ConfigError(f"stream: medium_ri must be a refractive index ({RI_RANGE[0]}-{RI_RANGE[1]}), "
                               f"got {self.medium_ri}")
         RIScale.from_args(self.ri_scale, self.ri_offset, "stream")  # validates
-        from deepis_rt.stream.timelapse_store import ZARR_MODES
-
         if self.zarr not in ZARR_MODES:
             raise ConfigError(f"stream: zarr must be one of {', '.join(ZARR_MODES)}, got {self.zarr!r}")
         if not self.retry_for_s >= 0:
             raise ConfigError(f"stream: retry_for_s must be >= 0, got {self.retry_for_s}")
         if self.voxel_size_um is not None:
-            from deepis_rt.io.plausibility import config_voxel_size
-
             self.voxel_size_um = config_voxel_size(self.voxel_size_um, "stream")

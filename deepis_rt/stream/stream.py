@@ -101,8 +101,10 @@ class Stream:
         ``on_live_frame``) while ``segmenter`` processes every frame for the record (stream/live.py).
     on_live_frame : callable, optional
         ``on_live_frame(result)`` for every result of ``live_segmenter``.
-    **settings
-        Fields of :class:`StreamSettings`.
+    settings : StreamSettings, optional
+        The stream's options, checked when made.
+    **fields
+        Fields of :class:`StreamSettings` (instead of ``settings``, or changing some of its fields).
     """
 
     def __init__(
@@ -117,15 +119,15 @@ class Stream:
         on_backlog: Callable[[BacklogEvent], None] | None = None,
         live_segmenter: Any = None,
         on_live_frame: Callable[[Any], None] | None = None,
-        **settings: Any,
+        settings: StreamSettings | None = None,
+        **fields: Any,
     ) -> None:
         from deepis_rt.analysis.tables import CELL_COLUMNS, SYNAPSE_COLUMNS
-        from deepis_rt.errors import ConfigError, InputError
+        from deepis_rt.errors import InputError
 
-        unknown = set(settings) - set(StreamSettings.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"stream: unknown setting(s) {sorted(unknown)}")
-        self.settings = StreamSettings(**settings)
+        # settings made (and checked) by the caller, or its fields as keywords; unknown names are refused
+        self.settings = (StreamSettings.from_dict(fields) if settings is None
+                         else settings.replace(**fields) if fields else settings)
         self.segmenter = segmenter
         self.source = Path(source) if source is not None else None
         if self.source is not None and not self.source.is_dir():
@@ -528,7 +530,7 @@ class Stream:
     def summary(self) -> dict[str, Any]:
         """Run facts: backend, model, frames, throughput, latency percentiles, synapse kinetics."""
         from deepis_rt.analysis.quality import quality_summary
-        from deepis_rt.bench.stats import latency_stats
+        from deepis_rt.core.stats import latency_stats
         from deepis_rt.report.record import run_record
 
         elapsed = max(time.time() - self._run_started, 1e-9)

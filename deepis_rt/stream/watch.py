@@ -151,9 +151,6 @@ class FolderWatcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def mark_done(self, name: str) -> None:
-        self._done.add(name)
-
     def _candidates(self) -> list[os.DirEntry]:
         try:
             entries = list(os.scandir(self.folder))

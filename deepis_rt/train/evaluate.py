@@ -26,9 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.runtime.result import labels_from_distance
+from deepis_rt.core.jsonable import json_safe
+from deepis_rt.core.labels import labels_from_distance
+from deepis_rt.synth import generate_timelapse
+from deepis_rt.synth.randomize import randomized_frame
 from deepis_rt.train.data import HELDOUT_SEED_BASE
-from deepis_rt.train.loop import _clean, predict_distance
+from deepis_rt.train.loop import predict_distance
 from deepis_rt.train.metrics import frame_metrics, summarize
 
 __all__ = ["evaluate_checkpoint", "draw_figure", "write_bundle", "HELDOUT_FRAMES"]
@@ -41,9 +44,6 @@ _VIDEO_FRAMES = 60
 
 
 def _frames(seed: int, tile: Sequence[int], vs: Sequence[float], frames: Sequence[int], imaging: str) -> list:
-    from deepis_rt.synth import generate_timelapse
-    from deepis_rt.synth.randomize import randomized_frame
-
     if imaging == "random":
         return [randomized_frame(seed, k, _VIDEO_FRAMES, tile, vs, with_truth_area=True) for k in frames]
     return generate_timelapse(_VIDEO_FRAMES, seed, tile, vs, frames=list(frames), imaging=imaging)
@@ -94,7 +94,6 @@ def draw_figure(path: str | Path, out_png: str | Path, seed: int = HELDOUT_SEED_
     from matplotlib.colors import ListedColormap
 
     from deepis_rt.checkpoint import load_checkpoint
-    from deepis_rt.synth import generate_timelapse
 
     ck = load_checkpoint(path)
     model = ck.build()
@@ -173,15 +172,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def write_bundle(checkpoint: str | Path, out: str | Path, result: dict[str, Any]) -> Path:
     """Copy ``checkpoint`` to ``out`` with ``meta.metrics.heldout`` set, plus ``<out>.json``."""
-    from deepis_rt.checkpoint import load_checkpoint, save_checkpoint
+    from deepis_rt.checkpoint import load_checkpoint, save_checkpoint  # PyTorch: imported when used
 
     ck = load_checkpoint(checkpoint)
-    heldout = {**_clean(result["summary"]), "video_seeds": result["seeds"], "frames_per_video": result["frames"],
+    heldout = {**json_safe(result["summary"]), "video_seeds": result["seeds"], "frames_per_video": result["frames"],
                "definition": "Dice per class (paper's masks at +-half pitch) and relative IS-area error "
                              "(IS area by deepis_rt.analysis.analyze, as in synapses.csv; deepis_rt.train.metrics) "
                              "on held-out synthetic videos"}
-    meta = dict(ck.meta)
-    meta["metrics"] = {**dict(meta.get("metrics") or {}), "heldout": heldout}
+    meta = ck.meta.replace(metrics={**ck.meta.metrics, "heldout": heldout})
     out = Path(out)
     save_checkpoint(out, ck.state_dict, config=ck.config, meta=meta, preset=ck.preset)
     final = load_checkpoint(out)
@@ -189,12 +187,12 @@ def write_bundle(checkpoint: str | Path, out: str | Path, result: dict[str, Any]
         "file": out.name,
         "sha256": final.sha256,
         "preset": final.preset,
-        "description": meta.get("description"),
+        "description": meta.description,
         "for": "demos and tests only, not for real microscope data (docs/model_card.md)",
-        "voxel_size_um": meta["voxel_size_um"],
-        "tile_zyx": meta["tile_zyx"],
-        "training": {k: meta["training"].get(k) for k in ("command", "steps", "wall_time_s", "data", "seeds")},
-        "metrics": meta["metrics"],
+        "voxel_size_um": list(meta.voxel_size_um),
+        "tile_zyx": list(meta.tile_zyx),
+        "training": {k: meta.training.get(k) for k in ("command", "steps", "wall_time_s", "data", "seeds")},
+        "metrics": meta.metrics,
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return out

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.core.meta import DistanceOutput
 from deepis_rt.errors import ConfigError
 
 __all__ = ["InitCheckpoint", "load_init"]
@@ -64,26 +65,26 @@ def load_init(spec: str | Path, voxel_size_um: Sequence[float] | None = None) ->
     path = bundled_checkpoint_path() if str(spec) == BUNDLED else Path(spec)
     ckpt = load_checkpoint(path)
     where = f"train --init {path}"
-    assumed = set(ckpt.meta.get("assumed") or ())
-    out = ckpt.meta.get("distance_output") or {"unit": "um", "scale": 1.0}
-    if out.get("unit", "um") != "um" or float(out.get("scale", 1.0)) != 1.0:
-        raise ConfigError(f"{where}: the network's output is a distance in {out.get('unit')} x {out.get('scale')}, "
+    assumed = set(ckpt.meta.assumed or ())
+    out = ckpt.meta.distance_output or DistanceOutput()
+    if out.unit != "um" or out.scale != 1.0:
+        raise ConfigError(f"{where}: the network's output is a distance in {out.unit} x {out.scale}, "
                           "and training fits distances in um; state it with 'deepis-rt convert' first")
-    own = tuple(float(v) for v in ckpt.meta["voxel_size_um"])
+    own = ckpt.meta.voxel_size_um
     vs = own if voxel_size_um is None else tuple(float(v) for v in voxel_size_um)
     if "voxel_size_um" not in assumed and not np.allclose(vs, own, rtol=0.02):
         log.warning("%s: the network was trained at %s um voxels and is fine-tuned at %s um; the new checkpoint "
                     "records %s um (inputs are resampled to it)", where, list(own), list(vs), list(vs))
-    norm = ckpt.meta["ri_normalization"]
+    norm = ckpt.meta.ri_normalization
     if "ri_normalization" in assumed:
         log.warning("%s: the input scaling of this published checkpoint is not recorded; fine-tuning assumes "
                     "x = (RI - %g) / %g (state it with 'deepis-rt convert' if it differs)", where,
-                    norm["offset"], norm["scale"])
+                    norm.offset, norm.scale)
     model = ckpt.build().train()
     record = {"path": str(path), "sha256": ckpt.sha256, "preset": ckpt.preset,
-              "description": ckpt.meta.get("description", ""),
-              "validation": (ckpt.meta.get("metrics") or {}).get("validation") or {}}
+              "description": ckpt.meta.description,
+              "validation": ckpt.meta.metrics.get("validation") or {}}
     log.info("train: starting from %s (%s)", path, record["description"] or ckpt.preset or "checkpoint")
-    return InitCheckpoint(model=model, preset=ckpt.preset, ri_offset=float(norm["offset"]),
-                          ri_scale=float(norm["scale"]), voxel_size_um=vs,  # type: ignore[arg-type]
+    return InitCheckpoint(model=model, preset=ckpt.preset, ri_offset=norm.offset,
+                          ri_scale=norm.scale, voxel_size_um=vs,  # type: ignore[arg-type]
                           tile_zyx=ckpt.tile_zyx, record=record)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,7 +31,10 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.analysis.quality import describe_training_inputs
-from deepis_rt.errors import CheckpointError, ConfigError
+from deepis_rt.core.jsonable import json_safe
+from deepis_rt.errors import ConfigError
+from deepis_rt.synth import generate_timelapse
+from deepis_rt.synth.randomize import randomized_frame
 from deepis_rt.train.data import (
     HELDOUT_SEED_BASE,
     TRAIN_SEED_LIMIT,
@@ -42,7 +44,10 @@ from deepis_rt.train.data import (
     SyntheticSource,
     random_crop_batch,
 )
+from deepis_rt.train.init import load_init
 from deepis_rt.train.metrics import frame_metrics, summarize
+from deepis_rt.train.plots import plot_training
+from deepis_rt.train.state import load_state, lr_halving_steps, save_state
 
 __all__ = ["TrainConfig", "train", "state_path", "predict_distance", "evaluate_frames", "validation_frames"]
 
@@ -152,9 +157,6 @@ def validation_frames(n: int, shape: Sequence[int], voxel_size_um: Sequence[floa
     ``randomize``: domain-randomised frames (:func:`deepis_rt.synth.randomize.randomized_frame`,
     with the geometric IS area measured), else the default videos (legacy imaging).
     """
-    from deepis_rt.synth import generate_timelapse
-    from deepis_rt.synth.randomize import randomized_frame
-
     picks = (40, 12, 55, 25, 5, 33)
     if randomize:
         return [randomized_frame(seed_base + i, picks[i % len(picks)], 60, shape, voxel_size_um, with_truth_area=True)
@@ -179,53 +181,6 @@ def evaluate_frames(model: Any, frames: Sequence[Any], ri_norm: tuple[float, flo
 def _lr_at(cfg: TrainConfig, step: int, epoch_steps: int) -> float:
     epoch = step // max(1, epoch_steps)
     return cfg.lr * 0.5 ** (epoch // max(1, cfg.lr_halve_epochs))
-
-
-def _lr_halving_steps(halve_epochs: int, epoch_steps: int, steps: int) -> list[int]:
-    """Steps at which the learning rate halves (for the training-curve figure)."""
-    every = max(1, int(halve_epochs)) * max(1, int(epoch_steps))
-    return list(range(every, int(steps) + 1, every))
-
-
-def _clean(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-
-
-def _save_state(path: Path, model: Any, opt: Any, step: int, rng: np.random.Generator, history: list,
-                elapsed_s: float, cfg: TrainConfig, val_history: list | None = None,
-                epoch_steps: int | None = None) -> None:
-    import torch
-
-    payload = {
-        "format": "deepis-rt-train-state",
-        "step": int(step),
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "numpy_rng": json.dumps(rng.bit_generator.state),
-        "history": [float(v) for v in history],
-        "elapsed_s": float(elapsed_s),
-        "config": json.dumps(asdict(cfg)),
-        "val_history": json.dumps(val_history or []),
-        "epoch_steps": int(epoch_steps or 0),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    log.debug("train: saved state at step %d to %s", step, path)
-
-
-def _load_state(path: Path) -> dict:
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"train | {path}: cannot load the training state ({type(exc).__name__}: {exc}); "
-                              "delete it to start afresh") from None
-    if not isinstance(state, dict) or state.get("format") != "deepis-rt-train-state":
-        raise CheckpointError(f"train | {path}: not a deepis-rt training state")
-    return state
 
 
 def _isatty() -> bool:
@@ -276,8 +231,6 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     rng = np.random.default_rng([cfg.seed, 2020])
     init = None
     if cfg.init:
-        from deepis_rt.train.init import load_init
-
         init = load_init(cfg.init, cfg.voxel_size_um)
         cfg.voxel_size_um, cfg.tile_zyx = init.voxel_size_um, init.tile_zyx
     model = build_model(cfg.preset, **cfg.model_overrides) if init is None else init.model
@@ -286,7 +239,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     step, history, elapsed_prev = 0, [], 0.0
     val_history: list[dict[str, Any]] = []
     if resume and spath.is_file():
-        state = _load_state(spath)
+        state = load_state(spath)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -320,7 +273,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
     val_before: dict[str, float] = {}
     if init is not None and val_frames_list and step == 0:  # the starting point, to compare with the end
         val_before, _ = evaluate_frames(model, val_frames_list, ri_norm)
-        val_history.append({"step": 0, **_clean(val_before)})
+        val_history.append({"step": 0, **json_safe(val_before)})
         log.info("train: validation of %s before fine-tuning %s", cfg.init, _fmt(val_before))
     elif init is not None:  # resumed: the starting point's validation is in the saved history
         val_before = {k: v for k, v in next((v for v in val_history if v.get("step") == 0), {}).items() if k != "step"}
@@ -361,28 +314,28 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             if step % 10 == 0:
                 log.debug("step %d loss %.4f (ema %.4f) lr %.1e", step, value, ema, lr)
             if cfg.save_every and step % cfg.save_every == 0:
-                _save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
+                save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
                             val_history, epoch_steps)
             if cfg.val_every and step % cfg.val_every == 0 and val_frames_list and step < cfg.steps:
                 val_summary, _ = evaluate_frames(model, val_frames_list, ri_norm)
-                val_history.append({"step": step, **_clean(val_summary)})
+                val_history.append({"step": step, **json_safe(val_summary)})
                 log.info("train: step %d validation %s", step, _fmt(val_summary))
     except KeyboardInterrupt:
-        _save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
+        save_state(spath, model, opt, step, rng, history, elapsed_prev + time.perf_counter() - t0, cfg,
                     val_history, epoch_steps)
         pbar.close()
         log.warning("train: interrupted at step %d; state saved to %s (continue with --resume)", step, spath)
         raise
     pbar.close()
     wall = elapsed_prev + time.perf_counter() - t0
-    _save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
+    save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
 
     rows: list[dict] = []
     if val_frames_list:
         val_summary, rows = evaluate_frames(model, val_frames_list, ri_norm)
         if not val_history or val_history[-1].get("step") != step:
-            val_history.append({"step": step, **_clean(val_summary)})
-            _save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
+            val_history.append({"step": step, **json_safe(val_summary)})
+            save_state(spath, model, opt, step, rng, history, wall, cfg, val_history, epoch_steps)
         log.info("train: validation %s", _fmt(val_summary))
     tail = history[-50:]
     meta = {
@@ -417,17 +370,15 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             "synthetic_frames_generated": getattr(source, "generated", None),
             "torch": str(torch.__version__),
             "threads": torch.get_num_threads(),
-            "init": None if init is None else {**init.record, "validation_before": _clean(val_before)},
+            "init": None if init is None else {**init.record, "validation_before": json_safe(val_before)},
         },
-        "metrics": {"validation": _clean(val_summary), "validation_history": val_history},
+        "metrics": {"validation": json_safe(val_summary), "validation_history": val_history},
     }
     preset = (None if cfg.model_overrides else cfg.preset) if init is None else init.preset
     save_checkpoint(out, model, meta=meta, preset=preset)
     log.info("train: wrote %s (%d steps, %.0f s)", out, step, wall)
-    from deepis_rt.train.plots import plot_training
-
     figure = plot_training(history, val_history, out.with_name(out.name + ".loss.png"),
-                           _lr_halving_steps(cfg.lr_halve_epochs, epoch_steps, step),
+                           lr_halving_steps(cfg.lr_halve_epochs, epoch_steps, step),
                            title=f"{out.name}: {cfg.preset}, seed {cfg.seed}, {step} steps")
     log.info("train: training curves in %s", figure)
     return {"checkpoint": out, "steps": step, "wall_time_s": wall, "final_loss": meta["training"]["final_loss_mean_last_50"],

@@ -16,6 +16,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from deepis_rt.analysis import analyze
+from deepis_rt.core.labels import cell_masks, default_threshold_um
+from deepis_rt.core.metrics import dice
+
 __all__ = ["MIN_IS_AREA_UM2", "masks_from_distance", "dice", "is_area_um2", "frame_metrics", "summarize"]
 
 #: Relative IS-area errors are computed only where the true area is at least this (um^2);
@@ -25,17 +29,7 @@ MIN_IS_AREA_UM2 = 5.0
 
 def masks_from_distance(distance_um: np.ndarray, voxel_size_um: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """(CAR-T mask, target mask) by the paper's thresholds at +-half the voxel pitch."""
-    from deepis_rt.analysis.masks import cell_masks, default_threshold_um
-
     return cell_masks(distance_um, default_threshold_um(voxel_size_um))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient of two boolean masks (1.0 when both are empty)."""
-    sa, sb = int(a.sum()), int(b.sum())
-    if sa + sb == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(a, b).sum()) / (sa + sb)
 
 
 def is_area_um2(distance_um: np.ndarray, voxel_size_um: Sequence[float]) -> float:
@@ -44,8 +38,6 @@ def is_area_um2(distance_um: np.ndarray, voxel_size_um: Sequence[float]) -> floa
     The sum of ``is_area_um2`` over the synapses found by :func:`deepis_rt.analysis.analyze`
     (one estimator for training, evaluation and the product); 0 when the cells do not touch.
     """
-    from deepis_rt.analysis import analyze
-
     return float(sum(s.is_area_um2 for s in analyze(distance_um, None, voxel_size_um).synapses))
 
 

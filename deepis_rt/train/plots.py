@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.train.state import load_state, lr_halving_steps
+
 __all__ = ["plot_training", "plot_state"]
 
 
@@ -102,12 +104,10 @@ def plot_training(history: Sequence[float], validation: Sequence[dict[str, Any]]
 
 def plot_state(state_file: str | Path, out_png: str | Path) -> Path:
     """Redraw the training curves from a run's ``<out>.state.pt``."""
-    from deepis_rt.train.loop import _load_state, _lr_halving_steps
-
-    state = _load_state(Path(state_file))
+    state = load_state(Path(state_file))
     cfg = json.loads(state["config"])
     validation = json.loads(state.get("val_history", "[]"))
-    halvings = _lr_halving_steps(cfg["lr_halve_epochs"], state.get("epoch_steps") or cfg.get("epoch_steps") or 10,
+    halvings = lr_halving_steps(cfg["lr_halve_epochs"], state.get("epoch_steps") or cfg.get("epoch_steps") or 10,
                                  len(state["history"]))
     return plot_training(state["history"], validation, out_png, halvings, title=f"{cfg['preset']}, seed {cfg['seed']}")
 

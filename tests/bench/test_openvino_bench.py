@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from deepis_rt.backends.openvino import runner as openvino_runner
 from deepis_rt.bench import peak, suite
 from deepis_rt.bench import report as rp
 from deepis_rt.bench.variants import Variant, plan_variants, unavailable_reason
 from deepis_rt.errors import ConfigError
-from deepis_rt.backends.openvino import runner as openvino_runner
 
 LAT = {"n": 1, "mean_ms": 1.0, "p50_ms": 1.0, "p95_ms": 1.0, "p99_ms": 1.0, "min_ms": 1.0, "max_ms": 1.0}
 

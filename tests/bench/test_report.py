@@ -3,12 +3,12 @@ import math
 
 import pytest
 
+from deepis_rt.backends import FakeRunner
 from deepis_rt.bench import report as rp
 from deepis_rt.bench import suite
 from deepis_rt.bench.models import resolve_model
 from deepis_rt.bench.variants import Variant, expand_backends, plan_variants, unavailable_reason
 from deepis_rt.errors import ConfigError
-from deepis_rt.backends import FakeRunner
 
 
 class _Broken(FakeRunner):

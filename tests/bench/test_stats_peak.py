@@ -3,9 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from deepis_rt.bench.measure import HostPeakRSS, accuracy, dice
+from deepis_rt.bench.measure import HostPeakRSS, accuracy
 from deepis_rt.bench.peak import matmul_peak
-from deepis_rt.bench.stats import latency_stats
+from deepis_rt.core.metrics import dice
+from deepis_rt.core.stats import latency_stats
 
 
 def test_percentiles_on_known_samples():

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from cluster_helpers import META, TILE
 
-from deepis_rt.cluster.ray_batch import find_items, make_segmenter, run_batch
 from deepis_rt.backends.fake import FakeRunner
+from deepis_rt.cluster.ray_batch import find_items, make_segmenter, run_batch
 
 #: picklable (Ray ships it to the workers): a Segmenter around the point-wise FakeRunner
 FACTORY = functools.partial(make_segmenter, functools.partial(FakeRunner, fixed_spatial_zyx=TILE), META)

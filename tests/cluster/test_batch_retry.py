@@ -10,9 +10,9 @@ from pathlib import Path
 
 from cluster_helpers import META, TILE
 
+from deepis_rt.backends.fake import FakeRunner
 from deepis_rt.cluster.ray_batch import make_segmenter, run_batch
 from deepis_rt.errors import BackendUnavailableError
-from deepis_rt.backends.fake import FakeRunner
 
 
 class SwitchableRunner(FakeRunner):

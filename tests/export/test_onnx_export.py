@@ -213,7 +213,7 @@ def test_two_cell_tomogram_is_plausible():
 def test_export_result_is_json_clean(exports):
     _, result = exports.get("deepis-lite")
     text = result.manifest_path.read_text()
-    assert json.loads(text) == result.manifest
+    assert json.loads(text) == result.manifest.to_dict()
 
 
 def test_default_export_name_drops_checkpoint_suffixes():

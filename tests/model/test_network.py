@@ -93,3 +93,16 @@ def test_upsampling_is_trilinear_align_corners(tiny_overrides):
         torch.nn.functional.interpolate = orig
     assert len(calls) == 4
     assert all(c["mode"] == "trilinear" and c["align_corners"] is True for c in calls)
+
+
+def test_each_architecture_builds_its_own_network(tiny_overrides):
+    from deepis_rt.errors import ConfigError
+    from deepis_rt.model import DeepIS, DeepIS2020, DeepISNetwork, preset_config
+
+    paper = build_model("deepis-lite", **tiny_overrides)
+    published = build_model("deepis-2020", feature_scale=16, trans_feature=4)
+    assert type(paper) is DeepIS and type(published) is DeepIS2020
+    assert isinstance(paper, DeepISNetwork) and isinstance(published, DeepISNetwork)
+    assert not isinstance(published, DeepIS)  # no longer a DeepIS whose __init__ is skipped
+    with pytest.raises(ConfigError, match="DeepIS needs architecture 'deepis'.*build_model"):
+        DeepIS(preset_config("deepis-2020"))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deepis_rt.runtime import Segmenter
 from deepis_rt.backends.base import Runner, as_numpy_batch
+from deepis_rt.runtime import Segmenter
 
 VOXEL = (1.0, 0.5, 0.5)
 SHAPE = (32, 64, 64)

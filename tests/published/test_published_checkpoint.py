@@ -78,8 +78,8 @@ def test_load_infers_architecture_and_drops_training_parts(published):
 @pytest.mark.slow
 def test_torch_and_onnxruntime_equal_the_published_network(published, tmp_path):
     """Raw output of both runners = the independent network's output on the same voxels (from (Y, X, Z))."""
-    from deepis_rt.runtime.backends import onnx_for_checkpoint
     from deepis_rt.backends import OnnxRuntimeRunner, TorchRunner
+    from deepis_rt.runtime.backends import onnx_for_checkpoint
     from deepis_rt.runtime.source import resolve_source
 
     net, path = published

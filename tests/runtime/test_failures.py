@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from deepis_rt.backends.failures import classify, is_out_of_memory, is_transient
 from deepis_rt.errors import (
     BackendError,
     BackendOutOfMemoryError,
@@ -18,7 +19,6 @@ from deepis_rt.errors import (
     ShapeError,
     TransientBackendError,
 )
-from deepis_rt.backends.failures import classify, is_out_of_memory, is_transient
 
 TILE = (16, 32, 32)
 
@@ -101,8 +101,8 @@ def test_corrupt_input_is_permanent_for_every_local_runner(tmp_path):
 
 
 def test_segmenter_refuses_implausible_input_permanently():
-    from deepis_rt.runtime import Segmenter
     from deepis_rt.backends.pytorch.runner import TorchRunner
+    from deepis_rt.runtime import Segmenter
 
     seg = Segmenter(TorchRunner(torch.nn.Identity()), {"voxel_size_um": [0.5, 0.25, 0.25], "tile_zyx": list(TILE)})
     vol = np.full(TILE, 1.337, np.float32)
@@ -165,8 +165,8 @@ def test_onnxruntime_allocation_failure_is_transient(tmp_path):
 
 def test_triton_unreachable_server_is_transient():
     pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
-    from deepis_rt.cluster.triton_server import free_port
     from deepis_rt.backends.triton.runner import TritonRunner
+    from deepis_rt.cluster.triton_server import free_port
 
     runner = TritonRunner(f"127.0.0.1:{free_port()}", "deepis", connection_timeout_s=2.0)  # nobody listens
     with pytest.raises(BackendUnavailableError) as info:

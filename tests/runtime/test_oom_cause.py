@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from deepis_rt.backends.base import Runner, as_numpy_batch
+from deepis_rt.backends.failures import classify, host_memory_bytes, is_transient, never_fits
 from deepis_rt.errors import BackendOutOfMemoryError, VolumeTooLargeError
 from deepis_rt.io import write_tomogram
 from deepis_rt.runtime import Segmenter
-from deepis_rt.backends.failures import classify, host_memory_bytes, is_transient, never_fits
-from deepis_rt.backends.base import Runner, as_numpy_batch
 from deepis_rt.stream import Stream
 
 VOXEL = (0.5, 0.25, 0.25)

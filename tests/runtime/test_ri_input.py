@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from deepis_rt.errors import ImplausibleRIError, InputError
 from deepis_rt.backends import FakeRunner
+from deepis_rt.errors import ImplausibleRIError, InputError
 from deepis_rt.runtime.segmenter import Segmenter
 
 META = {"voxel_size_um": [0.5, 0.25, 0.25], "ri_normalization": {"offset": 1.337, "scale": 0.02},

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import deepis_rt
-from deepis_rt.errors import ConfigError, ShapeError
 from deepis_rt.backends import FakeRunner
+from deepis_rt.errors import ConfigError, ShapeError
 from deepis_rt.runtime.segmenter import Segmenter
 from deepis_rt.runtime.tiling import choose_tile
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepis_rt.errors import ConfigError
 from deepis_rt.backends import FakeRunner, TorchRunner
+from deepis_rt.errors import ConfigError
 from deepis_rt.runtime.tiling import (
     BlendMerger,
     make_output,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from deepis_rt.errors import ConfigError
 from deepis_rt.backends import TorchRunner
 from deepis_rt.backends.pytorch.cuda_graphs import CudaGraphCache
+from deepis_rt.errors import ConfigError
 
 
 class FakeEvent:

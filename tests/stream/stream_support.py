@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from deepis_rt.runtime import Segmenter
 from deepis_rt.backends.base import Runner, as_numpy_batch
+from deepis_rt.runtime import Segmenter
 
 VOXEL = (0.5, 0.25, 0.25)
 SHAPE = (32, 64, 64)
