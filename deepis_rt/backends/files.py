@@ -9,7 +9,6 @@ build the same file at once (:func:`file_lock`), and a file is identified by its
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -64,6 +63,8 @@ def file_lock(path: str | os.PathLike, what: str, timeout_s: float = LOCK_TIMEOU
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
+    import hashlib  # loads OpenSSL: only when a file is hashed, not on every import of the backends
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
