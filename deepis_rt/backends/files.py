@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from deepis_rt.core.files import atomic_write, file_sha256
 from deepis_rt.errors import EngineCacheError
 
 __all__ = ["default_cache_dir", "atomic_write", "file_lock", "file_sha256", "LOCK_TIMEOUT_S"]
@@ -31,13 +32,6 @@ def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "deepis-rt"
 
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: readers see all or nothing."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -60,13 +54,3 @@ def file_lock(path: str | os.PathLike, what: str, timeout_s: float = LOCK_TIMEOU
     finally:
         lock.release()
 
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    import hashlib  # loads OpenSSL: only when a file is hashed, not on every import of the backends
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

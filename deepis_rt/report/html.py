@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.core.files import atomic_write
 from deepis_rt.report import figures
 from deepis_rt.report.slices import contact_planes, mip
-from deepis_rt.stream.results import atomic_write_bytes
 from deepis_rt.stream.timelapse_store import STORE_NAME
 
 __all__ = ["write_report", "REPORT_NAME", "FIGURES_DIR"]
@@ -265,6 +265,6 @@ def write_report(out: str | os.PathLike, max_time_points: int = 16) -> Path:
             f"</head><body><h1>{title}</h1><p class=note>Results folder {html.escape(str(out.resolve()))}; "
             "outputs described in deepis-rt's docs/results.md.</p>" + "".join(sections) + "</body></html>")
     path = out / REPORT_NAME
-    atomic_write_bytes(path, page.encode())
+    atomic_write(path, page.encode())
     log.info("report | wrote %s", path)
     return path

@@ -43,9 +43,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from deepis_rt.core.files import atomic_write
 from deepis_rt.core.jsonable import json_safe
 
-__all__ = ["FRAME_COLUMNS", "STAGES", "LABELS_TIFF", "CsvTable", "ResultsFolder", "atomic_write_bytes", "atomic_write_json",
+__all__ = ["FRAME_COLUMNS", "STAGES", "LABELS_TIFF", "CsvTable", "ResultsFolder", "atomic_write_json",
            "ome_voxel_size_um"]
 
 log = logging.getLogger(__name__)
@@ -71,16 +72,8 @@ FRAME_COLUMNS = [
 ]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(json_safe(obj), indent=2) + "\n").encode())
+    atomic_write(path, (json.dumps(json_safe(obj), indent=2) + "\n").encode())
 
 
 def _fmt(value: Any) -> Any:
@@ -124,7 +117,7 @@ class CsvTable:
         (the folder belongs to another version or another program).
         """
         if not self.path.exists() or self.path.stat().st_size == 0:
-            atomic_write_bytes(self.path, self._encode([], header=True))
+            atomic_write(self.path, self._encode([], header=True))
             return []
         raw = self.path.read_bytes()
         if not raw.endswith(b"\n"):
@@ -151,7 +144,7 @@ class CsvTable:
                     len(rows) - len(kept),
                 )
         if len(kept) != len(rows) or len(raw) != self.path.stat().st_size:
-            atomic_write_bytes(self.path, self._encode(kept, header=True))
+            atomic_write(self.path, self._encode(kept, header=True))
         return kept
 
     def append(self, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -240,13 +233,13 @@ class ResultsFolder:
             # a frame recorded ``retry`` or ``pending`` earlier: its row is replaced in place (one row per frame)
             rows = [dict(r) for r in self.committed]
             rows[redo[0]] = {k: frame_row.get(k) for k in self.frames.columns}
-            atomic_write_bytes(self.frames.path, self.frames._encode(rows, header=True))
+            atomic_write(self.frames.path, self.frames._encode(rows, header=True))
             self.committed[redo[0]] = row
 
     def rewrite_tables(self, cell_rows: Sequence[Mapping[str, Any]], synapse_rows: Sequence[Mapping[str, Any]]) -> None:
         """Replace cells.csv and synapses.csv whole (atomic renames; the caller holds the lock)."""
-        atomic_write_bytes(self.cells.path, self.cells._encode(cell_rows, header=True))
-        atomic_write_bytes(self.synapses.path, self.synapses._encode(synapse_rows, header=True))
+        atomic_write(self.cells.path, self.cells._encode(cell_rows, header=True))
+        atomic_write(self.synapses.path, self.synapses._encode(synapse_rows, header=True))
 
     def log_error(self, source: str, reason: str) -> None:
         line = f"{source}: {reason}".replace("\n", " ") + "\n"
