@@ -19,8 +19,8 @@
 #                   time (CUDA events, 50 calls), end to end, compile time and cache; compiled ones last     150 s
 #   bench-deepis    deepis-rt bench rows (torch CUDA FP32/FP16, CUDA graphs), peaks FP32 (TF32 off) /
 #                   FP16 / BF16 beside the card's data sheet, device-time targets                            80 s
-#   field           the full HT-2 field of view (210x732x732) through the Segmenter, fastest variant         40 s
-#   pytest-gpu      the gpu-marked tests; one JSON line per test as it ends; --timeout=60 per test           90 s
+#   field           the full HT-2 field of view (210x732x732) through the Segmenter, fastest variant         60 s
+#   pytest-gpu      the gpu-marked tests; one JSON line per test as it ends; --timeout=60 per test           80 s
 #   ort-cuda, tensorrt   only where onnxruntime-gpu / TensorRT exist (not on the lent image)
 #   openvino-bf16   only with OpenVINO installed and a host CPU with AVX512_BF16 or AMX                       120 s
 #
@@ -109,8 +109,8 @@ stage env 20
 stage datapath 30
 stage torch-variants 150
 stage bench-deepis 80
-stage field 40
-stage pytest-gpu 90
+stage field 60
+stage pytest-gpu 80
 stage ort-cuda 30
 stage tensorrt 60
 stage openvino-bf16 120

@@ -110,6 +110,8 @@ def measure_variant(variant: TorchVariant, module: Any, tiles: np.ndarray, refer
         output = None
     finally:
         runner.deactivate()
+        if variant.compiled:  # Dynamo's caches (and Inductor's graph pools) hold the network: let it go
+            torch._dynamo.reset()
     return result, output
 
 

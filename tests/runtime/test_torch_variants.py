@@ -216,3 +216,44 @@ def test_records_are_stored_merged_and_read_back(tmp_path):
     (tmp_path / "torch_variants.json").write_text("{not json")
     assert load_records(tmp_path) == {}
     json.loads(json.dumps(stored))  # plain JSON
+
+
+@pytest.mark.gpu
+def test_gpu_variants_agree_with_fp32_and_are_timed_on_the_device(tiny_module, tiles):
+    """On a GPU: FP16, BF16, autocast, channels-last and CUDA graphs run, are compared with FP32 eager
+    (TF32 off) and timed with CUDA events; FP32 variants agree with it to 1e-4."""
+    from deepis_rt.bench.torch_variants import measure_torch_variants
+
+    names = ["fp32-channels-last", "fp32-cuda-graphs", "tf32", "fp16", "fp16-autocast", "fp16-cuda-graphs",
+             "bf16-cuda-graphs"]
+    results = measure_torch_variants(tiny_module, tiles, VOXEL, "cuda", names=names, batches=[1, 2], e2e_calls=2,
+                                     compiled=False)
+    by = {r["variant"]: r for r in results}
+    assert all(r["status"] == "ok" for r in results), [(r["variant"], r.get("reason")) for r in results]
+    for name in ("fp32-channels-last", "fp32-cuda-graphs"):
+        assert by[name]["parity"]["max_abs_um"] < 1e-4 and by[name]["label_agreement"] > 0.9999
+    for r in results:
+        timed = r["batches"]["2"]["device_time"]
+        assert timed["clock"] == "cuda-events" and timed["iterations"] >= 50 and timed["latency_ms"]["p99_ms"] > 0
+        assert r["device_peak_mib"] > 0
+
+
+@pytest.mark.gpu
+def test_gpu_compile_max_autotune_output_survives_the_next_call(tiny_module, tiles):
+    """Inductor's CUDA graphs reuse their output buffers; the runner hands out copies (the data path
+    still reads frame i while frame i + 1 runs)."""
+    import torch
+
+    import copy
+
+    runner = TorchRunner(copy.deepcopy(tiny_module), device="cuda", compile_mode="max-autotune")
+    with runner:
+        x1, x2 = (torch.from_numpy(tiles[i : i + 1]).cuda() for i in range(2))
+        y1 = runner.forward_device(x1)
+        first = y1.clone()
+        runner.forward_device(x2)
+        torch.cuda.synchronize()
+        assert torch.equal(y1, first)
+        assert list(runner.describe()["compile"]["seconds_per_shape"]) == ["1x1x16x32x32"]
+        out = list(runner.infer_stream(iter([tiles[:1], tiles[1:2], tiles[:1]])))
+    np.testing.assert_allclose(out[0], out[2], atol=1e-5)
