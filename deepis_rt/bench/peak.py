@@ -11,8 +11,8 @@ in TF32 is ~7x an FP32 one on an H100 and would make every FP32 row look idle).
 
 from __future__ import annotations
 
-import time
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any

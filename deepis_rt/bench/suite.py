@@ -274,8 +274,8 @@ def run_benchmark(
     import torch
 
     from deepis_rt import __version__
-    from deepis_rt.bench.machine import describe_machine
     from deepis_rt.backends.onnxrt.runner import physical_cores
+    from deepis_rt.bench.machine import describe_machine
 
     say = progress or (lambda msg: log.info("bench | %s", msg))
     batches = sorted({int(b) for b in batches})

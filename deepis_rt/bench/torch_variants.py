@@ -27,8 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.backends.pytorch.variants import (MIN_LABEL_AGREEMENT, TorchVariant, record_key, record_variant_results,
-                                                 variants_for)
+from deepis_rt.backends.pytorch.variants import (
+    MIN_LABEL_AGREEMENT,
+    TorchVariant,
+    record_key,
+    record_variant_results,
+    variants_for,
+)
 from deepis_rt.bench.device_time import MIN_ITERATIONS, device_time
 from deepis_rt.bench.stats import latency_stats
 
@@ -169,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: D103
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
 
-    from deepis_rt.bench.models import resolve_model
     from deepis_rt.bench.measure import synthetic_tiles
+    from deepis_rt.bench.models import resolve_model
 
     tile = tuple(int(v) for v in args.tile.split(",")) if args.tile else None
     overrides = {"widths": (4, 8, 8, 8, 8), "skip_width": 4} if args.tiny else {}

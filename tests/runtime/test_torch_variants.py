@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from deepis_rt.backends import TorchRunner
-from deepis_rt.backends.pytorch.variants import (MIN_LABEL_AGREEMENT, TORCH_VARIANTS, load_records, record_key,
-                                                 record_variant_results, select_variant, variant, variants_for)
+from deepis_rt.backends.pytorch.variants import (
+    MIN_LABEL_AGREEMENT,
+    TORCH_VARIANTS,
+    load_records,
+    record_key,
+    record_variant_results,
+    select_variant,
+    variant,
+    variants_for,
+)
 from deepis_rt.errors import ConfigError
 
 VOXEL = (0.4, 0.2, 0.2)
@@ -242,9 +250,9 @@ def test_gpu_variants_agree_with_fp32_and_are_timed_on_the_device(tiny_module, t
 def test_gpu_compile_max_autotune_output_survives_the_next_call(tiny_module, tiles):
     """Inductor's CUDA graphs reuse their output buffers; the runner hands out copies (the data path
     still reads frame i while frame i + 1 runs)."""
-    import torch
-
     import copy
+
+    import torch
 
     runner = TorchRunner(copy.deepcopy(tiny_module), device="cuda", compile_mode="max-autotune")
     with runner:

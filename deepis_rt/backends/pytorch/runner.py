@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.errors import BackendError, ConfigError
 from deepis_rt.backends.base import Runner, as_numpy_batch
 from deepis_rt.backends.pytorch.cuda_graphs import CudaGraphCache
+from deepis_rt.errors import BackendError, ConfigError
 
 __all__ = ["TorchRunner", "PRECISIONS", "COMPILE_MODES"]
 
