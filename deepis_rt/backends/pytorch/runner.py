@@ -212,7 +212,8 @@ class TorchRunner(Runner):
             return self.model(x)
         import torch
 
-        with torch.autocast(self.device.type, dtype=self._compute_dtype(torch)):
+        # autocast's cache of cast weights must not live across a CUDA-graph capture (PyTorch's advice)
+        with torch.autocast(self.device.type, dtype=self._compute_dtype(torch), cache_enabled=not self.cuda_graphs):
             return self.model(x)
 
     def _compiled_call(self, x: Any) -> Any:
