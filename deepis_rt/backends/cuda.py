@@ -12,6 +12,16 @@ device-to-host copy of frame ``i - 1`` overlap the compute of frame ``i``. A slo
 after its previous frame was drained (``d2h_done`` synchronised and its output copied out), so a
 pinned buffer is never overwritten while a copy still reads it. Outputs come back in order.
 
+Ordering against the caller: the ring's device buffers are allocated on the copy-in stream (so the
+caching allocator ties them to the stream that writes them), and before the copy-in stream first
+writes a newly allocated buffer it waits for the caller's current stream — memory the allocator
+hands out may have been freed by work still queued there. The device-to-host copy flattens the
+output inside the copy-out stream's scope (a non-contiguous output is made contiguous on the
+stream that waited for the compute, not on the caller's). Streams are made once per data path:
+PyTorch hands out new ``torch.cuda.Stream`` objects from a pool of 32 per device and priority, so
+a runner that made three new streams per call would soon get the same stream twice; runners keep
+one data path for their lifetime.
+
 Buffers outlive the work queued on them: device buffers are marked as used by every stream that
 touches them (``record_stream``), and a consumer that stops iterating early (an abandoned
 generator, an exception) does not free anything before the frames still in flight are finished —
@@ -80,6 +90,7 @@ class TorchCudaOps:
         return self.torch.empty(numel, dtype=self.torch.float32, pin_memory=True)
 
     def device_buffer(self, numel: int) -> Any:
+        """Device memory, allocated on the current stream (the caching allocator ties it to that stream)."""
         return self.torch.empty(numel, dtype=self.torch.float32, device=self.device)
 
     def copy(self, dst: Any, src: Any, stream: Any) -> None:
@@ -100,19 +111,24 @@ class TorchCudaOps:
         event.synchronize()
 
     def keep_alive(self, tensor: Any, stream: Any) -> None:
-        # the caching allocator must not hand this memory out again before `stream`'s queued work is done
-        tensor.record_stream(stream)
+        # the caching allocator must not hand this memory out again before `stream`'s queued work is done;
+        # host tensors are not the device allocator's (their copies are ordered by the events)
+        if tensor.device.type == "cuda":
+            tensor.record_stream(stream)
 
 
 class _Slot:
     __slots__ = ("pinned_in", "device_in", "pinned_out", "h2d_done", "computed", "d2h_done", "capacity")
 
-    def __init__(self, ops: Any, capacity: int, streams: tuple[Any, ...]) -> None:
+    def __init__(self, ops: Any, capacity: int, h2d_stream: Any, compute_stream: Any) -> None:
         self.capacity = capacity
         self.pinned_in = ops.pinned(capacity)
-        self.device_in = ops.device_buffer(capacity)
-        for stream in streams:  # written by the h2d stream, read by the compute stream
-            ops.keep_alive(self.device_in, stream)
+        # allocated on the stream that writes it; that stream first waits for the caller's stream,
+        # where the allocator's block may still be in use by work queued before
+        with ops.stream_scope(h2d_stream):
+            self.device_in = ops.device_buffer(capacity)
+        ops.wait_for_current(h2d_stream)
+        ops.keep_alive(self.device_in, compute_stream)  # read there; freed only after that work
         self.pinned_out = ops.pinned(capacity)
         self.h2d_done = ops.event()
         self.computed = ops.event()
@@ -167,7 +183,7 @@ class CudaDataPath:
     def _slot(self, index: int, numel: int) -> _Slot:
         slot = self._slots[index]
         if slot is None or slot.capacity < numel:
-            slot = _Slot(self.ops, numel, (self.h2d_stream, self.compute_stream))
+            slot = _Slot(self.ops, numel, self.h2d_stream, self.compute_stream)
             self._slots[index] = slot
         return slot
 
@@ -190,7 +206,11 @@ class CudaDataPath:
         self._log("compute", frame, index)
         ops.wait(self.d2h_stream, slot.computed)
         ops.keep_alive(y, self.d2h_stream)
-        ops.copy(slot.pinned_out[:numel], y.reshape(-1), self.d2h_stream)
+        with ops.stream_scope(self.d2h_stream):
+            # a non-contiguous y is copied here, after this stream waited for the compute (on the
+            # caller's stream the copy could read y before it is written)
+            flat = y.reshape(-1)
+        ops.copy(slot.pinned_out[:numel], flat, self.d2h_stream)
         ops.record(slot.d2h_done, self.d2h_stream)
         self._log("d2h", frame, index)
         return frame, shape, y

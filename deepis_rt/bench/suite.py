@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.bench.device_time import MIN_ITERATIONS, device_time
 from deepis_rt.bench.measure import accuracy, gpu_breakdown, synthetic_tiles, time_runner
 from deepis_rt.bench.report import finish_model
 from deepis_rt.bench.variants import Variant, make_runner, plan_variants, unavailable_reason
 
-__all__ = ["run_benchmark", "measure_peaks"]
+__all__ = ["run_benchmark", "measure_peaks", "gpu_peak", "resident_device_time"]
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +49,66 @@ def _command_line() -> str | None:
 def measure_peaks(variants: Sequence[Variant], quick: bool = False, threads: int | None = None) -> list[dict[str, Any]]:
     """Matrix-product peaks for the (device, precision) pairs the variants use.
 
-    The CPU product runs on ``threads`` threads, as the CPU backends do.
+    The CPU product runs on ``threads`` threads, as the CPU backends do. On a GPU, FP32, FP16 and
+    BF16 are all measured (FP32 with TF32 off, as the runners' fp32 rows compute), each beside
+    the card's data-sheet figure (``spec``) when the card is known.
     """
-    import torch
-
-    from deepis_rt.bench.peak import matmul_peak
-
     wanted = []
     for v in variants:
         pair = ("cuda" if v.is_gpu else "cpu", v.precision if v.is_gpu or v.precision == "bf16" else "fp32")
         if pair not in wanted and (pair[0] == "cpu" or unavailable_reason("torch-cuda") is None):
             wanted.append(pair)
+    if any(device == "cuda" for device, _ in wanted):
+        wanted += [("cuda", p) for p in ("fp32", "fp16", "bf16") if ("cuda", p) not in wanted]
     peaks = []
     for device, precision in wanted:
         if device == "cpu" and precision == "bf16":
             peaks.append(_cpu_bf16_peak(quick, threads))
-            continue
-        dtype = torch.float16 if precision == "fp16" else torch.float32
-        size = (1024 if device == "cpu" else 4096) if quick else None
-        # "fp32" convolutions on a GPU run in TF32 when cuDNN allows it (PyTorch's default): the FP32
-        # product is measured with the same math, so the fraction compares like with like
-        tf32 = device == "cuda" and precision == "fp32" and bool(torch.backends.cudnn.allow_tf32)
-        old_tf32, old_threads = torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads()
-        try:
-            torch.backends.cuda.matmul.allow_tf32 = tf32 or old_tf32
-            if device == "cpu" and threads:
-                torch.set_num_threads(int(threads))
-            res = matmul_peak(device, dtype, size=size, min_seconds=0.2 if quick else 0.5)
-            peaks.append({"device": device, "precision": precision, "tflops": res.tflops, "size": res.size,
-                          "seconds_per_product": res.seconds, "math": "tf32" if tf32 else precision,
-                          "threads": torch.get_num_threads() if device == "cpu" else None,
-                          "status": "ok"})
-        except Exception as exc:  # a probe must not end the run
-            peaks.append({"device": device, "precision": precision, "tflops": None, "status": "failed",
-                          "reason": _reason(exc)})
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = old_tf32
-            torch.set_num_threads(old_threads)
+        elif device == "cuda":
+            peaks.append(gpu_peak(precision, quick))
+        else:
+            peaks.append(_cpu_fp32_peak(quick, threads))
         log.info("bench | %s %s matrix-product peak: %s TFLOP/s", device, precision, peaks[-1]["tflops"])
     return peaks
+
+
+def gpu_peak(precision: str, quick: bool = False) -> dict[str, Any]:
+    """The current GPU's measured matrix-product peak in ``precision`` (fp32 = TF32 off), beside its spec."""
+    import torch
+
+    from deepis_rt.bench.peak import gpu_spec_tflops, matmul_peak
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    name = torch.cuda.get_device_name()
+    spec = gpu_spec_tflops(name, precision)
+    try:
+        res = matmul_peak("cuda", dtype, size=4096 if quick else None, min_seconds=0.2 if quick else 0.5,
+                          allow_tf32=False)
+    except Exception as exc:  # a probe must not end the run
+        return {"device": "cuda", "precision": precision, "tflops": None, "status": "failed", "reason": _reason(exc),
+                "gpu": name, "spec": spec}
+    return {"device": "cuda", "precision": precision, "tflops": res.tflops, "size": res.size,
+            "seconds_per_product": res.seconds, "math": res.math, "gpu": name, "spec": spec,
+            "fraction_of_spec": res.tflops / spec["tflops"] if spec else None, "status": "ok"}
+
+
+def _cpu_fp32_peak(quick: bool, threads: int | None) -> dict[str, Any]:
+    import torch
+
+    from deepis_rt.bench.peak import matmul_peak
+
+    old_threads = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(int(threads))
+        res = matmul_peak("cpu", torch.float32, size=1024 if quick else None, min_seconds=0.2 if quick else 0.5)
+        return {"device": "cpu", "precision": "fp32", "tflops": res.tflops, "size": res.size,
+                "seconds_per_product": res.seconds, "math": "fp32", "threads": torch.get_num_threads(),
+                "status": "ok"}
+    except Exception as exc:  # a probe must not end the run
+        return {"device": "cpu", "precision": "fp32", "tflops": None, "status": "failed", "reason": _reason(exc)}
+    finally:
+        torch.set_num_threads(old_threads)
 
 
 def _cpu_bf16_peak(quick: bool, threads: int | None) -> dict[str, Any]:
@@ -121,7 +143,8 @@ def _row(variant: Variant, batch: int, status: str, reason: str = "", **values: 
 def _bench_variant(variant: Variant, model: Any, batches: Sequence[int], frames: int, warmup: int,
                    tiles: np.ndarray, volumes: list[np.ndarray], reference: np.ndarray | None, threads: int | None, engines_dir: Path,
                    pipeline_dir: Path | None, progress: Callable[[str], None],
-                   tta: bool = False) -> tuple[list, list[dict], Any]:
+                   tta: bool = False, device_iterations: int = MIN_ITERATIONS,
+                   on_row: Callable[[dict[str, Any]], None] | None = None) -> tuple[list, list[dict], Any]:
     """Rows of one variant, its pipeline results (plain, then with test-time augmentation when
     ``tta``), and its batch-1 output (the reference, for the baseline)."""
     why = unavailable_reason(variant.backend, variant.precision)
@@ -154,11 +177,15 @@ def _bench_variant(variant: Variant, model: Any, batches: Sequence[int], frames:
             try:
                 timing = time_runner(runner, batch, n_calls=math.ceil(frames / b), warmup=warmup)
                 split = gpu_breakdown(runner, batch)
+                device = resident_device_time(runner, batch, device_iterations) if variant.is_gpu else None
             except Exception as exc:
                 log.warning("bench | %s batch %d: %s", variant.label, b, exc)
                 rows.append(_row(variant, b, "failed", _reason(exc), setup_s=setup_s))
                 continue
-            rows.append(_row(variant, b, "ok", setup_s=setup_s, accuracy=acc, breakdown_ms=split, **timing))
+            rows.append(_row(variant, b, "ok", setup_s=setup_s, accuracy=acc, breakdown_ms=split, device_time=device,
+                             **timing))
+            if on_row is not None:
+                on_row(rows[-1])
         ok = [r for r in rows if r["status"] == "ok"]
         if pipeline_dir is not None and ok:
             best = max(ok, key=lambda r: r["throughput_fps"])
@@ -178,6 +205,16 @@ def _bench_variant(variant: Variant, model: Any, batches: Sequence[int], frames:
     finally:
         runner.deactivate()
     return rows, pipeline_results, output
+
+
+def resident_device_time(runner: Any, batch: np.ndarray, iterations: int = MIN_ITERATIONS) -> dict[str, Any]:
+    """CUDA-event time of ``runner.forward_device`` on ``batch`` already copied to the GPU (see
+    :mod:`deepis_rt.bench.device_time`); the per-call samples are kept in the row."""
+    import torch
+
+    device = getattr(runner, "device_str", None) or f"cuda:{getattr(runner, 'device_id', 0)}"
+    x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(device)
+    return device_time(runner.forward_device, x, iterations=iterations, warmup=3)
 
 
 def run_pipeline_safe(runner: Any, model: Any, frames_dir: Path, out_dir: Path, batch: int,
@@ -204,6 +241,8 @@ def run_benchmark(
     engines_dir: str | Path = "engines",
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
+    device_iterations: int = MIN_ITERATIONS,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``models`` on ``backends``; returns the report (see :mod:`deepis_rt.bench.report`).
 
@@ -227,6 +266,10 @@ def run_benchmark(
         With ``pipeline``: run each pipeline a second time with test-time augmentation (its cost).
     threads : int, optional
         CPU threads of the CPU backends (default: physical cores).
+    device_iterations : int
+        GPU rows: CUDA-event-timed ``forward_device`` calls on a resident input (at least 50).
+    on_row : callable, optional
+        Called with every measured row the moment it is measured (to write it out before the run ends).
     """
     import torch
 
@@ -253,7 +296,8 @@ def run_benchmark(
         "load_average_before": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "settings": {"backends": [v.label for v in variants], "batches": batches, "frames": frames,
                      "warmup_calls": warmup, "pipeline": pipeline, "tta": tta and pipeline,
-                     "pipeline_frames": (pipeline_frames or frames) if pipeline else None, "cpu_threads": threads, "quick": quick},
+                     "pipeline_frames": (pipeline_frames or frames) if pipeline else None, "cpu_threads": threads, "quick": quick,
+                     "device_iterations": max(int(device_iterations), MIN_ITERATIONS)},
         "peaks": [],
         "models": [],
     }
@@ -264,7 +308,8 @@ def run_benchmark(
         for model in models:
             report["models"].append(_bench_model(model, variants, batches, frames, warmup, pipeline,
                                                  pipeline_frames or frames, threads, Path(engines_dir), say,
-                                                 report["peaks"], tta=tta))
+                                                 report["peaks"], tta=tta, device_iterations=device_iterations,
+                                                 on_row=on_row))
     finally:
         torch.set_num_threads(torch_threads)
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
@@ -274,7 +319,9 @@ def run_benchmark(
 
 def _bench_model(model: Any, variants: Sequence[Variant], batches: Sequence[int], frames: int, warmup: int,
                  pipeline: bool, pipeline_frames: int, threads: int, engines_dir: Path,
-                 say: Callable[[str], None], peaks: list[dict[str, Any]], tta: bool = False) -> dict[str, Any]:
+                 say: Callable[[str], None], peaks: list[dict[str, Any]], tta: bool = False,
+                 device_iterations: int = MIN_ITERATIONS,
+                 on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     say(f"{model.name}: synthetic input tiles {tuple(model.tile_zyx)}")
     tiles, volumes = synthetic_tiles(model, n=min(4, max(batches)))
     rows: list[dict[str, Any]] = []
@@ -289,7 +336,8 @@ def _bench_model(model: Any, variants: Sequence[Variant], batches: Sequence[int]
             write_frames(pipeline_dir / "frames", volumes, model.voxel_size_um, pipeline_frames)
         for variant in variants:
             v_rows, pipe, output = _bench_variant(variant, model, batches, frames, warmup, tiles, volumes, reference,
-                                                  threads, engines_dir, pipeline_dir, say, tta)
+                                                  threads, engines_dir, pipeline_dir, say, tta,
+                                                  device_iterations, on_row)
             if variant.is_baseline and reference is None and output is not None:
                 reference = output
                 for r in v_rows:

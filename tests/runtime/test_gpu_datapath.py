@@ -37,6 +37,14 @@ class HostOps:
         self.allocations += 1
         return self.torch.empty(numel, dtype=self.torch.float32)
 
+    def stream_scope(self, stream):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def wait_for_current(self, stream):
+        pass
+
     def copy(self, dst, src, stream):
         dst.copy_(src)
 
@@ -163,6 +171,7 @@ def test_abandoned_stream_waits_for_frames_in_flight():
 
 
 def test_device_buffers_are_kept_alive_on_the_streams_that_use_them():
+    """Allocated on the copy-in stream (which writes them), kept alive for the compute stream (which reads them)."""
     ops = RecordingOps()
     compute = object()
     path = CudaDataPath(lambda x: x * 1, depth=2, ops=ops, compute_stream=compute)
@@ -170,7 +179,7 @@ def test_device_buffers_are_kept_alive_on_the_streams_that_use_them():
     list(path.run(iter(_frames(2))))
     slot = path._slots[0]
     kept_streams = {s for ptr, s in ops.kept if ptr == slot.device_in.data_ptr()}
-    assert kept_streams == {path.h2d_stream, compute}
+    assert kept_streams == {compute}
 
 
 def test_torch_cuda_ops_scope_the_device(monkeypatch):
@@ -213,3 +222,185 @@ def test_error_mid_frame_waits_for_every_stream():
     with pytest.raises(RuntimeError, match="engine failed"):
         list(path.run(iter(_frames(5))))
     assert set(map(id, synced_streams)) == {id(path.h2d_stream), id(path.compute_stream), id(path.d2h_stream)}
+
+
+# -- the real TorchCudaOps against a recording stand-in for torch.cuda --------------------------------
+
+
+class _RecStream:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def wait_stream(self, other):
+        self.log.append(("wait_stream", self.name, other.name))
+
+    def wait_event(self, event):
+        self.log.append(("wait_event", self.name, event.recorded_on))
+
+    def synchronize(self):
+        self.log.append(("stream_sync", self.name))
+
+    def __repr__(self):
+        return f"<stream {self.name}>"
+
+
+class _RecEvent:
+    def __init__(self, log):
+        self.log, self.recorded_on = log, None
+
+    def record(self, stream=None):
+        self.recorded_on = stream.name
+        self.log.append(("record", stream.name))
+
+    def synchronize(self):
+        assert self.recorded_on is not None, "synchronising an event that was never recorded"
+
+
+class RecordingCuda:
+    """``torch.cuda``'s stream/event API on the CPU: tracks the current stream and logs every call;
+    tensor operations are logged (with the stream current at the time) by a TorchFunctionMode."""
+
+    def __init__(self):
+        self.log = []
+        self.caller = _RecStream("caller", self.log)
+        self.current = [self.caller]
+        self.made = 0
+
+    def Stream(self, device=None):  # noqa: N802 - torch.cuda's name
+        self.made += 1
+        return _RecStream(f"s{self.made}", self.log)
+
+    def Event(self, enable_timing=False):  # noqa: N802
+        return _RecEvent(self.log)
+
+    def current_stream(self, device=None):
+        return self.current[-1]
+
+    def current_device(self):
+        return 0
+
+    def stream(self, s):
+        cuda = self
+
+        class _Scope:
+            def __enter__(self):
+                cuda.current.append(s)
+
+            def __exit__(self, *exc):
+                cuda.current.pop()
+                return False
+
+        return _Scope()
+
+    def device(self, index):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _recording_ops(monkeypatch):
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    from deepis_rt.backends.cuda import TorchCudaOps
+
+    cuda = RecordingCuda()
+    for name in ("Stream", "Event", "current_stream", "current_device", "stream", "device"):
+        monkeypatch.setattr(torch.cuda, name, getattr(cuda, name))
+
+    class HostTorchCudaOps(TorchCudaOps):
+        """The real operations, with host memory standing in for device and pinned memory."""
+
+        def __init__(self):
+            super().__init__("cuda")
+            self.device = torch.device("cpu")
+
+        def pinned(self, numel):
+            return torch.empty(numel, dtype=torch.float32)
+
+    class Ops(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", str(func))
+            if name in ("empty", "reshape", "copy_", "contiguous"):
+                cuda.log.append(("op", name, cuda.current[-1].name))
+            return func(*args, **(kwargs or {}))
+
+    return cuda, HostTorchCudaOps(), Ops
+
+
+def test_copy_in_stream_owns_and_waits_before_writing_a_new_buffer(monkeypatch):
+    """The device input buffer is allocated on the copy-in stream, which waits for the caller's stream
+    (memory the allocator hands out may still be in use by work queued there) before its first copy."""
+    cuda, ops, mode = _recording_ops(monkeypatch)
+    path = CudaDataPath(lambda x: x + 1, device="cuda", depth=2, ops=ops)
+    h2d = path.h2d_stream.name
+    with mode():
+        outs = list(path.run(iter(_frames(3))))
+    assert [float(o.flat[0]) for o in outs] == [1.0, 2.0, 3.0]
+    log = cuda.log
+    allocs = [i for i, e in enumerate(log) if e[:2] == ("op", "empty") and e[2] == h2d]
+    assert len(allocs) == 2  # one device input per slot, each on the copy-in stream
+    for i in allocs:
+        wait = log.index(("wait_stream", h2d, "caller"), i)
+        first_copy = next(j for j, e in enumerate(log) if j > i and e == ("op", "copy_", h2d))
+        assert wait < first_copy
+
+
+def test_non_contiguous_output_is_flattened_on_the_copy_out_stream(monkeypatch):
+    """A non-contiguous output is made contiguous after the copy-out stream waited for the compute,
+    never on the caller's stream (which is not ordered after the compute stream)."""
+    cuda, ops, mode = _recording_ops(monkeypatch)
+    path = CudaDataPath(lambda x: x.transpose(-1, -2), device="cuda", depth=2, ops=ops)
+    d2h = path.d2h_stream.name
+    frames = [np.arange(64, dtype=np.float32).reshape(1, 1, 4, 4, 4) + 100 * i for i in range(3)]
+    with mode():
+        outs = list(path.run(iter(frames)))
+    for f, o in zip(frames, outs, strict=True):
+        np.testing.assert_array_equal(o, f.swapaxes(-1, -2))
+    reshapes = [e for e in cuda.log if e[:2] == ("op", "reshape")]
+    assert reshapes and all(e[2] != "caller" for e in reshapes)
+    copies_out = [i for i, e in enumerate(cuda.log) if e == ("op", "copy_", d2h)]
+    waits = [i for i, e in enumerate(cuda.log) if e[:2] == ("wait_event", d2h)]
+    assert len(copies_out) == 3 and all(any(w < c for w in waits) for c in copies_out)
+    flattened_on_d2h = [i for i, e in enumerate(cuda.log) if e == ("op", "reshape", d2h)]
+    assert len(flattened_on_d2h) >= 3
+
+
+def test_keep_alive_leaves_host_tensors_alone(monkeypatch):
+    """record_stream belongs to device memory; a host tensor handed to keep_alive is not touched."""
+    import torch
+
+    _cuda, ops, _mode = _recording_ops(monkeypatch)
+    ops.keep_alive(torch.zeros(3), object())  # would raise in record_stream on a CPU tensor
+
+
+def test_torch_runner_makes_its_streams_once(monkeypatch, tiny_checkpoint):
+    """Every infer_stream call of one activation reuses the data path and its three streams: new
+    torch.cuda.Stream objects per call come from a pool of 32 and would soon alias each other."""
+    import torch
+
+    from deepis_rt.backends import TorchRunner
+    from deepis_rt.checkpoint import load_checkpoint
+
+    cuda, ops, _mode = _recording_ops(monkeypatch)
+    runner = TorchRunner(load_checkpoint(tiny_checkpoint), device="cuda")
+
+    def activate_on_host():  # the runner's own activation needs a GPU: the same model on the host
+        runner.model = load_checkpoint(tiny_checkpoint).build().eval()
+        runner.device = torch.device("cpu")
+
+    monkeypatch.setattr(runner, "activate_impl", activate_on_host)
+    monkeypatch.setattr(runner, "deactivate_impl", lambda: setattr(runner, "_path", None))
+    import deepis_rt.backends.cuda as cuda_module
+
+    monkeypatch.setattr(cuda_module, "TorchCudaOps", lambda device: ops)
+    x = np.random.default_rng(0).standard_normal((1, 1, 16, 32, 32)).astype(np.float32)
+    with runner:
+        first = list(runner.infer_stream(iter([x, x])))
+        made = cuda.made
+        second = list(runner.infer_stream(iter([x])))
+        assert made == 3 and cuda.made == 3
+    np.testing.assert_allclose(second[0], first[0])
+    with runner:  # a new activation makes a new data path
+        list(runner.infer_stream(iter([x])))
+    assert cuda.made == 6

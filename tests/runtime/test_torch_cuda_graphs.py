@@ -219,6 +219,6 @@ def test_real_graphs_share_a_pool_and_stay_bounded(tiny_checkpoint):
             TorchRunner(load_checkpoint(tiny_checkpoint), device="cuda") as eager:
         for n in (1, 2, 3, 1, 2):
             x = _batch(n, seed=n)
-            np.testing.assert_allclose(graphs.infer(x), eager.infer(x), atol=1e-5, rtol=1e-5)
+            np.testing.assert_allclose(graphs.infer(x), eager.infer(x), atol=1e-4, rtol=1e-4)
             assert len(graphs._graphs) <= 2
         assert graphs._graphs.evictions >= 2

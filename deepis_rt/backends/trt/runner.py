@@ -220,6 +220,7 @@ class TensorRTRunner(Runner):
             caller = ops.current_stream()
             ops.wait_for_current(self._stream)
         with ops.device_scope(), ops.stream_scope(self._stream):
+            given = x
             x = x.to(self.device, dtype=self.input_dtype).contiguous()
             if n < self._min_batch:
                 x = torch.cat([x, x.new_zeros((self._min_batch - n, *x.shape[1:]))]).contiguous()
@@ -240,8 +241,11 @@ class TensorRTRunner(Runner):
                     raise BackendError("tensorrt: set_tensor_address refused a buffer (misaligned or wrong name)")
                 if not ctx.execute_async_v3(self._stream.cuda_stream):
                     raise BackendError("tensorrt: execute_async_v3 failed (see the TensorRT log above)")
-            # x may have been made on another stream: keep it until this stream has consumed it
+            # x may have been made on another stream: keep it until this stream has consumed it; the
+            # caller's tensor too when x is a converted copy (the conversion read it on this stream)
             ops.keep_alive(x, self._stream)
+            if given is not x:
+                ops.keep_alive(given, self._stream)
             y = y[:n] if total != n else y
             y = y.float() if y.dtype != torch.float32 else y
             if caller != self._stream:
