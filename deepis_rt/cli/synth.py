@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from deepis_rt.core.meta import TILE_ZYX, VOXEL_SIZE_UM
+
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
@@ -13,9 +15,9 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Video seed (same seed, same video).")
 @click.option("--format", "fmt", type=click.Choice(["tiff", "npy", "tcf"]), default="tiff", show_default=True,
               help="File format of the tomograms.")
-@click.option("--shape", nargs=3, type=int, default=(64, 128, 128), show_default=True, metavar="Z Y X",
+@click.option("--shape", nargs=3, type=int, default=TILE_ZYX, show_default=True, metavar="Z Y X",
               help="Frame size in voxels.")
-@click.option("--voxel-size", nargs=3, type=float, default=(0.5, 0.25, 0.25), show_default=True, metavar="Z Y X",
+@click.option("--voxel-size", nargs=3, type=float, default=VOXEL_SIZE_UM, show_default=True, metavar="Z Y X",
               help="Voxel size in um.")
 @click.option("--imaging", type=click.Choice(["legacy", "tomocube", "raw", "random"]), default="legacy",
               show_default=True,

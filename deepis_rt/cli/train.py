@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from deepis_rt.core.meta import VOXEL_SIZE_UM
+
 
 @click.command()
 @click.option("--synthetic", is_flag=True, help="Train on synthetic conjugates generated on the fly.")
@@ -63,7 +65,7 @@ def train(synthetic: bool, randomize: bool, data_dir: Path | None, out: Path, pr
         synthetic=synthetic, randomize=randomize, data_dir=None if data_dir is None else str(data_dir), preset=preset, steps=steps,
         batch=batch, crop_zyx=tuple(crop), seed=seed, lr=lr,
         epoch_steps=epoch_steps if epoch_steps is not None else (10 if synthetic else None),
-        voxel_size_um=tuple(voxel_size) if voxel_size else (None if init else (0.5, 0.25, 0.25)), init=init,
+        voxel_size_um=tuple(voxel_size) if voxel_size else (None if init else VOXEL_SIZE_UM), init=init,
         val_frames=val_frames, val_every=val_every, save_every=save_every,
         max_minutes=max_minutes, threads=threads,
     )

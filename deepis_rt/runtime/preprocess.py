@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.core.meta import MEDIUM_RI, RI_SCALE
 from deepis_rt.errors import InputDtypeError, InputError, NonFiniteInputError, ShapeError, VolumeTooLargeError
 from deepis_rt.io.plausibility import check_voxel_size
 
@@ -39,8 +40,8 @@ _CHECK_CHUNK_VOXELS = 1 << 24
 class Normalization:
     """``x = (ri - offset) / scale``, as stored in the checkpoint's ``meta["ri_normalization"]``."""
 
-    offset: float = 1.337
-    scale: float = 0.02
+    offset: float = MEDIUM_RI
+    scale: float = RI_SCALE
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Normalization:

@@ -32,6 +32,7 @@ import numpy as np
 
 from deepis_rt.analysis.quality import describe_training_inputs
 from deepis_rt.core.jsonable import json_safe
+from deepis_rt.core.meta import MEDIUM_RI, RI_SCALE, TILE_ZYX, VOXEL_SIZE_UM
 from deepis_rt.errors import ConfigError
 from deepis_rt.synth import generate_timelapse
 from deepis_rt.synth.randomize import randomized_frame
@@ -53,8 +54,8 @@ __all__ = ["TrainConfig", "train", "state_path", "predict_distance", "evaluate_f
 
 log = logging.getLogger(__name__)
 
-RI_OFFSET = 1.337
-RI_SCALE = 0.02
+# the input normalisation of a model trained here: the defaults of ModelMeta
+RI_OFFSET = MEDIUM_RI
 
 
 @dataclass
@@ -87,9 +88,9 @@ class TrainConfig:
     #: The learning rate halves every this many epochs.
     lr_halve_epochs: int = 50
     #: Voxel size (Z, Y, X) um of the training data and of the model (None with ``init``: its voxel size).
-    voxel_size_um: tuple[float, float, float] | None = (0.5, 0.25, 0.25)
+    voxel_size_um: tuple[float, float, float] | None = VOXEL_SIZE_UM
     #: Tile (Z, Y, X) of synthetic frames and of inference.
-    tile_zyx: tuple[int, int, int] = (64, 128, 128)
+    tile_zyx: tuple[int, int, int] = TILE_ZYX
     #: Validation frames (synthetic: one frame from each of this many validation videos).
     val_frames: int = 4
     #: Validate every this many steps as well as at the end (0: only at the end).
