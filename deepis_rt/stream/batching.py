@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from deepis_rt.core.records import curve_key
+
 __all__ = ["BatchPlan", "curve_key", "record_curves", "lookup_curve", "curves_path", "FALLBACK_GPU_BATCH"]
 
 log = logging.getLogger(__name__)
@@ -39,22 +41,6 @@ def curves_path(cache_dir: str | Path | None = None) -> Path:
     from deepis_rt.runtime.source import default_cache_dir
 
     return Path(cache_dir if cache_dir is not None else default_cache_dir()) / "batch_curves.json"
-
-
-def _host() -> str:
-    from deepis_rt.core.machine import cpu_model
-
-    return cpu_model()
-
-
-def curve_key(model: Mapping[str, Any], backend: str, precision: str | None, device: str | None,
-              tile_zyx: Any, host: str | None = None) -> str:
-    """The record's key: throughput depends on the architecture (not the weights), backend,
-    precision, device, tile and host."""
-    arch = model.get("preset") or model.get("sha256") or model.get("name") or "?"
-    tile = "x".join(str(int(v)) for v in tile_zyx) if tile_zyx else "?"
-    kind = str(device or "?").split(":")[0]  # cuda:1 measures like cuda:0 on the same host
-    return "|".join([str(arch), str(backend), str(precision or "fp32"), kind, tile, host or _host()])
 
 
 def record_curves(report: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path | None:

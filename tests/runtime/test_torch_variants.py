@@ -265,3 +265,43 @@ def test_gpu_compile_max_autotune_output_survives_the_next_call(tiny_module, til
         assert list(runner.describe()["compile"]["seconds_per_shape"]) == ["1x1x16x32x32"]
         out = list(runner.infer_stream(iter([tiles[:1], tiles[1:2], tiles[:1]])))
     np.testing.assert_allclose(out[0], out[2], atol=1e-5)
+
+
+class _Model:
+    """The lazy-loader face of a model, as a registry factory sees it (nothing is built here)."""
+
+    tile_zyx = (64, 128, 128)
+    sha256 = "ab" * 32
+    name = "deepis"
+    meta = {"preset": "deepis"}
+
+    def module(self):
+        raise AssertionError("the network is built on activation, not when the runner is made")
+
+
+def test_torch_cuda_runs_the_measured_fastest_exact_enough_variant(tmp_path, monkeypatch):
+    import torch
+
+    from deepis_rt.backends.pytorch import loader
+    from deepis_rt.backends.spec import RunnerRequest
+
+    gpu = "NVIDIA H100 80GB HBM3"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
+    key = record_key(MODEL, "cuda:0", _Model.tile_zyx, gpu)
+    record_variant_results(key, [
+        {"variant": "fp32", "status": "ok", "tiles_per_s": {"1": 50.0}, "label_agreement": None},
+        {"variant": "bf16-compile", "status": "ok", "tiles_per_s": {"1": 300.0}, "label_agreement": 0.9991},
+        {"variant": "fp16-compile", "status": "ok", "tiles_per_s": {"1": 900.0}, "label_agreement": 0.95},
+    ], gpu_name=gpu, cache_dir=tmp_path)
+
+    runner = loader.make_cuda_runner(RunnerRequest(model=_Model(), device="cuda:0", cache_dir=tmp_path))
+    chosen = variant("bf16-compile").options_for("cuda")
+    assert runner.precision == "bf16" and runner.compile_mode == chosen["compile_mode"]
+
+    # an explicit precision or option is the user's choice; without a record nothing is chosen
+    asked = loader.make_cuda_runner(RunnerRequest(model=_Model(), device="cuda:0", precision="fp32",
+                                                  cache_dir=tmp_path))
+    assert asked.precision == "fp32" and asked.compile_mode is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    default = loader.make_cuda_runner(RunnerRequest(model=_Model(), device="cuda:0", cache_dir=tmp_path))
+    assert default.precision == loader.CUDA_PRECISIONS[0] and default.compile_mode is None and default.cuda_graphs

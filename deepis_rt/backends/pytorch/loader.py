@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from typing import Any
 
 from deepis_rt.backends.pytorch.runner import TorchRunner
+from deepis_rt.backends.pytorch.variants import load_records, record_key, select_variant
 from deepis_rt.backends.spec import BackendSpec, RunnerRequest
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CPU_SPEC", "CUDA_SPEC", "CUDA_GRAPHS_SPEC", "CPU_PRECISIONS", "CUDA_PRECISIONS"]
 
@@ -43,10 +47,38 @@ def make_cpu_runner(request: RunnerRequest) -> TorchRunner:
                        **_runner_options(request.options, _CUDA_ONLY))
 
 
+def measured_variant_options(request: RunnerRequest) -> dict[str, Any]:
+    """The options of the fastest exact-enough PyTorch variant measured for this model on this GPU.
+
+    ``python -m deepis_rt.bench.torch_variants`` (and the GPU check) record each variant's speed
+    and its label agreement with FP32 per model, tile and GPU; without a record, or when the
+    request asks for a precision or options of its own, nothing is chosen ({}).
+    """
+    if request.precision is not None or request.options:
+        return {}
+    import torch
+
+    model = request.model
+    meta = getattr(model, "meta", None) or {}
+    info = {"preset": getattr(getattr(model, "checkpoint", None), "preset", None) or meta.get("preset"),
+            "sha256": getattr(model, "sha256", None), "name": getattr(model, "name", None)}
+    device = request.cuda_device
+    key = record_key(info, device, getattr(model, "tile_zyx", None), torch.cuda.get_device_name(device))
+    choice = select_variant(load_records(request.cache_dir), key)
+    if choice is None:
+        return {}
+    log.info("load | torch-cuda: %s, the fastest variant measured exact enough on this GPU", choice.name)
+    return choice.options_for(device)
+
+
 def make_cuda_runner(request: RunnerRequest, **preset: Any) -> TorchRunner:
-    options = {"cuda_graphs": True, **_runner_options(request.options, _CPU_ONLY), **preset}
-    return TorchRunner(_fresh_network(request), device=request.cuda_device,
-                       precision=request.precision or CUDA_PRECISIONS[0], **options)
+    measured = {} if preset else measured_variant_options(request)
+    if measured:  # a variant is a complete set of options (its CUDA graphs on or off included)
+        options = {k: v for k, v in measured.items() if k != "precision"}
+    else:
+        options = {"cuda_graphs": True, **_runner_options(request.options, _CPU_ONLY), **preset}
+    precision = request.precision or measured.get("precision") or CUDA_PRECISIONS[0]
+    return TorchRunner(_fresh_network(request), device=request.cuda_device, precision=precision, **options)
 
 
 def make_cuda_graphs_runner(request: RunnerRequest) -> TorchRunner:

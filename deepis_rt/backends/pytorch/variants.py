@@ -10,7 +10,7 @@ measured record, label agreement with FP32 of at least :data:`MIN_LABEL_AGREEMEN
 
 Records (:func:`record_variant_results`, :func:`load_records`) live in
 ``<cache>/torch_variants.json`` (``$DEEPIS_RT_CACHE``, else ``~/.cache/deepis-rt``), keyed like the
-bench's batch curves (:func:`deepis_rt.stream.batching.curve_key`: architecture, device kind, tile,
+bench's batch curves (:func:`deepis_rt.core.records.curve_key`: architecture, device kind, tile,
 host) plus the GPU's name, so a record measured on an H100 is not used on another card::
 
     {key: {"date_utc": ..., "gpu": "NVIDIA H100 80GB HBM3",
@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepis_rt.backends.files import default_cache_dir
+from deepis_rt.core.files import atomic_write
+from deepis_rt.core.records import curve_key
 from deepis_rt.errors import ConfigError
 
 __all__ = ["TorchVariant", "TORCH_VARIANTS", "MIN_LABEL_AGREEMENT", "variant", "variants_for", "records_path",
@@ -141,16 +143,12 @@ def variants_for(device: str, names: Iterable[str] | None = None, compiled: bool
 
 def records_path(cache_dir: str | Path | None = None) -> Path:
     """``<cache>/torch_variants.json``."""
-    from deepis_rt.runtime.source import default_cache_dir
-
     return Path(cache_dir if cache_dir is not None else default_cache_dir()) / "torch_variants.json"
 
 
 def record_key(model: Mapping[str, Any], device: str, tile_zyx: Any, gpu_name: str | None = None,
                host: str | None = None) -> str:
     """The bench's batch-curve key (architecture, backend ``torch``, device kind, tile, host) plus the GPU."""
-    from deepis_rt.stream.batching import curve_key
-
     return curve_key(model, "torch", "variants", device, tile_zyx, host) + "|" + (gpu_name or "-")
 
 
@@ -184,9 +182,7 @@ def record_variant_results(key: str, results: Iterable[Mapping[str, Any]], gpu_n
         entry["variants"] = {**entry.get("variants", {}), **new}
         entry.update({"gpu": gpu_name, "date_utc": date_utc})
         old[key] = entry
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, (json.dumps(old, indent=2, sort_keys=True) + "\n").encode())
     return path
 
 
