@@ -87,9 +87,9 @@ class TransposedGraph:
 def timing(args) -> dict:
     import torch
 
+    from deepis_rt.backends import OnnxRuntimeRunner
     from deepis_rt.export import export_onnx
     from deepis_rt.model import build_model, complexity
-    from deepis_rt.backends import OnnxRuntimeRunner
 
     work = Path(tempfile.mkdtemp(prefix="deepis2020-bench-"))
     models, facts = {}, {}

@@ -38,10 +38,10 @@ def main() -> None:
     import torch
 
     import deepis_rt
-    from deepis_rt.bench.machine import describe_machine
-    from deepis_rt.export import export_onnx
     from deepis_rt.backends import OnnxRuntimeRunner, OpenVINORunner
     from deepis_rt.backends.openvino.runner import bf16_unavailable_reason
+    from deepis_rt.bench.machine import describe_machine
+    from deepis_rt.export import export_onnx
 
     tile = (64, 128, 128)
     report = {"benchmark": "benchmarks/openvino_cpu.py (round-robin)", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -81,10 +81,10 @@ def main() -> None:
     import nncf
     import openvino as ov
 
+    from deepis_rt.backends import OpenVINORunner
     from deepis_rt.bench.machine import describe_machine
     from deepis_rt.export.precision_parity import compare_segmenters, heldout_frames, summarize_parity
     from deepis_rt.runtime.backends import onnx_for_checkpoint
-    from deepis_rt.backends import OpenVINORunner
     from deepis_rt.runtime.segmenter import Segmenter
     from deepis_rt.runtime.source import resolve_source
 
