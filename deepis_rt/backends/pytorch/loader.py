@@ -56,6 +56,9 @@ def measured_variant_options(request: RunnerRequest) -> dict[str, Any]:
     """
     if request.precision is not None or request.options:
         return {}
+    records = load_records(request.cache_dir)
+    if not records:
+        return {}
     import torch
 
     model = request.model
@@ -63,8 +66,12 @@ def measured_variant_options(request: RunnerRequest) -> dict[str, Any]:
     info = {"preset": getattr(getattr(model, "checkpoint", None), "preset", None) or meta.get("preset"),
             "sha256": getattr(model, "sha256", None), "name": getattr(model, "name", None)}
     device = request.cuda_device
-    key = record_key(info, device, getattr(model, "tile_zyx", None), torch.cuda.get_device_name(device))
-    choice = select_variant(load_records(request.cache_dir), key)
+    try:
+        gpu_name = torch.cuda.get_device_name(device)
+    except (AssertionError, RuntimeError) as exc:  # no usable GPU: activation will say so
+        log.debug("load | torch-cuda: no GPU name (%s); no measured variant is used", exc)
+        return {}
+    choice = select_variant(records, record_key(info, device, getattr(model, "tile_zyx", None), gpu_name))
     if choice is None:
         return {}
     log.info("load | torch-cuda: %s, the fastest variant measured exact enough on this GPU", choice.name)
