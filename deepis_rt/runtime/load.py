@@ -19,6 +19,7 @@ import numpy as np
 from deepis_rt.backends import registry
 from deepis_rt.backends.base import Runner
 from deepis_rt.backends.triton.protocol import META_PARAMETER
+from deepis_rt.core.meta import ModelMeta
 from deepis_rt.errors import BackendError
 from deepis_rt.runtime.backends import BackendChoice, select_runner
 from deepis_rt.runtime.segmenter import Segmenter
@@ -141,10 +142,9 @@ def load(
 # -- a model served elsewhere (Triton) ---------------------------------------------------------
 def _served_source(runner: Any, local: ModelSource | None) -> ModelSource:
     """The model an active remote runner serves: the server's metadata, checked against a local copy."""
-    from deepis_rt.checkpoint import DEFAULT_META
     from deepis_rt.model import ModelConfig
 
-    server_meta, config = _flat_meta(getattr(runner, "model_meta", None) or {}, DEFAULT_META, ModelConfig)
+    server_meta, config = _flat_meta(getattr(runner, "model_meta", None) or {}, ModelMeta().to_dict(), ModelConfig)
     local_meta = dict(local.meta) if local is not None else {}
     where = getattr(runner, "where", runner.name)
     if server_meta and local_meta:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.backends import Runner
+from deepis_rt.core.meta import MEDIUM_RI, TILE_ZYX, VOXEL_SIZE_UM
 from deepis_rt.errors import InputError
 from deepis_rt.io.ri import RIDecoder, RIScale
 from deepis_rt.runtime import preprocess
@@ -124,17 +125,17 @@ class Segmenter:
         self.meta = dict(meta)
         self.backend_report: list[BackendChoice] = list(backend_report)
         self.model_info: dict[str, Any] = dict(model_info or {})
-        # the defaults of deepis_rt.checkpoint.DEFAULT_META, for metas that lack a key
+        # the defaults of ModelMeta, for metas that lack a key
         self.model_voxel_size_um = preprocess.validate_voxel_size(
-            self.meta.get("voxel_size_um", (0.5, 0.25, 0.25)), "model meta")
+            self.meta.get("voxel_size_um", VOXEL_SIZE_UM), "model meta")
         self.size_multiple = int(size_multiple or runner.size_multiple)
         # one tile plan for every backend: the model's tile (padded when the volume is smaller), so
         # that FP32 results do not depend on which backend ran them
-        self.tile_zyx = choose_tile(self.meta.get("tile_zyx", (64, 128, 128)), self.size_multiple,
+        self.tile_zyx = choose_tile(self.meta.get("tile_zyx", TILE_ZYX), self.size_multiple,
                                     runner.fixed_spatial_zyx, getattr(runner, "spatial_range_zyx", None),
                                     where="segment")
         self.normalization = preprocess.Normalization.from_meta(self.meta)
-        self.medium_ri = float(self.meta.get("medium_ri", 1.337))
+        self.medium_ri = float(self.meta.get("medium_ri", MEDIUM_RI))
         self.overlap = float(overlap)
         self.batch_size = int(batch_size)
         self.blend = blend

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from deepis_rt.backends.files import default_cache_dir
+from deepis_rt.core.meta import TILE_ZYX, ModelMeta
 from deepis_rt.errors import CheckpointError
 
 __all__ = ["ModelSource", "resolve_source", "default_cache_dir", "bundled_checkpoint"]
@@ -45,9 +46,7 @@ class ModelSource:
     @property
     def tile_zyx(self) -> tuple[int, int, int]:
         """The model's tile (Z, Y, X); the default tile when the meta does not say."""
-        from deepis_rt.checkpoint import DEFAULT_META
-
-        return tuple(int(v) for v in self.meta.get("tile_zyx", DEFAULT_META["tile_zyx"]))  # type: ignore[return-value]
+        return tuple(int(v) for v in self.meta.get("tile_zyx", TILE_ZYX))  # type: ignore[return-value]
 
     @property
     def name(self) -> str:
@@ -89,7 +88,6 @@ def bundled_checkpoint() -> Path:
 
 def _meta_from_onnx(path: Path) -> tuple[dict[str, Any], Any]:
     """(meta, ModelConfig or None) from an ONNX file's embedded JSON (flat or {"meta", "config"})."""
-    from deepis_rt.checkpoint import DEFAULT_META
     from deepis_rt.export import read_onnx_meta
     from deepis_rt.model import ModelConfig
 
@@ -98,8 +96,9 @@ def _meta_from_onnx(path: Path) -> tuple[dict[str, Any], Any]:
     except Exception as exc:
         raise CheckpointError(f"load | {path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
     inner = raw.get("meta") if isinstance(raw.get("meta"), dict) else raw
-    meta = dict(DEFAULT_META)
-    meta.update({k: v for k, v in inner.items() if k in DEFAULT_META or k not in ("config", "meta")})
+    defaults = ModelMeta().to_dict()
+    meta = dict(defaults)
+    meta.update({k: v for k, v in inner.items() if k in defaults or k not in ("config", "meta")})
     if not raw:
         log.warning("load | %s: no deepis-rt metadata in the ONNX file; using the default voxel size, "
                     "normalisation and tile", path)
