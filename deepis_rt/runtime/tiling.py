@@ -231,14 +231,18 @@ def iter_batches(
     batch_size: int = 1,
     transform: Callable[[np.ndarray, np.ndarray], Any] | None = None,
     pad_value: float = 0.0,
+    locations: Sequence[tuple[int, int, int]] | None = None,
 ) -> Iterator[tuple[np.ndarray, list[tuple[int, int, int]]]]:
     """Yield ``(batch, locations)``: float32 ``(B, 1, *tile)`` batches and their tile starts.
 
     ``transform(src, dst)`` writes the transformed (e.g. normalised) ``src`` region into ``dst``;
-    padding beyond the volume is ``pad_value`` (already transformed).
+    padding beyond the volume is ``pad_value`` (already transformed). ``volume`` is anything with
+    NumPy slicing (an array, a ``numpy.memmap``, a zarr array, an h5py dataset): only one tile is
+    read at a time. ``locations`` restricts the run to some of the plan's tiles (in the order
+    given; default: all, in :meth:`TilingPlan.locations` order).
     """
     tz, ty, tx = plan.tile_zyx
-    locations = list(plan.locations())
+    locations = list(plan.locations()) if locations is None else [tuple(int(v) for v in loc) for loc in locations]
     for first in range(0, len(locations), batch_size):
         locs = locations[first : first + batch_size]
         batch = np.empty((len(locs), 1, tz, ty, tx), np.float32)
@@ -257,14 +261,30 @@ def iter_batches(
 
 
 class BlendMerger:
-    """Accumulates weighted tile outputs into ``out`` and normalises them in :meth:`finalize`."""
+    """Accumulates weighted tile outputs into ``out`` and normalises them in :meth:`finalize`.
 
-    def __init__(self, plan: TilingPlan, out: np.ndarray | None = None) -> None:
+    ``region`` (one ``slice`` per axis, within the volume) makes ``out`` hold that part of the
+    volume only: tiles are clipped to it, and the weight sums are the whole plan's, so a region
+    merged from every tile that overlaps it holds exactly the values the whole-volume merge gives
+    there (same tiles, same order of summation). Disjoint regions can therefore be merged
+    independently, on different machines, and written to a chunked store
+    (:mod:`deepis_rt.field`).
+    """
+
+    def __init__(self, plan: TilingPlan, out: np.ndarray | None = None,
+                 region: Sequence[slice] | None = None) -> None:
         self.plan = plan
+        if region is None:
+            region = tuple(slice(0, n) for n in plan.shape)
+        region = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, plan.shape, strict=True))
+        if any(s.start >= s.stop for s in region):
+            raise ConfigError(f"tiling: region {region} is empty or outside the volume {plan.shape}")
+        self.region = region
+        shape = tuple(s.stop - s.start for s in region)
         if out is None:
-            out = np.zeros(plan.shape, np.float32)
-        elif tuple(out.shape) != plan.shape:
-            raise ConfigError(f"tiling: output of shape {out.shape} does not match the volume {plan.shape}")
+            out = np.zeros(shape, np.float32)
+        elif tuple(out.shape) != shape:
+            raise ConfigError(f"tiling: output of shape {out.shape} does not match the volume {shape}")
         else:
             out[...] = 0
         self.out = out
@@ -274,18 +294,23 @@ class BlendMerger:
 
     def aggregate(self, values: np.ndarray, location: tuple[int, int, int]) -> None:
         """Add one tile's output ``values`` (Z, Y, X) whose corner is at ``location``."""
-        z, y, x = location
-        Z, Y, X = self.plan.shape
-        nz, ny, nx = min(values.shape[0], Z - z), min(values.shape[1], Y - y), min(values.shape[2], X - x)
-        target = self.out[z : z + nz, y : y + ny, x : x + nx]
-        target += values[:nz, :ny, :nx] * self._weights[:nz, :ny, :nx]
+        dst, src = [], []
+        for r, start, n in zip(self.region, location, values.shape, strict=True):
+            lo, hi = max(start, r.start), min(start + n, r.stop)
+            if lo >= hi:  # the tile does not reach this region
+                return
+            dst.append(slice(lo - r.start, hi - r.start))
+            src.append(slice(lo - start, hi - start))
+        target = self.out[tuple(dst)]
+        target += values[tuple(src)] * self._weights[tuple(src)]
         self.tiles_merged += 1
 
     def finalize(self) -> np.ndarray:
         """Divide by the (separable) weight sums, in place and slab by slab; return ``out``."""
-        sz, sy, sx = self.plan.weight_sums
+        rz, ry, rx = self.region
+        sz, sy, sx = self.plan.weight_sums[0][rz], self.plan.weight_sums[1][ry], self.plan.weight_sums[2][rx]
         inv_yx = (1.0 / sy)[:, None] * (1.0 / sx)[None, :]
-        for z in range(self.plan.shape[0]):
+        for z in range(self.out.shape[0]):
             self.out[z] *= inv_yx * np.float32(1.0 / sz[z])
         if isinstance(self.out, np.memmap):
             self.out.flush()
