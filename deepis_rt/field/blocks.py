@@ -75,6 +75,10 @@ class RIRegions:
         values = np.asarray(self.source[key])
         return np.asarray(self._decoder(values, self.where, self._scale), dtype=np.float32)
 
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
     def __len__(self) -> int:
         return self.shape[0]
 

@@ -213,7 +213,8 @@ def plan_field(
     batch_size : int
         Tiles per runner call (enters the fixed part).
     chunks : (Z, Y, X), optional
-        The store's chunk shape (default :func:`default_chunks`).
+        The store's chunk shape (default :func:`default_chunks`, halved along its longest axis
+        while one chunk does not fit the budget).
     block_zyx : (Z, Y, X), optional
         Force a block shape (a multiple of ``chunks``); the budget is then only reported.
 
@@ -245,6 +246,10 @@ def plan_field(
         block = tuple(min(b, n) for b, n in zip(block, shape, strict=True))
         reason = "block shape given by the caller"
     else:
+        if chunks is None:  # smaller chunks for a small budget, down to a sixteenth of the default
+            while cost(chunk) > budget and max(chunk) > CHUNK_YX // 16:
+                axis = int(np.argmax(chunk))
+                chunk = tuple(max(c // 2, 1) if a == axis else c for a, c in enumerate(chunk))
         n_chunks = [math.ceil(n / c) for n, c in zip(shape, chunk, strict=True)]
         least = cost(chunk)
         if least > budget:

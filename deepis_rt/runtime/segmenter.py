@@ -364,7 +364,8 @@ class Segmenter:
     # -- segmentation ------------------------------------------------------------------------------
     def segment(self, volume: Any, voxel_size_um: Any = None, *, analyze: bool | None = None,
                 ri_scale: float | None = None, ri_offset: float | None = None,
-                tta: bool | None = None) -> FrameResult:
+                tta: bool | None = None, max_memory_gb: float | None = None,
+                store: str | Path | None = None) -> FrameResult:
         """Segment one tomogram.
 
         Parameters
@@ -386,12 +387,20 @@ class Segmenter:
             4x the inference), the distance maps are averaged, and the spread of each synapse's
             IS area across the flips widens its ``is_area_err_um2`` (and sets ``flips_disagree``
             in its ``quality`` when large).
+        max_memory_gb : float, optional
+            Memory budget. A field whose in-memory segmentation would exceed it (default budget
+            2 GB) goes through the bounded-memory path (:func:`deepis_rt.field.segment.segment_field`,
+            docs/large_fields.md): block by block into a chunked zarr store, with the same
+            results. ``volume`` may then be any region source (memmap, zarr array, h5py dataset).
+        store : path, optional
+            Where that path writes its zarr store (default: a new temporary folder, logged).
 
         Returns
         -------
         FrameResult
             Distance (um) and labels on the input grid, analysis, per-stage timings, and
-            ``quality`` (``"ok"`` or its reasons, :mod:`deepis_rt.analysis.quality`).
+            ``quality`` (``"ok"`` or its reasons, :mod:`deepis_rt.analysis.quality`). From the
+            bounded-memory path, ``distance`` and ``labels`` are the store's zarr arrays.
 
         Raises
         ------
@@ -399,6 +408,12 @@ class Segmenter:
             (and its subclasses) for unusable input, before any heavy work;
             :class:`~deepis_rt.errors.ImplausibleRIError` for values that cannot be RI.
         """
+        if max_memory_gb is not None or not self.stitch_on_disk:  # stitch_on_disk: the older opt-in path
+            from deepis_rt.field.segment import routes_to_field, segment_field  # imports this module
+
+            if routes_to_field(self, tuple(getattr(volume, "shape", ())), voxel_size_um, tta, max_memory_gb):
+                return segment_field(self, volume, voxel_size_um, out=store, max_memory_gb=max_memory_gb,
+                                     analyze=analyze, ri_scale=ri_scale, ri_offset=ri_offset)
         return self._run([volume], [voxel_size_um], analyze, (ri_scale, ri_offset), tta)[0]
 
     def segment_batch(self, volumes: Sequence[Any], voxel_size_um: Any = None, *,

@@ -105,8 +105,15 @@ def test_plan_follows_the_budget():
     assert plan_field((64, 200, 200), tile, max_memory_gb=4.0).blocks[0].shape == (64, 200, 200)
 
 
-def test_plan_refuses_a_budget_below_one_chunk():
-    least = runner_budget_bytes((64, 128, 128)) + BYTES_PER_BLOCK_VOXEL * 64 * 256 * 256
+def test_small_budgets_get_smaller_chunks():
+    default = plan_field((64, 1024, 1024), (64, 128, 128), max_memory_gb=4.0)
+    small = plan_field((64, 1024, 1024), (64, 128, 128), max_memory_gb=0.3)
+    assert default.chunks == (64, 256, 256) and np.prod(small.chunks) < np.prod(default.chunks)
+    assert small.expected_peak_bytes <= 0.3e9
+
+
+def test_plan_refuses_a_budget_below_the_runner_and_one_chunk():
+    least = runner_budget_bytes((64, 128, 128))
     with pytest.raises(ConfigError, match=r"give at least \d+\.\d GB"):
         plan_field((64, 1024, 1024), (64, 128, 128), max_memory_gb=least / 1e9 * 0.9)
     with pytest.raises(ConfigError, match="max_memory_gb"):

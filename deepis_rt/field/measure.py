@@ -1,0 +1,183 @@
+"""Cells, synapses and their quality on a large field, one conjugate at a time.
+
+The measurements are :func:`deepis_rt.analysis.analyze`'s, made on crops read from the store
+around each cell's (or contact's) bounding box, with the same global coordinates, clipping and
+arithmetic as the whole-field analysis: the results are equal, and memory depends on a
+conjugate's size, not the field's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from deepis_rt.analysis.contact import ContactEstimate, contact_surface
+from deepis_rt.analysis.frame import Cell, FrameAnalysis, Synapse
+from deepis_rt.analysis.masks import LABEL_IS, dilate
+from deepis_rt.analysis.measure import surface_area_um2
+from deepis_rt.analysis.quality import (
+    CELL_AT_EDGE,
+    NEAR_TILE_SEAM,
+    SEAM_MARGIN_VOXELS,
+    TrainingRange,
+    box_near_planes,
+    input_reasons,
+    join_reasons,
+    seam_planes,
+)
+from deepis_rt.field.labels import CellTable
+from deepis_rt.field.plan import FieldPlan
+from deepis_rt.field.store import FieldStore
+
+__all__ = ["measure_cells", "measure_synapses", "field_analysis", "assess_field"]
+
+log = logging.getLogger(__name__)
+
+Box = tuple[slice, slice, slice]
+
+
+def _grow(sl: Sequence[slice], margin: int, shape: Sequence[int]) -> Box:
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(sl, shape, strict=True))  # type: ignore[return-value]
+
+
+def _intersect(a: Sequence[slice], b: Sequence[slice]) -> Box | None:
+    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
+    return None if any(s.start >= s.stop for s in out) else out  # type: ignore[return-value]
+
+
+def _concentration(ri: np.ndarray, medium_ri: float, alpha_um3_per_pg: float) -> np.ndarray:
+    return (ri - np.float32(medium_ri)) / np.float32(alpha_um3_per_pg)
+
+
+def measure_cells(store: FieldStore, table: CellTable, ri: Any, voxel_size_um: Sequence[float],
+                  medium_ri: float = 1.337, alpha_um3_per_pg: float = 0.185) -> list[Cell]:
+    """Every cell's volume, surface, mean RI, dry mass and centroid, from a crop around it.
+
+    ``ri`` is a region source of RI on the field's grid (e.g. :class:`~deepis_rt.field.RIRegions`)
+    or None (RI-based quantities NaN).
+    """
+    vs = tuple(float(v) for v in voxel_size_um)
+    voxel_volume = float(np.prod(vs))
+    cells = []
+    for idx in range(1, table.n_tcell + table.n_target + 1):
+        sl = table.slices(idx)
+        m = np.asarray(store.cell_labels[sl]) == idx
+        zz, yy, xx = np.nonzero(m)
+        mean_ri = dry = math.nan
+        if ri is not None:
+            r = np.asarray(ri[sl], dtype=np.float32)
+            mean_ri = float(r[m].mean())
+            dry = float(_concentration(r, medium_ri, alpha_um3_per_pg)[m].sum()) * voxel_volume
+        cells.append(Cell(
+            cell_id=idx, kind="tcell" if idx <= table.n_tcell else "target",
+            volume_um3=float(int(m.sum()) * voxel_volume), surface_um2=surface_area_um2(m, vs),
+            mean_ri=mean_ri, dry_mass_pg=dry,
+            z_um=float((zz.mean() + sl[0].start) * vs[0]), y_um=float((yy.mean() + sl[1].start) * vs[1]),
+            x_um=float((xx.mean() + sl[2].start) * vs[2])))
+    return cells
+
+
+def measure_synapses(store: FieldStore, table: CellTable, ri: Any, voxel_size_um: Sequence[float],
+                     threshold_um: float, medium_ri: float = 1.337, alpha_um3_per_pg: float = 0.185,
+                     is_dilation_voxels: int = 2, min_is_area_um2: float = 0.25
+                     ) -> tuple[list[Synapse], dict[int, ContactEstimate]]:
+    """One synapse per touching CAR-T / target pair, measured on crops around the contact."""
+    vs = tuple(float(v) for v in voxel_size_um)
+    voxel_volume = float(np.prod(vs))
+    t = float(threshold_um)
+    noise_um = table.background_noise_um
+    band_fraction = min(max(3.0 * noise_um / t, 0.05), 1.0) if t > 0 else 1.0
+    synapses: list[Synapse] = []
+    contacts: dict[int, ContactEstimate] = {}
+    reach = 2 * is_dilation_voxels + 1
+    shape = store.shape
+    n_t, n_b = table.n_tcell, table.n_target
+    for i in range(1, n_t + 1):
+        for j in range(n_t + 1, n_t + n_b + 1):
+            region = _intersect(_grow(table.slices(i), reach, shape), _grow(table.slices(j), reach, shape))
+            if region is None:
+                continue
+            crop = _grow(region, is_dilation_voxels + 1, shape)
+            lab = np.asarray(store.cell_labels[crop])
+            is_ij = dilate(lab == i, is_dilation_voxels) & dilate(lab == j, is_dilation_voxels)
+            is_ij &= (lab == 0) | (lab == i) | (lab == j)
+            if not is_ij.any():
+                continue
+            is_box = ndi.find_objects(is_ij.astype(np.int8))[0]
+            off = [s.start for s in crop]
+            is_glob = tuple(slice(s.start + o, s.stop + o) for s, o in zip(is_box, off, strict=True))
+            ccrop = _grow(is_glob, 4, shape)
+            clab = np.asarray(store.cell_labels[ccrop])
+            t_i, b_j = clab == i, clab == j
+            d_pair = np.where((clab == 0) | t_i | b_j, np.asarray(store.distance[ccrop]), np.float32(0))
+            contact = contact_surface(t_i, b_j, d_pair, vs, t, band_fraction=band_fraction, noise_um=noise_um)
+            area = contact.area_um2
+            if not contact.in_contact or area < max(min_is_area_um2, 1e-9):
+                continue
+            is_mean_ri = is_dry = is_density = math.nan
+            if ri is not None:
+                r = np.asarray(ri[crop], dtype=np.float32)
+                is_mean_ri = float(r[is_ij].mean())
+                is_dry = float(_concentration(r, medium_ri, alpha_um3_per_pg)[is_ij].sum()) * voxel_volume
+                is_density = 1000.0 * is_dry / area
+            synapses.append(Synapse(
+                synapse_id=len(synapses) + 1, tcell_id=i, target_id=j, is_area_um2=area, is_mean_ri=is_mean_ri,
+                is_dry_mass_pg=is_dry, is_density_fg_um2=is_density, is_area_err_um2=contact.area_err_um2))
+            contacts[len(synapses)] = contact
+    return synapses, contacts
+
+
+def field_analysis(store: FieldStore, table: CellTable, ri: Any, voxel_size_um: Sequence[float], threshold_um: float,
+                   medium_ri: float = 1.337, **options: Any) -> FrameAnalysis:
+    """The field's :class:`~deepis_rt.analysis.FrameAnalysis`; its ``labels`` and ``cell_labels``
+    are the store's zarr arrays (read regions of them; ``numpy.asarray`` loads them whole)."""
+    alpha = options.pop("alpha_um3_per_pg", 0.185)
+    cells = measure_cells(store, table, ri, voxel_size_um, medium_ri, alpha)
+    synapses, contacts = measure_synapses(store, table, ri, voxel_size_um, threshold_um, medium_ri, alpha, **options)
+    return FrameAnalysis(labels=store.labels, cell_labels=store.cell_labels, cells=cells, synapses=synapses,
+                         voxel_size_um=tuple(float(v) for v in voxel_size_um), threshold_um=float(threshold_um),
+                         background_noise_um=table.background_noise_um, contacts=contacts)
+
+
+def _synapse_box(store: FieldStore, table: CellTable, tcell_id: int, target_id: int, reach: int = 3) -> Box | None:
+    """As :func:`deepis_rt.analysis.quality.synapse_box`, from the cells' boxes and a crop of the labels."""
+    near = _intersect(_grow(table.slices(tcell_id), reach, store.shape), _grow(table.slices(target_id), reach, store.shape))
+    if near is None:
+        return None
+    found = ndi.find_objects((np.asarray(store.labels[near]) == LABEL_IS).astype(np.int8))
+    if not found or found[0] is None:
+        return None
+    return tuple(slice(s.start + n.start, s.stop + n.start) for s, n in zip(found[0], near, strict=True))  # type: ignore[return-value]
+
+
+def assess_field(analysis: FrameAnalysis, store: FieldStore, table: CellTable, ri: Any, plan: FieldPlan,
+                 trained: TrainingRange, model_voxel_size_um: Sequence[float]) -> str:
+    """Each synapse's ``quality`` and the field's, as :func:`~deepis_rt.analysis.quality.assess_frame`
+    judges a frame without test-time augmentation (input range, cells cut by the field's edge,
+    contacts near a tile seam), from boxes and crops instead of whole volumes."""
+    vs = analysis.voxel_size_um
+    frame_reasons = input_reasons(ri, vs, trained)
+    edge = set()
+    for k in range(1, table.n_tcell + table.n_target + 1):
+        b = table.box[k - 1]
+        if (b[:3] == 0).any() or (b[3:] == np.asarray(store.shape)).any():
+            edge.add(k)
+    seams = seam_planes(plan.tiling.starts, plan.tiling.tile_zyx, plan.shape, store.shape)
+    margin = [SEAM_MARGIN_VOXELS * m / v for m, v in zip(model_voxel_size_um, vs, strict=True)]
+    for syn in analysis.synapses:
+        reasons = set(frame_reasons)
+        if syn.tcell_id in edge or syn.target_id in edge:
+            reasons.add(CELL_AT_EDGE)
+        box = _synapse_box(store, table, syn.tcell_id, syn.target_id)
+        if box is not None and box_near_planes(box, seams, margin):
+            reasons.add(NEAR_TILE_SEAM)
+        syn.quality = join_reasons(reasons)
+        frame_reasons |= reasons
+    if edge:
+        frame_reasons.add(CELL_AT_EDGE)
+    return join_reasons(frame_reasons)
