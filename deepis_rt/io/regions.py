@@ -3,7 +3,7 @@
 :func:`open_region_source` opens one time point of a file and returns a :class:`RegionSource`:
 ``.shape`` (Z, Y, X), ``.dtype`` (float32, what a read returns), ``.voxel_size_um``,
 ``.medium_ri`` and NumPy slicing — ``src[z0:z1, y0:y1, x0:x1]`` reads that box, and only that
-box, as float32 refractive index. Formats:
+box, as float32 refractive index (positive steps subsample it: ``src[::2, ::2, ::2]``). Formats:
 
 * **TCF** (``.tcf`` / ``.h5`` / ``.hdf5``, both layouts of :mod:`deepis_rt.io.tcf`): a classic
   time point is read as an HDF5 hyperslab; of a tiled one only the tiles that intersect the box,
@@ -123,7 +123,7 @@ class RegionSource(ABC):
         return int(np.prod(self.shape, dtype=np.int64)) * 4
 
     def _box(self, key: Any) -> tuple[tuple[slice, slice, slice], tuple[int, ...]]:
-        """A NumPy index as a box of step-1 slices, and the axes an integer index drops."""
+        """A NumPy index as a box of slices (positive steps), and the axes an integer index drops."""
         key = key if isinstance(key, tuple) else (key,)
         if any(k is Ellipsis for k in key):
             i = next(i for i, k in enumerate(key) if k is Ellipsis)
@@ -135,15 +135,15 @@ class RegionSource(ABC):
         for ax, (k, n) in enumerate(zip(key, self.shape, strict=True)):
             if isinstance(k, slice):
                 start, stop, step = k.indices(n)
-                if step != 1:
-                    raise IndexError(f"{self.where}: a region is a box: step {step} along {'ZYX'[ax]}; read the "
-                                     "box and subsample it")
-                box.append(slice(start, max(start, stop)))
+                if step < 1:
+                    raise IndexError(f"{self.where}: step {step} along {'ZYX'[ax]}; a region is read with positive "
+                                     "steps (flip the result instead)")
+                box.append(slice(start, max(start, stop), step))
             elif isinstance(k, (int, np.integer)):
                 i = int(k) + (n if int(k) < 0 else 0)
                 if not 0 <= i < n:
                     raise IndexError(f"{self.where}: index {int(k)} outside axis {'ZYX'[ax]} of size {n}")
-                box.append(slice(i, i + 1))
+                box.append(slice(i, i + 1, 1))
                 drop.append(ax)
             else:
                 raise TypeError(f"{self.where}: a region is read with slices or integers, not {type(k).__name__}")
@@ -160,12 +160,12 @@ class RegionSource(ABC):
             The region's values cannot be RI, hold NaN/Inf, or cannot be read.
         """
         box, drop = self._box(key)
-        shape = tuple(s.stop - s.start for s in box)
+        shape = _box_shape(box)
         n_bytes = int(np.prod(shape, dtype=np.int64)) * 4
         if n_bytes > MAX_VOLUME_BYTES:
             raise VolumeTooLargeError(f"{self.where}: region {shape} is {n_bytes / 1024**3:.1f} GiB as float32, above "
                                       f"the {MAX_VOLUME_BYTES / 1024**3:.0f} GiB of one read; read smaller regions")
-        here = f"{self.where} [{', '.join(f'{s.start}:{s.stop}' for s in box)}]"
+        here = f"{self.where} [{', '.join(f'{s.start}:{s.stop}' + (f':{s.step}' if s.step > 1 else '') for s in box)}]"
         if 0 in shape:
             ri = np.empty(shape, np.float32)
         else:
@@ -200,6 +200,10 @@ class RegionSource(ABC):
         vs = "unknown" if self.voxel_size_um is None else "x".join(f"{v:g}" for v in self.voxel_size_um)
         return (f"<{type(self).__name__} {self.path.name} t={self.time_point} shape={self.shape} "
                 f"stored={self.stored_dtype} voxel_size_um={vs}>")
+
+
+def _box_shape(box: Sequence[slice]) -> tuple[int, ...]:
+    return tuple(len(range(s.start, s.stop, s.step)) for s in box)
 
 
 def _reopen(path: str, options: dict[str, Any]) -> RegionSource:
@@ -259,15 +263,18 @@ class TcfRegionSource(RegionSource):
                 raw = _tcf._read(obj, here, box)
                 # floating point: RI as stored (before format 1.3); integers: RI x 10 000 (format 1.3 on)
                 return np.divide(raw, np.float32(10000.0), dtype=np.float32) if raw.dtype.kind in "iu" else raw
-            out = np.full(tuple(s.stop - s.start for s in box),
+            out = np.full(_box_shape(box),
                           np.float32(self.medium_ri if self.medium_ri is not None else 0.0), np.float32)
             for tile in self._tiles:
-                lo = [max(s.start, a) for s, a in zip(box, tile.offset_zyx, strict=True)]
+                # per axis: the box's first sample inside the tile, and the end of both
+                lo = [s.start + -(-max(a - s.start, 0) // s.step) * s.step
+                      for s, a in zip(box, tile.offset_zyx, strict=True)]
                 hi = [min(s.stop, b + 1) for s, b in zip(box, tile.last_zyx, strict=True)]
                 if any(a >= b for a, b in zip(lo, hi, strict=True)):
                     continue  # the tile lies outside the box: not read
-                src = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, tile.offset_zyx, strict=True))
-                dst = tuple(slice(a - s.start, b - s.start) for a, b, s in zip(lo, hi, box, strict=True))
+                src = tuple(slice(a - o, b - o, s.step) for a, b, o, s in zip(lo, hi, tile.offset_zyx, box, strict=True))
+                dst = tuple(slice((a - s.start) // s.step, (a - s.start) // s.step + len(range(a, b, s.step)))
+                            for a, b, s in zip(lo, hi, box, strict=True))
                 raw = _tcf._read(obj[tile.name], f"{here}, {tile.name}", src)
                 view = out[dst]
                 if self._uint8:

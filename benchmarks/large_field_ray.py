@@ -1,0 +1,219 @@
+"""One large field on a Ray cluster of 1 and of 2 nodes (``deepis-rt segment-field FILE --ray ADDR``).
+
+A field of conjugates (CAR-T / target pairs, some across block borders) is written as a ``.npy``
+and segmented with the bundled checkpoint (``deepis_rt.load()``; the backend ``auto`` picks here),
+the same plan every time (``--block``: 4 blocks by default), three ways:
+
+* ``local``: :func:`deepis_rt.field.segment.segment_field` in this process, one thread (the
+  reference every other run must equal);
+* ``ray-1-node``: a loopback cluster of one node with 1 CPU (one worker, one thread);
+* ``ray-2-nodes``: a loopback cluster of two nodes with 1 CPU each (two workers, one thread each).
+
+Each cluster is started with ``ray start`` as the tests start theirs (``tests/cluster/ray_nodes.py``),
+and the driver is this process. Reported per run: wall time of the whole command (planning,
+blocks, merge; the cluster's start not included), the blocks' part, blocks per node, and whether
+cells, synapses and labels equal the local run's. Both nodes run on this machine and share its
+cores (and whatever else runs on it): the 2-node speed-up measures the mosaic's overhead and
+scheduling, not what two machines would give.
+
+    nice -n 10 python benchmarks/large_field_ray.py [--shape 64 256 512] [--block 64 128 256]
+
+writes ``large_field_ray-<name>.{json,md}`` under ``--out`` (machine, CPU flags and load average
+included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepis_rt.bench.machine import describe_machine
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "cluster"))  # the loopback cluster of the tests
+
+VOXEL_SIZE_UM = (0.5, 0.25, 0.25)  # the bundled model's grid
+
+
+def conjugate_field(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """RI of CAR-T / target pairs on a grid of 40 um, each pair touching along X (some across block borders)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    z, y, x = shape
+    radius = np.array([6.0, 4.5, 4.5]) / np.array(VOXEL_SIZE_UM)  # um -> voxels (Z, Y, X)
+    tcell = np.zeros(shape, bool)
+    target = np.zeros(shape, bool)
+    step = int(40 / VOXEL_SIZE_UM[1])
+    for cy in range(step // 2, y, step):
+        for cx in range(step // 2, x, step):
+            c = np.array([z / 2, cy + rng.integers(-8, 9), cx + rng.integers(-8, 9)])
+            box = tuple(slice(max(0, int(c[k] - 2 * radius[k])), min(shape[k], int(c[k] + 2 * radius[k]) + 1))
+                        for k in range(3))
+            zz, yy, xx = np.ogrid[box]
+            ball = ((zz - c[0]) / radius[0]) ** 2 + ((yy - c[1]) / radius[1]) ** 2
+            tcell[box] |= ball + ((xx - c[2] + radius[2] - 1) / radius[2]) ** 2 < 1
+            target[box] |= ball + ((xx - c[2] - radius[2] + 1) / radius[2]) ** 2 < 1
+    target &= ~tcell
+    ri = 1.337 + 0.035 * ndi.gaussian_filter(tcell.astype(np.float32), 1.0) \
+        + 0.025 * ndi.gaussian_filter(target.astype(np.float32), 1.0)
+    ri += 0.002 * ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.0)
+    return ri.astype(np.float32)
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    a = result.analysis
+    return {"cells": len(a.cells), "synapses": len(a.synapses),
+            "cells_table": [json.dumps(dataclasses.asdict(c), sort_keys=True) for c in a.cells],
+            "synapses_table": [json.dumps(dataclasses.asdict(s), sort_keys=True) for s in a.synapses]}
+
+
+def _same(result: Any, reference: Any, ref_summary: dict[str, Any]) -> bool:
+    s = _summary(result)
+    return (s["cells_table"] == ref_summary["cells_table"] and s["synapses_table"] == ref_summary["synapses_table"]
+            and np.array_equal(np.asarray(result.labels), np.asarray(reference.labels))
+            and np.array_equal(np.asarray(result.analysis.cell_labels), np.asarray(reference.analysis.cell_labels)))
+
+
+def run_local(field: Path, out: Path, block: tuple[int, int, int]) -> tuple[Any, float]:
+    import deepis_rt
+    from deepis_rt.field.segment import segment_field
+    from deepis_rt.io.regions import open_region_source
+
+    segmenter = deepis_rt.load(num_threads=1)
+    t0 = time.perf_counter()
+    with open_region_source(field) as src:
+        result = segment_field(segmenter, src, src.voxel_size_um, out=out, block_zyx=block)
+    return result, time.perf_counter() - t0
+
+
+def run_ray(field: Path, out: Path, block: tuple[int, int, int], n_nodes: int) -> tuple[Any, Any, float]:
+    from ray_nodes import RayCluster
+
+    from deepis_rt.cluster.ray_mosaic import segment_field_ray
+
+    cluster = RayCluster.create()
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")}
+    try:
+        cluster.start_head(num_cpus=1)
+        for i in range(1, n_nodes):
+            cluster.start_worker(name=f"worker{i}", ip=f"127.0.0.{2 + i}", num_cpus=1)
+        cluster.wait_ready()
+        token = cluster.root / "driver_token"
+        token.write_text(cluster.token)
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+        os.environ.pop("RAY_AUTH_MODE", None)
+        t0 = time.perf_counter()
+        result, report = segment_field_ray(field, out, ray_address=cluster.address, block_zyx=block, retries=0)
+        return result, report, time.perf_counter() - t0
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        cluster.stop()
+        cluster.cleanup()
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        "# One field on a Ray cluster of 1 and 2 nodes",
+        "",
+        f"Field {' x '.join(map(str, report['shape_zyx']))} voxels (Z, Y, X), {report['field_gb']:.2f} GB of float32 "
+        f"RI, {report['blocks']} blocks of up to {' x '.join(map(str, report['block_zyx']))}, "
+        f"{report['tile_runs']} tile runs; model: the bundled checkpoint, backend {report['backend']}.",
+        f"Machine: {m['cpu']}, {m['cpu_cores']} cores (flags: {', '.join(report['cpu_flags_of_note']) or 'none of note'}), "
+        f"load average {report['load_average_1m_before']:.2f} before and {report['load_average_1m_after']:.2f} after "
+        "the runs (1 min).",
+        "",
+        "| run | nodes x CPUs | wall (s) | blocks (s) | blocks per node | equals the local run |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["runs"]:
+        per_node = ", ".join(f"{n}: {k}" for n, k in (r.get("blocks_per_node") or {}).items()) or "-"
+        lines.append(f"| {r['run']} | {r['nodes']} | {r['wall_s']:.1f} | {r.get('blocks_s', r['wall_s']):.1f} | "
+                     f"{per_node} | {r['equal_to_local']} |")
+    lines += [
+        "",
+        f"2 nodes / 1 node (wall): {report['speedup_2_vs_1_nodes']:.2f}x.",
+        "",
+        "Both Ray nodes run on this one machine and share its cores with each other, with the driver's merge and "
+        "with whatever else ran at the time (see the load average): the ratio shows what the mosaic's scheduling "
+        "and shared store cost or allow here, not what two machines would give. Wall time is the whole command "
+        "after the cluster started: planning, blocks on the workers (each worker loads the model once), and the "
+        "merge (labels and measurements) in the driver.",
+        "",
+        f"Command: `{report['command']}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", type=int, nargs=3, default=(64, 256, 512), metavar=("Z", "Y", "X"))
+    ap.add_argument("--block", type=int, nargs=3, default=(64, 128, 256), metavar=("Z", "Y", "X"))
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--name", default="amd-epyc-2cpu", help="host part of the file names")
+    args = ap.parse_args()
+    shape, block = tuple(args.shape), tuple(args.block)
+    machine = describe_machine()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="large-field-ray-") as tmp:
+        work = Path(tmp)
+        field = work / "field.npy"
+        np.save(field, conjugate_field(shape))  # type: ignore[arg-type]
+        field.with_suffix(".json").write_text(json.dumps({"voxel_size_um": list(VOXEL_SIZE_UM)}))
+        reference, local_s = run_local(field, work / "local", block)  # type: ignore[arg-type]
+        ref = _summary(reference)
+        from deepis_rt.field.store import FieldStore
+
+        facts = FieldStore.open(work / "local" / "field.ome.zarr", mode="r").attrs
+        runs: list[dict[str, Any]] = [{"run": "local (no Ray)", "nodes": "this process, 1 thread", "wall_s": local_s,
+                                       "equal_to_local": True, "cells": ref["cells"], "synapses": ref["synapses"]}]
+        for n in (1, 2):
+            result, report, wall = run_ray(field, work / f"ray{n}", block, n)  # type: ignore[arg-type]
+            runs.append({"run": f"ray-{n}-node{'s' if n > 1 else ''}", "nodes": f"{n} x 1", "wall_s": wall,
+                         "blocks_s": report.wall_s, "blocks_per_node": report.nodes, "workers": report.workers,
+                         "equal_to_local": _same(result, reference, ref)})
+    one, two = runs[1]["wall_s"], runs[2]["wall_s"]
+    flags = machine.get("cpu_flags") or []
+    report_json = {
+        "benchmark": "large_field_ray",
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "command": "nice -n 10 python benchmarks/large_field_ray.py " + " ".join(sys.argv[1:]),
+        "shape_zyx": list(shape),
+        "field_gb": int(np.prod(shape)) * 4 / 1e9,
+        "block_zyx": list(block),
+        "blocks": facts["plan"]["blocks"],
+        "tile_runs": facts["plan"]["tile_runs"],
+        "backend": reference.backend,
+        "cells": ref["cells"],
+        "synapses": ref["synapses"],
+        "runs": runs,
+        "speedup_2_vs_1_nodes": one / two,
+        "load_average_1m_before": load_before,
+        "load_average_1m_after": os.getloadavg()[0],
+        "cpu_flags_of_note": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
+        "machine": machine,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"large_field_ray-{args.name}"
+    stem.with_suffix(".json").write_text(json.dumps(report_json, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(_markdown(report_json))
+    print(_markdown(report_json))
+
+
+if __name__ == "__main__":
+    main()
