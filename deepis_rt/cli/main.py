@@ -92,6 +92,9 @@ def _register_commands() -> None:
     from deepis_rt.cli import report as _report
 
     main.add_command(_report.report)
+    from deepis_rt.cli import segment_field as _segment_field
+
+    main.add_command(_segment_field.segment_field)
 
 
 _register_commands()

@@ -1,0 +1,125 @@
+"""``deepis-rt segment-field FILE --out DIR``: one large field with bounded memory (docs/large_fields.md)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deepis_rt.cli.run_options import device_option, gpu_device
+
+log = logging.getLogger(__name__)
+
+#: Files read region by region; any other format is read whole, then segmented block by block.
+LAZY_SUFFIXES = (".npy", ".zarr")
+
+
+def open_field(path: Path, voxel_size_um: tuple[float, float, float] | None, ri_scale: float | None,
+               ri_offset: float | None) -> tuple[Any, tuple[float, float, float] | None, dict[str, Any]]:
+    """The field as a region source, its voxel size (None: unknown) and the RI mapping to apply.
+
+    ``.npy`` is memory-mapped and a zarr array opened, both read region by region; other formats
+    go through :func:`deepis_rt.io.read_tomogram` (the whole volume, decoded to RI).
+    """
+    import numpy as np
+
+    from deepis_rt.errors import FileFormatError
+    from deepis_rt.io.readers import read_sidecar, read_tomogram
+
+    if path.suffix == ".npy":
+        try:
+            source = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise FileFormatError(f"segment-field | {path}: not a plain NumPy array ({exc})") from None
+        side = read_sidecar(path).get("voxel_size_um")
+        return source, voxel_size_um or (tuple(side) if side else None), {"ri_scale": ri_scale, "ri_offset": ri_offset}
+    if path.suffix == ".zarr":
+        import zarr
+
+        try:
+            source = zarr.open_array(path, mode="r")
+        except (FileNotFoundError, ValueError, TypeError) as exc:
+            raise FileFormatError(f"segment-field | {path}: not a zarr array ({exc}); give the array's own "
+                                  "folder (e.g. image.zarr/0)") from None
+        return source, voxel_size_um, {"ri_scale": ri_scale, "ri_offset": ri_offset}
+    log.info("segment-field | %s: this format is read whole, then segmented block by block", path)
+    tomogram = read_tomogram(path, voxel_size_um, ri_scale=ri_scale, ri_offset=ri_offset)
+    return tomogram.ri, tomogram.voxel_size_um, {}
+
+
+def _write_tables(out: Path, result: Any) -> None:
+    from deepis_rt.analysis.tables import CELL_COLUMNS, SYNAPSE_COLUMNS, cell_rows, synapse_rows
+
+    for name, columns, rows in (("cells.csv", CELL_COLUMNS, cell_rows(0, "", result.analysis)),
+                                ("synapses.csv", SYNAPSE_COLUMNS, synapse_rows(0, "", result.analysis))):
+        with open(out / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+@click.command("segment-field")
+@click.argument("file", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Results folder: field.ome.zarr (distance, labels, cell labels), cells.csv, synapses.csv, "
+                   "summary.json.")
+@click.option("--max-memory", "max_memory_gb", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="GB", help="Memory budget in GB; the planner picks block and chunk sizes within it and "
+                                 "says what it chose [default: 2].")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint, ONNX file or export folder (default: the bundled checkpoint).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "openvino", "torch", "tensorrt"]),
+              default="auto", show_default=True, help="Inference backend.")
+@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="Z Y X",
+              help="Voxel size in um for files that carry none (must be the model's).")
+@click.option("--ri-scale", type=float, default=None, metavar="S",
+              help="The file holds RI as value x S + O (default: RI, or integers as RI x 10 000).")
+@click.option("--ri-offset", type=float, default=None, metavar="O", help="See --ri-scale (default 0).")
+@click.option("--no-analysis", is_flag=True, help="Distance map and the paper's labels only (no cells, synapses).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@device_option
+def segment_field(file: Path, out: Path, max_memory_gb: float | None, model: Path | None, backend: str,
+                  voxel_size: tuple[float, float, float] | None, ri_scale: float | None, ri_offset: float | None,
+                  no_analysis: bool, no_progress: bool, device: int | None) -> None:
+    """Segment one large field (a stitched mosaic, an HT-2 field of view) with bounded memory.
+
+    The field is cut into chunk-aligned blocks that fit --max-memory; each block's distance map is
+    blended from the model's tiles into OUT/field.ome.zarr, cells that cross block borders are
+    merged once, and cells and synapses are measured conjugate by conjugate. Results equal
+    `deepis_rt.load().segment()` on the whole field.
+    """
+    import deepis_rt
+    from deepis_rt.field.segment import segment_field as run_field
+
+    source, vs, ri = open_field(file, tuple(voxel_size) if voxel_size else None, ri_scale, ri_offset)
+    out.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {"analyze": not no_analysis}
+    if device is not None:
+        options["device"] = gpu_device(device)
+    segmenter = deepis_rt.load(model, backend=backend, **options)
+    click.echo(f"segment-field: {file.name}, {'x'.join(map(str, source.shape))} voxels, backend {segmenter.backend}",
+               err=True)
+    # the one place a run is executed: this process, block after block (a distributed executor
+    # would take the same plan and blocks here)
+    with segmenter:
+        result = run_field(segmenter, source, vs, out=out, max_memory_gb=max_memory_gb, source=str(file),
+                           progress=not no_progress, **ri)
+    store = out / "field.ome.zarr"
+    if result.analysis is not None:
+        _write_tables(out, result)
+    from deepis_rt.field import FieldStore
+
+    attrs = FieldStore.open(store, mode="r").attrs
+    summary = {"source_path": str(file), "store": str(store), "backend": segmenter.backend,
+               "voxel_size_um": list(result.voxel_size_um), "plan": attrs["plan"], "quality": result.quality,
+               "cells": len(result.cells) if result.analysis is not None else None,
+               "synapses": len(result.synapses) if result.analysis is not None else None,
+               "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    counts = f"{summary['cells']} cells, {summary['synapses']} synapses, " if result.analysis is not None else ""
+    click.echo(f"segment-field: {counts}quality {result.quality}; {result.timings_ms['total'] / 1e3:.1f} s; "
+               f"results in {out}", err=True)
