@@ -1,8 +1,10 @@
 """One large field on a Ray cluster of 1 and of 2 nodes (``deepis-rt segment-field FILE --ray ADDR``).
 
-A field of conjugates (CAR-T / target pairs, some across block borders) is written as a ``.npy``
-and segmented with the bundled checkpoint (``deepis_rt.load()``; the backend ``auto`` picks here),
-the same plan every time (``--block``: 4 blocks by default), three ways:
+A field of conjugates (``deepis_rt.synth`` renders of a CAR-T and a target cell, one per 128 x 128
+voxel square, as in ``benchmarks/large_field.py``; the default blocks cut through some of them) is
+written as a ``.npy`` and segmented with the bundled checkpoint (``deepis_rt.load()``; the backend
+``auto`` picks here), with the same plan every time (``--chunks``, ``--block``: 6 blocks by
+default), three ways:
 
 * ``local``: :func:`deepis_rt.field.segment.segment_field` in this process, one thread (the
   reference every other run must equal);
@@ -16,7 +18,7 @@ cells, synapses and labels equal the local run's. Both nodes run on this machine
 cores (and whatever else runs on it): the 2-node speed-up measures the mosaic's overhead and
 scheduling, not what two machines would give.
 
-    nice -n 10 python benchmarks/large_field_ray.py [--shape 64 256 512] [--block 64 128 256]
+    nice -n 10 python benchmarks/large_field_ray.py [--shape 64 256 512] [--chunks 64 64 64] [--block 64 128 192]
 
 writes ``large_field_ray-<name>.{json,md}`` under ``--out`` (machine, CPU flags and load average
 included).
@@ -41,34 +43,10 @@ from deepis_rt.bench.machine import describe_machine
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "cluster"))  # the loopback cluster of the tests
+sys.path.insert(0, str(REPO / "benchmarks"))
+from large_field import conjugate_field  # noqa: E402  (rendered conjugates, as the local benchmark's)
 
 VOXEL_SIZE_UM = (0.5, 0.25, 0.25)  # the bundled model's grid
-
-
-def conjugate_field(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    """RI of CAR-T / target pairs on a grid of 40 um, each pair touching along X (some across block borders)."""
-    from scipy import ndimage as ndi
-
-    rng = np.random.default_rng(seed)
-    z, y, x = shape
-    radius = np.array([6.0, 4.5, 4.5]) / np.array(VOXEL_SIZE_UM)  # um -> voxels (Z, Y, X)
-    tcell = np.zeros(shape, bool)
-    target = np.zeros(shape, bool)
-    step = int(40 / VOXEL_SIZE_UM[1])
-    for cy in range(step // 2, y, step):
-        for cx in range(step // 2, x, step):
-            c = np.array([z / 2, cy + rng.integers(-8, 9), cx + rng.integers(-8, 9)])
-            box = tuple(slice(max(0, int(c[k] - 2 * radius[k])), min(shape[k], int(c[k] + 2 * radius[k]) + 1))
-                        for k in range(3))
-            zz, yy, xx = np.ogrid[box]
-            ball = ((zz - c[0]) / radius[0]) ** 2 + ((yy - c[1]) / radius[1]) ** 2
-            tcell[box] |= ball + ((xx - c[2] + radius[2] - 1) / radius[2]) ** 2 < 1
-            target[box] |= ball + ((xx - c[2] - radius[2] + 1) / radius[2]) ** 2 < 1
-    target &= ~tcell
-    ri = 1.337 + 0.035 * ndi.gaussian_filter(tcell.astype(np.float32), 1.0) \
-        + 0.025 * ndi.gaussian_filter(target.astype(np.float32), 1.0)
-    ri += 0.002 * ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.0)
-    return ri.astype(np.float32)
 
 
 def _summary(result: Any) -> dict[str, Any]:
@@ -85,7 +63,7 @@ def _same(result: Any, reference: Any, ref_summary: dict[str, Any]) -> bool:
             and np.array_equal(np.asarray(result.analysis.cell_labels), np.asarray(reference.analysis.cell_labels)))
 
 
-def run_local(field: Path, out: Path, block: tuple[int, int, int]) -> tuple[Any, float]:
+def run_local(field: Path, out: Path, chunks: tuple[int, int, int], block: tuple[int, int, int]) -> tuple[Any, float]:
     import deepis_rt
     from deepis_rt.field.segment import segment_field
     from deepis_rt.io.regions import open_region_source
@@ -93,11 +71,12 @@ def run_local(field: Path, out: Path, block: tuple[int, int, int]) -> tuple[Any,
     segmenter = deepis_rt.load(num_threads=1)
     t0 = time.perf_counter()
     with open_region_source(field) as src:
-        result = segment_field(segmenter, src, src.voxel_size_um, out=out, block_zyx=block)
+        result = segment_field(segmenter, src, src.voxel_size_um, out=out, chunks=chunks, block_zyx=block)
     return result, time.perf_counter() - t0
 
 
-def run_ray(field: Path, out: Path, block: tuple[int, int, int], n_nodes: int) -> tuple[Any, Any, float]:
+def run_ray(field: Path, out: Path, chunks: tuple[int, int, int], block: tuple[int, int, int],
+            n_nodes: int) -> tuple[Any, Any, float]:
     from ray_nodes import RayCluster
 
     from deepis_rt.cluster.ray_mosaic import segment_field_ray
@@ -114,7 +93,8 @@ def run_ray(field: Path, out: Path, block: tuple[int, int, int], n_nodes: int) -
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
         os.environ.pop("RAY_AUTH_MODE", None)
         t0 = time.perf_counter()
-        result, report = segment_field_ray(field, out, ray_address=cluster.address, block_zyx=block, retries=0)
+        result, report = segment_field_ray(field, out, ray_address=cluster.address, chunks=chunks, block_zyx=block,
+                                           retries=0)
         return result, report, time.perf_counter() - t0
     finally:
         for k, v in saved.items():
@@ -163,11 +143,12 @@ def _markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 256, 512), metavar=("Z", "Y", "X"))
-    ap.add_argument("--block", type=int, nargs=3, default=(64, 128, 256), metavar=("Z", "Y", "X"))
+    ap.add_argument("--chunks", type=int, nargs=3, default=(64, 64, 64), metavar=("Z", "Y", "X"))
+    ap.add_argument("--block", type=int, nargs=3, default=(64, 128, 192), metavar=("Z", "Y", "X"))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--name", default="amd-epyc-2cpu", help="host part of the file names")
     args = ap.parse_args()
-    shape, block = tuple(args.shape), tuple(args.block)
+    shape, chunks, block = tuple(args.shape), tuple(args.chunks), tuple(args.block)
     machine = describe_machine()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="large-field-ray-") as tmp:
@@ -175,7 +156,7 @@ def main() -> None:
         field = work / "field.npy"
         np.save(field, conjugate_field(shape))  # type: ignore[arg-type]
         field.with_suffix(".json").write_text(json.dumps({"voxel_size_um": list(VOXEL_SIZE_UM)}))
-        reference, local_s = run_local(field, work / "local", block)  # type: ignore[arg-type]
+        reference, local_s = run_local(field, work / "local", chunks, block)  # type: ignore[arg-type]
         ref = _summary(reference)
         from deepis_rt.field.store import FieldStore
 
@@ -183,7 +164,7 @@ def main() -> None:
         runs: list[dict[str, Any]] = [{"run": "local (no Ray)", "nodes": "this process, 1 thread", "wall_s": local_s,
                                        "equal_to_local": True, "cells": ref["cells"], "synapses": ref["synapses"]}]
         for n in (1, 2):
-            result, report, wall = run_ray(field, work / f"ray{n}", block, n)  # type: ignore[arg-type]
+            result, report, wall = run_ray(field, work / f"ray{n}", chunks, block, n)  # type: ignore[arg-type]
             runs.append({"run": f"ray-{n}-node{'s' if n > 1 else ''}", "nodes": f"{n} x 1", "wall_s": wall,
                          "blocks_s": report.wall_s, "blocks_per_node": report.nodes, "workers": report.workers,
                          "equal_to_local": _same(result, reference, ref)})
@@ -195,6 +176,7 @@ def main() -> None:
         "command": "nice -n 10 python benchmarks/large_field_ray.py " + " ".join(sys.argv[1:]),
         "shape_zyx": list(shape),
         "field_gb": int(np.prod(shape)) * 4 / 1e9,
+        "chunks_zyx": list(chunks),
         "block_zyx": list(block),
         "blocks": facts["plan"]["blocks"],
         "tile_runs": facts["plan"]["tile_runs"],

@@ -303,9 +303,9 @@ def segment_field_ray(
                 max_workers_per_node=max_workers_per_node, use_gpus=backend != "triton")
             store.update_attrs(ray=report.to_dict())
 
-        with source:
+        with source, segmenter:
             result = segment_field(segmenter, source, source.voxel_size_um, out=out, max_memory_gb=max_memory_gb,
-                                   analyze=analyze, chunks=chunks, block_zyx=block_zyx, source=Path(path).name,
+                                   analyze=analyze, chunks=chunks, block_zyx=block_zyx, source=str(path),
                                    block_runner=blocks_on_ray)
     finally:
         connection.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,11 +25,11 @@ pytest.importorskip("ray", reason="needs Ray (pip install 'deepis-rt[cluster]')"
 pytestmark = pytest.mark.slow
 
 VOXEL_SIZE_UM = tuple(META["voxel_size_um"])
-SHAPE = (16, 96, 128)
-CHUNKS = (16, 32, 32)
-BLOCK = (16, 64, 64)  # 4 blocks (grid 1 x 2 x 2); block borders at y = 64 and x = 64
-#: conjugate centres (z, y, x): across the y border, across the x border, across both, and inside a block
-CENTRES = [(8, 64, 24), (8, 20, 64), (8, 64, 64), (8, 24, 104)]
+SHAPE = (16, 64, 320)
+#: the planner's budget that makes one block per store chunk (16 x 64 x 256): 2 blocks, the border at x = 256
+MAX_MEMORY_GB = 0.015
+#: conjugate centres (z, y, x): one across the block border, two inside the first block
+CENTRES = [(8, 32, 256), (8, 30, 40), (8, 34, 130)]
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +65,12 @@ def field_file(tmp_path_factory) -> Path:
 
 
 def _local_run(segmenter, field_file: Path, out: Path):
-    """The single-machine bounded-memory run of the same field, with the same plan."""
+    """The single-machine bounded-memory run of the same field, with the same budget (so the same plan)."""
     from deepis_rt.field.segment import segment_field
     from deepis_rt.io.regions import open_region_source
 
-    with open_region_source(field_file) as src:
-        return segment_field(segmenter, src, src.voxel_size_um, out=out, chunks=CHUNKS, block_zyx=BLOCK)
+    with open_region_source(field_file) as src, segmenter:
+        return segment_field(segmenter, src, src.voxel_size_um, out=out, max_memory_gb=MAX_MEMORY_GB)
 
 
 def _assert_same_result(ray_result, local_result) -> None:
@@ -101,23 +103,31 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_field_over_both_nodes_equals_the_single_machine_run(cluster, field_file, export_dir, tmp_path,
-                                                             monkeypatch):
-    """Workers load the model with deepis_rt.load (ONNX Runtime), one per node; cells, synapses and labels are
-    those of the single-machine run."""
-    import deepis_rt
-    from deepis_rt.cluster.ray_mosaic import segment_field_ray
+def test_segment_field_cli_over_both_nodes_equals_the_single_machine_run(cluster, field_file, export_dir, tmp_path):
+    """`deepis-rt segment-field FILE --ray ADDR` from a user's shell; the workers load the model with deepis_rt.load
+    (ONNX Runtime), one per node. Tables, labels and distance map equal those of the same command without --ray."""
+    import zarr
+    from click.testing import CliRunner
 
-    _in_process_driver(cluster, tmp_path, monkeypatch)
-    result, report = segment_field_ray(field_file, tmp_path / "ray", export_dir, "onnxruntime",
-                                       ray_address=cluster.address, num_workers=2, chunks=CHUNKS, block_zyx=BLOCK)
-    assert "2 worker(s) on 2 node(s)" in report.workers
-    assert {n.split("/")[0] for n in report.nodes} == {HEAD_IP, WORKER_IP}  # both nodes ran blocks
-    assert all(b["attempts"] == 1 and b["earlier_runs"] == [] for b in report.blocks)
-    stored = json.loads((tmp_path / "ray" / "field.ome.zarr" / ".zattrs").read_text())["deepis_rt"]
-    assert stored["ray"]["blocks_per_node"] == report.nodes  # the store records where the blocks ran
-    local = _local_run(deepis_rt.load(export_dir, backend="onnxruntime"), field_file, tmp_path / "local")
-    _assert_same_result(result, local)
+    from deepis_rt.cli import main
+
+    common = ["--model", str(export_dir), "--backend", "onnxruntime", "--max-memory", str(MAX_MEMORY_GB),
+              "--no-progress"]
+    res = subprocess.run([sys.executable, "-m", "deepis_rt", "segment-field", str(field_file), "--out",
+                          str(tmp_path / "ray"), "--ray", cluster.address, "--workers", "2", *common],
+                         env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "2 worker(s) on 2 node(s)" in res.stderr and f"{len(CENTRES)} synapses" in res.stderr, res.stderr
+    local = CliRunner().invoke(main, ["segment-field", str(field_file), "--out", str(tmp_path / "local"), *common])
+    assert local.exit_code == 0, local.output
+    for table in ("cells.csv", "synapses.csv"):
+        assert (tmp_path / "ray" / table).read_text() == (tmp_path / "local" / table).read_text()
+    ray_store, local_store = (zarr.open_group(tmp_path / d / "field.ome.zarr", mode="r") for d in ("ray", "local"))
+    for array in ("distance/0", "labels/segmentation/0", "labels/cells/0"):
+        np.testing.assert_array_equal(ray_store[array][:], local_store[array][:], err_msg=array)
+    ray = ray_store.attrs["deepis_rt"]["ray"]  # where the blocks ran, recorded in the store
+    assert {node.split("/")[0] for node in ray["blocks_per_node"]} == {HEAD_IP, WORKER_IP}
+    assert len(ray["blocks"]) == 2 and all(b["attempts"] == 1 and not b["earlier_runs"] for b in ray["blocks"])
 
 
 def test_worker_node_killed_mid_field(cluster, field_file, tmp_path, monkeypatch):
@@ -138,7 +148,7 @@ def test_worker_node_killed_mid_field(cluster, field_file, tmp_path, monkeypatch
     killer = threading.Thread(target=kill_worker_node, daemon=True)
     killer.start()
     result, report = segment_field_ray(field_file, tmp_path / "ray", ray_address=cluster.address, retries=0,
-                                       num_workers=2, chunks=CHUNKS, block_zyx=BLOCK,
+                                       num_workers=2, max_memory_gb=MAX_MEMORY_GB,
                                        segmenter_factory=marking_factory(marks, 0.0, hold_ip=WORKER_IP))
     killer.join(timeout=5)
     assert not worker.alive()
@@ -146,6 +156,6 @@ def test_worker_node_killed_mid_field(cluster, field_file, tmp_path, monkeypatch
     assert moved, report.blocks  # the report says which block moved, from the lost node to the head
     assert all(b["earlier_runs"][0]["node"].startswith(f"{WORKER_IP}/") for b in moved)
     assert all(b["node"].startswith(f"{HEAD_IP}/") and b["attempts"] == 1 for b in moved)
-    assert sorted(b["block"] for b in report.blocks) == [0, 1, 2, 3]
+    assert [b["block"] for b in report.blocks] == [0, 1]
     local = _local_run(marking_factory(marks, 0.0)(), field_file, tmp_path / "local")
     _assert_same_result(result, local)

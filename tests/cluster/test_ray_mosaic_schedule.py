@@ -1,4 +1,4 @@
-"""The mosaic's block scheduling: lost nodes and failed workers, with a scripted pool (no Ray).
+"""The mosaic without a cluster: block scheduling with a scripted pool, and the refusals of `segment-field --ray`.
 
 The real cluster gives these cases in ``test_ray_mosaic.py`` (a node killed mid-field); here every
 branch of the bookkeeping is driven on purpose: a block moved from a lost node without using a
@@ -79,3 +79,26 @@ def test_node_losses_are_bounded_and_no_worker_left_is_an_error(plan):
         schedule_blocks(ScriptedPool({0: ["lost"] * (MAX_NODE_LOSSES + 1)}, workers=9), plan, retries=0)
     with pytest.raises(ClusterError, match=r"no Ray worker left .* block\(s\) not run"):
         schedule_blocks(ScriptedPool({0: ["gone"]}), plan, retries=1)
+
+
+def test_cli_refusals_leave_out_untouched(tmp_path):
+    """An input that cannot be read by region, and a cluster that is not there: one line, exit 2, nothing written."""
+    import socket
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from deepis_rt.cli import main
+
+    np.savez(tmp_path / "field.npz", ri=np.full((4, 8, 8), 1.337, np.float32))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["segment-field", str(tmp_path / "field.npz"), "--out", str(out), "--ray", "auto"])
+    assert res.exit_code == 2 and "field.npz: .npz cannot be read by region" in res.output, res.output
+    np.save(tmp_path / "field.npy", np.full((4, 8, 8), 1.337, np.float32))
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = CliRunner().invoke(main, ["segment-field", str(tmp_path / "field.npy"), "--out", str(out), "--voxel-size",
+                                    "0.5", "0.25", "0.25", "--ray", f"127.0.0.1:{port}"])
+    assert res.exit_code == 2 and f"nothing is listening on port {port}" in res.output, res.output
+    assert "Traceback" not in res.output and not out.exists()
