@@ -69,22 +69,25 @@ class BlockJob:
 
 @dataclass(frozen=True)
 class _FieldJob:
-    """What every worker needs to run any block: the input, how to open it, the plan and the store."""
+    """What every worker needs to run any block: the input, the plan and the store."""
 
     input_path: str
-    open_options: dict[str, Any]
     plan: FieldPlan
     store_path: str
 
 
 class _BlockWorker:
-    """One Segmenter, one open input and one open store; many blocks (a Ray actor)."""
+    """One Segmenter, one open input and one open store; many blocks (a Ray actor).
 
-    def __init__(self, factory: Callable[[], Any], job: _FieldJob, settings: dict[str, Any],
+    ``open_options``: the keywords of :func:`~deepis_rt.io.regions.open_region_source` for the input;
+    ``num_threads``: the worker's share of its node's CPUs (set by the pool per actor).
+    """
+
+    def __init__(self, factory: Callable[[], Any], job: _FieldJob, open_options: dict[str, Any],
                  num_threads: int | None = None) -> None:
         self.factory = factory
         self.job = job
-        self.settings = dict(settings)
+        self.open_options = dict(open_options)
         self.num_threads = num_threads
         self.segmenter: Any = None
         self.source: Any = None
@@ -99,7 +102,7 @@ class _BlockWorker:
         if self.segmenter is None:
             self.segmenter = _with_threads(self.factory, self.num_threads)()
         if self.source is None:
-            self.source = open_region_source(job.input_path, **job.open_options)
+            self.source = open_region_source(job.input_path, **self.open_options)
         if self.store is None:
             self.store = FieldStore.open(job.store_path)
 
@@ -170,8 +173,8 @@ def run_blocks_on_ray(connection: RayConnection, factory: Callable[[], Any], inp
         log.warning("%s | %d workers asked, the cluster fits %d; using %d", _WHERE, num_workers, len(slots),
                     len(slots))
     wanted = min(num_workers or len(slots), len(slots), len(plan.blocks))
-    job = _FieldJob(str(Path(input_path).resolve()), dict(open_options), plan, str(Path(store.path).resolve()))
-    pool = RayActorPool(ray, _BlockWorker, (factory, job, {}, None), slots[:wanted], slots)
+    job = _FieldJob(str(Path(input_path).resolve()), plan, str(Path(store.path).resolve()))
+    pool = RayActorPool(ray, _BlockWorker, (factory, job, dict(open_options), None), slots[:wanted], slots)
     log.info("%s | %d block(s) (%d tile runs) on %s", _WHERE, len(plan.blocks), plan.tile_runs, pool.description)
     try:
         report = schedule_blocks(pool, plan, retries)
