@@ -1,0 +1,51 @@
+"""``deepis-rt segment-field`` with a real backend (ONNX Runtime, a tiny network) equals ``load().segment()``."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from click.testing import CliRunner
+from conftest import VOXEL_SIZE_UM, conjugate_field
+
+import deepis_rt
+from deepis_rt.cli.main import main
+from deepis_rt.field import FieldStore
+
+SHAPE = (40, 100, 120)
+
+
+def test_segment_field_command_equals_the_in_memory_path(tiny_field_checkpoint, tmp_path):
+    volume = conjugate_field(SHAPE, [(16, 32, 64), (12, 70, 64), (30, 30, 90)])
+    np.save(tmp_path / "field.npy", volume)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [
+        "segment-field", str(tmp_path / "field.npy"), "--out", str(out), "--model", str(tiny_field_checkpoint),
+        "--backend", "onnxruntime", "--max-memory", "0.006", "--voxel-size", *map(str, VOXEL_SIZE_UM),
+        "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["plan"]["blocks"] > 1 and summary["plan"]["max_memory_gb"] == 0.006
+
+    with deepis_rt.load(tiny_field_checkpoint, backend="onnxruntime") as seg:
+        reference = seg.segment(volume, VOXEL_SIZE_UM)
+    store = FieldStore.open(out / "field.ome.zarr", mode="r")
+    np.testing.assert_allclose(store.distance[:], reference.distance, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(store.labels[:], reference.labels)
+    np.testing.assert_array_equal(store.cell_labels[:], reference.analysis.cell_labels)
+    with open(out / "cells.csv") as fh:
+        cells = list(csv.DictReader(fh))
+    assert [int(c["cell_id"]) for c in cells] == [c.cell_id for c in reference.cells]
+    assert [float(c["volume_um3"]) for c in cells] == [c.volume_um3 for c in reference.cells]
+    assert summary["cells"] == len(reference.cells) and summary["synapses"] == len(reference.synapses)
+    assert summary["quality"] == reference.quality
+
+
+def test_a_budget_too_small_is_one_clear_line(tiny_field_checkpoint, tmp_path):
+    np.save(tmp_path / "field.npy", np.full((16, 64, 64), 1.337, np.float32))
+    result = CliRunner().invoke(main, [
+        "segment-field", str(tmp_path / "field.npy"), "--out", str(tmp_path / "out"), "--model",
+        str(tiny_field_checkpoint), "--backend", "onnxruntime", "--max-memory", "0.001"])
+    assert result.exit_code == 2
+    assert "deepis-rt: error: field plan: max_memory_gb=0.001" in result.output and "give at least" in result.output
