@@ -13,20 +13,20 @@ import deepis_rt
 from deepis_rt.cli.main import main
 from deepis_rt.field import FieldStore
 
-SHAPE = (40, 100, 120)
+SHAPE = (16, 64, 96)
 
 
 def test_segment_field_command_equals_the_in_memory_path(tiny_field_checkpoint, tmp_path):
-    volume = conjugate_field(SHAPE, [(16, 32, 64), (12, 70, 64), (30, 30, 90)])
+    volume = conjugate_field(SHAPE, [(8, 32, 48)], radius_vox=(4, 10, 10))
     np.save(tmp_path / "field.npy", volume)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, [
         "segment-field", str(tmp_path / "field.npy"), "--out", str(out), "--model", str(tiny_field_checkpoint),
-        "--backend", "onnxruntime", "--max-memory", "0.006", "--voxel-size", *map(str, VOXEL_SIZE_UM),
+        "--backend", "onnxruntime", "--max-memory", "0.005", "--voxel-size", *map(str, VOXEL_SIZE_UM),
         "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["plan"]["blocks"] > 1 and summary["plan"]["max_memory_gb"] == 0.006
+    assert summary["plan"]["blocks"] > 1 and summary["plan"]["max_memory_gb"] == 0.005
 
     with deepis_rt.load(tiny_field_checkpoint, backend="onnxruntime") as seg:
         reference = seg.segment(volume, VOXEL_SIZE_UM)
