@@ -2,7 +2,7 @@
 blocks run again on the other node.
 
 The cluster is the session's (conftest.py ``ray_cluster``: head 127.0.0.2 with 2 CPUs, worker node
-127.0.0.3 with 1 CPU). The field's conjugates sit across block borders, so the merge has cells to join.
+127.0.0.3 with 1 CPU). One of the field's conjugates lies across the block border, so the merge has cells to join.
 """
 
 from __future__ import annotations
