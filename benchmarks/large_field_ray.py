@@ -63,6 +63,12 @@ def _same(result: Any, reference: Any, ref_summary: dict[str, Any]) -> bool:
             and np.array_equal(np.asarray(result.analysis.cell_labels), np.asarray(reference.analysis.cell_labels)))
 
 
+def _stages(result: Any) -> dict[str, float]:
+    """Seconds of the run's stages: the blocks (all tiles, on the workers with Ray) and the merge here."""
+    t = result.timings_ms
+    return {"blocks_s": round(t["infer"] / 1e3, 2), "merge_s": round(t["analyze"] / 1e3, 2)}
+
+
 def run_local(field: Path, out: Path, chunks: tuple[int, int, int], block: tuple[int, int, int]) -> tuple[Any, float]:
     import deepis_rt
     from deepis_rt.field.segment import segment_field
@@ -113,17 +119,18 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         f"Field {' x '.join(map(str, report['shape_zyx']))} voxels (Z, Y, X), {report['field_gb']:.2f} GB of float32 "
         f"RI, {report['blocks']} blocks of up to {' x '.join(map(str, report['block_zyx']))}, "
-        f"{report['tile_runs']} tile runs; model: the bundled checkpoint, backend {report['backend']}.",
+        f"{report['tile_runs']} tile runs; {report['cells']} cells and {report['synapses']} synapses; model: the "
+        f"bundled checkpoint, backend {report['backend']}.",
         f"Machine: {m['cpu']}, {m['cpu_cores']} cores (flags: {', '.join(report['cpu_flags_of_note']) or 'none of note'}), "
         f"load average {report['load_average_1m_before']:.2f} before and {report['load_average_1m_after']:.2f} after "
         "the runs (1 min).",
         "",
-        "| run | nodes x CPUs | wall (s) | blocks (s) | blocks per node | equals the local run |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| run | nodes x CPUs | wall (s) | blocks (s) | merge (s) | blocks per node | equals the local run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["runs"]:
         per_node = ", ".join(f"{n}: {k}" for n, k in (r.get("blocks_per_node") or {}).items()) or "-"
-        lines.append(f"| {r['run']} | {r['nodes']} | {r['wall_s']:.1f} | {r.get('blocks_s', r['wall_s']):.1f} | "
+        lines.append(f"| {r['run']} | {r['nodes']} | {r['wall_s']:.1f} | {r['blocks_s']:.1f} | {r['merge_s']:.1f} | "
                      f"{per_node} | {r['equal_to_local']} |")
     lines += [
         "",
@@ -133,7 +140,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "with whatever else ran at the time (see the load average): the ratio shows what the mosaic's scheduling "
         "and shared store cost or allow here, not what two machines would give. Wall time is the whole command "
         "after the cluster started: planning, blocks on the workers (each worker loads the model once), and the "
-        "merge (labels and measurements) in the driver.",
+        "merge (labels and measurements) in the driver; blocks: the distance map's blocks (with Ray: from the "
+        "first block sent to the last one written, workers' start and model loading included); merge: labels, "
+        "cells and synapses in this process.",
         "",
         f"Command: `{report['command']}`",
     ]
@@ -162,11 +171,11 @@ def main() -> None:
 
         facts = FieldStore.open(work / "local" / "field.ome.zarr", mode="r").attrs
         runs: list[dict[str, Any]] = [{"run": "local (no Ray)", "nodes": "this process, 1 thread", "wall_s": local_s,
-                                       "equal_to_local": True, "cells": ref["cells"], "synapses": ref["synapses"]}]
+                                       **_stages(reference), "equal_to_local": True}]
         for n in (1, 2):
             result, report, wall = run_ray(field, work / f"ray{n}", chunks, block, n)  # type: ignore[arg-type]
             runs.append({"run": f"ray-{n}-node{'s' if n > 1 else ''}", "nodes": f"{n} x 1", "wall_s": wall,
-                         "blocks_s": report.wall_s, "blocks_per_node": report.nodes, "workers": report.workers,
+                         **_stages(result), "blocks_per_node": report.nodes, "workers": report.workers,
                          "equal_to_local": _same(result, reference, ref)})
     one, two = runs[1]["wall_s"], runs[2]["wall_s"]
     flags = machine.get("cpu_flags") or []
