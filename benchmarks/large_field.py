@@ -168,7 +168,7 @@ def _plot(report: dict, path: Path) -> None:
     ax1.plot(tiles, [r["bounded"]["seconds"] for r in runs], "o-", label="bounded memory (segment_field)")
     mem = [(r["tiles"], r["in_memory"]["seconds"]) for r in runs if r.get("in_memory")]
     if mem:
-        ax1.plot(*zip(*mem), "s--", label="in memory (segment)")
+        ax1.plot(*zip(*mem, strict=True), "s--", label="in memory (segment)")
     ax1.set(xscale="log", yscale="log", xlabel="tiles in the field", ylabel="seconds", title="time")
     ax1.legend()
     ax2.plot(tiles, [r["bounded"]["peak_above_baseline_mb"] for r in runs], "o-", label="bounded: peak RSS above baseline")

@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from deepis_rt.analysis.masks import LABEL_TARGET, LABEL_TCELL, LABEL_IS, is_mask
+from deepis_rt.analysis.masks import LABEL_IS, LABEL_TARGET, LABEL_TCELL, is_mask
 from deepis_rt.field.plan import Block, FieldPlan
 from deepis_rt.field.store import FieldStore
 

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zarr
 
 from deepis_rt.errors import ConfigError
@@ -130,7 +129,3 @@ class FieldStore:
     def __repr__(self) -> str:
         return f"<FieldStore {self.path} shape={self.shape} chunks={self.chunks}>"
 
-
-def read_region(array: Any, region: Sequence[slice]) -> np.ndarray:
-    """``array[region]`` as a NumPy array (zarr and h5py return copies; arrays and memmaps views)."""
-    return np.asarray(array[tuple(region)])

@@ -409,7 +409,7 @@ class Segmenter:
             :class:`~deepis_rt.errors.ImplausibleRIError` for values that cannot be RI.
         """
         if max_memory_gb is not None or not self.stitch_on_disk:  # stitch_on_disk: the older opt-in path
-            from deepis_rt.field.segment import routes_to_field, segment_field  # imports this module
+            from deepis_rt.field.segment import routes_to_field, segment_field  # field imports runtime
 
             if routes_to_field(self, tuple(getattr(volume, "shape", ())), voxel_size_um, tta, max_memory_gb):
                 return segment_field(self, volume, voxel_size_um, out=store, max_memory_gb=max_memory_gb,

@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from deepis_rt.backends import FakeRunner
-from deepis_rt.errors import ConfigError, ImplausibleRIError
+from deepis_rt.errors import ConfigError, ImplausibleRIError, InputError
 from deepis_rt.field import FieldStore, plan_field, run_block
 from deepis_rt.field.plan import BYTES_PER_BLOCK_VOXEL, runner_budget_bytes
 from deepis_rt.runtime.segmenter import Segmenter
@@ -120,3 +120,16 @@ def test_plan_refuses_a_budget_below_the_runner_and_one_chunk():
         plan_field((64, 1024, 1024), (64, 128, 128), max_memory_gb=-1)
     with pytest.raises(ConfigError, match="whole number of chunks"):
         plan_field((64, 1024, 1024), (64, 128, 128), block_zyx=(64, 300, 256))
+
+
+def test_opening_something_else_than_a_store_says_so(tmp_path):
+    zarr.open_group(tmp_path / "other.zarr", mode="w", zarr_format=2)
+    with pytest.raises(ConfigError, match="not a deepis-rt field store"):
+        FieldStore.open(tmp_path / "other.zarr")
+
+
+def test_run_block_refuses_a_store_of_another_plan(segmenter, volume, tmp_path):
+    plan = plan_field(SHAPE, segmenter.tile_zyx, 0.25, chunks=(16, 32, 32))
+    store = FieldStore.create(tmp_path / "f.zarr", SHAPE, (8, 32, 32), (0.5, 0.25, 0.25))
+    with pytest.raises(InputError, match="create the store for this plan"):
+        run_block(segmenter, volume, plan, 0, store)

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 from click.testing import CliRunner
-from conftest import VOXEL_SIZE_UM, conjugate_field
+from field_scenes import VOXEL_SIZE_UM, conjugate_field
 
 import deepis_rt
 from deepis_rt.cli.main import main

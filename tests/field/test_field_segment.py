@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import zarr
-from conftest import VOXEL_SIZE_UM, conjugate_field
+from field_scenes import VOXEL_SIZE_UM, conjugate_field
 
 from deepis_rt.errors import InputError
 from deepis_rt.field import FieldStore

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import psutil
-from conftest import VOXEL_SIZE_UM, conjugate_field
+from field_scenes import VOXEL_SIZE_UM, conjugate_field
 
 from deepis_rt.field.segment import IN_MEMORY_BYTES_PER_VOXEL, segment_field
 
