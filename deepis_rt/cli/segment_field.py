@@ -81,10 +81,18 @@ def _write_tables(out: Path, result: Any) -> None:
 @click.option("--ri-offset", type=float, default=None, metavar="O", help="See --ri-scale (default 0).")
 @click.option("--no-analysis", is_flag=True, help="Distance map and the paper's labels only (no cells, synapses).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run the blocks on a Ray cluster ('auto', 'HOST:PORT', 'ray://HOST:10001' or 'local'); FILE and "
+                   "--out must be at the same path on every node. The merge runs here (docs/deployment.md).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="With --ray: at most this many workers [default: one per GPU, else one per CPU].")
+@click.option("--retries", type=click.IntRange(0, 100), default=1, show_default=True,
+              help="With --ray: further attempts of a block whose worker failed (a lost node's blocks always move).")
 @device_option
 def segment_field(file: Path, out: Path, max_memory_gb: float | None, model: Path | None, backend: str,
                   voxel_size: tuple[float, float, float] | None, ri_scale: float | None, ri_offset: float | None,
-                  no_analysis: bool, no_progress: bool, device: int | None) -> None:
+                  no_analysis: bool, no_progress: bool, ray_address: str | None, workers: int | None, retries: int,
+                  device: int | None) -> None:
     """Segment one large field (a stitched mosaic, an HT-2 field of view) with bounded memory.
 
     The field is cut into chunk-aligned blocks that fit --max-memory; each block's distance map is
@@ -95,26 +103,35 @@ def segment_field(file: Path, out: Path, max_memory_gb: float | None, model: Pat
     import deepis_rt
     from deepis_rt.field.segment import segment_field as run_field
 
-    source, vs, ri = open_field(file, tuple(voxel_size) if voxel_size else None, ri_scale, ri_offset)
-    out.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {"analyze": not no_analysis}
     if device is not None:
         options["device"] = gpu_device(device)
-    segmenter = deepis_rt.load(model, backend=backend, **options)
-    click.echo(f"segment-field: {file.name}, {'x'.join(map(str, source.shape))} voxels, backend {segmenter.backend}",
-               err=True)
-    # the one place a run is executed: this process, block after block (a distributed executor
-    # would take the same plan and blocks here)
-    with segmenter:
-        result = run_field(segmenter, source, vs, out=out, max_memory_gb=max_memory_gb, source=str(file),
-                           progress=not no_progress, **ri)
+    if ray_address:  # the blocks on the cluster's workers, the merge here
+        from deepis_rt.cluster.ray_mosaic import segment_field_ray
+
+        result, mosaic = segment_field_ray(file, out, model, backend, ray_address=ray_address,
+                                           voxel_size_um=tuple(voxel_size) if voxel_size else None, ri_scale=ri_scale,
+                                           ri_offset=ri_offset, max_memory_gb=max_memory_gb,
+                                           analyze=not no_analysis, retries=retries, num_workers=workers,
+                                           load_options=options)
+        click.echo(f"segment-field: {mosaic.workers}; blocks per node {mosaic.nodes}", err=True)
+    else:
+        source, vs, ri = open_field(file, tuple(voxel_size) if voxel_size else None, ri_scale, ri_offset)
+        out.mkdir(parents=True, exist_ok=True)
+        segmenter = deepis_rt.load(model, backend=backend, **options)
+        click.echo(f"segment-field: {file.name}, {'x'.join(map(str, source.shape))} voxels, backend "
+                   f"{segmenter.backend}", err=True)
+        # this process, block after block (with --ray the cluster's workers run the blocks)
+        with segmenter:
+            result = run_field(segmenter, source, vs, out=out, max_memory_gb=max_memory_gb, source=str(file),
+                               progress=not no_progress, **ri)
     store = out / "field.ome.zarr"
     if result.analysis is not None:
         _write_tables(out, result)
     from deepis_rt.field import FieldStore
 
     attrs = FieldStore.open(store, mode="r").attrs
-    summary = {"source_path": str(file), "store": str(store), "backend": segmenter.backend,
+    summary = {"source_path": str(file), "store": str(store), "backend": result.backend,
                "voxel_size_um": list(result.voxel_size_um), "plan": attrs["plan"], "quality": result.quality,
                "cells": len(result.cells) if result.analysis is not None else None,
                "synapses": len(result.synapses) if result.analysis is not None else None,

@@ -16,6 +16,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ def segment_field(
     block_zyx: tuple[int, int, int] | None = None,
     source: str | None = None,
     progress: bool = False,
+    block_runner: Callable[[FieldPlan, FieldStore], Any] | None = None,
 ) -> FrameResult:
     """Segment a field of any size with bounded memory; results in a chunked zarr store.
 
@@ -136,6 +138,9 @@ def segment_field(
         Named in messages (e.g. the file name).
     progress : bool
         A tqdm bar over the tiles (on a terminal).
+    block_runner : callable, optional
+        ``block_runner(plan, store)`` writes every block's distance map into the store instead of
+        this process (the Ray mosaic, :mod:`deepis_rt.cluster.ray_mosaic`); the merge then runs here.
 
     Returns
     -------
@@ -165,7 +170,12 @@ def segment_field(
     except OSError as exc:
         raise ConfigError(f"{where}: cannot create the store {path} ({exc}); choose another --out") from exc
     timings = {"validate": (time.perf_counter() - t0) * 1e3}
-    timings["infer"] = _run_blocks(segmenter, regions, plan, store, progress)
+    if block_runner is None:
+        timings["infer"] = _run_blocks(segmenter, regions, plan, store, progress)
+    else:
+        t_blocks = time.perf_counter()
+        block_runner(plan, store)
+        timings["infer"] = (time.perf_counter() - t_blocks) * 1e3
     t1 = time.perf_counter()
     do_analyze = segmenter.analyze if analyze is None else bool(analyze)
     threshold = default_threshold_um(vs)

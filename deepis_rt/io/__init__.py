@@ -1,4 +1,5 @@
-"""Reading and writing tomograms and label volumes (TIFF/OME-TIFF, NumPy, Tomocube TCF, MATLAB)."""
+"""Reading and writing tomograms and label volumes (TIFF/OME-TIFF, NumPy, Tomocube TCF, MATLAB); fields too
+large for memory read region by region (:mod:`deepis_rt.io.regions`)."""
 
 from deepis_rt.io.readers import (
     SUFFIXES,
@@ -9,6 +10,7 @@ from deepis_rt.io.readers import (
     read_tomogram,
     time_points,
 )
+from deepis_rt.io.regions import RegionSource, open_region_source
 from deepis_rt.io.tomogram import MAX_VOLUME_BYTES, Tomogram
 from deepis_rt.io.writers import FORMATS, suffix_for, write_labels, write_tomogram
 
@@ -22,6 +24,8 @@ __all__ = [
     "time_points",
     "TimePoint",
     "read_labels",
+    "open_region_source",
+    "RegionSource",
     "read_sidecar",
     "write_tomogram",
     "write_labels",

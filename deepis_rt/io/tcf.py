@@ -316,8 +316,12 @@ def open_tcf(path: str | Path, where: str | None = None) -> TcfFile:
 
 
 # --------------------------------------------------------------------------- one time point
-def _tiled_plan(grp: Any, tcf: TcfFile, here: str) -> tuple[tuple[int, int, int], bool, float | None, list[TcfTile]]:
-    """Check a tiled time point's declarations; returns (shape, uint8?, RIMin, full-resolution tiles)."""
+def _tiled_plan(grp: Any, tcf: TcfFile, here: str,
+                limit_bytes: int | None = None) -> tuple[tuple[int, int, int], bool, float | None, list[TcfTile]]:
+    """Check a tiled time point's declarations; returns (shape, uint8?, RIMin, full-resolution tiles).
+
+    ``limit_bytes``: the largest volume accepted (:func:`~deepis_rt.io.tomogram.check_declared`).
+    """
     h5py = _h5py()
     scalar_type = _bool(grp, "ScalarType")
     if scalar_type is None:
@@ -335,7 +339,7 @@ def _tiled_plan(grp: Any, tcf: TcfFile, here: str) -> tuple[tuple[int, int, int]
     else:
         raise FileFormatError(f"{here}: the volume size is declared nowhere (/Data/3D SizeX/Y/Z or DataSizeX/Y/Z)")
     dtype = np.dtype(np.uint8 if scalar_type else np.uint16)
-    check_declared(shape, dtype, here, allow_time=False)
+    check_declared(shape, dtype, here, allow_time=False, limit_bytes=limit_bytes)
 
     numbered: dict[int, str] = {}
     for key in grp.keys():

@@ -23,7 +23,7 @@ from deepis_rt.errors import FileFormatError, InputError
 from deepis_rt.io.plausibility import show
 from deepis_rt.io.tomogram import check_declared, library_reason, where_of
 
-__all__ = ["tiff_items"]
+__all__ = ["check_tiff_axes", "tiff_items"]
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,16 @@ def _check_declared_planes(tif: Any, where: str) -> None:
             f"channels={counts['channels']}, the file holds {present} plane(s); {fix}")
 
 
+def check_tiff_axes(axes: str, shape: tuple[int, ...], where: str) -> None:
+    """Refuse axes other than Z, Y, X or T, Z, Y, X (after :func:`_tiff_series` dropped singleton ones)."""
+    # planes are Z, or unlabelled: C (how tifffile labels the planes of a 3-D array written without
+    # axes), Q / I (plain multi-page TIFF); planes along T are a time-lapse of 2-D images
+    if axes[-2:] != "YX" or axes[-3] not in "ZCQI" or (len(axes) == 4 and axes[0] not in "TQI"):
+        raise InputError(f"{where}: TIFF axes {axes!r} (shape {shape}) are not Z, Y, X or T, Z, Y, X: the file "
+                         "holds 2-D images (time points or colour samples), not a tomogram; export the RI "
+                         "tomogram as a Z stack (one per time point)")
+
+
 def tiff_items(path: Path, where: str) -> tuple[list[Any], tuple[tuple[float, float, float], str] | None]:
     """The time points of a TIFF as (data or reader, time_s, index) items, and its voxel size with the
     metadata field it came from (unchecked: :mod:`deepis_rt.io.readers` checks it unless overridden)."""
@@ -222,12 +232,7 @@ def tiff_items(path: Path, where: str) -> tuple[list[Any], tuple[tuple[float, fl
             log.warning("%s: holds %d series of the same shape (several positions?); only the first is read: "
                         "export one position per file to process the others", where, alike + 1)
         check_declared(shape, series.dtype, where)
-        # planes are Z, or unlabelled: C (how tifffile labels the planes of a 3-D array written without
-        # axes), Q / I (plain multi-page TIFF); planes along T are a time-lapse of 2-D images
-        if axes[-2:] != "YX" or axes[-3] not in "ZCQI" or (len(axes) == 4 and axes[0] not in "TQI"):
-            raise InputError(f"{where}: TIFF axes {axes!r} (shape {shape}) are not Z, Y, X or T, Z, Y, X: the file "
-                             "holds 2-D images (time points or colour samples), not a tomogram; export the RI "
-                             "tomogram as a Z stack (one per time point)")
+        check_tiff_axes(axes, shape, where)
         vs = _tiff_voxel_size(tif)
         data = series.asarray().reshape(shape) if len(shape) == 3 else None
     except InputError:

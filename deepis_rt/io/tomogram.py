@@ -77,7 +77,8 @@ def normalize_voxel_size(value: Sequence[float] | float | None, where: str,
     return check_voxel_size(value, where, field)
 
 
-def check_declared(shape: Sequence[int], dtype: np.dtype | str, where: str, allow_time: bool = True) -> None:
+def check_declared(shape: Sequence[int], dtype: np.dtype | str, where: str, allow_time: bool = True,
+                   limit_bytes: int | None = None) -> None:
     """Check a declared shape and dtype before any voxel is read.
 
     Parameters
@@ -90,6 +91,9 @@ def check_declared(shape: Sequence[int], dtype: np.dtype | str, where: str, allo
         Prefix of error messages, e.g. ``"io | frame_0001.tif"``.
     allow_time : bool
         Whether a leading time axis (4-D) is acceptable.
+    limit_bytes : int, optional
+        Largest volume accepted, as float32 bytes; default :data:`MAX_VOLUME_BYTES` (a volume read
+        whole). Sources read region by region (:mod:`deepis_rt.io.regions`) pass their own.
 
     Raises
     ------
@@ -109,10 +113,11 @@ def check_declared(shape: Sequence[int], dtype: np.dtype | str, where: str, allo
     if any(s < 2 for s in shape[-3:]):
         raise InputError(f"{where}: shape {shape} has a spatial axis of size 1; expected a 3-D volume (Z, Y, X)")
     volume_bytes = int(np.prod(shape[-3:], dtype=np.int64)) * 4
-    if volume_bytes > MAX_VOLUME_BYTES:
+    limit = MAX_VOLUME_BYTES if limit_bytes is None else limit_bytes
+    if volume_bytes > limit:
         raise VolumeTooLargeError(
             f"{where}: declared volume {shape[-3:]} is {volume_bytes / 1024**3:.1f} GiB as float32, above the "
-            f"{MAX_VOLUME_BYTES / 1024**3:.0f} GiB limit per volume; crop or bin it first"
+            f"{limit / 1024**3:.0f} GiB limit per volume; crop or bin it first"
         )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cluster_helpers import TILE, pointwise_onnx
+from ray_nodes import WORKER_IP, RayCluster, loopback_addresses_usable
 
 
 @pytest.fixture
@@ -128,3 +129,32 @@ def triton_server(tritonserver_dist, triton_python_repo):
         yield server
     finally:
         server.close()
+
+
+# --------------------------------------------------------------------------------------------
+# a real two-node Ray cluster on loopback addresses, one per test session (see ray_nodes.py)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """Head (2 CPUs, 127.0.0.2) and worker node (1 CPU, 127.0.0.3); stopped at the end, nothing left running.
+
+    Modules take it through their own ``cluster`` fixture, which revives the worker node when an
+    earlier module's test killed it (:meth:`RayCluster.ensure_worker`).
+    """
+    pytest.importorskip("ray", reason="needs Ray (pip install 'deepis-rt[cluster]')")
+    if not loopback_addresses_usable():
+        pytest.skip(f"needs the loopback addresses 127.0.0.2 and {WORKER_IP} (all of 127.0.0.0/8 on Linux)")
+    c = RayCluster.create()
+    try:
+        # a lost node is declared dead after ~3 s instead of Ray's default ~15 s (test speed only)
+        c.start_head(num_cpus=2, env={"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
+        c.start_worker(ip=WORKER_IP)
+        c.wait_ready()
+        yield c
+    finally:
+        c.stop()
+        left = c.leftover_pids()
+        c.cleanup()
+        assert not left, f"processes of the test cluster still running: {left}"

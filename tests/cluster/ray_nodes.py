@@ -29,6 +29,18 @@ OBJECT_STORE_BYTES = 80 * 1024 * 1024
 #: over loopback. (Ray's GCS and raylets still listen on every interface: only a node at 127.0.0.1
 #: binds to loopback, and Ray allows that for one-node clusters only. Token authentication is on.)
 HEAD_IP = "127.0.0.2"
+#: the worker node's loopback address
+WORKER_IP = "127.0.0.3"
+
+
+def loopback_addresses_usable() -> bool:
+    """Whether addresses of 127.0.0.0/8 other than 127.0.0.1 can be bound here (Linux: all of them)."""
+    try:
+        with socket.socket() as s:
+            s.bind((WORKER_IP, 0))
+        return True
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -157,6 +169,15 @@ class RayCluster:
         """Start a node that joins the head (`ray start --address`); see :meth:`wait_ready`."""
         return self._start(name, ["--address", self.address, "--node-ip-address", ip, "--num-cpus", str(num_cpus),
                                   "--object-store-memory", str(OBJECT_STORE_BYTES)])
+
+    def ensure_worker(self, ip: str = WORKER_IP, num_cpus: int = 1) -> RayNode:
+        """The live worker node at ``ip``; a new one (its own name and temp dir) when a test killed the last."""
+        for node in self.nodes:
+            if node.name != "head" and node.alive():
+                return node
+        node = self.start_worker(name=f"worker{len(self.nodes)}", ip=ip, num_cpus=num_cpus)
+        self.wait_ready()
+        return node
 
     def kill(self, node: RayNode) -> None:
         """The node dies at once, as on a power loss: SIGKILL to all its processes."""

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from cluster_helpers import TILE, marking_factory
-from ray_nodes import HERE, RayCluster
+from ray_nodes import HERE
 
 pytest.importorskip("ray", reason="needs Ray (pip install 'deepis-rt[cluster]')")
 
@@ -37,31 +36,11 @@ WORKER_IP = "127.0.0.3"
 DELAY_S = 0.5
 
 
-def _loopback_addresses_usable() -> bool:
-    try:
-        with socket.socket() as s:
-            s.bind((WORKER_IP, 0))
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def cluster():
-    if not _loopback_addresses_usable():
-        pytest.skip(f"needs the loopback addresses 127.0.0.2 and {WORKER_IP} (all of 127.0.0.0/8 on Linux)")
-    c = RayCluster.create()
-    try:
-        # a lost node is declared dead after ~3 s instead of Ray's default ~15 s (test speed only)
-        c.start_head(num_cpus=2, env={"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
-        c.start_worker(ip=WORKER_IP)
-        c.wait_ready()
-        yield c
-    finally:
-        c.stop()
-        left = c.leftover_pids()
-        c.cleanup()
-        assert not left, f"processes of the test cluster still running: {left}"
+def cluster(ray_cluster):
+    """The session's two-node cluster (conftest.py), with its worker node alive."""
+    ray_cluster.ensure_worker(WORKER_IP)
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
