@@ -11,9 +11,10 @@ with the local gap between the cells read on it (:func:`contact_surface`):
    ``psi(x) = max_c (d(c) - |x - c|)`` (a grey dilation with a cone) is the cell's signed distance,
    exact inside and following a smooth border to a fraction of a voxel outside. It keeps what the
    masks lose: a contact whose interface lies on a row of voxel centres leaves that row at ``d = 0``,
-   in neither mask, yet both cells' distances are 0 there. On a map of voxel masks (a distance
-   transform, whose border voxels all lie a voxel pitch deep) the cells' borders are put half a voxel
-   beyond their outer voxel centres.
+   in neither mask, yet both cells' distances are 0 there. A map of voxel masks (a distance
+   transform, whose border voxels all lie a voxel pitch deep) says only on which voxel a border lies;
+   there the masks are smoothed (Gaussian, ``SMOOTH_VOXELS``) and the gap is read from their profile
+   (:func:`_mesh_gap_masks`).
 3. **Bisector and gap.** The surface ``psi_T = psi_G`` is meshed by marching cubes with the physical
    spacing, where both cells are within reach; the gap between the cells on it is
    ``-(psi_T + psi_G)``: 0 in the contact, growing with the opening angle beyond its rim. ``A(g)``,
@@ -24,9 +25,7 @@ with the local gap between the cells read on it (:func:`contact_surface`):
    ``g``; a line fitted to ``r(g)`` for ``g`` between ``RIM_FIT_VOXELS`` voxel pitches (along the
    contact's normal) above ``g_ref`` is extrapolated back to ``g_ref``: the contact radius ``r0``,
    ``area = pi r0^2``. A fixed threshold on the gap would take in a rim whose width depends on the
-   opening angle (+30 % and more at small contacts). On voxel-mask maps the gap steps by whole
-   voxels (it stays at ``g_ref`` up to the rim, then jumps), so the radius is read in the middle of
-   that first step, at ``g_ref + AMBIGUITY_GAP_VOXELS`` voxel pitches.
+   opening angle (+30 % and more at small contacts).
 5. **In contact or not.** The cells touch when ``g_ref <= touch_gap_um`` (half the smallest voxel
    edge): two cells a voxel apart are not in contact.
 
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy import special
 from skimage import measure
 
 from deepis_rt.analysis.masks import dilate
@@ -64,6 +64,8 @@ __all__ = [
     "area_uncertainty_um2",
 ]
 
+#: Gaussian smoothing of the masks of voxel-mask maps (voxels along each axis)
+SMOOTH_VOXELS = 0.6
 #: the rim fit: gaps from g_ref plus these many voxel pitches along the contact's normal
 RIM_FIT_VOXELS = (0.5, 2.0)
 #: the gap (voxel pitches above g_ref) at which the rim's ambiguity is read
@@ -223,7 +225,7 @@ def _border_depth_um(inside: np.ndarray, depth_um: np.ndarray) -> float:
     return float(depth_um[border].min()) if border.any() else 0.0
 
 
-def _mesh_gap(t_ext: np.ndarray, g_ext: np.ndarray, d: np.ndarray, vs: np.ndarray, offsets_um: tuple[float, float]):
+def _mesh_gap(t_ext: np.ndarray, g_ext: np.ndarray, d: np.ndarray, vs: np.ndarray):
     """The two cells' bisector, meshed: triangles (F, 3, 3) and the gap between the cells at their vertices (F, 3).
 
     ``psi_T``, ``psi_G``: each cell's signed distance (:func:`_cell_depth`); the bisector is
@@ -231,8 +233,8 @@ def _mesh_gap(t_ext: np.ndarray, g_ext: np.ndarray, d: np.ndarray, vs: np.ndarra
     (0 in the contact, growing with the opening angle beyond its rim).
     """
     reach = max(REACH_VOXELS * float(vs.min()), REACH_COARSE_VOXELS * float(vs.max()))
-    psi_t = _cell_depth(t_ext, d - offsets_um[0], vs, reach)
-    psi_g = _cell_depth(g_ext, -d - offsets_um[1], vs, reach)
+    psi_t = _cell_depth(t_ext, d, vs, reach)
+    psi_g = _cell_depth(g_ext, -d, vs, reach)
     near = (psi_t > -reach) & (psi_g > -reach)
     f = psi_t - psi_g
     if not near.any() or not (f[near].min() < 0.0 < f[near].max()):
@@ -244,6 +246,32 @@ def _mesh_gap(t_ext: np.ndarray, g_ext: np.ndarray, d: np.ndarray, vs: np.ndarra
     if len(faces) == 0:
         return None
     gap = ndi.map_coordinates(-(psi_t + psi_g), (verts / vs).T, order=1)
+    return verts[faces], gap[faces]
+
+
+def _mesh_gap_masks(t_ext: np.ndarray, g_ext: np.ndarray, vs: np.ndarray):
+    """The same for voxel-mask maps, whose values carry no sub-voxel position: the bisector of the
+    smoothed masks (Gaussian, ``SMOOTH_VOXELS``), ``s_T = s_G``, and the gap from their profile there
+    (two half-spaces a gap ``g`` apart smoothed by ``sigma_n`` give ``s = Phi(-g / 2 sigma_n)`` on the
+    mid-surface, ``sigma_n`` the smoothing along the surface normal)."""
+    s_t = ndi.gaussian_filter(t_ext.astype(np.float32), SMOOTH_VOXELS, mode="constant", truncate=3.0)
+    s_g = ndi.gaussian_filter(g_ext.astype(np.float32), SMOOTH_VOXELS, mode="constant", truncate=3.0)
+    near = (s_t > 1e-4) & (s_g > 1e-4)
+    f = s_t - s_g
+    if not near.any() or not (f[near].min() < 0.0 < f[near].max()):
+        return None
+    try:
+        verts, faces, normals, _ = measure.marching_cubes(f, 0.0, spacing=tuple(vs), mask=near)
+    except (ValueError, RuntimeError):
+        return None
+    if len(faces) == 0:
+        return None
+    idx = (verts / vs).T
+    s_mid = 0.5 * (ndi.map_coordinates(s_t, idx, order=1) + ndi.map_coordinates(s_g, idx, order=1))
+    unit = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    # smoothing along the normal (um): the voxel-unit Gaussian is anisotropic in um
+    sigma_n = np.sqrt((((unit * vs) * SMOOTH_VOXELS) ** 2).sum(axis=1))
+    gap = -2.0 * sigma_n * special.ndtri(np.clip(s_mid, 1e-7, 0.5))
     return verts[faces], gap[faces]
 
 
@@ -291,12 +319,10 @@ def contact_surface(
     eps = band_fraction * threshold_um
     t_ext = tcell | (dilate(tcell, 1) & (d > eps) & ~target)
     g_ext = target | (dilate(target, 1) & (d < -eps) & ~t_ext)
-    # a map whose border voxels all lie a voxel pitch deep is a distance transform of voxel masks
-    # (EDT convention): the cells' borders lie half a voxel beyond their outermost voxel centres
-    border_t, border_g = _border_depth_um(t_ext, d), _border_depth_um(g_ext, -d)
-    voxelised = min(border_t, border_g) >= 0.9 * float(vs.min())
-    offsets = (0.5 * border_t, 0.5 * border_g) if voxelised else (0.0, 0.0)
-    mesh = _mesh_gap(t_ext, g_ext, d, vs, offsets)
+    # a map whose border voxels all lie a voxel pitch deep is a distance transform of voxel masks:
+    # its values say on which voxel a border lies, not where in it
+    voxelised = min(_border_depth_um(t_ext, d), _border_depth_um(g_ext, -d)) >= 0.9 * float(vs.min())
+    mesh = _mesh_gap_masks(t_ext, g_ext, vs) if voxelised else _mesh_gap(t_ext, g_ext, d, vs)
     if mesh is None:
         return ContactEstimate()
     tri, gaps = mesh
@@ -323,11 +349,6 @@ def contact_surface(
     beta, alpha = np.polyfit(levels[fit] - g_ref, radius[fit], 1)
     if beta > 0:
         rim_slope = 1.0 / float(beta)
-    if voxelised:
-        # the masks' faces step by whole voxels: the gap stays at g_ref up to the rim and then jumps by a
-        # voxel, so the rim lies at the middle of that first step (extrapolating through it would not)
-        r0 = r_amb
-    elif beta > 0:
         # the radius, continued inwards, at the contact's own gap (never beyond the fit's first point)
         r0 = float(np.clip(alpha, 0.0, radius[fit][0]))
     else:

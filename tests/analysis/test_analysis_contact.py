@@ -238,11 +238,14 @@ def test_oblique_contacts_on_exact_maps_within_the_target_bound(geometry, vs, co
     assert abs(syn.is_area_um2 - true) <= _target_bound(true)
 
 
-@pytest.mark.parametrize("vs,contact_radius", [(ANISO, 1.2), ((0.5, 0.25, 0.25), 2.0), (ISO, 3.0)])
-def test_contact_between_voxel_masks_within_the_target_bound(geometry, vs, contact_radius):
-    """A distance transform of voxel masks (what annotations give) whose interface is a grid plane:
-    the gap between the masks' faces is 0 up to the rim and then steps by a voxel."""
-    d, true = _conjugate_in_small_box(geometry, vs, contact_radius, (0, 0, 1), "edt", on_voxel_row=True)
-    fa = analyze(d, None, vs)
-    (syn,) = fa.synapses
+@pytest.mark.parametrize("vs,contact_radius,direction", [
+    (ANISO, 1.2, (0.3, 0.5, 0.81)),
+    (ISO, 2.0, (0.0, 0.6, 0.8)),
+    ((0.5, 0.25, 0.25), 3.0, (0.6, 0.8, 0.1)),
+])
+def test_contact_between_voxel_masks_within_the_target_bound(geometry, vs, contact_radius, direction):
+    """A distance transform of voxel masks (what annotations give): its values locate a border only to
+    a voxel, and the masks' smoothed profile gives the gap."""
+    d, true = _conjugate_in_small_box(geometry, vs, contact_radius, direction, "edt", on_voxel_row=False)
+    (syn,) = analyze(d, None, vs).synapses
     assert abs(syn.is_area_um2 - true) <= _target_bound(true)
