@@ -72,13 +72,13 @@ RIM_FIT_VOXELS = (0.5, 2.0)
 AMBIGUITY_GAP_VOXELS = 0.5
 #: uncertainty model (one sigma), fitted by benchmarks/is_area_validation.py on its "fit" scenes
 #: (network output of the bundled checkpoint): relative term, rim position (fraction of the voxel
-#: pitch), resolution (voxels per unit opening rate), noise gain, weight of the rim's ambiguity (the
-#: fit gives it none on that data; kept so that a refit can), floor (um^2)
-ERR_REL = 0.12
-ERR_RIM_VOXELS = 0.1
-ERR_RESOLUTION_VOXELS = 1.5
+#: pitch), resolution (voxels per unit opening rate: the fit gives it no weight once the rim's
+#: ambiguity is counted; kept so that a refit can), noise gain, weight of the rim's ambiguity, floor (um^2)
+ERR_REL = 0.03
+ERR_RIM_VOXELS = 0.5
+ERR_RESOLUTION_VOXELS = 0.0
 ERR_NOISE_GAIN = 1.0
-ERR_AMBIGUITY = 0.0
+ERR_AMBIGUITY = 3.0
 ERR_FLOOR_UM2 = 0.15
 #: reach of each cell's signed distance: this many of the smallest voxel edges, at least
 #: ``REACH_COARSE_VOXELS`` of the largest (two voxel steps along every axis: the rim fit reads gaps up

@@ -96,10 +96,12 @@ def test_uncertainty_grows_with_voxel_size_and_noise():
     assert area_uncertainty_um2(0.0, ISO) == 0.0
 
 
-def test_uncertainty_grows_where_the_rim_opens_slowly():
+def test_uncertainty_grows_where_the_rim_is_poorly_defined():
     a = 20.0
-    base = area_uncertainty_um2(a, ISO, rim_slope=1.0)
-    assert area_uncertainty_um2(a, ISO, rim_slope=0.3) > 1.5 * base
+    base = area_uncertainty_um2(a, ISO, noise_um=0.05, rim_slope=1.0)
+    # a rim that opens slowly on a noisy map, and one whose area moves with the gap read
+    assert area_uncertainty_um2(a, ISO, noise_um=0.05, rim_slope=0.3) > 1.5 * base
+    assert area_uncertainty_um2(a, ISO, noise_um=0.05, rim_slope=1.0, rim_ambiguity_um2=2.0) > 1.5 * base
 
 
 def test_weighted_fit_recovers_parameters_within_its_stated_errors():
