@@ -202,21 +202,39 @@ def area_uncertainty_um2(area_um2: float, voxel_size_um: Sequence[float], noise_
                            + (ERR_AMBIGUITY * rim_ambiguity_um2) ** 2))
 
 
-def _cell_depth(inside: np.ndarray, depth_um: np.ndarray, vs: np.ndarray, reach_um: float) -> np.ndarray:
-    """One cell's signed distance (um, + inside) on the grid, from the map's values inside it.
+def _ball_offsets(vs: np.ndarray, reach_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """Integer voxel offsets within ``reach_um`` (K, 3) and their lengths in um (K,)."""
+    k = np.ceil(reach_um / vs).astype(int)
+    off = np.stack(np.meshgrid(*[np.arange(-n, n + 1) for n in k], indexing="ij"), axis=-1).reshape(-1, 3)
+    dist = np.linalg.norm(off * vs, axis=1)
+    keep = dist <= reach_um + 1e-9
+    return off[keep], dist[keep]
+
+
+def _cell_depth(inside: np.ndarray, depth_um: np.ndarray, vs: np.ndarray, reach_um: float,
+                where: np.ndarray) -> np.ndarray:
+    """One cell's signed distance (um, + inside) at the voxels ``where``, from the map's values inside it.
 
     Every cell voxel ``c`` at depth ``d(c)`` (its distance to the cell's border) carries a ball of
     that radius lying inside the cell, so at any point ``x`` the distance to the border is at least
     ``d(c) - |x - c|``; the envelope ``max_c (d(c) - |x - c|)`` (a grey dilation with a cone) is that
     bound: exact inside the cell and, outside, the distance to the union of the balls, which follows a
-    smooth border to a fraction of a voxel. Values are clipped at ``-reach_um``.
+    smooth border to a fraction of a voxel. Values are clipped at ``-reach_um`` (also outside ``where``).
     """
-    k = np.ceil(reach_um / vs).astype(int)
-    off = np.stack(np.meshgrid(*[np.arange(-n, n + 1) for n in k], indexing="ij"), axis=-1) * vs
-    dist = np.linalg.norm(off, axis=-1)
-    src = np.where(inside, np.maximum(depth_um, 0.0), -reach_um).astype(np.float64)
-    psi = ndi.grey_dilation(src, footprint=dist <= reach_um + 1e-9, structure=-dist, mode="constant", cval=-reach_um)
-    return np.maximum(psi, -reach_um)
+    off, dist = _ball_offsets(vs, reach_um)
+    pad = np.abs(off).max(axis=0)
+    src = np.pad(np.where(inside, np.maximum(depth_um, 0.0), -reach_um).astype(np.float32),
+                 [(int(n), int(n)) for n in pad], constant_values=-reach_um)
+    idx = np.nonzero(where)
+    flat = np.ravel_multi_index(tuple(i + int(n) for i, n in zip(idx, pad, strict=True)), src.shape)
+    steps = np.ravel_multi_index(tuple((off + pad).T), src.shape) - np.ravel_multi_index(tuple(pad), src.shape)
+    src = src.ravel()
+    best = np.full(flat.shape, -reach_um, dtype=np.float32)
+    for step, length in zip(steps.tolist(), dist.astype(np.float32).tolist(), strict=True):
+        np.maximum(best, src[flat + step] - length, out=best)
+    psi = np.full(inside.shape, -reach_um, dtype=np.float32)
+    psi[idx] = best
+    return psi
 
 
 def _border_depth_um(inside: np.ndarray, depth_um: np.ndarray) -> float:
@@ -233,8 +251,13 @@ def _mesh_gap(t_ext: np.ndarray, g_ext: np.ndarray, d: np.ndarray, vs: np.ndarra
     (0 in the contact, growing with the opening angle beyond its rim).
     """
     reach = max(REACH_VOXELS * float(vs.min()), REACH_COARSE_VOXELS * float(vs.max()))
-    psi_t = _cell_depth(t_ext, d, vs, reach)
-    psi_g = _cell_depth(g_ext, -d, vs, reach)
+    # only voxels within reach of both cells (and their neighbours, the corners of the cubes meshed
+    # there) are needed; elsewhere each distance is below -reach
+    within_t = ndi.distance_transform_edt(~t_ext, sampling=vs) <= reach + 1e-6
+    within_g = ndi.distance_transform_edt(~g_ext, sampling=vs) <= reach + 1e-6
+    where = dilate(within_t & within_g, 1)
+    psi_t = _cell_depth(t_ext, d, vs, reach, where)
+    psi_g = _cell_depth(g_ext, -d, vs, reach, where)
     near = (psi_t > -reach) & (psi_g > -reach)
     f = psi_t - psi_g
     if not near.any() or not (f[near].min() < 0.0 < f[near].max()):
