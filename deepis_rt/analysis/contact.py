@@ -11,10 +11,12 @@ with the local gap between the cells read on it (:func:`contact_surface`):
    ``psi(x) = max_c (d(c) - |x - c|)`` (a grey dilation with a cone) is the cell's signed distance,
    exact inside and following a smooth border to a fraction of a voxel outside. It keeps what the
    masks lose: a contact whose interface lies on a row of voxel centres leaves that row at ``d = 0``,
-   in neither mask, yet both cells' distances are 0 there. A map of voxel masks (a distance
-   transform, whose border voxels all lie a voxel pitch deep) says only on which voxel a border lies;
-   there the masks are smoothed (Gaussian, ``SMOOTH_VOXELS``) and the gap is read from their profile
-   (:func:`_mesh_gap_masks`).
+   in neither mask, yet both cells' distances are 0 there. Only noise-free distance maps are read
+   so. A map of voxel masks (a distance transform, whose border voxels all lie a voxel pitch deep)
+   says only on which voxel a border lies, and a network's map (noisy) under-reads the distances next
+   to the interface, which parts the cells early (-40 % on the bundled model's maps of a synthetic
+   time-lapse); on both the masks are smoothed (Gaussian, ``SMOOTH_VOXELS``) and the gap is read from
+   their profile (:func:`_mesh_gap_masks`).
 3. **Bisector and gap.** The surface ``psi_T = psi_G`` is meshed by marching cubes with the physical
    spacing, where both cells are within reach; the gap between the cells on it is
    ``-(psi_T + psi_G)``: 0 in the contact, growing with the opening angle beyond its rim. ``A(g)``,
@@ -72,19 +74,21 @@ RIM_FIT_VOXELS = (0.5, 2.0)
 AMBIGUITY_GAP_VOXELS = 0.5
 #: uncertainty model (one sigma), fitted by benchmarks/is_area_validation.py on its "fit" scenes
 #: (network output of the bundled checkpoint): relative term, rim position (fraction of the voxel
-#: pitch), resolution (voxels per unit opening rate: the fit gives it no weight once the rim's
-#: ambiguity is counted; kept so that a refit can), noise gain, weight of the rim's ambiguity, floor (um^2)
-ERR_REL = 0.03
-ERR_RIM_VOXELS = 0.5
-ERR_RESOLUTION_VOXELS = 0.0
+#: pitch), resolution (voxels per unit opening rate), noise gain, weight of the rim's ambiguity (the
+#: fit gives it none on that data; kept so that a refit can), floor (um^2)
+ERR_REL = 0.12
+ERR_RIM_VOXELS = 0.1
+ERR_RESOLUTION_VOXELS = 1.5
 ERR_NOISE_GAIN = 1.0
-ERR_AMBIGUITY = 3.0
+ERR_AMBIGUITY = 0.0
 ERR_FLOOR_UM2 = 0.15
 #: reach of each cell's signed distance: this many of the smallest voxel edges, at least
 #: ``REACH_COARSE_VOXELS`` of the largest (two voxel steps along every axis: the rim fit reads gaps up
 #: to 2.5 voxel pitches along the contact's normal)
 REACH_VOXELS = 2.5
 REACH_COARSE_VOXELS = 2.05
+#: background noise (um) above which a map is a network's output, not a distance map
+DISTANCE_MAP_NOISE_UM = 1e-3
 #: opening rates below this are floored (a rim that does not open within the fit is no sharper)
 MIN_RIM_SLOPE = 0.15
 
@@ -342,10 +346,13 @@ def contact_surface(
     eps = band_fraction * threshold_um
     t_ext = tcell | (dilate(tcell, 1) & (d > eps) & ~target)
     g_ext = target | (dilate(target, 1) & (d < -eps) & ~t_ext)
-    # a map whose border voxels all lie a voxel pitch deep is a distance transform of voxel masks:
-    # its values say on which voxel a border lies, not where in it
+    # the map's values are read as distances only on a noise-free map that is not a distance transform
+    # of voxel masks (whose border voxels all lie a voxel pitch deep: its values say on which voxel a
+    # border lies, not where in it); a network's map (noisy) under-reads the distances next to the
+    # interface, which would part the cells early, so there the masks give the gap
     voxelised = min(_border_depth_um(t_ext, d), _border_depth_um(g_ext, -d)) >= 0.9 * float(vs.min())
-    mesh = _mesh_gap_masks(t_ext, g_ext, vs) if voxelised else _mesh_gap(t_ext, g_ext, d, vs)
+    distances = not voxelised and noise_um <= DISTANCE_MAP_NOISE_UM
+    mesh = _mesh_gap(t_ext, g_ext, d, vs) if distances else _mesh_gap_masks(t_ext, g_ext, vs)
     if mesh is None:
         return ContactEstimate()
     tri, gaps = mesh
