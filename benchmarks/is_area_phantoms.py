@@ -213,7 +213,7 @@ def main() -> None:
 
     md = ["# IS-area estimator on exact phantoms", "",
           f"`python benchmarks/is_area_phantoms.py{' --quick' if args.quick else ''}`: new = `analysis.analyze` "
-          "(the two cells' masks: mid-surface, gap, rim extrapolated), old = the first smoothed-mask estimator "
+          "(each cell's signed distance from the map's values: bisector, gap, rim extrapolated), old = the first smoothed-mask estimator "
           "(`measure.contact_area_um2`). Error = measured - true (um^2, and % of true), min ... max over the "
           "geometries; bound = +-(0.5 um^2 + 5 %).", ""]
     groups: dict = {}

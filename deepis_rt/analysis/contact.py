@@ -1,36 +1,35 @@
-"""IS contact area from the two cells' masks, and its uncertainty.
+"""IS contact area between two cells, and its uncertainty.
 
 The contact area is the area of the surface where the CAR-T and the target cell touch. It is
-measured from the two cells' **masks** (the map thresholded at +-t, as the paper segments), not
-from the map's values near the interface: a network's map runs smoothly from + to - across the
-contact and puts its zero crossing 1-2 voxels inside the CAR-T cell, so any estimator that
-reads sub-voxel distances from the map's values there (the previous one did) is biased by the
-network's habits. The masks' outer borders, and so the rim where the two cells part, do not
-depend on where exactly the map crosses zero between them.
+measured on the two cells' **bisector** -- the surface as far from one cell as from the other --
+with the local gap between the cells read on it (:func:`contact_surface`):
 
-The estimator (:func:`contact_surface`):
-
-1. **Masks, completed.** Voxels next to a mask join it where the map still has its sign above
-   the noise (``|d| > band_fraction * t``), which closes the zero band an exact distance map
-   leaves at the contact; a network's map has none.
-2. **Mid-surface.** Both masks are smoothed (Gaussian, ``SMOOTH_VOXELS`` voxel), and the surface
-   ``s_T = s_G`` is meshed by marching cubes with the physical spacing: between the cells where
-   they touch, and between their facing surfaces around the contact.
-3. **Gap.** On that surface the local gap between the two cells follows from the smoothed masks
-   (two half-spaces a gap ``g`` apart smoothed by ``sigma_n`` give ``s = Phi(-g / 2 sigma_n)``
-   on the mid-surface, ``sigma_n`` the smoothing along the surface normal). ``A(g)``, the mesh
-   area where the gap is ``<= g``, is integrated exactly on the piecewise-linear mesh
+1. **Cells.** The masks (the map thresholded at +-t, as the paper segments), each joined by the
+   voxels next to it where the map still has its sign above the noise (``|d| > band_fraction * t``).
+2. **Each cell's signed distance.** Every cell voxel ``c`` at depth ``d(c)`` (the map's value: its
+   distance to the cell's border) carries a ball of that radius inside the cell; the envelope
+   ``psi(x) = max_c (d(c) - |x - c|)`` (a grey dilation with a cone) is the cell's signed distance,
+   exact inside and following a smooth border to a fraction of a voxel outside. It keeps what the
+   masks lose: a contact whose interface lies on a row of voxel centres leaves that row at ``d = 0``,
+   in neither mask, yet both cells' distances are 0 there. Only noise-free distance maps are read
+   so. A map of voxel masks (a distance transform, whose border voxels all lie a voxel pitch deep)
+   says only on which voxel a border lies, and a network's map (noisy) under-reads the distances next
+   to the interface, which parts the cells early (-40 % on the bundled model's maps of a synthetic
+   time-lapse); on both the masks are smoothed (Gaussian, ``SMOOTH_VOXELS``) and the gap is read from
+   their profile (:func:`_mesh_gap_masks`).
+3. **Bisector and gap.** The surface ``psi_T = psi_G`` is meshed by marching cubes with the physical
+   spacing, where both cells are within reach; the gap between the cells on it is
+   ``-(psi_T + psi_G)``: 0 in the contact, growing with the opening angle beyond its rim. ``A(g)``,
+   the mesh area where the gap is ``<= g``, is integrated exactly on the piecewise-linear mesh
    (:func:`gap_area_curve`).
-4. **Rim.** The contact's own gap ``g_ref`` is the median gap on faces between voxels of both
-   cells (about 0). Beyond the rim the gap grows with the opening angle of the two surfaces,
-   and the equivalent radius ``r(g) = sqrt(A(g) / pi)`` grows linearly with ``g``; a line fitted
-   to ``r(g)`` for ``g`` between ``RIM_FIT_VOXELS`` voxel pitches (along the contact's normal:
-   a contact facing the coarse Z axis is resolved in Z steps) above ``g_ref`` is
-   extrapolated back to ``g_ref``: the contact radius ``r0``, ``area = pi r0^2``. Any fixed
-   threshold on the gap (or a count of voxels) instead takes in a rim whose width depends on the
-   opening angle: +30 % and more at small contacts.
-5. **In contact or not.** The cells touch when ``g_ref <= touch_gap_um`` (half the smallest
-   voxel edge): masks one background voxel apart are not in contact.
+4. **Rim.** The contact's own gap ``g_ref`` is the median gap on faces between voxels of both cells
+   (about 0). Beyond the rim the equivalent radius ``r(g) = sqrt(A(g) / pi)`` grows linearly with
+   ``g``; a line fitted to ``r(g)`` for ``g`` between ``RIM_FIT_VOXELS`` voxel pitches (along the
+   contact's normal) above ``g_ref`` is extrapolated back to ``g_ref``: the contact radius ``r0``,
+   ``area = pi r0^2``. A fixed threshold on the gap would take in a rim whose width depends on the
+   opening angle (+30 % and more at small contacts).
+5. **In contact or not.** The cells touch when ``g_ref <= touch_gap_um`` (half the smallest voxel
+   edge): two cells a voxel apart are not in contact.
 
 Uncertainty (:func:`area_uncertainty_um2`, one sigma): the rim's position is uncertain by a
 fraction of a voxel, plus the distance over which the gap stays below what the map resolves --
@@ -67,7 +66,7 @@ __all__ = [
     "area_uncertainty_um2",
 ]
 
-#: Gaussian smoothing of the masks (voxels along each axis)
+#: Gaussian smoothing of the masks of voxel-mask maps (voxels along each axis)
 SMOOTH_VOXELS = 0.6
 #: the rim fit: gaps from g_ref plus these many voxel pitches along the contact's normal
 RIM_FIT_VOXELS = (0.5, 2.0)
@@ -83,6 +82,13 @@ ERR_RESOLUTION_VOXELS = 1.5
 ERR_NOISE_GAIN = 1.0
 ERR_AMBIGUITY = 0.0
 ERR_FLOOR_UM2 = 0.15
+#: reach of each cell's signed distance: this many of the smallest voxel edges, at least
+#: ``REACH_COARSE_VOXELS`` of the largest (two voxel steps along every axis: the rim fit reads gaps up
+#: to 2.5 voxel pitches along the contact's normal)
+REACH_VOXELS = 2.5
+REACH_COARSE_VOXELS = 2.05
+#: background noise (um) above which a map is a network's output, not a distance map
+DISTANCE_MAP_NOISE_UM = 1e-3
 #: opening rates below this are floored (a rim that does not open within the fit is no sharper)
 MIN_RIM_SLOPE = 0.15
 
@@ -200,8 +206,81 @@ def area_uncertainty_um2(area_um2: float, voxel_size_um: Sequence[float], noise_
                            + (ERR_AMBIGUITY * rim_ambiguity_um2) ** 2))
 
 
-def _mesh_gap(t_ext: np.ndarray, g_ext: np.ndarray, vs: np.ndarray):
-    """Mid-surface of the smoothed masks: triangles (F, 3, 3) and the gap at their vertices (F, 3)."""
+def _ball_offsets(vs: np.ndarray, reach_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """Integer voxel offsets within ``reach_um`` (K, 3) and their lengths in um (K,)."""
+    k = np.ceil(reach_um / vs).astype(int)
+    off = np.stack(np.meshgrid(*[np.arange(-n, n + 1) for n in k], indexing="ij"), axis=-1).reshape(-1, 3)
+    dist = np.linalg.norm(off * vs, axis=1)
+    keep = dist <= reach_um + 1e-9
+    return off[keep], dist[keep]
+
+
+def _cell_depth(inside: np.ndarray, depth_um: np.ndarray, vs: np.ndarray, reach_um: float,
+                where: np.ndarray) -> np.ndarray:
+    """One cell's signed distance (um, + inside) at the voxels ``where``, from the map's values inside it.
+
+    Every cell voxel ``c`` at depth ``d(c)`` (its distance to the cell's border) carries a ball of
+    that radius lying inside the cell, so at any point ``x`` the distance to the border is at least
+    ``d(c) - |x - c|``; the envelope ``max_c (d(c) - |x - c|)`` (a grey dilation with a cone) is that
+    bound: exact inside the cell and, outside, the distance to the union of the balls, which follows a
+    smooth border to a fraction of a voxel. Values are clipped at ``-reach_um`` (also outside ``where``).
+    """
+    off, dist = _ball_offsets(vs, reach_um)
+    pad = np.abs(off).max(axis=0)
+    src = np.pad(np.where(inside, np.maximum(depth_um, 0.0), -reach_um).astype(np.float32),
+                 [(int(n), int(n)) for n in pad], constant_values=-reach_um)
+    idx = np.nonzero(where)
+    flat = np.ravel_multi_index(tuple(i + int(n) for i, n in zip(idx, pad, strict=True)), src.shape)
+    steps = np.ravel_multi_index(tuple((off + pad).T), src.shape) - np.ravel_multi_index(tuple(pad), src.shape)
+    src = src.ravel()
+    best = np.full(flat.shape, -reach_um, dtype=np.float32)
+    for step, length in zip(steps.tolist(), dist.astype(np.float32).tolist(), strict=True):
+        np.maximum(best, src[flat + step] - length, out=best)
+    psi = np.full(inside.shape, -reach_um, dtype=np.float32)
+    psi[idx] = best
+    return psi
+
+
+def _border_depth_um(inside: np.ndarray, depth_um: np.ndarray) -> float:
+    """Smallest depth the map gives a cell's border voxels (0 on exact maps, a voxel pitch on EDT maps)."""
+    border = inside & ~ndi.binary_erosion(inside, border_value=1)
+    return float(depth_um[border].min()) if border.any() else 0.0
+
+
+def _mesh_gap(t_ext: np.ndarray, g_ext: np.ndarray, d: np.ndarray, vs: np.ndarray):
+    """The two cells' bisector, meshed: triangles (F, 3, 3) and the gap between the cells at their vertices (F, 3).
+
+    ``psi_T``, ``psi_G``: each cell's signed distance (:func:`_cell_depth`); the bisector is
+    ``psi_T = psi_G`` (the interface where they touch) and the gap there ``-(psi_T + psi_G)``
+    (0 in the contact, growing with the opening angle beyond its rim).
+    """
+    reach = max(REACH_VOXELS * float(vs.min()), REACH_COARSE_VOXELS * float(vs.max()))
+    # only voxels within reach of both cells (and their neighbours, the corners of the cubes meshed
+    # there) are needed; elsewhere each distance is below -reach
+    within_t = ndi.distance_transform_edt(~t_ext, sampling=vs) <= reach + 1e-6
+    within_g = ndi.distance_transform_edt(~g_ext, sampling=vs) <= reach + 1e-6
+    where = dilate(within_t & within_g, 1)
+    psi_t = _cell_depth(t_ext, d, vs, reach, where)
+    psi_g = _cell_depth(g_ext, -d, vs, reach, where)
+    near = (psi_t > -reach) & (psi_g > -reach)
+    f = psi_t - psi_g
+    if not near.any() or not (f[near].min() < 0.0 < f[near].max()):
+        return None
+    try:
+        verts, faces, _, _ = measure.marching_cubes(f, 0.0, spacing=tuple(vs), mask=near)
+    except (ValueError, RuntimeError):
+        return None
+    if len(faces) == 0:
+        return None
+    gap = ndi.map_coordinates(-(psi_t + psi_g), (verts / vs).T, order=1)
+    return verts[faces], gap[faces]
+
+
+def _mesh_gap_masks(t_ext: np.ndarray, g_ext: np.ndarray, vs: np.ndarray):
+    """The same for voxel-mask maps, whose values carry no sub-voxel position: the bisector of the
+    smoothed masks (Gaussian, ``SMOOTH_VOXELS``), ``s_T = s_G``, and the gap from their profile there
+    (two half-spaces a gap ``g`` apart smoothed by ``sigma_n`` give ``s = Phi(-g / 2 sigma_n)`` on the
+    mid-surface, ``sigma_n`` the smoothing along the surface normal)."""
     s_t = ndi.gaussian_filter(t_ext.astype(np.float32), SMOOTH_VOXELS, mode="constant", truncate=3.0)
     s_g = ndi.gaussian_filter(g_ext.astype(np.float32), SMOOTH_VOXELS, mode="constant", truncate=3.0)
     near = (s_t > 1e-4) & (s_g > 1e-4)
@@ -267,7 +346,13 @@ def contact_surface(
     eps = band_fraction * threshold_um
     t_ext = tcell | (dilate(tcell, 1) & (d > eps) & ~target)
     g_ext = target | (dilate(target, 1) & (d < -eps) & ~t_ext)
-    mesh = _mesh_gap(t_ext, g_ext, vs)
+    # the map's values are read as distances only on a noise-free map that is not a distance transform
+    # of voxel masks (whose border voxels all lie a voxel pitch deep: its values say on which voxel a
+    # border lies, not where in it); a network's map (noisy) under-reads the distances next to the
+    # interface, which would part the cells early, so there the masks give the gap
+    voxelised = min(_border_depth_um(t_ext, d), _border_depth_um(g_ext, -d)) >= 0.9 * float(vs.min())
+    distances = not voxelised and noise_um <= DISTANCE_MAP_NOISE_UM
+    mesh = _mesh_gap(t_ext, g_ext, d, vs) if distances else _mesh_gap_masks(t_ext, g_ext, vs)
     if mesh is None:
         return ContactEstimate()
     tri, gaps = mesh
@@ -293,9 +378,9 @@ def contact_surface(
     rim_slope = math.nan
     beta, alpha = np.polyfit(levels[fit] - g_ref, radius[fit], 1)
     if beta > 0:
+        rim_slope = 1.0 / float(beta)
         # the radius, continued inwards, at the contact's own gap (never beyond the fit's first point)
         r0 = float(np.clip(alpha, 0.0, radius[fit][0]))
-        rim_slope = 1.0 / float(beta)
     else:
         # the mid-surface ends before the gap opens (e.g. a cell cut by the field of view)
         r0 = r_amb

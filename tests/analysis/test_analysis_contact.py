@@ -193,3 +193,72 @@ def test_gap_area_curve_matches_a_dense_reference():
         f = np.where(mid, np.where(L <= g[:, 1], lo, hi), f)
         ref.append((area * f).sum())
     np.testing.assert_allclose(gap_area_curve(tri, gaps, levels), ref, rtol=1e-10, atol=1e-12)
+
+
+def _target_bound(area_um2: float) -> float:
+    return 0.5 + 0.05 * area_um2
+
+
+def _conjugate_in_small_box(geometry, vs, contact_radius, direction, convention, on_voxel_row):
+    """The two spheres' contact in an 8.8 um box (the cells are cut by its faces, the contact is not)."""
+    shape = tuple(int(round(8.8 / h)) for h in vs)
+    centre = np.array([(n // 2) * h for n, h in zip(shape, vs, strict=True)])
+    origin = centre if on_voxel_row else centre + np.array([0.013, 0.051, 0.037])
+    d, *_, a = geometry.conjugate(shape, vs, 4.6, 6.8, contact_radius, direction, origin, convention)
+    return d, math.pi * a**2
+
+
+# the contact plane exactly on a row of voxel centres: those voxels have d = 0 and lie in neither
+# mask, yet the cells touch there; facing the fine X axis and the coarse Z axis, anisotropic and isotropic
+@pytest.mark.parametrize("vs,contact_radius,direction", [
+    (ANISO, 1.2, (0, 0, 1)),
+    (ANISO, 3.0, (0, 0, 1)),
+    (ANISO, 2.0, (1, 0, 0)),
+    (ISO, 1.5, (0, 1, 0)),
+    ((0.3, 0.3, 0.3), 2.5, (1, 0, 0)),
+])
+def test_contact_on_a_voxel_row_within_the_target_bound(geometry, vs, contact_radius, direction):
+    d, true = _conjugate_in_small_box(geometry, vs, contact_radius, direction, "exact", on_voxel_row=True)
+    fa = analyze(d, None, vs)
+    (syn,) = fa.synapses
+    assert abs(syn.is_area_um2 - true) <= _target_bound(true)
+    assert fa.contacts[syn.synapse_id].gap_um == pytest.approx(0.0, abs=0.02)
+
+
+@pytest.mark.parametrize("vs,contact_radius,direction", [
+    (ANISO, 1.2, (0.3, 0.5, 0.81)),
+    (ANISO, 2.5, (0.6, 0.8, 0.1)),
+    (ISO, 1.2, (0.5, 0.1, 0.86)),
+    (ISO, 3.0, (0.7, 0.7, 0.1)),
+    ((0.1, 0.1, 0.1), 1.2, (0.2, 0.9, 0.4)),
+])
+def test_oblique_contacts_on_exact_maps_within_the_target_bound(geometry, vs, contact_radius, direction):
+    d, true = _conjugate_in_small_box(geometry, vs, contact_radius, direction, "exact", on_voxel_row=False)
+    (syn,) = analyze(d, None, vs).synapses
+    assert abs(syn.is_area_um2 - true) <= _target_bound(true)
+
+
+@pytest.mark.parametrize("vs,contact_radius,direction", [
+    (ANISO, 1.2, (0.3, 0.5, 0.81)),
+    (ISO, 2.0, (0.0, 0.6, 0.8)),
+    ((0.5, 0.25, 0.25), 3.0, (0.6, 0.8, 0.1)),
+])
+def test_contact_between_voxel_masks_within_the_target_bound(geometry, vs, contact_radius, direction):
+    """A distance transform of voxel masks (what annotations give): its values locate a border only to
+    a voxel, and the masks' smoothed profile gives the gap."""
+    d, true = _conjugate_in_small_box(geometry, vs, contact_radius, direction, "edt", on_voxel_row=False)
+    (syn,) = analyze(d, None, vs).synapses
+    assert abs(syn.is_area_um2 - true) <= _target_bound(true)
+
+
+def test_noisy_maps_take_the_gap_from_the_masks(geometry):
+    """A network's map (noise in the background) is not read as distances: the masks give the gap,
+    so a contact on a row of voxel centres, with the map's zero row under the noise, is not found."""
+    vs = ANISO
+    d, true = _conjugate_in_small_box(geometry, vs, 2.0, (0, 0, 1), "exact", on_voxel_row=True)
+    noise = np.random.default_rng(0).normal(0.0, 0.005, d.shape).astype(np.float32)
+    noisy = np.where(d == 0, noise, d + noise)
+    assert analyze(d, None, vs).synapses
+    fa = analyze(noisy, None, vs)
+    assert fa.background_noise_um > 1e-3
+    assert all(s.is_area_um2 < 0.5 * true for s in fa.synapses)
