@@ -90,6 +90,38 @@ def test_a_few_steps_lower_the_loss(tmp_path, tiny_overrides):
     assert np.mean(hist[-6:]) < 0.8 * np.mean(hist[:3])
 
 
+def test_training_runs_channels_last_and_saves_weights_any_model_loads(tmp_path, tiny_overrides, monkeypatch):
+    """Steps run in channels-last order (the faster layout of 3-D convolutions); the checkpoint's
+    weights give the trained network's output in a network built the ordinary way."""
+    import deepis_rt.model as model_pkg
+
+    seen = []
+    real_build = model_pkg.build_model
+
+    def recording_build(*a, **k):
+        net = real_build(*a, **k)
+        def layout(mod, args):  # weights with several input channels: their layout is unambiguous
+            weights = [p for p in mod.parameters() if p.dim() == 5 and p.shape[1] > 1 and max(p.shape[2:]) > 1]
+            seen.append(bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last_3d)
+                                              and not p.is_contiguous() for p in weights))
+
+        net.register_forward_pre_hook(layout)
+        return net
+
+    monkeypatch.setattr(model_pkg, "build_model", recording_build)
+    train(tmp_path / "cl.pt", steps=2, **_tiny(tiny_overrides, save_every=0, val_frames=0))
+    assert seen[:2] == [True, True]
+    monkeypatch.setattr(model_pkg, "build_model", real_build)
+    ck = load_checkpoint(tmp_path / "cl.pt")
+    plain = ck.build().eval()
+    assert all(p.is_contiguous() for p in plain.parameters())
+    x = torch.randn(1, 1, 16, 32, 32)
+    trained = ck.build().to(memory_format=torch.channels_last_3d).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), trained(x.contiguous(memory_format=torch.channels_last_3d)),
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_same_seed_same_run(tmp_path, tiny_overrides):
     """The documented command reproduces its run: same seed, same data and losses (same machine and threads)."""
     kw = _tiny(tiny_overrides, save_every=0, pool_size=2, refresh_every=2)
