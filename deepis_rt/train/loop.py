@@ -235,6 +235,9 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
         init = load_init(cfg.init, cfg.voxel_size_um)
         cfg.voxel_size_um, cfg.tile_zyx = init.voxel_size_um, init.tile_zyx
     model = build_model(cfg.preset, **cfg.model_overrides) if init is None else init.model
+    # 3-D convolutions in channels-last order: about 0.7x the step time on CPUs (oneDNN's layout),
+    # the layout tensor cores prefer on GPUs; the weights saved are the same numbers
+    model = model.to(memory_format=torch.channels_last_3d)
     ri_norm = (RI_OFFSET, RI_SCALE) if init is None else (init.ri_offset, init.ri_scale)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.99))
     step, history, elapsed_prev = 0, [], 0.0
@@ -296,7 +299,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
                 g["lr"] = lr
             ri, d, w = random_crop_batch(source.samples(), cfg.batch, cfg.crop_zyx, rng,
                                          focus_fraction=cfg.focus_fraction)
-            x = torch.from_numpy(_normalize(ri, *ri_norm))[:, None]
+            x = torch.from_numpy(_normalize(ri, *ri_norm))[:, None].contiguous(memory_format=torch.channels_last_3d)
             y = torch.from_numpy(d)[:, None]
             wt = torch.from_numpy(w)[:, None]
             opt.zero_grad(set_to_none=True)
