@@ -4,8 +4,9 @@ A validation conjugate (``deepis_rt.validation``, contact radius 3 um) at the mo
 (0.5, 0.25, 0.25) um is segmented by the bundled checkpoint on OpenVINO (CPU); then ``analyze()``
 and the inference are timed, interleaved in one process. With ``--before DIR`` (a source tree of
 an earlier version, e.g. ``git archive <commit> deepis_rt | tar -x -C DIR``), that version's IS-area
-estimator (``analysis/contact.py``) is timed on the same map, interleaved too, so that the ratio
-does not depend on the machine's load.
+estimator (``analysis/contact.py``) is timed on the same map, interleaved too (the two versions take
+turns at running first after each inference), so that the ratio does not depend on the machine's load
+nor on the order.
 
     python benchmarks/is_area_cost.py [--before DIR] [--repeats 5]
 
@@ -56,28 +57,33 @@ def main() -> None:
     current = frame_module.contact_surface
     previous = _old_contact(args.before) if args.before else None
     times: dict[str, list[float]] = {"infer_ms": [], "analyze_ms": [], "analyze_before_ms": []}
-    distance = None
-    for _ in range(args.repeats):
+    versions = [("analyze_ms", current)] + ([("analyze_before_ms", previous)] if previous else [])
+    fa = None
+    for i in range(args.repeats):
         t0 = time.perf_counter()
         distance = seg.segment(ri, vs).distance
         times["infer_ms"].append((time.perf_counter() - t0) * 1e3)
-        t0 = time.perf_counter()
-        fa = analyze(distance, ri, vs)
-        times["analyze_ms"].append((time.perf_counter() - t0) * 1e3)
-        if previous is not None:
-            frame_module.contact_surface = previous
+        # the analysis timed first after an inference runs slower (caches, the runtime's threads
+        # winding down): the versions take turns at going first
+        for key, estimator in versions[i % 2:] + versions[:i % 2]:
+            frame_module.contact_surface = estimator
             try:
                 t0 = time.perf_counter()
-                analyze(distance, ri, vs)
-                times["analyze_before_ms"].append((time.perf_counter() - t0) * 1e3)
+                result = analyze(distance, ri, vs)
+                times[key].append((time.perf_counter() - t0) * 1e3)
             finally:
                 frame_module.contact_surface = current
+            if estimator is current:
+                fa = result
     med = {k: statistics.median(v) for k, v in times.items() if v}
     out = {"frame_shape": list(ri.shape), "voxel_size_um": list(vs), "synapses": len(fa.synapses),
            "median_ms": med, "runs_ms": times, "analyze_over_infer": med["analyze_ms"] / med["infer_ms"],
            "load_average": os.getloadavg(), "machine": describe_machine()}
     if "analyze_before_ms" in med:
         out["analyze_before_over_infer"] = med["analyze_before_ms"] / med["infer_ms"]
+        # per repeat (the two ran on the same map, one after the other), then the median
+        out["analyze_over_before"] = statistics.median(
+            a / b for a, b in zip(times["analyze_ms"], times["analyze_before_ms"], strict=True))
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "is_area_cost.json").write_text(json.dumps(out, indent=1) + "\n")
     m = out["machine"]
@@ -90,6 +96,8 @@ def main() -> None:
     if "analyze_before_ms" in med:
         md.append(f"| analyze(), previous IS-area estimator | {med['analyze_before_ms']:.0f} "
                   f"| {100 * out['analyze_before_over_infer']:.1f} % |")
+        md += ["", f"analyze(), this version / previous: {out['analyze_over_before']:.2f} "
+               "(median of the per-repeat ratios)."]
     flags = " ".join(f for f in (m["cpu_flags"] or []) if f in ("avx2", "avx512f", "avx512_bf16", "amx_tile"))
     md += ["", f"Machine: {m['cpu']}, {m['cpu_cores']} CPUs ({flags}); load average "
            f"{', '.join(f'{x:.1f}' for x in out['load_average'])} (shared machine: ratios, not absolute times).", ""]

@@ -247,6 +247,12 @@ def _border_depth_um(inside: np.ndarray, depth_um: np.ndarray) -> float:
     return float(depth_um[border].min()) if border.any() else 0.0
 
 
+def _voxelised(t_ext: np.ndarray, g_ext: np.ndarray, d: np.ndarray, vs: np.ndarray) -> bool:
+    """Whether the map is a distance transform of voxel masks: both cells' border voxels lie (about) a
+    voxel pitch deep."""
+    return min(_border_depth_um(t_ext, d), _border_depth_um(g_ext, -d)) >= 0.9 * float(vs.min())
+
+
 def _mesh_gap(t_ext: np.ndarray, g_ext: np.ndarray, d: np.ndarray, vs: np.ndarray):
     """The two cells' bisector, meshed: triangles (F, 3, 3) and the gap between the cells at their vertices (F, 3).
 
@@ -349,9 +355,9 @@ def contact_surface(
     # the map's values are read as distances only on a noise-free map that is not a distance transform
     # of voxel masks (whose border voxels all lie a voxel pitch deep: its values say on which voxel a
     # border lies, not where in it); a network's map (noisy) under-reads the distances next to the
-    # interface, which would part the cells early, so there the masks give the gap
-    voxelised = min(_border_depth_um(t_ext, d), _border_depth_um(g_ext, -d)) >= 0.9 * float(vs.min())
-    distances = not voxelised and noise_um <= DISTANCE_MAP_NOISE_UM
+    # interface, which would part the cells early, so there the masks give the gap (and the map, noisy,
+    # is not classified further)
+    distances = noise_um <= DISTANCE_MAP_NOISE_UM and not _voxelised(t_ext, g_ext, d, vs)
     mesh = _mesh_gap(t_ext, g_ext, d, vs) if distances else _mesh_gap_masks(t_ext, g_ext, vs)
     if mesh is None:
         return ContactEstimate()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deepis_rt.analysis import analyze, contact_surface, fit_saturation, saturation, synapse_rows
+from deepis_rt.analysis import contact as contact_module
 from deepis_rt.analysis.contact import area_uncertainty_um2, gap_area_curve
 
 ANISO = (0.4, 0.2, 0.2)
@@ -262,3 +263,18 @@ def test_noisy_maps_take_the_gap_from_the_masks(geometry):
     fa = analyze(noisy, None, vs)
     assert fa.background_noise_um > 1e-3
     assert all(s.is_area_um2 < 0.5 * true for s in fa.synapses)
+
+
+def test_noisy_maps_are_not_classified_as_voxel_masks(geometry, monkeypatch):
+    """Only a noise-free map can be read as distances, so a network's map skips the (costly) check
+    whether it is a distance transform of voxel masks; an exact map is checked."""
+    vs = ANISO
+    d, _ = _conjugate_in_small_box(geometry, vs, 2.0, (0.3, 0.5, 0.81), "exact", on_voxel_row=False)
+    noisy = d + np.random.default_rng(1).normal(0.0, 0.005, d.shape).astype(np.float32)
+    checked = []
+    original = contact_module._voxelised
+    monkeypatch.setattr(contact_module, "_voxelised", lambda *a: checked.append(1) or original(*a))
+    assert analyze(noisy, None, vs).synapses
+    assert not checked
+    assert analyze(d, None, vs).synapses
+    assert checked
