@@ -20,32 +20,18 @@ LAZY_SUFFIXES = (".npy", ".zarr")
 
 def open_field(path: Path, voxel_size_um: tuple[float, float, float] | None, ri_scale: float | None,
                ri_offset: float | None) -> tuple[Any, tuple[float, float, float] | None, dict[str, Any]]:
-    """The field as a region source, its voxel size (None: unknown) and the RI mapping to apply.
+    """The field as a region source, its voxel size (None: unknown) and the RI mapping still to apply.
 
-    ``.npy`` is memory-mapped and a zarr array opened, both read region by region; other formats
-    go through :func:`deepis_rt.io.read_tomogram` (the whole volume, decoded to RI).
+    TCF, OME-Zarr (or any zarr array), ``.npy`` and TIFF/BigTIFF are read region by region
+    (:func:`deepis_rt.io.regions.open_region_source`, which decodes RI itself); other formats go
+    through :func:`deepis_rt.io.read_tomogram` (the whole volume, decoded to RI).
     """
-    import numpy as np
+    from deepis_rt.io.readers import read_tomogram
+    from deepis_rt.io.regions import REGION_SUFFIXES, open_region_source
 
-    from deepis_rt.errors import FileFormatError
-    from deepis_rt.io.readers import read_sidecar, read_tomogram
-
-    if path.suffix == ".npy":
-        try:
-            source = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise FileFormatError(f"segment-field | {path}: not a plain NumPy array ({exc})") from None
-        side = read_sidecar(path).get("voxel_size_um")
-        return source, voxel_size_um or (tuple(side) if side else None), {"ri_scale": ri_scale, "ri_offset": ri_offset}
-    if path.suffix == ".zarr":
-        import zarr
-
-        try:
-            source = zarr.open_array(path, mode="r")
-        except (FileNotFoundError, ValueError, TypeError) as exc:
-            raise FileFormatError(f"segment-field | {path}: not a zarr array ({exc}); give the array's own "
-                                  "folder (e.g. image.zarr/0)") from None
-        return source, voxel_size_um, {"ri_scale": ri_scale, "ri_offset": ri_offset}
+    if path.is_dir() or path.suffix.lower() in REGION_SUFFIXES:
+        source = open_region_source(path, voxel_size_um, ri_scale=ri_scale, ri_offset=ri_offset)
+        return source, source.voxel_size_um, {}
     log.info("segment-field | %s: this format is read whole, then segmented block by block", path)
     tomogram = read_tomogram(path, voxel_size_um, ri_scale=ri_scale, ri_offset=ri_offset)
     return tomogram.ri, tomogram.voxel_size_um, {}
@@ -122,9 +108,13 @@ def segment_field(file: Path, out: Path, max_memory_gb: float | None, model: Pat
         click.echo(f"segment-field: {file.name}, {'x'.join(map(str, source.shape))} voxels, backend "
                    f"{segmenter.backend}", err=True)
         # this process, block after block (with --ray the cluster's workers run the blocks)
-        with segmenter:
-            result = run_field(segmenter, source, vs, out=out, max_memory_gb=max_memory_gb, source=str(file),
-                               progress=not no_progress, **ri)
+        try:
+            with segmenter:
+                result = run_field(segmenter, source, vs, out=out, max_memory_gb=max_memory_gb, source=str(file),
+                                   progress=not no_progress, **ri)
+        finally:
+            if hasattr(source, "close"):  # a region source holds its file open
+                source.close()
     store = out / "field.ome.zarr"
     if result.analysis is not None:
         _write_tables(out, result)
