@@ -545,7 +545,7 @@ def stage_openvino_bf16(args: argparse.Namespace) -> dict[str, Any]:
     if why is not None:
         return {"status": f"skipped: {why}"}
     parity_json = args.work / "openvino-bf16-parity.json"
-    rc = _run([sys.executable, "-m", "deepis_rt.export.precision_parity", "--videos", "1", "--json", str(parity_json),
+    rc = _run([sys.executable, "-m", "deepis_rt.bench.precision_parity", "--videos", "1", "--json", str(parity_json),
                "--markdown", str(args.work / "openvino-bf16-parity.md")], args.budget_s * 0.5,
               args.work / "openvino-bf16.log")
     data: dict[str, Any] = {"parity_status": "ok" if rc == 0 else f"failed (exit {rc})"}

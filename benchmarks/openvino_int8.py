@@ -5,7 +5,7 @@ training draws seeds < 8,000,000, so these are frames of the kind the model was 
 the held-out ones). Evaluation: the held-out synthetic frames (seeds 9,000,000 + i, frames 5, 20, 35,
 50), segmented by the same :class:`deepis_rt.Segmenter` once with OpenVINO FP32 and once with the
 INT8 model; label agreement and distance errors as in the BF16 parity report
-(:mod:`deepis_rt.export.precision_parity`). Speed: one tile per call, FP32 and INT8 alternated
+(:mod:`deepis_rt.bench.precision_parity`). Speed: one tile per call, FP32 and INT8 alternated
 (round-robin, so a change of load on a shared machine hits both alike), median per call.
 
 The rule: INT8 ships only if label agreement >= 99 % on every held-out frame.
@@ -83,7 +83,7 @@ def main() -> None:
 
     from deepis_rt.backends import OpenVINORunner
     from deepis_rt.bench.machine import describe_machine
-    from deepis_rt.export.precision_parity import compare_segmenters, heldout_frames, summarize_parity
+    from deepis_rt.bench.precision_parity import compare_segmenters, heldout_frames, summarize_parity
     from deepis_rt.runtime.backends import onnx_for_checkpoint
     from deepis_rt.runtime.segmenter import Segmenter
     from deepis_rt.runtime.source import resolve_source

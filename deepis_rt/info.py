@@ -1,11 +1,13 @@
 """Describe deepis-rt artefacts (checkpoints, and more as they are added) as plain dicts.
 
-:func:`describe` picks a describer by what the path is. Other modules register
-theirs with :func:`register` (ONNX files, export folders, engines, result folders).
+:func:`describe` picks a describer by what the path is. Other modules list theirs in a
+``DESCRIBERS`` table that :func:`describe` adds on first use (ONNX files, export folders,
+engines), or call :func:`register`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,9 +157,12 @@ def describe(path: str | Path) -> dict[str, Any]:
     # Import modules that register describers of their own (optional parts are skipped).
     for module in _EXTRA_DESCRIBER_MODULES:
         try:
-            __import__(module)
+            extra = importlib.import_module(module).DESCRIBERS
         except ImportError:
-            pass
+            continue
+        for kind, matches, describer in extra:
+            if kind not in {k for k, _, _ in _DESCRIBERS}:
+                register(kind, matches, describer)
     for _kind, matches, describer in _DESCRIBERS:
         if matches(path):
             return describer(path)
@@ -167,5 +172,5 @@ def describe(path: str | Path) -> dict[str, Any]:
     )
 
 
-#: Modules that register further describers when imported.
+#: Modules whose ``DESCRIBERS`` (kind, matches, describer) are added on first use.
 _EXTRA_DESCRIBER_MODULES: list[str] = ["deepis_rt.export.describe"]

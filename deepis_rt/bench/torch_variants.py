@@ -48,7 +48,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _parity(reference: np.ndarray, output: np.ndarray, voxel_size_um: Sequence[float]) -> dict[str, Any]:
-    from deepis_rt.export.precision_parity import label_parity, summarize_parity
+    from deepis_rt.bench.precision_parity import label_parity, summarize_parity
 
     rows = [{"voxels": int(ref[0].size), **label_parity(ref[0], out[0], voxel_size_um)}
             for ref, out in zip(reference, output, strict=True)]

@@ -21,6 +21,8 @@ from scipy import ndimage as ndi
 from deepis_rt.errors import InputError
 
 __all__ = [
+    "LABEL_NAMES",
+    "LABEL_COLORS",
     "LABEL_BACKGROUND",
     "LABEL_TCELL",
     "LABEL_TARGET",
@@ -39,6 +41,11 @@ LABEL_BACKGROUND = 0
 LABEL_TCELL = 1
 LABEL_TARGET = 2
 LABEL_IS = 3
+#: What each label value is, in every output (OME-Zarr ``image-label`` properties, napari, the report).
+LABEL_NAMES = {LABEL_TCELL: "CAR-T", LABEL_TARGET: "target", LABEL_IS: "IS"}
+#: Fixed colour of every label value, RGBA 0-255 (0 transparent): CAR-T green, target magenta, IS yellow.
+LABEL_COLORS = {LABEL_BACKGROUND: (0, 0, 0, 0), LABEL_TCELL: (46, 204, 64, 255), LABEL_TARGET: (240, 18, 190, 255),
+                LABEL_IS: (255, 220, 0, 255)}
 
 #: 6-connected structuring element: one dilation step moves one voxel along an axis
 CROSS = ndi.generate_binary_structure(3, 1)

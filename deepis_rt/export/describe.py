@@ -1,6 +1,6 @@
 """``deepis-rt info`` describers for ONNX files, export folders, engines and engine folders.
 
-Imported by :func:`deepis_rt.info.describe`, which calls the ``register`` lines below. Describing
+Imported by :func:`deepis_rt.info.describe`, which adds the ``DESCRIBERS`` table below. Describing
 never needs TensorRT: engines are described from their manifests, and their checksums are verified.
 """
 
@@ -17,7 +17,6 @@ from deepis_rt.core.meta import EXPORT_FORMAT
 from deepis_rt.errors import EngineCacheError, ExportError, FileFormatError
 from deepis_rt.export.onnx_export import read_onnx_meta
 from deepis_rt.export.pipeline import MANIFEST_NAME, load_manifest
-from deepis_rt.info import register
 
 __all__ = ["describe_onnx", "describe_export", "describe_engine", "describe_engines_dir", "describe_exports_dir"]
 
@@ -171,10 +170,13 @@ def _is_engines_dir(p: Path) -> bool:
     return any(_json_format(j) == "deepis-rt-engine" for j in p.glob("*.json"))
 
 
-register("onnx", lambda p: p.is_file() and p.suffix == ".onnx", describe_onnx)
-register("export", lambda p: (p.is_dir() and _json_format(p / MANIFEST_NAME) == EXPORT_FORMAT)
-         or (p.is_file() and p.suffix == ".json" and _json_format(p) == EXPORT_FORMAT), describe_export)
-register("engine", lambda p: (p.is_file() and p.suffix == ".plan")
-         or (p.is_file() and p.suffix == ".json" and _json_format(p) == "deepis-rt-engine"), describe_engine)
-register("engines", _is_engines_dir, describe_engines_dir)
-register("exports", _is_exports_dir, describe_exports_dir)
+#: (kind, matches, describer) of the paths an export leaves, read by :func:`deepis_rt.info.describe`
+DESCRIBERS = (
+    ("onnx", lambda p: p.is_file() and p.suffix == ".onnx", describe_onnx),
+    ("export", lambda p: (p.is_dir() and _json_format(p / MANIFEST_NAME) == EXPORT_FORMAT)
+     or (p.is_file() and p.suffix == ".json" and _json_format(p) == EXPORT_FORMAT), describe_export),
+    ("engine", lambda p: (p.is_file() and p.suffix == ".plan")
+     or (p.is_file() and p.suffix == ".json" and _json_format(p) == "deepis-rt-engine"), describe_engine),
+    ("engines", _is_engines_dir, describe_engines_dir),
+    ("exports", _is_exports_dir, describe_exports_dir),
+)

@@ -22,8 +22,8 @@ from typing import Any
 
 import zarr
 
+from deepis_rt.core.labels import LABEL_COLORS, LABEL_NAMES
 from deepis_rt.errors import ConfigError
-from deepis_rt.stream.timelapse_store import LABEL_COLORS, LABEL_NAMES
 
 __all__ = ["FieldStore", "STORE_NAME"]
 

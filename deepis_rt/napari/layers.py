@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.core.labels import LABEL_COLORS as CORE_LABEL_COLORS
+from deepis_rt.core.labels import LABEL_NAMES as CORE_LABEL_NAMES
 from deepis_rt.napari.results import RunResults, _dask
 
 __all__ = [
@@ -36,11 +38,10 @@ log = logging.getLogger(__name__)
 LayerData = tuple[Any, dict[str, Any], str]
 
 #: Label values of deepis-rt label volumes and what they are.
-LABEL_NAMES = {0: "background", 1: "CAR-T", 2: "target", 3: "IS"}
-#: Fixed colours (RGBA), the same in every view (and in the OME-Zarr store's ``image-label``): CAR-T
+LABEL_NAMES = {0: "background", **CORE_LABEL_NAMES}
+#: Fixed colours (RGBA 0-1), the same in every view (and in the OME-Zarr store's ``image-label``): CAR-T
 #: green, target magenta, IS yellow; values outside 0-3 grey.
-LABEL_COLORS = {0: (0.0, 0.0, 0.0, 0.0), 1: (46 / 255, 204 / 255, 64 / 255, 1.0), 2: (240 / 255, 18 / 255, 190 / 255, 1.0),
-                3: (1.0, 220 / 255, 0.0, 1.0), None: (0.5, 0.5, 0.5, 1.0)}
+LABEL_COLORS = {**{v: tuple(c / 255 for c in rgba) for v, rgba in CORE_LABEL_COLORS.items()}, None: (0.5, 0.5, 0.5, 1.0)}
 AXES_4D = ("t", "z", "y", "x")
 UNITS_4D = ("second", "micrometer", "micrometer", "micrometer")
 #: RI display range: the medium (1.337) to dense cytoplasm

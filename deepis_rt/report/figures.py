@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from deepis_rt.stream.timelapse_store import LABEL_COLORS
+from deepis_rt.core.labels import LABEL_COLORS
 
 __all__ = ["kinetics_figure", "contact_figure", "mip_tracks_figure", "frame_status_figure", "label_rgba",
            "FIT_COLOR", "STATUS_COLORS"]

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TimelapseStore", "LABEL_NAMES", "LABEL_COLORS", "STORE_NAME", "ZARR_MODES", "frame_interval"]
+from deepis_rt.core.labels import LABEL_COLORS, LABEL_NAMES
+
+__all__ = ["TimelapseStore", "STORE_NAME", "ZARR_MODES", "frame_interval"]
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,6 @@ log = logging.getLogger(__name__)
 STORE_NAME = "timelapse.ome.zarr"
 #: What ``zarr`` settings write: RI and labels, labels only, or no store.
 ZARR_MODES = ("ri+labels", "labels", "off")
-#: Name of every non-zero label value (0 is background).
-LABEL_NAMES = {1: "CAR-T", 2: "target", 3: "IS"}
-#: RGBA colour of every label value (0 transparent).
-LABEL_COLORS = {0: (0, 0, 0, 0), 1: (46, 204, 64, 255), 2: (240, 18, 190, 255), 3: (255, 220, 0, 255)}
 _LABELS_PATH = "labels/segmentation"
 _LAYOUT = 1
 

@@ -476,7 +476,7 @@ def render_frame(p: VideoParams, index: int, with_truth_area: bool = True,
     ri = p.imaging.reconstruct(contrast, acq.voxel_size_um, rng)
     ri += np.float32(medium + p.background_ri)
     if acq is not grid:
-        from deepis_rt.runtime.preprocess import resample
+        from deepis_rt.core.resample import resample
 
         ri = resample(ri, shape)
 

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from deepis_rt.cli import main
+from deepis_rt.core.labels import LABEL_COLORS
 from deepis_rt.errors import InputError
 from deepis_rt.report import write_report
 from deepis_rt.report.figures import FIT_COLOR
-from deepis_rt.stream.timelapse_store import LABEL_COLORS
 
 
 def _has_colour(image: np.ndarray, hex_or_rgb, tol: int = 12, min_pixels: int = 30) -> bool:

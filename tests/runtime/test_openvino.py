@@ -186,7 +186,7 @@ def test_bf16_load_consults_the_report(ov, tiny_checkpoint, onnx_cache, monkeypa
 
 
 def test_label_parity_figures():
-    from deepis_rt.export.precision_parity import label_parity, summarize_parity
+    from deepis_rt.bench.precision_parity import label_parity, summarize_parity
 
     vs = (0.5, 0.25, 0.25)
     ref = np.zeros((8, 16, 16), np.float32)
@@ -205,7 +205,7 @@ def test_label_parity_figures():
 
 
 def test_parity_tool_refuses_cleanly_without_bf16(monkeypatch):
-    from deepis_rt.export import precision_parity as pp
+    from deepis_rt.bench import precision_parity as pp
 
     monkeypatch.setattr(pp, "bf16_parity_report",
                         lambda *a, **k: (_ for _ in ()).throw(BackendError("bf16 parity | no BF16 here")))
@@ -218,7 +218,7 @@ def test_bf16_emulation_rounds_operands_not_accumulation():
     """An emulated convolution equals an exact (float64) one on BF16-rounded input and weights, bias kept."""
     import torch
 
-    from deepis_rt.export.precision_parity import emulate_bf16
+    from deepis_rt.bench.precision_parity import emulate_bf16
 
     torch.manual_seed(0)
     conv = torch.nn.Conv3d(8, 4, 3, padding=1)
@@ -237,7 +237,7 @@ def test_bf16_emulation_rounds_operands_not_accumulation():
 
 
 def test_emulated_report_estimates_but_never_gates(tiny_checkpoint, onnx_cache, tmp_path, caplog):
-    from deepis_rt.export import precision_parity as pp
+    from deepis_rt.bench import precision_parity as pp
 
     lines = []
     out_json = tmp_path / "emulated.json"
@@ -262,7 +262,7 @@ def test_emulated_report_estimates_but_never_gates(tiny_checkpoint, onnx_cache, 
 
 
 def test_parity_report_refused_on_this_cpu_without_bf16(ov, no_bf16):
-    from deepis_rt.export.precision_parity import bf16_parity_report
+    from deepis_rt.bench.precision_parity import bf16_parity_report
 
     with pytest.raises(BackendError, match="cannot measure BF16 here.*AVX512_BF16 or AMX"):
         bf16_parity_report()

@@ -17,10 +17,11 @@ from ome_zarr_models.v04.labels import Labels
 from stream_support import VOXEL, make_segmenter
 
 from deepis_rt.analysis.tables import CELL_COLUMNS, SYNAPSE_COLUMNS
+from deepis_rt.core.labels import LABEL_NAMES
 from deepis_rt.errors import ConfigError
 from deepis_rt.stream import Stream
 from deepis_rt.stream.results import ResultsFolder
-from deepis_rt.stream.timelapse_store import LABEL_NAMES, STORE_NAME, TimelapseStore
+from deepis_rt.stream.timelapse_store import STORE_NAME, TimelapseStore
 
 
 def _run(out, volumes, times, **settings):

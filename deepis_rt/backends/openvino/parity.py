@@ -1,6 +1,6 @@
 """The stored BF16 parity report of a model: where it lives, and what it says about asking for BF16.
 
-The report is measured by ``python -m deepis_rt.export.precision_parity`` (real BF16 inference
+The report is measured by ``python -m deepis_rt.bench.precision_parity`` (real BF16 inference
 against FP32 on held-out frames) and stored beside the model (``<model file>.bf16-parity.json``)
 or in the cache (``<cache>/openvino/parity/<sha256[:16]>.json``). Loading a model in BF16 only
 reads it.
@@ -67,7 +67,7 @@ def warn_if_bf16_disagrees(source: Any, cache_dir: str | Path | None = None) -> 
     found = find_parity_report(source, cache_dir)
     if found is None:
         log.warning("load | precision 'bf16' asked for %s: no measured BF16 parity report for this model; "
-                    "labels may differ from FP32 (python -m deepis_rt.export.precision_parity measures it)",
+                    "labels may differ from FP32 (python -m deepis_rt.bench.precision_parity measures it)",
                     getattr(source, "path", "this model"))
         return False
     path, report = found

@@ -42,7 +42,7 @@ __all__ = ["TorchVariant", "TORCH_VARIANTS", "MIN_LABEL_AGREEMENT", "variant", "
 log = logging.getLogger(__name__)
 
 #: a non-exact variant is picked automatically only with at least this label agreement with FP32
-#: (the rule BF16 on OpenVINO follows: :data:`deepis_rt.export.precision_parity.BF16_MIN_LABEL_AGREEMENT`)
+#: (the rule BF16 on OpenVINO follows: :data:`deepis_rt.bench.precision_parity.BF16_MIN_LABEL_AGREEMENT`)
 MIN_LABEL_AGREEMENT = 0.995
 
 _write_lock = threading.Lock()

@@ -14,7 +14,7 @@ a measured report for that model says the rule is broken, a warning names the re
 Write the report (needs a CPU whose OpenVINO CPU device reports ``BF16``: AVX512_BF16 or AMX;
 elsewhere it stops with a clear error)::
 
-    python -m deepis_rt.export.precision_parity [CHECKPOINT] --json bf16-parity.json --markdown bf16-parity.md
+    python -m deepis_rt.bench.precision_parity [CHECKPOINT] --json bf16-parity.json --markdown bf16-parity.md
 
 The JSON is also stored where :func:`find_parity_report` looks (``<cache>/openvino/parity/``),
 so later ``precision="bf16"`` loads of the same checkpoint are checked against it.
@@ -266,7 +266,7 @@ def format_markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None, out: Callable[[str], None] = print) -> int:  # noqa: D103
-    parser = argparse.ArgumentParser(prog="python -m deepis_rt.export.precision_parity",
+    parser = argparse.ArgumentParser(prog="python -m deepis_rt.bench.precision_parity",
                                      description="BF16 vs FP32 parity of OpenVINO CPU inference on held-out frames.")
     parser.add_argument("checkpoint", nargs="?", default=None, help="checkpoint [default: the bundled one]")
     parser.add_argument("--videos", type=int, default=2, help="held-out videos (4 frames each)")
