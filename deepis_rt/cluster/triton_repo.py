@@ -188,7 +188,8 @@ def _resolve_export(export: Any, precision: str) -> tuple[Path, Path | None, str
     if hasattr(export, "onnx_fp32"):  # deepis_rt.export.ExportResult
         fp32, fp16 = Path(export.onnx_fp32), getattr(export, "onnx_fp16", None)
         name = str(getattr(export, "name", fp32.stem.split(".")[0]))
-        manifest = dict(getattr(export, "manifest", {}) or {})
+        typed = getattr(export, "manifest", None)  # an ExportManifest (a dict from older callers)
+        manifest = typed.to_dict() if hasattr(typed, "to_dict") else dict(typed or {})
         engine = getattr(export, "engine", None)
         if engine is not None and getattr(engine, "path", None):
             plan = Path(engine.path)

@@ -134,6 +134,7 @@ def test_export_cli_writes_repository(export_dir, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from deepis_rt.cli.main import main
+    from deepis_rt.core.meta import ExportManifest
     from deepis_rt.export import pipeline
 
     manifest = json.loads((export_dir / "manifest.json").read_text())
@@ -141,7 +142,7 @@ def test_export_cli_writes_repository(export_dir, tmp_path, monkeypatch):
         entry.update(bytes=1, simplified=False)
     manifest["parity"] = {"reference": "PyTorch FP32 (CPU)", "half_pitch_um": 0.125, "results": []}
     result = pipeline.ExportResult("tiny", export_dir, export_dir / "tiny.fp32.onnx", export_dir / "tiny.fp16.onnx",
-                                   export_dir / "manifest.json", manifest, [])
+                                   export_dir / "manifest.json", ExportManifest.from_dict(manifest), [])
     monkeypatch.setattr(pipeline, "export_model", lambda *a, **k: result)
     ckpt = tmp_path / "tiny.pt"
     ckpt.write_bytes(b"")
