@@ -169,8 +169,9 @@ def assess_field(analysis: FrameAnalysis, store: FieldStore, table: CellTable, r
             edge.add(k)
     seams = seam_planes(plan.tiling.starts, plan.tiling.tile_zyx, plan.shape, store.shape)
     margin = [SEAM_MARGIN_VOXELS * m / v for m, v in zip(model_voxel_size_um, vs, strict=True)]
+    input_only = set(frame_reasons)  # each synapse: the input's reasons and its own, not its neighbours'
     for syn in analysis.synapses:
-        reasons = set(frame_reasons)
+        reasons = set(input_only)
         if syn.tcell_id in edge or syn.target_id in edge:
             reasons.add(CELL_AT_EDGE)
         box = _synapse_box(store, table, syn.tcell_id, syn.target_id)
