@@ -7,17 +7,19 @@ scene is measured three ways with ``analysis.analyze``:
 
     exact      the truth signed distance map (fine-grid distance transform)
     voxelised  ``train.distance_from_labels`` of the truth labels (what annotations give)
-    network    the bundled checkpoint's output (``deepis_rt.load()``, OpenVINO on the CPU)
+    network    a checkpoint's output (the bundled one by default; ``deepis_rt.load()``, OpenVINO on the CPU)
 
 and the table reports per condition: Dice per class (network), IS-area error (median, 90th
 percentile), the uncertainty's coverage (|error| <= 1 and 2 sigma). Two disjoint scene sets:
 ``fit`` (the seeds and conditions the uncertainty model's constants were fitted on) and
 ``test`` (other seeds, other voxel sizes, contact radii, noise levels and blur).
 
-    python benchmarks/is_area_validation.py [--quick] [--cache DIR]
+    python benchmarks/is_area_validation.py [--quick] [--cache DIR] [--checkpoint PT] [--tag NAME]
 
-writes benchmarks/results/is_area_validation.{json,md}. ``--cache`` keeps the rendered scenes and
-network maps (npz) so that a rerun only re-measures them.
+writes benchmarks/results/is_area_validation[-NAME].{json,md}. ``--cache`` keeps the rendered scenes
+(npz) and each checkpoint's network maps (npy, keyed by the checkpoint's checksum) so that a rerun,
+or the same scenes through another checkpoint, renders nothing twice. ``--checkpoint`` measures a
+checkpoint other than the bundled one (a candidate before it is bundled).
 """
 
 from __future__ import annotations
@@ -67,37 +69,45 @@ def scene_list(set_name: str, quick: bool) -> list[dict]:
     return out
 
 
-def render(spec: dict, cache: Path, segmenter) -> list[Path]:
-    """Truth, images and network maps of one scene (cached as npz, one per imaging condition)."""
+def network_path(path: Path, model_tag: str) -> Path:
+    """Where the network map of a cached scene through one checkpoint is kept."""
+    return path.with_name(f"{path.stem}.{model_tag}.npy")
+
+
+def render(spec: dict, cache: Path, segmenter, model_tag: str) -> list[Path]:
+    """Truth and images of one scene (cached as npz, one per imaging condition) and the checkpoint's
+    network maps of them (npy beside each)."""
     paths = []
     truth = scene = None
     for name, overrides in spec["conditions"]:
         path = cache / f"{spec['set']}-{spec['seed']}-{name}.npz"
         paths.append(path)
-        if path.exists():
-            continue
-        if truth is None:
-            scene = make_scene(spec["kind"], spec["contact_radius_um"], spec["voxel_size_um"], spec["seed"])
-            truth = render_truth(scene)
-        imaging = replace(IMAGING_CONDITIONS[name], **overrides)
-        ri = image(truth.ri_object, scene.voxel_size_um, imaging, np.random.default_rng(spec["seed"]))
-        t0 = time.perf_counter()
-        result = segmenter.segment(ri, scene.voxel_size_um, analyze=False)
-        infer_ms = (time.perf_counter() - t0) * 1e3
-        meta = {"set": spec["set"], "kind": spec["kind"], "seed": spec["seed"], "imaging": name,
-                "imaging_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
-                "voxel_size_um": list(scene.voxel_size_um), "contact_radius_um": spec["contact_radius_um"],
-                "true_is_area_um2": truth.is_area_um2, "infer_ms": infer_ms}
-        np.savez_compressed(path, ri=ri.astype(np.float32), network=result.distance.astype(np.float32),
-                            exact=truth.distance_um, labels=truth.labels, meta=json.dumps(meta))
-        log.info("%s: true %.2f um^2 (%s)", path.name, truth.is_area_um2, name)
+        if not path.exists():
+            if truth is None:
+                scene = make_scene(spec["kind"], spec["contact_radius_um"], spec["voxel_size_um"], spec["seed"])
+                truth = render_truth(scene)
+            imaging = replace(IMAGING_CONDITIONS[name], **overrides)
+            ri = image(truth.ri_object, scene.voxel_size_um, imaging, np.random.default_rng(spec["seed"]))
+            meta = {"set": spec["set"], "kind": spec["kind"], "seed": spec["seed"], "imaging": name,
+                    "imaging_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+                    "voxel_size_um": list(scene.voxel_size_um), "contact_radius_um": spec["contact_radius_um"],
+                    "true_is_area_um2": truth.is_area_um2}
+            np.savez_compressed(path, ri=ri.astype(np.float32), exact=truth.distance_um, labels=truth.labels,
+                                meta=json.dumps(meta))
+            log.info("%s: true %.2f um^2 (%s)", path.name, truth.is_area_um2, name)
+        out = network_path(path, model_tag)
+        if not out.exists():
+            z = np.load(path)
+            vs = tuple(json.loads(str(z["meta"]))["voxel_size_um"])
+            result = segmenter.segment(z["ri"], vs, analyze=False)
+            np.save(out, result.distance.astype(np.float32))
     return paths
 
 
 MAPS = ("exact", "voxelised", "network")
 
 
-def measure(path: Path, truth_maps: bool) -> list[dict]:
+def measure(path: Path, truth_maps: bool, model_tag: str) -> list[dict]:
     """One row per map kind: the synapse between the truth's CAR-T and target, its drivers, Dice."""
     from deepis_rt.analysis import analyze
     from deepis_rt.train.data import distance_from_labels
@@ -106,7 +116,7 @@ def measure(path: Path, truth_maps: bool) -> list[dict]:
     meta = json.loads(str(z["meta"]))
     vs = tuple(meta["voxel_size_um"])
     labels = z["labels"]
-    maps = {"network": z["network"]}
+    maps = {"network": np.load(network_path(path, model_tag))}
     if truth_maps:  # they do not depend on the imaging: measured once per scene
         maps.update(exact=z["exact"], voxelised=distance_from_labels(labels, vs))
     rows = []
@@ -215,12 +225,13 @@ def report(rows: list[dict], args) -> None:
     table = [{"set": k[0], "map": k[1], "imaging": k[2], **summarize(v)} for k, v in sorted(groups.items())]
     machine = describe_machine()
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "is_area_validation.json").write_text(json.dumps(
+    stem = "is_area_validation" + (f"-{args.tag}" if args.tag else "")
+    (args.results / f"{stem}.json").write_text(json.dumps(
         {"rows": rows, "table": table, "sigma_fit": fitted, "sigma_constants_in_product": product,
-         "machine": machine, "quick": args.quick}, indent=1, default=float) + "\n")
+         "machine": machine, "quick": args.quick, "checkpoint": args.checkpoint_name}, indent=1, default=float) + "\n")
     md = ["# IS area end to end on the independent validation generator", "",
-          f"`python benchmarks/is_area_validation.py{' --quick' if args.quick else ''}` (bundled checkpoint, "
-          "OpenVINO on the CPU). Maps: exact = truth distance (3x finer grid), voxelised = "
+          f"`python benchmarks/is_area_validation.py{' --quick' if args.quick else ''}` (checkpoint "
+          f"`{args.checkpoint_name}`, OpenVINO on the CPU). Maps: exact = truth distance (3x finer grid), voxelised = "
           "`distance_from_labels(truth labels)`, network = RI -> network. Error = measured / true - 1 over the "
           "detected synapses; bound = +-(0.5 um^2 + 5 %); coverage = share of detected synapses with "
           "|error| <= 1 (2) x `is_area_err_um2`. `fit` scenes fitted the uncertainty's constants, `test` scenes "
@@ -240,7 +251,7 @@ def report(rows: list[dict], args) -> None:
                f"in the product: {product}."]
     md += ["", f"Machine: {machine['cpu']}, {machine['cpu_cores']} CPUs; flags: "
            f"{' '.join(f for f in (machine['cpu_flags'] or []) if f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_tile'))}", ""]
-    (args.results / "is_area_validation.md").write_text("\n".join(md))
+    (args.results / f"{stem}.md").write_text("\n".join(md))
     print("\n".join(md))
 
 
@@ -248,23 +259,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few scenes (smoke run)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/deepis-is-area-validation"))
+    ap.add_argument("--checkpoint", type=Path, default=None, help="checkpoint to measure (default: the bundled one)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (is_area_validation-TAG.*)")
     ap.add_argument("--render-only", action="store_true", help="fill the cache, measure nothing")
     ap.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS), help="scene sets to render")
-    ap.add_argument("--measure-only", action="store_true", help="measure what the cache holds, render nothing")
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import deepis_rt
+    from deepis_rt.core.files import file_sha256
+    from deepis_rt.runtime.source import bundled_checkpoint
 
+    checkpoint = args.checkpoint or bundled_checkpoint()
+    args.checkpoint_name = checkpoint.name
+    model_tag = file_sha256(checkpoint)[:12]
     args.cache.mkdir(parents=True, exist_ok=True)
+    segmenter = deepis_rt.load(checkpoint, backend="openvino-cpu", analyze=False)
     files = []
-    if args.measure_only:
-        files = sorted(args.cache.glob("*.npz"))
-    else:
-        segmenter = deepis_rt.load(None, backend="openvino-cpu", analyze=False)
-        for set_name in args.sets:
-            for spec in scene_list(set_name, args.quick):
-                files += render(spec, args.cache, segmenter)
+    for set_name in args.sets:
+        for spec in scene_list(set_name, args.quick):
+            files += render(spec, args.cache, segmenter, model_tag)
     if args.render_only:
         return
     rows = []
@@ -274,7 +288,7 @@ def main() -> None:
         key = (meta["set"], meta["seed"])
         first = key not in seen
         seen.add(key)
-        rows += measure(path, first)
+        rows += measure(path, first, model_tag)
     report(rows, args)
 
 

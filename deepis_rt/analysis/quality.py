@@ -34,7 +34,7 @@ augmentation.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ from scipy import ndimage as ndi
 __all__ = [
     "QUALITY_OK", "REASONS", "RI_OUT_OF_RANGE", "VOXEL_SIZE_OUT_OF_RANGE", "FLIPS_DISAGREE", "CELL_AT_EDGE",
     "NEAR_TILE_SEAM", "join_reasons", "split_reasons", "quality_summary", "TrainingRange", "describe_training_inputs",
-    "input_reasons", "assess_frame", "cells_at_edge", "flip_voxel_disagreement", "seam_planes", "synapse_box", "box_near_planes",
+    "input_reasons", "assess_frame", "judge_synapses", "cells_at_edge", "flip_voxel_disagreement", "seam_planes", "synapse_box", "box_near_planes",
 ]
 
 QUALITY_OK = "ok"
@@ -277,7 +277,7 @@ def assess_frame(analysis: Any, ri: np.ndarray | None, voxel_size_um: Sequence[f
     seams, seam_margin
         :func:`seam_planes` of the frame's tile plan and how close (input voxels per axis) is "near".
     """
-    from deepis_rt.analysis.flips import area_sigma_with_flips_um2, flip_areas_um2
+    from deepis_rt.analysis.flips import flip_areas_um2
     from deepis_rt.analysis.masks import default_threshold_um
 
     frame_reasons = input_reasons(ri, voxel_size_um, trained)
@@ -285,22 +285,41 @@ def assess_frame(analysis: Any, ri: np.ndarray | None, voxel_size_um: Sequence[f
         frame_reasons.add(FLIPS_DISAGREE)
     if analysis is None:
         return join_reasons(frame_reasons)
-    areas = flip_areas_um2(analysis, flip_analyses) if flip_analyses else [[] for _ in analysis.synapses]
+    areas = flip_areas_um2(analysis, flip_analyses) if flip_analyses else None
     edge = cells_at_edge(analysis.cell_labels)
-    input_only = frame_reasons - {FLIPS_DISAGREE}
-    for syn, flip_areas in zip(analysis.synapses, areas, strict=True):
-        reasons = set(input_only)
-        if flip_areas:
-            syn.is_area_err_um2 = area_sigma_with_flips_um2(syn.is_area_err_um2, flip_areas)
-            if np.std(flip_areas, ddof=1) > FLIP_AREA_TOLERANCE * max(syn.is_area_um2, 1e-9):
-                reasons.add(FLIPS_DISAGREE)
-        if syn.tcell_id in edge or syn.target_id in edge:
-            reasons.add(CELL_AT_EDGE)
-        box = synapse_box(analysis.labels, analysis.cell_labels, syn.tcell_id, syn.target_id)
-        if box is not None and box_near_planes(box, seams, seam_margin):
-            reasons.add(NEAR_TILE_SEAM)
-        syn.quality = join_reasons(reasons)
-        frame_reasons |= reasons
+    frame_reasons |= judge_synapses(
+        analysis.synapses, frame_reasons - {FLIPS_DISAGREE}, edge,
+        lambda syn: synapse_box(analysis.labels, analysis.cell_labels, syn.tcell_id, syn.target_id),
+        seams, seam_margin, areas)
     if edge:
         frame_reasons.add(CELL_AT_EDGE)
     return join_reasons(frame_reasons)
+
+
+def judge_synapses(synapses: Sequence[Any], input_only: set[str], edge: set[int],
+                   box_of: Callable[[Any], tuple[slice, ...] | None], seams: Sequence[Sequence[float]],
+                   seam_margin: Sequence[float], flip_areas: Sequence[Sequence[float]] | None = None) -> set[str]:
+    """Set each synapse's ``quality``: the input's reasons and its own, never a neighbour's.
+
+    Its own: the flips disagree on its area (and its ``is_area_err_um2`` widens by their spread),
+    one of its two cells is in ``edge`` (cut by the field of view), its IS box (``box_of(synapse)``)
+    comes within ``seam_margin`` of a tile seam. Returns every reason found (for the frame's quality).
+    """
+    from deepis_rt.analysis.flips import area_sigma_with_flips_um2
+
+    found: set[str] = set()
+    for k, syn in enumerate(synapses):
+        reasons = set(input_only)
+        areas = flip_areas[k] if flip_areas else ()
+        if areas:
+            syn.is_area_err_um2 = area_sigma_with_flips_um2(syn.is_area_err_um2, areas)
+            if np.std(areas, ddof=1) > FLIP_AREA_TOLERANCE * max(syn.is_area_um2, 1e-9):
+                reasons.add(FLIPS_DISAGREE)
+        if syn.tcell_id in edge or syn.target_id in edge:
+            reasons.add(CELL_AT_EDGE)
+        box = box_of(syn)
+        if box is not None and box_near_planes(box, seams, seam_margin):
+            reasons.add(NEAR_TILE_SEAM)
+        syn.quality = join_reasons(reasons)
+        found |= reasons
+    return found

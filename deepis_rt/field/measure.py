@@ -22,12 +22,11 @@ from deepis_rt.analysis.masks import LABEL_IS, dilate
 from deepis_rt.analysis.measure import surface_area_um2
 from deepis_rt.analysis.quality import (
     CELL_AT_EDGE,
-    NEAR_TILE_SEAM,
     SEAM_MARGIN_VOXELS,
     TrainingRange,
-    box_near_planes,
     input_reasons,
     join_reasons,
+    judge_synapses,
     seam_planes,
 )
 from deepis_rt.field.labels import CellTable
@@ -169,16 +168,9 @@ def assess_field(analysis: FrameAnalysis, store: FieldStore, table: CellTable, r
             edge.add(k)
     seams = seam_planes(plan.tiling.starts, plan.tiling.tile_zyx, plan.shape, store.shape)
     margin = [SEAM_MARGIN_VOXELS * m / v for m, v in zip(model_voxel_size_um, vs, strict=True)]
-    input_only = set(frame_reasons)  # each synapse: the input's reasons and its own, not its neighbours'
-    for syn in analysis.synapses:
-        reasons = set(input_only)
-        if syn.tcell_id in edge or syn.target_id in edge:
-            reasons.add(CELL_AT_EDGE)
-        box = _synapse_box(store, table, syn.tcell_id, syn.target_id)
-        if box is not None and box_near_planes(box, seams, margin):
-            reasons.add(NEAR_TILE_SEAM)
-        syn.quality = join_reasons(reasons)
-        frame_reasons |= reasons
+    frame_reasons |= judge_synapses(analysis.synapses, set(frame_reasons), edge,
+                                    lambda syn: _synapse_box(store, table, syn.tcell_id, syn.target_id),
+                                    seams, margin)
     if edge:
         frame_reasons.add(CELL_AT_EDGE)
     return join_reasons(frame_reasons)

@@ -9,6 +9,7 @@ import pytest
 import zarr
 from field_scenes import VOXEL_SIZE_UM, conjugate_field
 
+from deepis_rt.analysis.quality import CELL_AT_EDGE, split_reasons
 from deepis_rt.errors import InputError
 from deepis_rt.field import FieldStore
 from deepis_rt.field.segment import segment_field
@@ -93,3 +94,23 @@ def test_other_voxel_sizes_are_refused_with_the_fix(fake_segmenter, field_volume
         segment_field(fake_segmenter, field_volume, (0.4, 0.2, 0.2), out=tmp_path)
     with pytest.raises(InputError, match="expected a 3-D volume"):
         segment_field(fake_segmenter, np.zeros((4, 4), np.float32), out=tmp_path)
+
+
+def test_each_synapse_keeps_its_own_quality_in_both_paths(fake_segmenter, tmp_path):
+    """One conjugate cut by the field's X edge, one whole: only the cut one's synapse says cell_at_edge,
+    in the bounded path as in the in-memory one (a synapse must not inherit a neighbour's reasons)."""
+    shape = (24, 64, 96)
+    field = conjugate_field(shape, [(12, 32, 60), (12, 32, 8)])  # the second CAR-T runs past x = 0
+    reference = fake_segmenter.segment(field, VOXEL_SIZE_UM)
+    result = segment_field(fake_segmenter, field, VOXEL_SIZE_UM, out=tmp_path, chunks=(16, 32, 32),
+                           block_zyx=(16, 32, 32))
+    for res in (reference, result):
+        cell_labels = np.asarray(res.analysis.cell_labels)
+        by_x = {}
+        for syn in res.synapses:
+            xs = np.nonzero((cell_labels == syn.tcell_id) | (cell_labels == syn.target_id))[2]
+            by_x["cut" if xs.min() == 0 else "whole"] = split_reasons(syn.quality)
+        assert set(by_x) == {"cut", "whole"}
+        assert by_x["cut"] - by_x["whole"] == {CELL_AT_EDGE} and CELL_AT_EDGE not in by_x["whole"], by_x
+        assert CELL_AT_EDGE in split_reasons(res.quality)
+    assert result.synapses == reference.synapses and result.quality == reference.quality
