@@ -42,6 +42,10 @@ def pytest_report_header(config):
     )
 
 
+#: test folders whose tests share one server, cluster, display or download per test session
+SHARED_PER_SESSION = frozenset({"cluster", "trt_api", "napari"})
+
+
 def pytest_collection_modifyitems(config, items):
     has_cuda = _cuda()
     has_trt = _tensorrt() and has_cuda
@@ -56,6 +60,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_trt)
         elif item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(skip_gpu)
+        # with pytest-xdist (`-n 2 --dist loadgroup`, the CI command): a module's tests run in one worker,
+        # so its module fixtures are made once, and so do the folders that share a session's server,
+        # cluster or display (one Ray cluster on loopback, one Triton server, one Xvfb)
+        folder = item.path.parent.name
+        group = folder if folder in SHARED_PER_SESSION else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -31,16 +31,22 @@ with the local gap between the cells read on it (:func:`contact_surface`):
 5. **In contact or not.** The cells touch when ``g_ref <= touch_gap_um`` (half the smallest voxel
    edge): two cells a voxel apart are not in contact.
 
-Uncertainty (:func:`area_uncertainty_um2`, one sigma): the rim's position is uncertain by a
-fraction of a voxel, plus the distance over which the gap stays below what the map resolves --
-a voxel (or the map's noise) divided by the opening rate of the gap at the rim (``rim_slope``):
-a contact whose surfaces part slowly (a small contact between large cells, a flat cell on a flat
-target) has a poorly defined rim, and a network's map fills the narrow wedge around it. Times
-the perimeter, plus a relative term and the rim's ambiguity (how much the area read at a fixed
-small gap differs from the extrapolation). The constants are fitted end to end (RI -> network
--> analyze) on one set of validation scenes (``benchmarks/is_area_validation.py``) and checked
-on a disjoint one. Test-time augmentation widens it with the spread of the areas across flips
-(:func:`deepis_rt.analysis.flips.area_sigma_with_flips_um2`).
+Uncertainty (:func:`area_uncertainty_um2`, one sigma), in two parts:
+
+- **the estimator's own**, on any map: a relative term and the rim's position, a fraction of a
+  voxel, times the perimeter. Fitted on noise-free maps (exact and voxel-mask distance maps), where
+  it is all there is.
+- **the network's**, added on a network's map (a map with background noise): where a network puts
+  the rim is uncertain by about a voxel divided by the opening rate of the gap at the rim
+  (``rim_slope``) -- a contact whose surfaces part slowly (a small contact between large cells, a
+  flat cell on a flat target) has a poorly defined rim, and a network fills the narrow wedge around
+  it -- plus the map's noise over the same rate, and a relative term for how well the network
+  segments the cells at all.
+
+Both parts' constants are fitted end to end (RI -> network -> analyze) on one set of validation
+scenes (``benchmarks/is_area_validation.py``, which prints the fitted values) and checked on a
+disjoint one; the network's part describes the bundled checkpoint. Test-time augmentation widens it
+with the spread of the areas across flips (:func:`deepis_rt.analysis.flips.area_sigma_with_flips_um2`).
 """
 
 from __future__ import annotations
@@ -72,16 +78,18 @@ SMOOTH_VOXELS = 0.6
 RIM_FIT_VOXELS = (0.5, 2.0)
 #: the gap (voxel pitches above g_ref) at which the rim's ambiguity is read
 AMBIGUITY_GAP_VOXELS = 0.5
-#: uncertainty model (one sigma), fitted by benchmarks/is_area_validation.py on its "fit" scenes
-#: (network output of the bundled checkpoint): relative term, rim position (fraction of the voxel
-#: pitch), resolution (voxels per unit opening rate), noise gain, weight of the rim's ambiguity (the
-#: fit gives it none on that data; kept so that a refit can), floor (um^2)
-ERR_REL = 0.12
-ERR_RIM_VOXELS = 0.1
+#: uncertainty (one sigma), fitted by benchmarks/is_area_validation.py on its "fit" scenes.
+#: The estimator's own (every map; fitted on the exact and voxel-mask maps): relative term, rim
+#: position (fraction of the voxel pitch), floor (um^2)
+ERR_REL = 0.02
+ERR_RIM_VOXELS = 0.5
+ERR_FLOOR_UM2 = 0.15
+#: the network's, added on its maps (fitted on the bundled checkpoint's maps): relative term, rim
+#: smear (voxels per unit opening rate), noise gain, weight of the rim's ambiguity
+ERR_NET_REL = 0.16
 ERR_RESOLUTION_VOXELS = 1.5
 ERR_NOISE_GAIN = 1.0
 ERR_AMBIGUITY = 0.0
-ERR_FLOOR_UM2 = 0.15
 #: reach of each cell's signed distance: this many of the smallest voxel edges, at least
 #: ``REACH_COARSE_VOXELS`` of the largest (two voxel steps along every axis: the rim fit reads gaps up
 #: to 2.5 voxel pitches along the contact's normal)
@@ -188,22 +196,23 @@ def area_uncertainty_um2(area_um2: float, voxel_size_um: Sequence[float], noise_
                          rim_slope: float = math.nan, rim_ambiguity_um2: float = 0.0) -> float:
     """One-sigma uncertainty of a contact area from what drives its error.
 
-    ``sqrt(floor^2 + (rel A)^2 + (P s_rim)^2 + (w_amb ambiguity)^2)`` with the disc-equivalent
-    perimeter ``P = 2 sqrt(pi A)`` and the rim-position uncertainty
-    ``s_rim = h (ERR_RIM_VOXELS + ERR_RESOLUTION_VOXELS / slope) (+) ERR_NOISE_GAIN noise / slope``
-    (``h`` the mean voxel edge, ``slope`` the gap's opening rate at the rim, floored at
-    ``MIN_RIM_SLOPE``; 0.5 when unknown).
+    The estimator's part, on every map: ``floor^2 + (ERR_REL A)^2 + (P h ERR_RIM_VOXELS)^2``
+    with the disc-equivalent perimeter ``P = 2 sqrt(pi A)`` and ``h`` the mean voxel edge. On a
+    network's map (``noise_um`` above :data:`DISTANCE_MAP_NOISE_UM`) the network's part is added:
+    ``(ERR_NET_REL A)^2 + (P s_net)^2 + (ERR_AMBIGUITY ambiguity)^2`` with the rim's smear
+    ``s_net = h ERR_RESOLUTION_VOXELS / slope (+) ERR_NOISE_GAIN noise / slope`` (``slope`` the gap's
+    opening rate at the rim, floored at ``MIN_RIM_SLOPE``; 0.5 when unknown).
     """
     if not area_um2 > 0:
         return 0.0
     h = float(np.mean(voxel_size_um))
-    slope = max(rim_slope if math.isfinite(rim_slope) else 0.5, MIN_RIM_SLOPE)
-    s_rim = h * (ERR_RIM_VOXELS + ERR_RESOLUTION_VOXELS / slope)
-    if noise_um > 0:
-        s_rim = math.hypot(s_rim, ERR_NOISE_GAIN * noise_um / slope)
     perimeter = 2.0 * math.sqrt(math.pi * area_um2)
-    return float(math.sqrt(ERR_FLOOR_UM2**2 + (ERR_REL * area_um2) ** 2 + (perimeter * s_rim) ** 2
-                           + (ERR_AMBIGUITY * rim_ambiguity_um2) ** 2))
+    var = ERR_FLOOR_UM2**2 + (ERR_REL * area_um2) ** 2 + (perimeter * h * ERR_RIM_VOXELS) ** 2
+    if noise_um > DISTANCE_MAP_NOISE_UM:
+        slope = max(rim_slope if math.isfinite(rim_slope) else 0.5, MIN_RIM_SLOPE)
+        s_net = math.hypot(h * ERR_RESOLUTION_VOXELS / slope, ERR_NOISE_GAIN * noise_um / slope)
+        var += (ERR_NET_REL * area_um2) ** 2 + (perimeter * s_net) ** 2 + (ERR_AMBIGUITY * rim_ambiguity_um2) ** 2
+    return float(math.sqrt(var))
 
 
 def _ball_offsets(vs: np.ndarray, reach_um: float) -> tuple[np.ndarray, np.ndarray]:

@@ -19,10 +19,13 @@ from scipy.optimize import OptimizeWarning, curve_fit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KineticFit", "fit_saturation", "saturation"]
+__all__ = ["KineticFit", "fit_saturation", "saturation", "parameter_text"]
 
 #: fewer points than this cannot constrain two parameters with an uncertainty
 MIN_POINTS = 3
+#: a fit whose A_max or tau_half is uncertain by more than this fraction of itself does not constrain
+#: it: the points do not level off within the recording (displays say "not constrained")
+MAX_REL_ERROR = 1.0
 
 
 def saturation(t_s: np.ndarray, a_max: float, tau_half_s: float) -> np.ndarray:
@@ -44,8 +47,10 @@ class KineticFit:
     (about 1) or are too small (much above 1). ``onset_offset_s`` is the fitted
     onset relative to the first sample (<= 0; 0 when not fitted): ``predict`` and
     the law use ``t - onset_offset_s``; ``onset_offset_err_s`` is its one-sigma
-    spread when the onset was treated as an interval. On failure the numbers are NaN,
-    ``success`` is False and ``message`` says why.
+    spread when the onset was treated as an interval. ``constrained`` is False when A_max or
+    tau_half is uncertain by more than :data:`MAX_REL_ERROR` of itself (``message`` names it): the
+    numbers are then no measurement, and displays say "not constrained" instead of showing them.
+    On failure the numbers are NaN, ``success`` is False and ``message`` says why.
     """
 
     a_max: float = math.nan
@@ -60,6 +65,7 @@ class KineticFit:
     chi2_reduced: float = math.nan
     onset_offset_s: float = 0.0
     onset_offset_err_s: float = math.nan
+    constrained: bool = False
 
     def predict(self, t_s: np.ndarray) -> np.ndarray:
         """The fitted curve at times ``t_s`` from onset (NaN when the fit failed)."""
@@ -72,6 +78,19 @@ class KineticFit:
         return {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()
         }
+
+
+def parameter_text(value: float | None, err: float | None, unit: str = "", pm: str = "+-", digits: int = 1) -> str:
+    """A fitted parameter for display: ``"77.5 +- 30.5 um^2"``, or ``"not constrained (...)"`` when
+    its error exceeds :data:`MAX_REL_ERROR` of it (or is unknown), ``"-"`` when there is none."""
+    unit = f" {unit}" if unit else ""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if err is None or not math.isfinite(err):
+        return f"not constrained ({value:.3g}{unit}, no error)"
+    if err > MAX_REL_ERROR * abs(value):
+        return f"not constrained ({value:.3g} {pm} {err:.2g}{unit})"
+    return f"{value:.{digits}f} {pm} {err:.{digits}f}{unit}"
 
 
 def _shifted(t_s: np.ndarray, a_max: float, tau_half_s: float, t0_s: float) -> np.ndarray:
@@ -111,7 +130,8 @@ def fit_saturation(
     -------
     KineticFit
         With ``success=False`` (not an exception) for fewer than 3 usable
-        points, no time span, no value above 0, or a fit that does not converge.
+        points, no time span, no value above 0, or a fit that does not converge;
+        ``constrained=False`` when a parameter's error exceeds :data:`MAX_REL_ERROR` of it.
 
     Notes
     -----
@@ -169,6 +189,12 @@ def fit_saturation(
     elif sig is not None and chi2 > 1:
         errs = errs * math.sqrt(chi2)
     err = [float(e) if np.isfinite(e) else math.nan for e in errs]
+    loose = [name for name, e, p in zip(("A_max", "tau_half"), err, params, strict=True)
+             if not e <= MAX_REL_ERROR * p]
+    message = "ok"
+    if loose:
+        message = (f"{' and '.join(loose)} not constrained (an error above {MAX_REL_ERROR:.0%} of the value): the "
+                   "points do not level off within the recording, or their uncertainties are too wide to tell")
     return KineticFit(
         a_max=float(params[0]),
         a_max_err=err[0],
@@ -177,7 +203,8 @@ def fit_saturation(
         r_squared=r2,
         n_points=n,
         success=True,
-        message="ok",
+        message=message,
+        constrained=not loose,
         weighted=sig is not None,
         chi2_reduced=chi2,
         onset_offset_s=float(t0),

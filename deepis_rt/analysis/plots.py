@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepis_rt.analysis.kinetics import KineticFit, fit_saturation
+from deepis_rt.analysis.kinetics import KineticFit, fit_saturation, parameter_text
 from deepis_rt.analysis.tracking import SynapseHistory, SynapseTracker
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,8 @@ def _fit_label(fit: KineticFit, unit: str) -> str:
     if not fit.success:
         return f"fit: {re.sub(r'[;:].*', '', fit.message)}"
     return (
-        f"fit $A_{{max}}$ = {fit.a_max:.1f} ± {fit.a_max_err:.1f} {unit}, "
-        f"$\\tau_{{1/2}}$ = {fit.tau_half_s:.1f} ± {fit.tau_half_err_s:.1f} s, $R^2$ = {fit.r_squared:.2f}"
+        f"fit $A_{{max}}$ = {parameter_text(fit.a_max, fit.a_max_err, unit, pm='±')}, "
+        f"$\\tau_{{1/2}}$ = {parameter_text(fit.tau_half_s, fit.tau_half_err_s, 's', pm='±')}, $R^2$ = {fit.r_squared:.2f}"
     )
 
 

@@ -49,6 +49,9 @@ EVENT_KINDS = ("formed", "lost", "re-formed", "area_threshold_crossed")
 #: a synapse in contact from the tracker's first frame formed before it, at most this many observed
 #: durations earlier as far as the kinetics fit looks (its errors then say how well tau_half is known)
 UNOBSERVED_ONSET_SPANS = 10.0
+#: a first area within this many of its sigmas of zero says the contact has just formed (the area
+#: rises from zero at the onset), even when no frame without it came before
+JUST_FORMED_SIGMAS = 2.0
 #: reasons that take a point out of the kinetic fit (no number says how far off it is); a point whose
 #: flips disagree stays in, weighted by its widened ``is_area_err_um2``
 EXCLUDING_REASONS = frozenset({RI_OUT_OF_RANGE, VOXEL_SIZE_OUT_OF_RANGE, CELL_AT_EDGE, NEAR_TILE_SEAM})
@@ -123,8 +126,8 @@ class SynapseSummary:
     max_is_area_um2: float
     area_fit: KineticFit
     displacement_fit: KineticFit
-    #: False when the fitted contact was present from the tracker's first frame: its onset is then not
-    #: observed, and the area fit looked for it further back
+    #: False when the fitted contact was present from the tracker's first frame with an area clearly
+    #: above zero: its onset is then not observed, and the area fit looked for it further back
     onset_observed: bool = True
     #: contacts of this pair: a separation of more frames than the tracker's ``max_gap_frames`` starts a
     #: new one (a shorter dropout does not)
@@ -418,26 +421,34 @@ class SynapseTracker:
         starts = [0] + [int(i) + 1 for i in np.flatnonzero(between > self.max_gap_frames)]
         return [slice(a, b) for a, b in zip(starts, starts[1:] + [t.size], strict=True)]
 
-    def _onset_observed(self, onset_s: float) -> bool:
-        """Whether the tracker saw a frame before a contact's first frame."""
-        return bool((np.asarray(self._frame_times_s, dtype=float) < onset_s).any())
+    def _onset_observed(self, onset_s: float, first_area_um2: float = math.nan,
+                        first_sigma_um2: float = math.nan) -> bool:
+        """Whether the contact's onset is seen: the tracker saw a frame before its first frame, or its
+        first area is indistinguishable from zero (it formed then)."""
+        return bool((np.asarray(self._frame_times_s, dtype=float) < onset_s).any()
+                    or _just_formed(first_area_um2, first_sigma_um2))
 
     def _last_frame_before(self, onset_s: float) -> float | None:
         times = np.asarray(self._frame_times_s, dtype=float)
         before = times[times < onset_s]
         return float(before.max()) if before.size else None
 
-    def _onset_window_s(self, onset_s: float, time_s: Sequence[float]) -> float:
+    def _onset_window_s(self, onset_s: float, time_s: Sequence[float], first_area_um2: float = math.nan,
+                        first_sigma_um2: float = math.nan) -> float:
         """How long before its first frame (``onset_s``) a contact observed at ``time_s`` may have formed."""
         times = np.asarray(self._frame_times_s, dtype=float)
         before = times[times < onset_s]
         if before.size:  # within the interval since the last frame without contact
             return float(onset_s - before.max())
+        steps = np.diff(time_s)
+        step = float(np.median(steps)) if steps.size else 0.0
+        if _just_formed(first_area_um2, first_sigma_um2):
+            # in contact from the first frame, but with an area indistinguishable from zero: it formed
+            # about then, within one interval as if a frame without it had come before
+            return step
         # in contact from the first frame: formed at an unknown time before it. Bounding the onset
         # by one interval there would force a short tau_half with confident errors; the fit looks
         # much further back instead, and its errors grow where the data cannot pin the onset down
-        steps = np.diff(time_s)
-        step = float(np.median(steps)) if steps.size else 0.0
         span = float(time_s[-1] - time_s[0]) if len(time_s) > 1 else 0.0
         return max(step, UNOBSERVED_ONSET_SPANS * span)
 
@@ -470,9 +481,9 @@ class SynapseTracker:
                     n_frames=len(h.time_s),
                     max_is_area_um2=float(np.nanmax(h.is_area_um2)),
                     area_fit=fit_saturation(t_rel[keep], area[keep], sigma=sigma[keep],
-                                            onset_window_s=self._onset_window_s(fit_onset, time_s)),
+                                            onset_window_s=self._onset_window_s(fit_onset, time_s, area[0], sigma[0])),
                     displacement_fit=fit_saturation(t_rel, displacement),
-                    onset_observed=self._onset_observed(fit_onset),
+                    onset_observed=self._onset_observed(fit_onset, area[0], sigma[0]),
                     episodes=len(episodes),
                     fit_onset_s=fit_onset,
                     onset_interval_s=(self._last_frame_before(fit_onset), fit_onset),
@@ -482,6 +493,12 @@ class SynapseTracker:
                 )
             )
         return out
+
+
+def _just_formed(area_um2: float, sigma_um2: float) -> bool:
+    """Whether a contact's area is within :data:`JUST_FORMED_SIGMAS` of its sigmas of zero."""
+    return bool(math.isfinite(area_um2) and math.isfinite(sigma_um2) and sigma_um2 > 0
+                and area_um2 <= JUST_FORMED_SIGMAS * sigma_um2)
 
 
 def _fit_points(frames: Sequence[int], quality: Sequence[str]) -> tuple[np.ndarray, list[int], str, str]:

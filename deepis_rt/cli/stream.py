@@ -226,13 +226,17 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
     if lat["n"]:
         click.echo(f"latency file-complete -> results written: p50 {lat['p50']:.0f} ms, "
                    f"p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms")
+    from deepis_rt.analysis.kinetics import parameter_text
+
     syns = summary.get("synapses") or []
     click.echo(f"synapses: {len(syns)}")
     for s in syns:
         amax, tau, r2 = s.get("A_max_um2"), s.get("tau_half_s"), s.get("r_squared")
-        kin = (f"A_max {amax:.1f} um^2, tau_half {tau:.1f} s"
+        kin = (f"A_max {parameter_text(amax, s.get('A_max_err_um2'), 'um^2')}, "
+               f"tau_half {parameter_text(tau, s.get('tau_half_err_s'), 's')}"
                + (f" (R^2 {r2:.2f})" if r2 is not None else "")
-               if amax is not None and tau is not None else "no kinetic fit (too few points)")
+               if amax is not None and tau is not None
+               else f"no kinetic fit ({(s.get('area_fit') or {}).get('message') or 'too few points'})")
         onset = s.get("onset_s")
         onset_txt = f"{onset:.1f} s" if onset is not None else "-"
         if s.get("onset_observed") is False:
@@ -244,12 +248,12 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
     truth = summary.get("truth")
     if truth:
         def _txt(entry: dict, unit: str) -> str:
-            fitted, err = entry.get("fitted"), entry.get("fit_err")
-            got = "-" if fitted is None else f"{fitted:.1f}" + ("" if err is None else f" +- {err:.1f}")
+            got = parameter_text(entry.get("fitted"), entry.get("fit_err"))
             rel = entry.get("rel_error")
             true = entry.get("true")
             true_txt = "-" if true is None else f"{true:.1f}"
-            return f"true {true_txt} {unit}, fitted {got}" + ("" if rel is None else f" ({100 * rel:+.0f} %)")
+            shown = rel is not None and not got.startswith("not constrained")
+            return f"true {true_txt} {unit}, fitted {got}" + (f" ({100 * rel:+.0f} %)" if shown else "")
 
         click.echo(f"synthetic truth: A_max {_txt(truth['A_max_um2'], 'um^2')}; "
                    f"tau_half {_txt(truth['tau_half_s'], 's')}")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.analysis.kinetics import parameter_text
 from deepis_rt.core.labels import LABEL_COLORS
 
 __all__ = ["kinetics_figure", "contact_figure", "mip_tracks_figure", "frame_status_figure", "label_rgba",
@@ -74,8 +75,8 @@ def kinetics_figure(path: Path, synapse: Mapping[str, Any], rows: Sequence[Mappi
         tt = np.linspace(t0, max(float(t.max()), t0 + 1e-6), 200)
         weighted = (synapse.get("area_fit") or {}).get("weighted")
         a_err, tau_err = synapse.get("A_max_err_um2"), synapse.get("tau_half_err_s")
-        a_txt = f"{a_max:.1f}" + ("" if a_err is None else f" ± {a_err:.1f}")
-        tau_txt = f"{tau:.1f}" + ("" if tau_err is None else f" ± {tau_err:.1f}")
+        a_txt = parameter_text(a_max, a_err, pm="±")
+        tau_txt = parameter_text(tau, tau_err, pm="±")
         ax_a.plot(tt, _saturation(tt, a_max, tau, t0), "-", lw=2.2, color=FIT_COLOR,
                   label=f"{'weighted ' if weighted else ''}fit: A_max {a_txt} µm², τ½ {tau_txt} s")
         if a_err is not None and tau_err is not None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from deepis_rt.analysis.kinetics import parameter_text
 from deepis_rt.core.files import atomic_write
 from deepis_rt.report import figures
 from deepis_rt.report.slices import contact_planes, mip
@@ -120,8 +121,8 @@ def _synapse_table(synapses: list[Mapping[str, Any]]) -> str:
     rows = []
     for s in synapses:
         onset = _fmt(s.get("onset_s")) + (" (formed earlier)" if s.get("onset_observed") is False else "")
-        a = _fmt(s.get("A_max_um2")) + ("" if s.get("A_max_err_um2") is None else f" ± {s['A_max_err_um2']:.1f}")
-        tau = _fmt(s.get("tau_half_s")) + ("" if s.get("tau_half_err_s") is None else f" ± {s['tau_half_err_s']:.1f}")
+        a = html.escape(parameter_text(s.get("A_max_um2"), s.get("A_max_err_um2"), pm="±"))
+        tau = html.escape(parameter_text(s.get("tau_half_s"), s.get("tau_half_err_s"), pm="±"))
         rows.append(f"<tr><td>{_fmt(s.get('synapse_id'))}</td><td>{_fmt(s.get('tcell_track'))} / "
                     f"{_fmt(s.get('target_track'))}</td><td>{onset}</td><td>{_fmt(s.get('n_frames'))}</td>"
                     f"<td>{a}</td><td>{tau}</td><td>{_fmt(s.get('r_squared'), 2)}</td></tr>")
@@ -133,8 +134,8 @@ def _truth_table(truth: Mapping[str, Any]) -> str:
     for key, name, unit in (("A_max_um2", "A<sub>max</sub>", "µm²"), ("tau_half_s", "τ<sub>½</sub>", "s")):
         e = truth.get(key) or {}
         rel, err = e.get("rel_error"), e.get("fit_err")
-        rows.append(f"<tr><td>{name} ({unit})</td><td>{_fmt(e.get('true'))}</td><td>{_fmt(e.get('fitted'))}"
-                    f"{'' if err is None else f' ± {err:.1f}'}</td>"
+        rows.append(f"<tr><td>{name} ({unit})</td><td>{_fmt(e.get('true'))}</td>"
+                    f"<td>{html.escape(parameter_text(e.get('fitted'), err, pm='±'))}</td>"
                     f"<td>{'–' if rel is None else f'{100 * rel:+.0f} %'}</td></tr>")
     return ("<table><tr><th></th><th>truth</th><th>fit</th><th>error</th></tr>" + "".join(rows) + "</table>"
             f"<p>Compared: synapse {_fmt(truth.get('synapse_id'))} (the one followed longest).</p>")

@@ -171,6 +171,42 @@ def test_synapse_in_contact_from_the_first_frame_is_not_fitted_as_if_it_formed_t
     assert fit.onset_offset_s == pytest.approx(-formed_before_s, abs=max(10.0, 3 * fit.tau_half_err_s))
 
 
+def test_a_first_area_indistinguishable_from_zero_means_the_contact_has_just_formed():
+    """In contact from the first frame, but at 1.9 +- 5.8 um^2 (the demo's first frame): the contact
+    formed then, not long before. Its onset counts as observed, within one interval, and the fit
+    recovers the kinetics with the truth inside its errors (with the onset free far back it gave
+    A_max 1e8 um^2)."""
+    rng = np.random.default_rng(3)
+    cells = [("tcell", (8.0, 10.0, 10.0), 250.0), ("target", (8.0, 25.0, 10.0), 900.0)]
+    t = np.arange(0.0, 63.0, 3.2)
+    sigma = 4.0
+    area = saturation(t + 0.5, 77.0, 24.0) + rng.normal(0, sigma, t.size)
+    area[0] = 1.9
+    tr = SynapseTracker()
+    for k, tk in enumerate(t):
+        f = frame(cells, [(0, 1, area[k])])
+        f.synapses[0].is_area_err_um2 = sigma
+        tr.update(f, time_s=tk)
+    (s,) = tr.summary()
+    assert s.onset_observed is True
+    fit = s.area_fit
+    assert fit.success and fit.constrained and -3.2 <= fit.onset_offset_s <= 0.0
+    assert abs(fit.a_max - 77.0) <= 2 * fit.a_max_err and abs(fit.tau_half_s - 24.0) <= 2 * fit.tau_half_err_s
+
+
+def test_a_fit_that_does_not_constrain_its_parameters_says_so():
+    """A contact still rising linearly: A_max and tau_half run off together; the fit says it is not
+    constrained, and the display says so instead of showing the number."""
+    from deepis_rt.analysis.kinetics import fit_saturation, parameter_text
+
+    t = np.arange(0.0, 30.0, 3.0)
+    fit = fit_saturation(t, 2.0 * t + 1.0, sigma=np.full(t.size, 3.0), onset_window_s=300.0)
+    assert fit.success and not fit.constrained and "not constrained" in fit.message
+    assert parameter_text(fit.a_max, fit.a_max_err, "um^2").startswith("not constrained (")
+    assert parameter_text(77.5, 3.0, "um^2") == "77.5 +- 3.0 um^2"
+    assert parameter_text(None, None) == "-"
+
+
 def test_a_synapse_that_forms_while_recording_has_an_observed_onset():
     tr = SynapseTracker()
     cells = [("tcell", (8.0, 10.0, 10.0), 250.0), ("target", (8.0, 25.0, 10.0), 900.0)]
