@@ -173,7 +173,7 @@ def coverage(rows: list[dict], sig: np.ndarray) -> tuple[float, float]:
 
 
 ESTIMATOR_CONSTANTS = ("ERR_REL", "ERR_RIM_VOXELS")
-NETWORK_CONSTANTS = ("ERR_NET_REL", "ERR_RESOLUTION_VOXELS", "ERR_AMBIGUITY")
+NETWORK_CONSTANTS = ("ERR_NET_REL", "ERR_NET_RESOLUTION_VOXELS", "ERR_NET_AMBIGUITY")
 
 
 def _grid_fit(rows: list[dict], grid: dict, fixed: dict) -> dict:
@@ -206,8 +206,8 @@ def fit_sigma(rows: list[dict]) -> dict:
     network = [r for r in rows if r["map"] == "network"]
     if network:
         out["network"] = _grid_fit(network, {"ERR_NET_REL": (0.0, 0.03, 0.05, 0.08, 0.12, 0.16, 0.2, 0.3),
-                                             "ERR_RESOLUTION_VOXELS": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
-                                             "ERR_AMBIGUITY": (0.0, 0.5, 1.0, 2.0)}, fixed)
+                                             "ERR_NET_RESOLUTION_VOXELS": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+                                             "ERR_NET_AMBIGUITY": (0.0, 0.5, 1.0, 2.0)}, fixed)
     return out
 
 

@@ -87,9 +87,9 @@ ERR_FLOOR_UM2 = 0.15
 #: the network's, added on its maps (fitted on the bundled checkpoint's maps): relative term, rim
 #: smear (voxels per unit opening rate), noise gain, weight of the rim's ambiguity
 ERR_NET_REL = 0.16
-ERR_RESOLUTION_VOXELS = 1.5
-ERR_NOISE_GAIN = 1.0
-ERR_AMBIGUITY = 0.0
+ERR_NET_RESOLUTION_VOXELS = 1.5
+ERR_NET_NOISE_GAIN = 1.0
+ERR_NET_AMBIGUITY = 0.0
 #: reach of each cell's signed distance: this many of the smallest voxel edges, at least
 #: ``REACH_COARSE_VOXELS`` of the largest (two voxel steps along every axis: the rim fit reads gaps up
 #: to 2.5 voxel pitches along the contact's normal)
@@ -199,8 +199,8 @@ def area_uncertainty_um2(area_um2: float, voxel_size_um: Sequence[float], noise_
     The estimator's part, on every map: ``floor^2 + (ERR_REL A)^2 + (P h ERR_RIM_VOXELS)^2``
     with the disc-equivalent perimeter ``P = 2 sqrt(pi A)`` and ``h`` the mean voxel edge. On a
     network's map (``noise_um`` above :data:`DISTANCE_MAP_NOISE_UM`) the network's part is added:
-    ``(ERR_NET_REL A)^2 + (P s_net)^2 + (ERR_AMBIGUITY ambiguity)^2`` with the rim's smear
-    ``s_net = h ERR_RESOLUTION_VOXELS / slope (+) ERR_NOISE_GAIN noise / slope`` (``slope`` the gap's
+    ``(ERR_NET_REL A)^2 + (P s_net)^2 + (ERR_NET_AMBIGUITY ambiguity)^2`` with the rim's smear
+    ``s_net = h ERR_NET_RESOLUTION_VOXELS / slope (+) ERR_NET_NOISE_GAIN noise / slope`` (``slope`` the gap's
     opening rate at the rim, floored at ``MIN_RIM_SLOPE``; 0.5 when unknown).
     """
     if not area_um2 > 0:
@@ -210,8 +210,8 @@ def area_uncertainty_um2(area_um2: float, voxel_size_um: Sequence[float], noise_
     var = ERR_FLOOR_UM2**2 + (ERR_REL * area_um2) ** 2 + (perimeter * h * ERR_RIM_VOXELS) ** 2
     if noise_um > DISTANCE_MAP_NOISE_UM:
         slope = max(rim_slope if math.isfinite(rim_slope) else 0.5, MIN_RIM_SLOPE)
-        s_net = math.hypot(h * ERR_RESOLUTION_VOXELS / slope, ERR_NOISE_GAIN * noise_um / slope)
-        var += (ERR_NET_REL * area_um2) ** 2 + (perimeter * s_net) ** 2 + (ERR_AMBIGUITY * rim_ambiguity_um2) ** 2
+        s_net = math.hypot(h * ERR_NET_RESOLUTION_VOXELS / slope, ERR_NET_NOISE_GAIN * noise_um / slope)
+        var += (ERR_NET_REL * area_um2) ** 2 + (perimeter * s_net) ** 2 + (ERR_NET_AMBIGUITY * rim_ambiguity_um2) ** 2
     return float(math.sqrt(var))
 
 

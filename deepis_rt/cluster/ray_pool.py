@@ -9,6 +9,7 @@ node was lost (the scheduler then runs it again elsewhere without counting a ret
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from deepis_rt.cluster.items import BatchItem
@@ -17,6 +18,10 @@ from deepis_rt.cluster.ray_placement import ActorSlot
 __all__ = ["RayActorPool"]
 
 log = logging.getLogger(__name__)
+
+#: how long an actor that became unreachable may wait for the cluster to declare its node dead (Ray's
+#: health checks take several periods of 3 s, longer on a loaded head) before it counts as a dead worker
+NODE_DEATH_GRACE_S = 30.0
 
 
 class RayActorPool:
@@ -70,6 +75,15 @@ class RayActorPool:
         except Exception:  # the GCS itself is gone: nothing to place anything on
             return False
 
+    def _node_dies_within(self, node_id: str, seconds: float) -> bool:
+        """Whether the cluster declares the node dead within ``seconds`` (polled)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not self._node_alive(node_id):
+                return True
+            time.sleep(0.5)
+        return False
+
     def _replace_lost(self, node_id: str) -> None:
         """Forget the lost node's actors; start replacements where the plan has room."""
         self.lost_nodes.add(node_id)
@@ -98,7 +112,12 @@ class RayActorPool:
         except ray.exceptions.RayError as exc:
             cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             where = {"node": slot.node, "node_id": slot.node_id, "node_ip": slot.node_ip}
-            if slot.node_id in self.lost_nodes or not self._node_alive(slot.node_id):
+            lost = slot.node_id in self.lost_nodes or not self._node_alive(slot.node_id)
+            if not lost and isinstance(exc, getattr(ray.exceptions, "ActorUnavailableError", ())):
+                # unreachable, not (yet) dead: a node killed a moment ago still counts as alive until
+                # the head's health checks give up on it
+                lost = self._node_dies_within(slot.node_id, NODE_DEATH_GRACE_S)
+            if lost:
                 log.warning("batch | %s: node %s lost while running it; the item goes to another node",
                             item.name, slot.node)
                 if slot.node_id not in self.lost_nodes:
