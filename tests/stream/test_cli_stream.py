@@ -207,3 +207,24 @@ def test_backlog_reports_for_people_and_for_programs(capsys):
     err = capsys.readouterr().err
     assert "falling behind: frames arrive at 2.50/s, processed at 1.10/s; 6 waiting, latency 3.7 s" in err
     assert "caught up after 12.3 s behind (at most 9 frames waited)" in err
+
+
+def test_summary_says_not_constrained_instead_of_printing_a_runaway_fit(capsys):
+    """A fit whose A_max is uncertain by more than itself is no measurement: the terminal says so, and
+    the truth comparison shows no relative error for it."""
+    from deepis_rt.analysis import SynapseSummary
+    from deepis_rt.analysis.kinetics import KineticFit
+    from deepis_rt.cli.stream import print_summary
+
+    runaway = KineticFit(a_max=9.99e7, a_max_err=3.4e15, tau_half_s=25.3, tau_half_err_s=2.6, r_squared=0.9,
+                         n_points=20, success=True, message="A_max not constrained", weighted=True)
+    syn = SynapseSummary(1, 2, 0.0, 60.0, 20, 54.5, runaway, KineticFit()).to_dict()
+    summary = {"run": {"frames_ok": 20, "frames_failed": 0, "throughput_fps": 0.3, "latency_ms": {"n": 0}},
+               "frames_ok": 20, "frames_failed": 0, "backend": "openvino-cpu", "synapses": [{**syn, "synapse_id": 1}],
+               "truth": {"A_max_um2": {"true": 77.3, "fitted": 9.99e7, "fit_err": 3.4e15, "rel_error": 1.29e6},
+                         "tau_half_s": {"true": 23.7, "fitted": 25.3, "fit_err": 2.6, "rel_error": 0.07}}}
+    print_summary(summary, None)
+    out = capsys.readouterr().out
+    assert "A_max not constrained (9.99e+07 +- 3.4e+15 um^2), tau_half 25.3 +- 2.6 s" in out
+    assert "fitted not constrained (9.99e+07 +- 3.4e+15); tau_half true 23.7 s, fitted 25.3 +- 2.6 (+7 %)" in out
+    assert "99900000" not in out and "+129" not in out
