@@ -9,6 +9,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -27,7 +28,7 @@ from deepis_rt.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Cell", "Synapse", "FrameAnalysis", "analyze", "DEFAULT_MIN_CELL_VOLUME_UM3"]
+__all__ = ["Cell", "Synapse", "FrameAnalysis", "analyze", "measure_pairs", "DEFAULT_MIN_CELL_VOLUME_UM3"]
 
 #: fragments below this volume are dropped; a CAR-T cell (7-9 um across) is ~180-380 um^3
 DEFAULT_MIN_CELL_VOLUME_UM3 = 20.0
@@ -247,57 +248,9 @@ def analyze(
             )
         )
 
-    # zero-band voxels count as a cell's (for the contact surface) only when their sign is
-    # above the background noise: restores exact distance maps, ignores noise of network output
     noise_um = background_noise_um(d, t)
-    band_fraction = min(max(3.0 * noise_um / t, 0.05), 1.0) if t > 0 else 1.0
-    synapses: list[Synapse] = []
-    contacts: dict[int, ContactEstimate] = {}
-    reach = 2 * is_dilation_voxels + 1
-    shape = d.shape
-    for i in range(1, n_t + 1):
-        for j in range(n_t + 1, n_t + n_b + 1):
-            region = _intersect(_grow(boxes[i - 1], reach, shape), _grow(boxes[j - 1], reach, shape))
-            if region is None:
-                continue
-            crop = _grow(region, is_dilation_voxels + 1, shape)
-            lab = cell_labels[crop]
-            is_ij = dilate(lab == i, is_dilation_voxels) & dilate(lab == j, is_dilation_voxels)
-            # a neighbouring cell's voxels are not this pair's IS (nor counted in two synapses)
-            is_ij &= (lab == 0) | (lab == i) | (lab == j)
-            if not is_ij.any():
-                continue
-            is_box = ndi.find_objects(is_ij.astype(np.int8))[0]
-            # contact estimate on a small crop around the IS (global coordinates)
-            off = [s.start for s in crop]
-            is_glob = tuple(slice(s.start + o, s.stop + o) for s, o in zip(is_box, off, strict=True))
-            ccrop = _grow(is_glob, 4, shape)
-            clab = cell_labels[ccrop]
-            t_i, b_j = clab == i, clab == j
-            # other cells in the crop must not be taken for this pair's zero band
-            d_pair = np.where((clab == 0) | t_i | b_j, d[ccrop], np.float32(0))
-            contact = contact_surface(t_i, b_j, d_pair, vs, t, band_fraction=band_fraction, noise_um=noise_um)
-            area = contact.area_um2
-            if not contact.in_contact or area < max(min_is_area_um2, 1e-9):
-                continue
-            is_mean_ri = is_dry = is_density = math.nan
-            if r is not None:
-                is_mean_ri = float(r[crop][is_ij].mean())
-                is_dry = float(concentration[crop][is_ij].sum()) * voxel_volume
-                is_density = 1000.0 * is_dry / area
-            synapses.append(
-                Synapse(
-                    synapse_id=len(synapses) + 1,
-                    tcell_id=i,
-                    target_id=j,
-                    is_area_um2=area,
-                    is_mean_ri=is_mean_ri,
-                    is_dry_mass_pg=is_dry,
-                    is_density_fg_um2=is_density,
-                    is_area_err_um2=contact.area_err_um2,
-                )
-            )
-            contacts[len(synapses)] = contact
+    synapses, contacts = measure_pairs(cell_labels, d, r, boxes, n_t, n_b, vs, t, noise_um, medium_ri,
+                                       alpha_um3_per_pg, is_dilation_voxels, min_is_area_um2)
     log.debug("analyze: %d CAR-T, %d target, %d synapse(s)", n_t, n_b, len(synapses))
     return FrameAnalysis(
         labels=labels,
@@ -309,3 +262,62 @@ def analyze(
         background_noise_um=noise_um,
         contacts=contacts,
     )
+
+
+def measure_pairs(cell_labels: Any, distance: Any, ri: Any, boxes: Sequence[tuple[slice, ...]], n_tcell: int,
+                  n_target: int, voxel_size_um: Sequence[float], threshold_um: float, noise_um: float,
+                  medium_ri: float, alpha_um3_per_pg: float, is_dilation_voxels: int, min_is_area_um2: float
+                  ) -> tuple[list[Synapse], dict[int, ContactEstimate]]:
+    """One synapse per touching CAR-T / target pair, each measured on crops around its contact.
+
+    ``cell_labels``, ``distance`` and ``ri`` (or None) are anything sliced by boxes into arrays (NumPy
+    arrays for a frame, the zarr arrays of a field too large for memory); ``boxes[k - 1]`` bounds cell
+    ``k`` (CAR-T cells ``1..n_tcell``, then targets). Only crops around each pair are read.
+    """
+    vs = tuple(float(v) for v in voxel_size_um)
+    voxel_volume = float(np.prod(vs))
+    t = float(threshold_um)
+    # zero-band voxels count as a cell's (for the contact surface) only when their sign is
+    # above the background noise: restores exact distance maps, ignores noise of network output
+    band_fraction = min(max(3.0 * noise_um / t, 0.05), 1.0) if t > 0 else 1.0
+    synapses: list[Synapse] = []
+    contacts: dict[int, ContactEstimate] = {}
+    reach = 2 * is_dilation_voxels + 1
+    shape = tuple(cell_labels.shape)
+    for i in range(1, n_tcell + 1):
+        for j in range(n_tcell + 1, n_tcell + n_target + 1):
+            region = _intersect(_grow(boxes[i - 1], reach, shape), _grow(boxes[j - 1], reach, shape))
+            if region is None:
+                continue
+            crop = _grow(region, is_dilation_voxels + 1, shape)
+            lab = np.asarray(cell_labels[crop])
+            is_ij = dilate(lab == i, is_dilation_voxels) & dilate(lab == j, is_dilation_voxels)
+            # a neighbouring cell's voxels are not this pair's IS (nor counted in two synapses)
+            is_ij &= (lab == 0) | (lab == i) | (lab == j)
+            if not is_ij.any():
+                continue
+            is_box = ndi.find_objects(is_ij.astype(np.int8))[0]
+            # contact estimate on a small crop around the IS (global coordinates)
+            off = [s.start for s in crop]
+            is_glob = tuple(slice(s.start + o, s.stop + o) for s, o in zip(is_box, off, strict=True))
+            ccrop = _grow(is_glob, 4, shape)
+            clab = np.asarray(cell_labels[ccrop])
+            t_i, b_j = clab == i, clab == j
+            # other cells in the crop must not be taken for this pair's zero band
+            d_pair = np.where((clab == 0) | t_i | b_j, np.asarray(distance[ccrop]), np.float32(0))
+            contact = contact_surface(t_i, b_j, d_pair, vs, t, band_fraction=band_fraction, noise_um=noise_um)
+            area = contact.area_um2
+            if not contact.in_contact or area < max(min_is_area_um2, 1e-9):
+                continue
+            is_mean_ri = is_dry = is_density = math.nan
+            if ri is not None:
+                r = np.asarray(ri[crop], dtype=np.float32)
+                is_mean_ri = float(r[is_ij].mean())
+                concentration = (r - np.float32(medium_ri)) / np.float32(alpha_um3_per_pg)
+                is_dry = float(concentration[is_ij].sum()) * voxel_volume
+                is_density = 1000.0 * is_dry / area
+            synapses.append(Synapse(
+                synapse_id=len(synapses) + 1, tcell_id=i, target_id=j, is_area_um2=area, is_mean_ri=is_mean_ri,
+                is_dry_mass_pg=is_dry, is_density_fg_um2=is_density, is_area_err_um2=contact.area_err_um2))
+            contacts[len(synapses)] = contact
+    return synapses, contacts

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from deepis_rt.analysis.contact import ContactEstimate, contact_surface
-from deepis_rt.analysis.frame import Cell, FrameAnalysis, Synapse
-from deepis_rt.analysis.masks import LABEL_IS, dilate
+from deepis_rt.analysis.contact import ContactEstimate
+from deepis_rt.analysis.frame import Cell, FrameAnalysis, Synapse, measure_pairs
+from deepis_rt.analysis.masks import LABEL_IS
 from deepis_rt.analysis.measure import surface_area_um2
 from deepis_rt.analysis.quality import (
     CELL_AT_EDGE,
@@ -86,49 +86,10 @@ def measure_synapses(store: FieldStore, table: CellTable, ri: Any, voxel_size_um
                      is_dilation_voxels: int = 2, min_is_area_um2: float = 0.25
                      ) -> tuple[list[Synapse], dict[int, ContactEstimate]]:
     """One synapse per touching CAR-T / target pair, measured on crops around the contact."""
-    vs = tuple(float(v) for v in voxel_size_um)
-    voxel_volume = float(np.prod(vs))
-    t = float(threshold_um)
-    noise_um = table.background_noise_um
-    band_fraction = min(max(3.0 * noise_um / t, 0.05), 1.0) if t > 0 else 1.0
-    synapses: list[Synapse] = []
-    contacts: dict[int, ContactEstimate] = {}
-    reach = 2 * is_dilation_voxels + 1
-    shape = store.shape
-    n_t, n_b = table.n_tcell, table.n_target
-    for i in range(1, n_t + 1):
-        for j in range(n_t + 1, n_t + n_b + 1):
-            region = _intersect(_grow(table.slices(i), reach, shape), _grow(table.slices(j), reach, shape))
-            if region is None:
-                continue
-            crop = _grow(region, is_dilation_voxels + 1, shape)
-            lab = np.asarray(store.cell_labels[crop])
-            is_ij = dilate(lab == i, is_dilation_voxels) & dilate(lab == j, is_dilation_voxels)
-            is_ij &= (lab == 0) | (lab == i) | (lab == j)
-            if not is_ij.any():
-                continue
-            is_box = ndi.find_objects(is_ij.astype(np.int8))[0]
-            off = [s.start for s in crop]
-            is_glob = tuple(slice(s.start + o, s.stop + o) for s, o in zip(is_box, off, strict=True))
-            ccrop = _grow(is_glob, 4, shape)
-            clab = np.asarray(store.cell_labels[ccrop])
-            t_i, b_j = clab == i, clab == j
-            d_pair = np.where((clab == 0) | t_i | b_j, np.asarray(store.distance[ccrop]), np.float32(0))
-            contact = contact_surface(t_i, b_j, d_pair, vs, t, band_fraction=band_fraction, noise_um=noise_um)
-            area = contact.area_um2
-            if not contact.in_contact or area < max(min_is_area_um2, 1e-9):
-                continue
-            is_mean_ri = is_dry = is_density = math.nan
-            if ri is not None:
-                r = np.asarray(ri[crop], dtype=np.float32)
-                is_mean_ri = float(r[is_ij].mean())
-                is_dry = float(_concentration(r, medium_ri, alpha_um3_per_pg)[is_ij].sum()) * voxel_volume
-                is_density = 1000.0 * is_dry / area
-            synapses.append(Synapse(
-                synapse_id=len(synapses) + 1, tcell_id=i, target_id=j, is_area_um2=area, is_mean_ri=is_mean_ri,
-                is_dry_mass_pg=is_dry, is_density_fg_um2=is_density, is_area_err_um2=contact.area_err_um2))
-            contacts[len(synapses)] = contact
-    return synapses, contacts
+    n = table.n_tcell + table.n_target
+    return measure_pairs(store.cell_labels, store.distance, ri, [table.slices(k) for k in range(1, n + 1)],
+                         table.n_tcell, table.n_target, voxel_size_um, threshold_um, table.background_noise_um,
+                         medium_ri, alpha_um3_per_pg, is_dilation_voxels, min_is_area_um2)
 
 
 def field_analysis(store: FieldStore, table: CellTable, ri: Any, voxel_size_um: Sequence[float], threshold_um: float,
