@@ -87,9 +87,9 @@ ERR_FLOOR_UM2 = 0.15
 #: the network's, added on its maps (fitted on the bundled checkpoint's maps): relative term, rim
 #: smear (voxels per unit opening rate), noise gain, weight of the rim's ambiguity
 ERR_NET_REL = 0.16
-ERR_NET_RESOLUTION_VOXELS = 1.5
+ERR_NET_RESOLUTION_VOXELS = 0.0
 ERR_NET_NOISE_GAIN = 1.0
-ERR_NET_AMBIGUITY = 0.0
+ERR_NET_AMBIGUITY = 2.0
 #: reach of each cell's signed distance: this many of the smallest voxel edges, at least
 #: ``REACH_COARSE_VOXELS`` of the largest (two voxel steps along every axis: the rim fit reads gaps up
 #: to 2.5 voxel pitches along the contact's normal)

@@ -34,6 +34,8 @@ def _prepare_out(out: Path) -> None:
               show_default=True, help="Where results and plots are left.")
 @click.option("--frames", type=click.IntRange(min=1), default=20, show_default=True, help="Frames of the synthetic video.")
 @click.option("--seed", type=int, default=2026, show_default=True, help="Seed of the synthetic video.")
+@click.option("--imaging", type=click.Choice(["tomocube", "raw", "random", "legacy"]), default="tomocube",
+              show_default=True, help="Imaging model of the synthetic microscope (as for `deepis-rt synth`).")
 @click.option("--pace", type=float, default=3.0, show_default=True, metavar="S",
               help="Seconds between two frames written into the camera folder (holotomography time-lapses take one "
                    "tomogram every 3-8 s).")
@@ -41,7 +43,7 @@ def _prepare_out(out: Path) -> None:
 @model_option(must_exist=True)
 @device_option
 @tta_option
-def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Path | None,
+def demo(out: Path, frames: int, seed: int, imaging: str, pace: float, backend: str, model: Path | None,
          device: int | None = None, tta: bool = False) -> None:
     """Stream a synthetic CAR-T / target-cell video through the bundled checkpoint.
 
@@ -60,16 +62,16 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
     t_start = time.time()
     _prepare_out(out)
     segmenter = deepis_rt.load(model, backend=backend, device=gpu_device(device), tta=tta)
-    video = make_video(seed, DEFAULT_SHAPE, DEFAULT_VOXEL_SIZE_UM, frames)
+    video = make_video(seed, DEFAULT_SHAPE, DEFAULT_VOXEL_SIZE_UM, frames, imaging=imaging)
     interval_s = video.frame_interval_s
     camera = Path(tempfile.mkdtemp(prefix="deepis-camera-"))
     # the demo knows its truth: summary.json reports it next to the fitted kinetics
     (camera / "synth.json").write_text(json.dumps({
-        "generator": "deepis_rt.synth", "seed": seed, "n_frames": frames, "a_max_um2": video.a_max_um2,
+        "generator": "deepis_rt.synth", "seed": seed, "imaging": imaging, "n_frames": frames, "a_max_um2": video.a_max_um2,
         "tau_half_s": video.tau_half_s, "onset_s": video.onset_s, "frame_interval_s": interval_s,
     }))
     click.echo(
-        f"demo: a synthetic {frames}-frame video (one tomogram every {interval_s:g} s of acquisition time, "
+        f"demo: a synthetic {frames}-frame video ({imaging} imaging; one tomogram every {interval_s:g} s of acquisition time, "
         f"played at one per {pace:g} s) -> {camera}", err=True
     )
     click.echo(f"demo: model {segmenter.model_info.get('name', 'bundled')} on {segmenter.backend}", err=True)
@@ -77,7 +79,7 @@ def demo(out: Path, frames: int, seed: int, pace: float, backend: str, model: Pa
 
     def _microscope() -> None:
         try:
-            for i, frame in enumerate(iter_timelapse(frames, seed=seed)):
+            for i, frame in enumerate(iter_timelapse(frames, seed=seed, imaging=imaging)):
                 t0 = time.time()
                 write_tomogram(camera / f"frame_{i:04d}.tif", frame.ri, frame.voxel_size_um)
                 time.sleep(max(0.0, pace - (time.time() - t0)))

@@ -19,11 +19,11 @@ from deepis_rt.core.meta import TILE_ZYX, VOXEL_SIZE_UM
               help="Frame size in voxels.")
 @click.option("--voxel-size", nargs=3, type=float, default=VOXEL_SIZE_UM, show_default=True, metavar="Z Y X",
               help="Voxel size in um.")
-@click.option("--imaging", type=click.Choice(["legacy", "tomocube", "raw", "random"]), default="legacy",
+@click.option("--imaging", type=click.Choice(["tomocube", "raw", "random", "legacy"]), default="tomocube",
               show_default=True,
-              help="Imaging model: legacy (Gaussian OTF, the bundled checkpoint's training data), tomocube "
-                   "(holotomography: NA 1.2/1.0, 532 nm, missing cone, non-negativity refill), raw (the same "
-                   "without refill), random (every imaging parameter drawn). See docs/training.md.")
+              help="Imaging model: tomocube (holotomography: NA 1.2/1.0, 532 nm, missing cone, non-negativity "
+                   "refill; what the bundled checkpoint is for), raw (the same without refill), random (every "
+                   "imaging parameter drawn), legacy (the first generator's Gaussian OTF). See docs/training.md.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def synth(out: Path, frames: int, seed: int, fmt: str, shape: tuple[int, int, int],
           voxel_size: tuple[float, float, float], imaging: str, no_progress: bool) -> None:

@@ -24,15 +24,17 @@ Physics (choices documented here, values in um, s and RI units):
   Tomocube-like system (objective NA 1.2, illumination NA 1.0, 532 nm: lateral cut-off
   4.1 /um, axial 1.4 /um, missing cone), 10 non-negativity iterations, band-limited
   noise 0.001-0.003 RI; ``"raw"``: the same without the iterations; ``"random"``: every
-  imaging parameter drawn. ``"legacy"`` (the default while the bundled checkpoint is the
-  one trained on it): an anisotropic Gaussian OTF (sigma 0.12-0.2 um in Y/X, 0.35-0.6 um
+  imaging parameter drawn. ``"tomocube"`` is the default (``DEFAULT_IMAGING``): the
+  condition the bundled checkpoint is meant for. ``"legacy"`` (the first generator's,
+  kept to reproduce older results): an anisotropic Gaussian OTF (sigma 0.12-0.2 um in Y/X, 0.35-0.6 um
   in Z) with a cone damped to 40 % and white noise 0.0004-0.001 RI. Background offset
   +-0.0003 RI.
 
 ``make_video(..., randomize=True)`` (training: domain randomisation) draws more variety
 on top of the same video: elongated cells (axes x0.8-1.25), ruffled membranes (waves of 1-2 um, half of the cells),
 cells flattened on the coverslip (z axis x0.55-0.85 and cut flat at the glass, 40 % of the
-videos), contacts pressed into the target (an interface bowed with a radius of curvature
+videos), contacts facing the optical axis (the normal within 45 degrees of z, 30 % of the
+videos: a CAR-T on top of its target), contacts pressed into the target (an interface bowed with a radius of curvature
 of 8-50 um, half of the videos), nuclei darker or brighter than the cytoplasm
 (-0.008 to +0.012; Schuermann et al. 2016, J. Biophotonics 9:1068, found nuclei of many
 cell types less dense than the cytoplasm), nucleoli, granules up to RI 1.42 and a finer
@@ -62,9 +64,11 @@ from deepis_rt.synth.geometry import (
 from deepis_rt.synth.optics import IMAGING_CONDITIONS, GaussianOTF, Imaging, draw_imaging
 from deepis_rt.synth.paint import CellInterior, paint_cell
 
-__all__ = ["MEDIUM_RI", "VideoParams", "RenderedFrame", "make_video", "render_frame", "acquisition_grid"]
+__all__ = ["MEDIUM_RI", "DEFAULT_IMAGING", "VideoParams", "RenderedFrame", "make_video", "render_frame", "acquisition_grid"]
 
 MEDIUM_RI = 1.337
+#: The imaging condition of synthetic videos unless told otherwise: the one the bundled checkpoint is for.
+DEFAULT_IMAGING = "tomocube"
 CART, TARGET, SYNAPSE = 1, 2, 3
 _UP = np.array([1.0, 0.0, 0.0])  # +z, away from the coverslip
 
@@ -180,7 +184,7 @@ def _vary_cell(cell: Cell, rng: np.random.Generator, flat: bool) -> None:
 
 def make_video(seed: int, shape: tuple[int, int, int], voxel_size_um: tuple[float, float, float],
                n_frames: int, kinetics: dict | None = None, randomize: bool = False,
-               imaging: str | Imaging | GaussianOTF = "legacy") -> VideoParams:
+               imaging: str | Imaging | GaussianOTF = DEFAULT_IMAGING) -> VideoParams:
     """Draw the parameters of video ``seed`` (deterministic).
 
     ``kinetics`` prescribes some of the drawn values instead: any of ``a_max_um2``,
@@ -193,9 +197,8 @@ def make_video(seed: int, shape: tuple[int, int, int], voxel_size_um: tuple[floa
     ``randomize`` adds the domain randomisation of the module docstring (shape
     families, interiors); kinetics, layout and seeds stay those of the default video.
 
-    ``imaging``: ``"legacy"`` (the Gaussian-OTF model the bundled checkpoint was trained
-    on), ``"tomocube"`` (holotomography with the Tomocube-like condition, noise
-    0.001-0.003 RI), ``"raw"`` (the same without non-negativity iterations: the raw
+    ``imaging``: ``"tomocube"`` (default: holotomography with the Tomocube-like condition,
+    noise 0.001-0.003 RI), ``"legacy"`` (the first generator's Gaussian OTF), ``"raw"`` (the same without non-negativity iterations: the raw
     Rytov reconstruction), ``"random"`` (every imaging parameter drawn,
     :func:`deepis_rt.synth.optics.draw_imaging`), or an :class:`Imaging` /
     :class:`GaussianOTF` to use as it is.
@@ -273,6 +276,36 @@ def _randomize(params: VideoParams, rng: np.random.Generator) -> None:
     for cell in (params.cart, params.target, params.second):
         if cell is not None:
             _vary_cell(cell, rng, flat)
+    if rng.random() < AXIAL_CONTACT_FRACTION:
+        _axial_contact(params, rng, flat)
+
+
+#: Share of randomised videos whose contact faces the optical axis (a CAR-T on top of its target).
+AXIAL_CONTACT_FRACTION = 0.3
+
+
+def _axial_contact(params: VideoParams, rng: np.random.Generator, on_glass: bool) -> None:
+    """Turn the contact towards the optical axis: its normal within 45 degrees of z.
+
+    A CAR-T landing on an adherent target meets it from above; in suspension a pair may lie
+    along any axis. Such an interface lies across the axis of coarsest resolution and of the
+    missing cone, the hardest orientation for holotomography. On the glass the CAR-T is on
+    top (not itself on the glass, so not flattened by it); in suspension either way round.
+    The second cell is dropped if it no longer clears the pair's new axis.
+    """
+    cos_t = rng.uniform(np.cos(np.pi / 4), 1.0)
+    phi = rng.uniform(0.0, 2 * np.pi)
+    sin_t = np.sqrt(1.0 - cos_t**2)
+    up = 1.0 if on_glass or rng.random() < 0.5 else -1.0
+    params.normal = np.array([up * cos_t, sin_t * np.cos(phi), sin_t * np.sin(phi)])
+    if on_glass:
+        params.cart.flatten = 1.0
+    if params.second is not None:
+        to_pair = params.second_center_um - params.pair_offset_um
+        along = abs(to_pair.dot(params.normal))
+        off_axis = np.linalg.norm(to_pair - to_pair.dot(params.normal) * params.normal)
+        if not (off_axis > params.second.radius_um * 1.2 + 9.0 or along > params.second.radius_um * 1.2 + 14.0):
+            params.second = None
 
 
 _KINETIC_KEYS = ("a_max_um2", "tau_half_s", "onset_s", "frame_interval_s")

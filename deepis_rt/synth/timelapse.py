@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from deepis_rt.errors import ConfigError
-from deepis_rt.synth.scene import MEDIUM_RI, make_video, render_frame
+from deepis_rt.synth.scene import DEFAULT_IMAGING, MEDIUM_RI, make_video, render_frame
 
 __all__ = ["SynthFrame", "generate_timelapse", "iter_timelapse", "write_timelapse", "TRUTH_COLUMNS",
            "DEFAULT_SHAPE", "DEFAULT_VOXEL_SIZE_UM"]
@@ -105,7 +105,7 @@ def iter_timelapse(
     frames: Sequence[int] | None = None,
     with_truth_area: bool = True,
     kinetics: dict | None = None,
-    imaging: str | Any = "legacy",
+    imaging: str | Any = DEFAULT_IMAGING,
     randomize: bool = False,
     acquisition_voxel_um: Sequence[float] | None = None,
 ) -> Iterator[SynthFrame]:
@@ -127,7 +127,7 @@ def generate_timelapse(
     frames: Sequence[int] | None = None,
     with_truth_area: bool = True,
     kinetics: dict | None = None,
-    imaging: str | Any = "legacy",
+    imaging: str | Any = DEFAULT_IMAGING,
     randomize: bool = False,
     acquisition_voxel_um: Sequence[float] | None = None,
 ) -> list[SynthFrame]:
@@ -155,7 +155,7 @@ def generate_timelapse(
         Prescribed ``a_max_um2``, ``tau_half_s``, ``onset_s``, ``frame_interval_s``
         instead of drawn ones (see :func:`deepis_rt.synth.scene.make_video`).
     imaging : str or imaging model
-        ``"legacy"`` (default), ``"tomocube"``, ``"raw"``, ``"random"``, or an
+        ``"tomocube"`` (default), ``"legacy"``, ``"raw"``, ``"random"``, or an
         :class:`deepis_rt.synth.optics.Imaging` (see :func:`deepis_rt.synth.scene.make_video`).
     randomize : bool
         Domain randomisation of the shapes and cell interiors (training).
@@ -180,7 +180,7 @@ def write_timelapse(
     fmt: str = "tiff",
     progress: bool | None = None,
     kinetics: dict | None = None,
-    imaging: str = "legacy",
+    imaging: str = DEFAULT_IMAGING,
 ) -> Path:
     """Write a synthetic time-lapse and its ground truth to a folder.
 

@@ -164,7 +164,7 @@ class SyntheticSource:
             f = randomized_frame(seed, k, TRAIN_VIDEO_FRAMES, self.shape, self.voxel_size_um, min_shape=self.min_shape)
         else:
             f = generate_timelapse(TRAIN_VIDEO_FRAMES, seed, self.shape, self.voxel_size_um, frames=[k],
-                                   with_truth_area=False)[0]
+                                   with_truth_area=False, imaging="legacy")[0]
         self.generated += 1
         return _sample(f.ri, f.distance_um, f"synth seed {seed} frame {k}", f.labels)
 

@@ -30,6 +30,7 @@ from deepis_rt.core.jsonable import json_safe
 from deepis_rt.core.labels import labels_from_distance
 from deepis_rt.synth import generate_timelapse
 from deepis_rt.synth.randomize import randomized_frame
+from deepis_rt.synth.scene import DEFAULT_IMAGING
 from deepis_rt.train.data import HELDOUT_SEED_BASE
 from deepis_rt.train.loop import predict_distance
 from deepis_rt.train.metrics import frame_metrics, summarize
@@ -50,7 +51,7 @@ def _frames(seed: int, tile: Sequence[int], vs: Sequence[float], frames: Sequenc
 
 
 def evaluate_checkpoint(path: str | Path, videos: int = 6, frames: Sequence[int] = HELDOUT_FRAMES,
-                        seed_base: int = HELDOUT_SEED_BASE, imaging: str = "legacy") -> dict[str, Any]:
+                        seed_base: int = HELDOUT_SEED_BASE, imaging: str = DEFAULT_IMAGING) -> dict[str, Any]:
     """Metrics of a checkpoint on held-out synthetic frames made with the imaging condition ``imaging``.
 
     Returns
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--json", dest="json_out")
     p.add_argument("--figure")
     p.add_argument("--threads", type=int)
-    p.add_argument("--imaging", nargs="+", default=["legacy"], choices=["legacy", "tomocube", "raw", "random"],
+    p.add_argument("--imaging", nargs="+", default=[DEFAULT_IMAGING], choices=["tomocube", "raw", "random", "legacy"],
                    help="imaging condition(s) of the held-out frames (one summary each)")
     p.add_argument("--bundle", help="write a copy of the checkpoint here with the held-out metrics in its meta, "
                                     "and <bundle>.json (sha256, metrics) next to it")

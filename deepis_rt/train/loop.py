@@ -162,7 +162,8 @@ def validation_frames(n: int, shape: Sequence[int], voxel_size_um: Sequence[floa
     if randomize:
         return [randomized_frame(seed_base + i, picks[i % len(picks)], 60, shape, voxel_size_um, with_truth_area=True)
                 for i in range(n)]
-    return [generate_timelapse(60, seed_base + i, shape, voxel_size_um, frames=[picks[i % len(picks)]])[0]
+    return [generate_timelapse(60, seed_base + i, shape, voxel_size_um, frames=[picks[i % len(picks)]],
+                               imaging="legacy")[0]
             for i in range(n)]
 
 

