@@ -249,10 +249,7 @@ def make_video(seed: int, shape: tuple[int, int, int], voxel_size_um: tuple[floa
         # a corner away from the pair's axis, partly outside the field if need be
         for _ in range(20):
             c = rng.uniform(-0.45, 0.45, size=3) * extent
-            to_pair = c - params.pair_offset_um
-            along = abs(to_pair.dot(n))
-            off_axis = np.linalg.norm(to_pair - to_pair.dot(n) * n)
-            if off_axis > second.radius_um * 1.2 + 9.0 or along > second.radius_um * 1.2 + 14.0:
+            if _clears_pair(c, second.radius_um, params.pair_offset_um, n):
                 params.second, params.second_center_um = second, c
                 break
     if randomize:
@@ -300,12 +297,18 @@ def _axial_contact(params: VideoParams, rng: np.random.Generator, on_glass: bool
     params.normal = np.array([up * cos_t, sin_t * np.cos(phi), sin_t * np.sin(phi)])
     if on_glass:
         params.cart.flatten = 1.0
-    if params.second is not None:
-        to_pair = params.second_center_um - params.pair_offset_um
-        along = abs(to_pair.dot(params.normal))
-        off_axis = np.linalg.norm(to_pair - to_pair.dot(params.normal) * params.normal)
-        if not (off_axis > params.second.radius_um * 1.2 + 9.0 or along > params.second.radius_um * 1.2 + 14.0):
-            params.second = None
+    if params.second is not None and not _clears_pair(params.second_center_um, params.second.radius_um,
+                                                      params.pair_offset_um, params.normal):
+        params.second = None
+
+
+def _clears_pair(center_um: np.ndarray, radius_um: float, pair_offset_um: np.ndarray, normal: np.ndarray) -> bool:
+    """Whether a second cell at ``center_um`` stays clear of the pair: far enough off the pair's axis
+    (``normal`` through ``pair_offset_um``), or far enough along it."""
+    to_pair = center_um - pair_offset_um
+    along = abs(to_pair.dot(normal))
+    off_axis = np.linalg.norm(to_pair - to_pair.dot(normal) * normal)
+    return bool(off_axis > radius_um * 1.2 + 9.0 or along > radius_um * 1.2 + 14.0)
 
 
 _KINETIC_KEYS = ("a_max_um2", "tau_half_s", "onset_s", "frame_interval_s")
