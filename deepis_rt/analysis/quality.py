@@ -20,6 +20,12 @@
 ``near_tile_seam``
     The volume was larger than the model's tile, and the contact lies within a few voxels of the
     middle of an overlap between tiles, where two tiles' predictions are blended.
+``faint_cell``
+    A segmented cell whose mean RI lies less than :data:`FAINT_CELL_CONTRAST` above the input's
+    background (frame: any cell; synapse: one of its two cells). Live lymphocytes and tumour cells
+    sit 0.015-0.05 above their medium (cell mean RI 1.35-1.39 in PBS or culture medium; Yoon et al.
+    2015, Lee et al. 2020); a "cell" barely brighter than the medium is most likely reconstruction
+    noise read as a cell, and a synapse with it is not one.
 
 Frame reasons about the input (RI, voxel size) apply to each of its synapses; a frame's quality
 also lists every reason of its synapses. An empty string means "not assessed" (a frame that failed,
@@ -43,8 +49,8 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "QUALITY_OK", "REASONS", "RI_OUT_OF_RANGE", "VOXEL_SIZE_OUT_OF_RANGE", "FLIPS_DISAGREE", "CELL_AT_EDGE",
-    "NEAR_TILE_SEAM", "join_reasons", "split_reasons", "quality_summary", "TrainingRange", "describe_training_inputs",
-    "input_reasons", "assess_frame", "judge_synapses", "cells_at_edge", "flip_voxel_disagreement", "seam_planes", "synapse_box", "box_near_planes",
+    "NEAR_TILE_SEAM", "FAINT_CELL", "join_reasons", "split_reasons", "quality_summary", "TrainingRange", "describe_training_inputs",
+    "input_reasons", "background_ri", "faint_cells", "assess_frame", "judge_synapses", "cells_at_edge", "flip_voxel_disagreement", "seam_planes", "synapse_box", "box_near_planes",
 ]
 
 QUALITY_OK = "ok"
@@ -53,8 +59,10 @@ VOXEL_SIZE_OUT_OF_RANGE = "voxel_size_out_of_range"
 FLIPS_DISAGREE = "flips_disagree"
 CELL_AT_EDGE = "cell_at_edge"
 NEAR_TILE_SEAM = "near_tile_seam"
+FAINT_CELL = "faint_cell"
 #: every reason code, in the order they are written
-REASONS: tuple[str, ...] = (RI_OUT_OF_RANGE, VOXEL_SIZE_OUT_OF_RANGE, FLIPS_DISAGREE, CELL_AT_EDGE, NEAR_TILE_SEAM)
+REASONS: tuple[str, ...] = (RI_OUT_OF_RANGE, VOXEL_SIZE_OUT_OF_RANGE, FLIPS_DISAGREE, CELL_AT_EDGE, NEAR_TILE_SEAM,
+                            FAINT_CELL)
 
 #: share of voxels outside the training RI range that an input may have (noise, a speck of dust)
 RI_OUTSIDE_FRACTION = 1e-3
@@ -66,6 +74,10 @@ FLIP_VOXEL_TOLERANCE = 0.05
 FLIP_AREA_TOLERANCE = 0.10
 #: a contact closer than this many voxels (model grid) to the middle of a tile overlap is near a seam
 SEAM_MARGIN_VOXELS = 4
+#: a cell whose mean RI is less than this above the background is faint. Measured on synthetic and
+#: validation-generator frames through the networks: noise read as cell stays below 0.0045, real
+#: cells (the faintest, raw reconstructions of RI-1.350 cells) above 0.0057
+FAINT_CELL_CONTRAST = 0.005
 _HIST_BIN_RI = 5e-4
 
 
@@ -142,8 +154,10 @@ class TrainingRange:
                 "voxel_size_um_min": list(self.voxel_min_um), "voxel_size_um_max": list(self.voxel_max_um)}
 
 
-def _background_ri(ri: np.ndarray) -> float:
-    """The mode of the RI histogram (the medium, which fills most of a field of view)."""
+def background_ri(ri: Any) -> float:
+    """The mode of the RI histogram (the medium, which fills most of a field of view).
+
+    ``ri``: an array or anything sliced like one (read at every second voxel per axis)."""
     sub = np.asarray(ri[::2, ::2, ::2], dtype=np.float32).ravel()
     sub = sub[np.isfinite(sub)]
     if sub.size == 0:
@@ -168,7 +182,7 @@ def describe_training_inputs(ri_volumes: Iterable[np.ndarray], voxel_sizes_um: I
     lows, highs, media = [], [], []
     for ri in ri_volumes:
         sub = np.asarray(ri[::2, ::2, ::2], dtype=np.float32)
-        medium = float(medium_ri) if medium_ri is not None else _background_ri(ri)
+        medium = float(medium_ri) if medium_ri is not None else background_ri(ri)
         lo, hi = (float(v) for v in np.percentile(sub, [0.01, 99.99]))
         contrast, offset = ri_jitter
         lows.append(medium + (lo - medium) * (1 + contrast) - offset)
@@ -181,15 +195,18 @@ def describe_training_inputs(ri_volumes: Iterable[np.ndarray], voxel_sizes_um: I
                          tuple(sizes.min(axis=0)), tuple(sizes.max(axis=0)), True).to_dict()  # type: ignore[arg-type]
 
 
-def input_reasons(ri: np.ndarray | None, voxel_size_um: Sequence[float], trained: TrainingRange) -> set[str]:
-    """Reasons about the input itself: RI histogram and voxel size against the training range."""
+def input_reasons(ri: Any, voxel_size_um: Sequence[float], trained: TrainingRange,
+                  background: float | None = None) -> set[str]:
+    """Reasons about the input itself: RI histogram and voxel size against the training range.
+
+    ``background``: the input's :func:`background_ri` when already known."""
     reasons = set()
     vs = np.asarray(voxel_size_um, dtype=float)
     if ((vs < np.asarray(trained.voxel_min_um) * (1 - VOXEL_TOLERANCE)).any()
             or (vs > np.asarray(trained.voxel_max_um) * (1 + VOXEL_TOLERANCE)).any()):
         reasons.add(VOXEL_SIZE_OUT_OF_RANGE)
     if ri is not None and ri.size:
-        medium = _background_ri(ri)
+        medium = background_ri(ri) if background is None else float(background)
         sub = np.asarray(ri[::2, ::2, ::2])
         outside = float(np.count_nonzero((sub < trained.ri_low) | (sub > trained.ri_high))) / sub.size
         if not (trained.medium_low <= medium <= trained.medium_high) or outside > RI_OUTSIDE_FRACTION:
@@ -204,6 +221,15 @@ def cells_at_edge(cell_labels: np.ndarray) -> set[int]:
         return set()
     faces = [lab[0], lab[-1], lab[:, 0], lab[:, -1], lab[:, :, 0], lab[:, :, -1]]
     return {int(v) for f in faces for v in np.unique(f) if v}
+
+
+def faint_cells(cells: Iterable[Any], background: float, min_contrast: float = FAINT_CELL_CONTRAST) -> set[int]:
+    """Ids of the cells whose ``mean_ri`` lies less than ``min_contrast`` above ``background``.
+
+    Cells without a mean RI (NaN: no RI given) and a NaN background are never faint."""
+    if not math.isfinite(background):
+        return set()
+    return {int(c.cell_id) for c in cells if math.isfinite(c.mean_ri) and c.mean_ri - background < min_contrast}
 
 
 def flip_voxel_disagreement(distances: Sequence[np.ndarray], threshold_um: float) -> float:
@@ -280,30 +306,36 @@ def assess_frame(analysis: Any, ri: np.ndarray | None, voxel_size_um: Sequence[f
     from deepis_rt.analysis.flips import flip_areas_um2
     from deepis_rt.analysis.masks import default_threshold_um
 
-    frame_reasons = input_reasons(ri, voxel_size_um, trained)
+    background = background_ri(ri) if ri is not None and np.size(ri) else math.nan
+    frame_reasons = input_reasons(ri, voxel_size_um, trained, background)
     if flip_maps and flip_voxel_disagreement(flip_maps, default_threshold_um(voxel_size_um)) > FLIP_VOXEL_TOLERANCE:
         frame_reasons.add(FLIPS_DISAGREE)
     if analysis is None:
         return join_reasons(frame_reasons)
     areas = flip_areas_um2(analysis, flip_analyses) if flip_analyses else None
     edge = cells_at_edge(analysis.cell_labels)
+    faint = faint_cells(analysis.cells, background)
     frame_reasons |= judge_synapses(
         analysis.synapses, frame_reasons - {FLIPS_DISAGREE}, edge,
         lambda syn: synapse_box(analysis.labels, analysis.cell_labels, syn.tcell_id, syn.target_id),
-        seams, seam_margin, areas)
+        seams, seam_margin, areas, faint)
     if edge:
         frame_reasons.add(CELL_AT_EDGE)
+    if faint:
+        frame_reasons.add(FAINT_CELL)
     return join_reasons(frame_reasons)
 
 
 def judge_synapses(synapses: Sequence[Any], input_only: set[str], edge: set[int],
                    box_of: Callable[[Any], tuple[slice, ...] | None], seams: Sequence[Sequence[float]],
-                   seam_margin: Sequence[float], flip_areas: Sequence[Sequence[float]] | None = None) -> set[str]:
+                   seam_margin: Sequence[float], flip_areas: Sequence[Sequence[float]] | None = None,
+                   faint: set[int] | frozenset[int] = frozenset()) -> set[str]:
     """Set each synapse's ``quality``: the input's reasons and its own, never a neighbour's.
 
     Its own: the flips disagree on its area (and its ``is_area_err_um2`` widens by their spread),
-    one of its two cells is in ``edge`` (cut by the field of view), its IS box (``box_of(synapse)``)
-    comes within ``seam_margin`` of a tile seam. Returns every reason found (for the frame's quality).
+    one of its two cells is in ``edge`` (cut by the field of view) or in ``faint`` (barely above the
+    background RI, :func:`faint_cells`), its IS box (``box_of(synapse)``) comes within
+    ``seam_margin`` of a tile seam. Returns every reason found (for the frame's quality).
     """
     from deepis_rt.analysis.flips import area_sigma_with_flips_um2
 
@@ -317,6 +349,8 @@ def judge_synapses(synapses: Sequence[Any], input_only: set[str], edge: set[int]
                 reasons.add(FLIPS_DISAGREE)
         if syn.tcell_id in edge or syn.target_id in edge:
             reasons.add(CELL_AT_EDGE)
+        if syn.tcell_id in faint or syn.target_id in faint:
+            reasons.add(FAINT_CELL)
         box = box_of(syn)
         if box is not None and box_near_planes(box, seams, seam_margin):
             reasons.add(NEAR_TILE_SEAM)

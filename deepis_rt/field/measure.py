@@ -22,8 +22,11 @@ from deepis_rt.analysis.masks import LABEL_IS
 from deepis_rt.analysis.measure import surface_area_um2
 from deepis_rt.analysis.quality import (
     CELL_AT_EDGE,
+    FAINT_CELL,
     SEAM_MARGIN_VOXELS,
     TrainingRange,
+    background_ri,
+    faint_cells,
     input_reasons,
     join_reasons,
     judge_synapses,
@@ -121,7 +124,8 @@ def assess_field(analysis: FrameAnalysis, store: FieldStore, table: CellTable, r
     judges a frame without test-time augmentation (input range, cells cut by the field's edge,
     contacts near a tile seam), from boxes and crops instead of whole volumes."""
     vs = analysis.voxel_size_um
-    frame_reasons = input_reasons(ri, vs, trained)
+    background = background_ri(ri) if ri is not None else math.nan
+    frame_reasons = input_reasons(ri, vs, trained, background)
     edge = set()
     for k in range(1, table.n_tcell + table.n_target + 1):
         b = table.box[k - 1]
@@ -129,9 +133,12 @@ def assess_field(analysis: FrameAnalysis, store: FieldStore, table: CellTable, r
             edge.add(k)
     seams = seam_planes(plan.tiling.starts, plan.tiling.tile_zyx, plan.shape, store.shape)
     margin = [SEAM_MARGIN_VOXELS * m / v for m, v in zip(model_voxel_size_um, vs, strict=True)]
+    faint = faint_cells(analysis.cells, background)
     frame_reasons |= judge_synapses(analysis.synapses, set(frame_reasons), edge,
                                     lambda syn: _synapse_box(store, table, syn.tcell_id, syn.target_id),
-                                    seams, margin)
+                                    seams, margin, faint=faint)
     if edge:
         frame_reasons.add(CELL_AT_EDGE)
+    if faint:
+        frame_reasons.add(FAINT_CELL)
     return join_reasons(frame_reasons)

@@ -9,7 +9,7 @@ import pytest
 import zarr
 from field_scenes import VOXEL_SIZE_UM, conjugate_field
 
-from deepis_rt.analysis.quality import CELL_AT_EDGE, split_reasons
+from deepis_rt.analysis.quality import CELL_AT_EDGE, FAINT_CELL, split_reasons
 from deepis_rt.errors import InputError
 from deepis_rt.field import FieldStore
 from deepis_rt.field.segment import segment_field
@@ -113,4 +113,6 @@ def test_each_synapse_keeps_its_own_quality_in_both_paths(fake_segmenter, tmp_pa
         assert set(by_x) == {"cut", "whole"}
         assert by_x["cut"] - by_x["whole"] == {CELL_AT_EDGE} and CELL_AT_EDGE not in by_x["whole"], by_x
         assert CELL_AT_EDGE in split_reasons(res.quality)
+        # the scene's targets are darker than the medium: both paths call them faint, and each synapse
+        assert FAINT_CELL in split_reasons(res.quality) and all(FAINT_CELL in r for r in by_x.values())
     assert result.synapses == reference.synapses and result.quality == reference.quality

@@ -1,6 +1,7 @@
 """Test-time augmentation (flips) and the quality flags of frames and synapses.
 
-The runners here turn RI back into a distance map voxel by voxel (RI = medium + 0.002 x distance),
+The runners here turn RI back into a distance map voxel by voxel (inside a cell RI = medium + 0.02 +
+distance / 500, so both cells sit 0.015-0.025 above the medium as real cells do; the medium outside),
 so an analytic conjugate of two spheres goes through the real Segmenter, tiling and analysis.
 """
 
@@ -14,6 +15,7 @@ import pytest
 from deepis_rt.analysis.flips import area_sigma_with_flips_um2
 from deepis_rt.analysis.quality import (
     CELL_AT_EDGE,
+    FAINT_CELL,
     FLIPS_DISAGREE,
     NEAR_TILE_SEAM,
     QUALITY_OK,
@@ -22,6 +24,7 @@ from deepis_rt.analysis.quality import (
     VOXEL_SIZE_OUT_OF_RANGE,
     TrainingRange,
     describe_training_inputs,
+    faint_cells,
     join_reasons,
     split_reasons,
 )
@@ -31,16 +34,22 @@ from deepis_rt.runtime.tta import FLIP_AXES
 
 VS = (0.5, 0.25, 0.25)
 MEDIUM = 1.337
-UM_PER_RI = 500.0  # distance (um) = (RI - medium) x 500; the normalised input x = (RI - medium) / 0.02
+UM_PER_RI = 500.0  # inside a cell, distance (um) = (RI - medium - 0.02) x 500
+CELL_RI = 0.02  # a cell's RI above the medium at its border (where the distance is 0)
+# the normalised input is x = (RI - medium) / 0.02: 1 + distance / 10 inside a cell, 0 outside
 
 
 class DistanceRunner(FakeRunner):
-    """The distance map back from RI = medium + distance / 500 (flip-equivariant, like an ideal network)."""
+    """The distance map back from the RI of :func:`_ri` (flip-equivariant, like an ideal network).
+
+    ``input_gain`` scales the input first: 10 reads cells from a tenth of a real cell's contrast."""
+
+    input_gain = 1.0
 
     def infer_impl(self, batch):
-        x = np.asarray(batch, dtype=np.float32)
+        x = np.asarray(batch, dtype=np.float32) * np.float32(self.input_gain)
         self.calls.append(tuple(x.shape))
-        return x * np.float32(0.02 * UM_PER_RI)
+        return np.where(x > 0.5, (x - 1) * np.float32(CELL_RI * UM_PER_RI), 0).astype(np.float32)
 
 
 class SidedRunner(DistanceRunner):
@@ -76,7 +85,7 @@ def _ri(shape=(16, 48, 48), origin_x_um=6.0, r=(2.2, 2.6), contact=1.4):
     rho1, rho2 = np.linalg.norm(p - c1, axis=-1), np.linalg.norm(p - c2, axis=-1)
     in1, in2 = (rho1 < r[0]) & (s < 0), (rho2 < r[1]) & (s >= 0)
     d = np.where(in1, np.minimum(r[0] - rho1, -s), 0.0) - np.where(in2, np.minimum(r[1] - rho2, s), 0.0)
-    return (MEDIUM + d / UM_PER_RI).astype(np.float32)
+    return (MEDIUM + np.where(in1 | in2, CELL_RI + d / UM_PER_RI, 0.0)).astype(np.float32)
 
 
 def test_flip_set_is_lateral_and_starts_with_identity():
@@ -143,7 +152,7 @@ def test_vocabulary_is_ordered_and_closed():
     assert join_reasons([NEAR_TILE_SEAM, RI_OUT_OF_RANGE, NEAR_TILE_SEAM]) == "ri_out_of_range;near_tile_seam"
     assert split_reasons("ri_out_of_range;near_tile_seam") == {RI_OUT_OF_RANGE, NEAR_TILE_SEAM}
     assert split_reasons(QUALITY_OK) == set() == split_reasons("")
-    assert len(set(REASONS)) == 5
+    assert len(set(REASONS)) == 6
     with pytest.raises(ValueError, match="unknown reason"):
         join_reasons(["blurry"])
 
@@ -205,3 +214,30 @@ def test_a_contact_on_a_tile_seam_is_flagged_and_one_inside_a_tile_is_not():
     assert NEAR_TILE_SEAM in frame and synapses == [{NEAR_TILE_SEAM}]
     frame, synapses = _quality(_ri(shape=(16, 48, 80), origin_x_um=5.5))
     assert synapses == [set()] and frame == set()
+
+
+class FaintRunner(DistanceRunner):
+    """Reads cells from a tenth of a real cell's RI contrast (as a network reading noise as cells)."""
+
+    input_gain = 10.0
+
+
+def test_a_cell_barely_above_the_background_is_flagged_faint():
+    ri = _ri()
+    faint = (MEDIUM + (ri - MEDIUM) * np.float32(0.1)).astype(np.float32)  # cells 0.0015-0.0025 above
+    result = _segmenter(FaintRunner()).segment(faint, VS)
+    assert len(result.synapses) == 1 and {c.kind for c in result.analysis.cells} == {"tcell", "target"}
+    assert split_reasons(result.quality) == {FAINT_CELL} and split_reasons(result.synapses[0].quality) == {FAINT_CELL}
+    # the same cells at a real cell's contrast are not
+    assert _quality(ri) == (set(), [set()])
+
+
+def test_faint_cells_compares_each_cells_mean_ri_with_the_background():
+    class C:
+        def __init__(self, cell_id, mean_ri):
+            self.cell_id, self.mean_ri = cell_id, mean_ri
+
+    cells = [C(1, MEDIUM + 0.02), C(2, MEDIUM + 0.004), C(3, MEDIUM - 0.001), C(4, math.nan)]
+    assert faint_cells(cells, MEDIUM) == {2, 3}
+    assert faint_cells(cells, MEDIUM, min_contrast=0.001) == {3}
+    assert faint_cells(cells, math.nan) == set()  # no background known: nothing judged
