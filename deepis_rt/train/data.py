@@ -31,6 +31,7 @@ __all__ = [
     "edge_weight",
     "distance_from_labels",
     "random_crop_batch",
+    "add_grid_noise",
     "VALIDATION_SEED_BASE",
     "HELDOUT_SEED_BASE",
     "TRAIN_SEED_LIMIT",
@@ -248,6 +249,37 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+#: Noise added on the model's grid by :func:`add_grid_noise`: std range (RI units, log-uniform) and
+#: correlation length range (Gaussian sigma in voxels, uniform; axial, lateral).
+GRID_NOISE_RI: tuple[float, float] = (0.0003, 0.003)
+GRID_NOISE_SIGMA_VOXELS: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 1.5), (0.0, 1.0))
+
+
+def add_grid_noise(ri: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``ri`` plus zero-mean correlated Gaussian noise drawn on its own grid.
+
+    The generator's noise is made at the acquisition grid and band-limited by the imaging
+    model; a tomogram resampled from a fine acquisition then carries much less of it on the
+    model's grid than one exported at the model's voxel size. Noise drawn here, on the
+    model's grid, covers the latter: its std is log-uniform in :data:`GRID_NOISE_RI` (the
+    background fluctuation quoted for ODT reconstructions) and its correlation a Gaussian
+    of random width per axis (:data:`GRID_NOISE_SIGMA_VOXELS`, longer along z as the
+    missing cone makes it), so that empty medium looks like a noisy reconstruction's.
+    """
+    lo, hi = (np.log(v) for v in GRID_NOISE_RI)
+    std = float(np.exp(rng.uniform(lo, hi)))
+    (zl, zh), (ll, lh) = GRID_NOISE_SIGMA_VOXELS
+    lateral = rng.uniform(ll, lh)
+    sigma = (rng.uniform(zl, zh), lateral, lateral)
+    noise = rng.standard_normal(size=ri.shape, dtype=np.float32)
+    if max(sigma) > 0:
+        noise = ndi.gaussian_filter(noise, sigma, mode="wrap")
+    sd = float(noise.std())
+    if sd > 0:
+        noise *= np.float32(std / sd)
+    return (ri + noise).astype(np.float32, copy=False)
+
+
 def random_crop_batch(
     samples: Sequence[Sample],
     batch: int,
@@ -256,13 +288,15 @@ def random_crop_batch(
     medium_ri: float = 1.337,
     focus_fraction: float = 0.5,
     augment: bool = True,
+    noise_fraction: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Augmented random crops: (ri, distance, weight), each (B, Z, Y, X) float32.
 
     Augmentation: random crop (half of them centred near the IS / a cell border), flips
     along every axis, in-plane 90-degree rotations (Y and X share a voxel size), and RI
-    jitter (contrast x0.85-1.15 about the medium, offset +-0.002). Volumes smaller than
-    the crop are padded with the medium (distance 0).
+    jitter (contrast x0.85-1.15 about the medium, offset +-0.002). ``noise_fraction`` of
+    the crops also get correlated noise on the model's grid (:func:`add_grid_noise`).
+    Volumes smaller than the crop are padded with the medium (distance 0).
     """
     cz, cy, cx = (int(c) for c in crop_zyx)
     ris, ds, ws = [], [], []
@@ -293,6 +327,8 @@ def random_crop_batch(
             gain = rng.uniform(0.85, 1.15)
             offset = rng.uniform(-0.002, 0.002)
             r = (medium_ri + (r - medium_ri) * gain + offset).astype(np.float32)
+            if noise_fraction > 0 and rng.random() < noise_fraction:
+                r = add_grid_noise(r, rng)
         ris.append(np.ascontiguousarray(r, dtype=np.float32))
         ds.append(np.ascontiguousarray(dd, dtype=np.float32))
         ws.append(np.ascontiguousarray(ww, dtype=np.float32))

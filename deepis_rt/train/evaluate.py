@@ -177,9 +177,10 @@ def write_bundle(checkpoint: str | Path, out: str | Path, result: dict[str, Any]
 
     ck = load_checkpoint(checkpoint)
     heldout = {**json_safe(result["summary"]), "video_seeds": result["seeds"], "frames_per_video": result["frames"],
+               "imaging": result["imaging"],
                "definition": "Dice per class (paper's masks at +-half pitch) and relative IS-area error "
                              "(IS area by deepis_rt.analysis.analyze, as in synapses.csv; deepis_rt.train.metrics) "
-                             "on held-out synthetic videos"}
+                             "on held-out synthetic videos made with this imaging condition (deepis_rt.synth)"}
     meta = ck.meta.replace(metrics={**ck.meta.metrics, "heldout": heldout})
     out = Path(out)
     save_checkpoint(out, ck.state_dict, config=ck.config, meta=meta, preset=ck.preset)

@@ -102,6 +102,9 @@ class TrainConfig:
     refresh_every: int = 2
     #: Fraction of crops centred near the IS or a cell border.
     focus_fraction: float = 0.5
+    #: Fraction of crops given correlated noise on the model's grid (``add_grid_noise``): robustness
+    #: to tomograms noisier at the model's voxel size than the generator's resampled frames.
+    noise_fraction: float = 0.5
     #: Stop (and save) after this many minutes of wall time, even before ``steps``.
     max_minutes: float | None = None
     #: torch intra-op threads (None: leave torch's default).
@@ -112,6 +115,8 @@ class TrainConfig:
     init: str | None = None
 
     def validate(self) -> None:
+        if not 0.0 <= self.noise_fraction <= 1.0:
+            raise ConfigError(f"train: noise_fraction must be in [0, 1], got {self.noise_fraction}")
         if self.steps < 1 or self.batch < 1:
             raise ConfigError("train: steps and batch must be >= 1")
         if len(self.crop_zyx) != 3 or min(self.crop_zyx) < 1:
@@ -299,7 +304,7 @@ def train(out: str | Path, config: TrainConfig | None = None, resume: bool = Fal
             for g in opt.param_groups:
                 g["lr"] = lr
             ri, d, w = random_crop_batch(source.samples(), cfg.batch, cfg.crop_zyx, rng,
-                                         focus_fraction=cfg.focus_fraction)
+                                         focus_fraction=cfg.focus_fraction, noise_fraction=cfg.noise_fraction)
             x = torch.from_numpy(_normalize(ri, *ri_norm))[:, None].contiguous(memory_format=torch.channels_last_3d)
             y = torch.from_numpy(d)[:, None]
             wt = torch.from_numpy(w)[:, None]

@@ -58,12 +58,12 @@ def test_write_bundle_adds_heldout_metrics_and_card(tmp_path):
     from deepis_rt.train.evaluate import write_bundle
 
     result = {"summary": {"dice_cart_mean": 0.5, "is_area_error_median": float("nan")}, "seeds": [9_000_000],
-              "frames": [5]}
+              "frames": [5], "imaging": "raw"}
     out = write_bundle(bundled_checkpoint_path(), tmp_path / "b.pt", result)
     ck = load_checkpoint(out)
     held = ck.meta["metrics"]["heldout"]
     assert held["dice_cart_mean"] == 0.5 and held["is_area_error_median"] is None
-    assert held["video_seeds"] == [9_000_000]
+    assert held["video_seeds"] == [9_000_000] and held["imaging"] == "raw"
     assert ck.meta["metrics"]["validation"] == load_checkpoint(bundled_checkpoint_path()).meta["metrics"]["validation"]
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["sha256"] == ck.sha256 and card["metrics"]["heldout"] == held

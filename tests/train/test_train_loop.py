@@ -83,8 +83,41 @@ def test_crops_are_augmented_consistently(tiny_overrides):
         np.testing.assert_array_equal(w[i][inner], edge_weight(d[i])[inner])
 
 
+def test_grid_noise_is_correlated_zero_mean_and_within_its_range():
+    from deepis_rt.train.data import GRID_NOISE_RI, add_grid_noise
+
+    flat = np.full((16, 32, 32), 1.337, np.float32)
+    rng = np.random.default_rng(1)
+    stds, lag1 = [], []
+    for _ in range(40):
+        n = add_grid_noise(flat, rng) - flat
+        assert n.dtype == np.float32 and abs(float(n.mean())) < 0.5 * float(n.std())
+        stds.append(float(n.std()))
+        lag1.append(float(np.corrcoef(n[:, :, :-1].ravel(), n[:, :, 1:].ravel())[0, 1]))
+    assert GRID_NOISE_RI[0] * 0.99 <= min(stds) and max(stds) <= GRID_NOISE_RI[1] * 1.01
+    assert max(stds) > 4 * min(stds)  # the level is drawn, not fixed
+    assert max(lag1) > 0.5 and min(lag1) < 0.3  # so is the correlation length (white to smooth)
+
+
+def test_noise_augmentation_changes_the_ri_of_a_crop_but_not_its_target():
+    from deepis_rt.train.data import SyntheticSource
+
+    src = SyntheticSource(np.random.default_rng(0), (32, 64, 64), VS, pool_size=1, min_shape=(16, 32, 32))
+    pool = src.pool
+    for seed in range(3):  # one crop per batch: the same crop and flips, then the noise
+        plain = random_crop_batch(pool, 1, (16, 32, 32), np.random.default_rng(seed))
+        noisy = random_crop_batch(pool, 1, (16, 32, 32), np.random.default_rng(seed), noise_fraction=1.0)
+        np.testing.assert_array_equal(noisy[1], plain[1])
+        np.testing.assert_array_equal(noisy[2], plain[2])
+        assert float((noisy[0] - plain[0]).std()) > 2e-4
+    with pytest.raises(Exception, match="noise_fraction"):
+        loop.TrainConfig(noise_fraction=1.5).validate()
+
+
 def test_a_few_steps_lower_the_loss(tmp_path, tiny_overrides):
-    res = train(tmp_path / "m.pt", steps=36, lr=1e-2, focus_fraction=0.0, **_tiny(tiny_overrides, save_every=0))
+    # without the grid-noise augmentation: 36 steps of a tiny network measure the loop, not robustness
+    res = train(tmp_path / "m.pt", steps=36, lr=1e-2, focus_fraction=0.0, noise_fraction=0.0,
+                **_tiny(tiny_overrides, save_every=0))
     hist = res["history"]
     assert len(hist) == 36
     # one frame, random flips and contrast: the loss is noisy step to step, but a network that learns
