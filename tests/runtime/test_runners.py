@@ -13,7 +13,8 @@ def _tile():
     return (16, 32, 32)  # the tiny checkpoint's tile (tests/runtime/conftest.py)
 
 
-def _make(kind, ckpt, onnx):
+def _make(kind, ckpt, onnx, tmp_dir=None):
+    """The runner ``kind``; ``tmp_dir`` (a pytest temporary folder) holds OpenVINO's compiled-model cache."""
     from deepis_rt.checkpoint import load_checkpoint
 
     if kind == "fake":
@@ -23,12 +24,10 @@ def _make(kind, ckpt, onnx):
     if kind == "onnxruntime-cpu":
         return OnnxRuntimeRunner(onnx, provider="cpu")
     if kind.startswith("openvino-cpu"):
-        import tempfile
-
         from deepis_rt.backends import OpenVINORunner
 
         hint = "throughput" if kind.endswith("throughput") else "latency"
-        return OpenVINORunner(onnx, hint=hint, cache_dir=tempfile.mkdtemp(prefix="deepis-rt-ov-cache-"))
+        return OpenVINORunner(onnx, hint=hint, cache_dir=tmp_dir)
     if kind == "torch-cuda-fp32":
         return TorchRunner(load_checkpoint(ckpt), device="cuda")
     if kind == "torch-cuda-fp16-graphs":
@@ -64,7 +63,7 @@ RUNNERS = [
 
 
 @pytest.fixture(params=RUNNERS)
-def runner(request, tiny_checkpoint, tiny_onnx):
+def runner(request, tiny_checkpoint, tiny_onnx, tmp_path):
     if request.param == "onnxruntime-cuda":
         from deepis_rt.backends.onnxrt.runner import ort_providers
 
@@ -72,7 +71,7 @@ def runner(request, tiny_checkpoint, tiny_onnx):
             pytest.skip("onnxruntime-gpu is not installed")
     if request.param.startswith("openvino"):
         pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
-    r = _make(request.param, tiny_checkpoint, tiny_onnx)
+    r = _make(request.param, tiny_checkpoint, tiny_onnx, tmp_path / "ov-cache")
     yield r
     r.deactivate()
 
