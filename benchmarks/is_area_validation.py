@@ -107,8 +107,10 @@ def render(spec: dict, cache: Path, segmenter, model_tag: str) -> list[Path]:
 MAPS = ("exact", "voxelised", "network")
 
 
-def measure(path: Path, truth_maps: bool, model_tag: str) -> list[dict]:
-    """One row per map kind: the synapse between the truth's CAR-T and target, its drivers, Dice."""
+def measure(path: Path, truth_maps: bool, model_tag: str, net_error=None) -> list[dict]:
+    """One row per map kind: the synapse between the truth's CAR-T and target, its drivers, Dice.
+
+    ``net_error``: the checkpoint's ``NetworkError`` (its own calibration, or the default)."""
     from deepis_rt.analysis import analyze
     from deepis_rt.train.data import distance_from_labels
 
@@ -122,7 +124,7 @@ def measure(path: Path, truth_maps: bool, model_tag: str) -> list[dict]:
     rows = []
     for name in maps:
         t0 = time.perf_counter()
-        fa = analyze(maps[name], None, vs)
+        fa = analyze(maps[name], None, vs, network_error=net_error)
         analyze_ms = (time.perf_counter() - t0) * 1e3
         row = {k: meta[k] for k in ("set", "kind", "seed", "imaging", "voxel_size_um", "contact_radius_um")}
         row.update(imaging=meta["imaging"] if name == "network" else "-", map=name, true_um2=meta["true_is_area_um2"], area_um2=0.0, err_um2=0.0, rim_slope=math.nan,
@@ -149,16 +151,31 @@ def measure(path: Path, truth_maps: bool, model_tag: str) -> list[dict]:
     return rows
 
 
+#: the network's constants as named in the fit, and their fields of ``contact.NetworkError``
+NETWORK_FIELDS = {"ERR_NET_REL": "rel", "ERR_NET_RESOLUTION_VOXELS": "resolution_voxels", "ERR_NET_AMBIGUITY": "ambiguity"}
+
+
+def network_error(consts: dict, fitted_on: str = ""):
+    """The ``contact.NetworkError`` of fitted constants (the others at their defaults)."""
+    from deepis_rt.analysis.contact import DEFAULT_NETWORK_ERROR
+
+    return replace(DEFAULT_NETWORK_ERROR, fitted_on=fitted_on,
+                   **{field: float(consts[k]) for k, field in NETWORK_FIELDS.items() if k in consts})
+
+
 def sigma(rows: list[dict], consts: dict) -> np.ndarray:
-    """``is_area_err_um2`` recomputed with other constants (same drivers), for the fit."""
+    """``is_area_err_um2`` recomputed with other constants (same drivers), for the fit: the
+    estimator's are module constants, the network's a ``NetworkError``."""
     from deepis_rt.analysis import contact
 
-    saved = {k: getattr(contact, k) for k in consts}
+    estimator = {k: v for k, v in consts.items() if k not in NETWORK_FIELDS}
+    net = network_error(consts)
+    saved = {k: getattr(contact, k) for k in estimator}
     try:
-        for k, v in consts.items():
+        for k, v in estimator.items():
             setattr(contact, k, v)
         return np.array([contact.area_uncertainty_um2(r["area_um2"], r["voxel_size_um"], r["noise_um"],
-                                                      r["rim_slope"], r["ambiguity_um2"]) if r["detected"] else 0.0
+                                                      r["rim_slope"], r["ambiguity_um2"], net) if r["detected"] else 0.0
                          for r in rows])
     finally:
         for k, v in saved.items():
@@ -238,7 +255,11 @@ def report(rows: list[dict], args) -> None:
 
     fit_rows = [r for r in rows if r["set"] == "fit" and r["detected"]]
     fitted = fit_sigma(fit_rows) if fit_rows else {}
-    product = {k: getattr(contact, k) for k in ESTIMATOR_CONSTANTS + NETWORK_CONSTANTS}
+    net = args.net_error
+    product = {**{k: getattr(contact, k) for k in ESTIMATOR_CONSTANTS},
+               **{k: getattr(net, field) for k, field in NETWORK_FIELDS.items()},
+               "network_part_from": "the checkpoint's own calibration" if args.net_error_own
+               else "deepis_rt.analysis.contact's defaults (the checkpoint carries none)"}
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["set"], r["map"], r["imaging"]), []).append(r)
@@ -250,7 +271,8 @@ def report(rows: list[dict], args) -> None:
     stem = "is_area_validation" + (f"-{args.tag}" if args.tag else "")
     (args.results / f"{stem}.json").write_text(json.dumps(
         {"rows": rows, "table": table, "sigma_fit": fitted, "sigma_constants_in_product": product,
-         "machine": machine, "quick": args.quick, "checkpoint": args.checkpoint_name}, indent=1, default=float) + "\n")
+         "machine": machine, "quick": args.quick, "checkpoint": args.checkpoint_name,
+         "checkpoint_sha256": args.checkpoint_sha256}, indent=1, default=float) + "\n")
     md = ["# IS area end to end on the independent validation generator", "",
           f"`python benchmarks/is_area_validation.py{' --quick' if args.quick else ''}` (checkpoint "
           f"`{args.checkpoint_name}`, OpenVINO on the CPU). Maps: exact = truth distance (3x finer grid), voxelised = "
@@ -274,7 +296,8 @@ def report(rows: list[dict], args) -> None:
                    f"{ {k: f['constants'][k] for k in (ESTIMATOR_CONSTANTS if part == 'estimator' else NETWORK_CONSTANTS)} } "
                    f"(coverage there {100 * f['cover_1sigma']:.0f} % / {100 * f['cover_2sigma']:.0f} %, median "
                    f"sigma {100 * f['median_width']:.0f} % of the area)."]
-    md += ["", f"In the product (`deepis_rt/analysis/contact.py`): {product}."]
+    md += ["", f"Used for the sigmas above (estimator: `deepis_rt/analysis/contact.py`; network: "
+           f"{product['network_part_from']}): { {k: v for k, v in product.items() if k != 'network_part_from'} }."]
     md += ["", f"Machine: {machine['cpu']}, {machine['cpu_cores']} CPUs; flags: "
            f"{' '.join(f for f in (machine['cpu_flags'] or []) if f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_tile'))}", ""]
     (args.results / f"{stem}.md").write_text("\n".join(md))
@@ -298,9 +321,11 @@ def main() -> None:
 
     checkpoint = args.checkpoint or bundled_checkpoint()
     args.checkpoint_name = checkpoint.name
-    model_tag = file_sha256(checkpoint)[:12]
+    args.checkpoint_sha256 = file_sha256(checkpoint)
+    model_tag = args.checkpoint_sha256[:12]
     args.cache.mkdir(parents=True, exist_ok=True)
     segmenter = deepis_rt.load(checkpoint, backend="openvino-cpu", analyze=False)
+    args.net_error, args.net_error_own = segmenter.network_error, segmenter.network_error_from_checkpoint
     files = []
     for set_name in args.sets:
         for spec in scene_list(set_name, args.quick):
@@ -314,7 +339,7 @@ def main() -> None:
         key = (meta["set"], meta["seed"])
         first = key not in seen
         seen.add(key)
-        rows += measure(path, first, model_tag)
+        rows += measure(path, first, model_tag, args.net_error)
     report(rows, args)
 
 

@@ -45,7 +45,9 @@ Uncertainty (:func:`area_uncertainty_um2`, one sigma), in two parts:
 
 Both parts' constants are fitted end to end (RI -> network -> analyze) on one set of validation
 scenes (``benchmarks/is_area_validation.py``, which prints the fitted values) and checked on a
-disjoint one; the network's part describes the bundled checkpoint. Test-time augmentation widens it
+disjoint one. The network's part belongs to a checkpoint: a checkpoint carries its own in
+``meta["uncertainty"]["network"]`` (:class:`NetworkError`); the module's ``ERR_NET_*`` values, the
+bundled checkpoint's, stand in for a checkpoint that carries none. Test-time augmentation widens it
 with the spread of the areas across flips (:func:`deepis_rt.analysis.flips.area_sigma_with_flips_um2`).
 """
 
@@ -55,6 +57,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -70,6 +73,8 @@ __all__ = [
     "contact_surface",
     "gap_area_curve",
     "area_uncertainty_um2",
+    "NetworkError",
+    "DEFAULT_NETWORK_ERROR",
 ]
 
 #: Gaussian smoothing of the masks of voxel-mask maps (voxels along each axis)
@@ -90,6 +95,58 @@ ERR_NET_REL = 0.16
 ERR_NET_RESOLUTION_VOXELS = 0.0
 ERR_NET_NOISE_GAIN = 1.0
 ERR_NET_AMBIGUITY = 2.0
+
+
+@dataclass(frozen=True)
+class NetworkError:
+    """The network's part of the IS-area uncertainty of one checkpoint (:func:`area_uncertainty_um2`).
+
+    ``rel``: relative term; ``resolution_voxels``: rim smear in voxels per unit opening rate;
+    ``noise_gain``: weight of the map's noise; ``ambiguity``: weight of the rim's ambiguity;
+    ``fitted_on``: where the values come from (shown in ``summary.json``).
+    """
+
+    rel: float = 0.0
+    resolution_voxels: float = 0.0
+    noise_gain: float = 1.0
+    ambiguity: float = 0.0
+    fitted_on: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("rel", "resolution_voxels", "noise_gain", "ambiguity"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"uncertainty: network {name}={v!r} must be a finite number >= 0")
+
+    @classmethod
+    def from_meta(cls, meta: Any) -> NetworkError | None:
+        """From a checkpoint's metadata (``meta["uncertainty"]["network"]``); None when it has none.
+
+        A record that is there but malformed raises ``ValueError`` (never silently replaced)."""
+        unc = meta.get("uncertainty") if hasattr(meta, "get") else None
+        rec = unc.get("network") if hasattr(unc, "get") else None
+        if rec is None:
+            return None
+        if not hasattr(rec, "get"):
+            raise ValueError(f"uncertainty: meta['uncertainty']['network'] must be a mapping, got {rec!r}")
+        try:
+            return cls(float(rec["rel"]), float(rec["resolution_voxels"]), float(rec.get("noise_gain", 1.0)),
+                       float(rec["ambiguity"]), str(rec.get("fitted_on", "")))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"uncertainty: meta['uncertainty']['network'] {dict(rec)!r} lacks or mistypes a "
+                             f"field (rel, resolution_voxels, ambiguity): {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form stored in ``meta["uncertainty"]["network"]``."""
+        return {"rel": self.rel, "resolution_voxels": self.resolution_voxels, "noise_gain": self.noise_gain,
+                "ambiguity": self.ambiguity, "fitted_on": self.fitted_on}
+
+
+#: the module's values as a :class:`NetworkError`: for checkpoints that carry none
+DEFAULT_NETWORK_ERROR = NetworkError(ERR_NET_REL, ERR_NET_RESOLUTION_VOXELS, ERR_NET_NOISE_GAIN, ERR_NET_AMBIGUITY,
+                                     "not this checkpoint: the bundled deepis-lite checkpoint's values "
+                                     "(deepis_rt.analysis.contact.ERR_NET_*)")
+
 #: reach of each cell's signed distance: this many of the smallest voxel edges, at least
 #: ``REACH_COARSE_VOXELS`` of the largest (two voxel steps along every axis: the rim fit reads gaps up
 #: to 2.5 voxel pitches along the contact's normal)
@@ -193,14 +250,16 @@ def gap_area_curve(triangles: np.ndarray, gaps: np.ndarray, levels: np.ndarray) 
 
 
 def area_uncertainty_um2(area_um2: float, voxel_size_um: Sequence[float], noise_um: float = 0.0,
-                         rim_slope: float = math.nan, rim_ambiguity_um2: float = 0.0) -> float:
+                         rim_slope: float = math.nan, rim_ambiguity_um2: float = 0.0,
+                         network: NetworkError | None = None) -> float:
     """One-sigma uncertainty of a contact area from what drives its error.
 
     The estimator's part, on every map: ``floor^2 + (ERR_REL A)^2 + (P h ERR_RIM_VOXELS)^2``
     with the disc-equivalent perimeter ``P = 2 sqrt(pi A)`` and ``h`` the mean voxel edge. On a
-    network's map (``noise_um`` above :data:`DISTANCE_MAP_NOISE_UM`) the network's part is added:
-    ``(ERR_NET_REL A)^2 + (P s_net)^2 + (ERR_NET_AMBIGUITY ambiguity)^2`` with the rim's smear
-    ``s_net = h ERR_NET_RESOLUTION_VOXELS / slope (+) ERR_NET_NOISE_GAIN noise / slope`` (``slope`` the gap's
+    network's map (``noise_um`` above :data:`DISTANCE_MAP_NOISE_UM`) the network's part is added,
+    with the constants of ``network`` (default :data:`DEFAULT_NETWORK_ERROR`):
+    ``(rel A)^2 + (P s_net)^2 + (ambiguity_weight ambiguity)^2`` with the rim's smear
+    ``s_net = h resolution_voxels / slope (+) noise_gain noise / slope`` (``slope`` the gap's
     opening rate at the rim, floored at ``MIN_RIM_SLOPE``; 0.5 when unknown).
     """
     if not area_um2 > 0:
@@ -209,9 +268,10 @@ def area_uncertainty_um2(area_um2: float, voxel_size_um: Sequence[float], noise_
     perimeter = 2.0 * math.sqrt(math.pi * area_um2)
     var = ERR_FLOOR_UM2**2 + (ERR_REL * area_um2) ** 2 + (perimeter * h * ERR_RIM_VOXELS) ** 2
     if noise_um > DISTANCE_MAP_NOISE_UM:
+        net = DEFAULT_NETWORK_ERROR if network is None else network
         slope = max(rim_slope if math.isfinite(rim_slope) else 0.5, MIN_RIM_SLOPE)
-        s_net = math.hypot(h * ERR_NET_RESOLUTION_VOXELS / slope, ERR_NET_NOISE_GAIN * noise_um / slope)
-        var += (ERR_NET_REL * area_um2) ** 2 + (perimeter * s_net) ** 2 + (ERR_NET_AMBIGUITY * rim_ambiguity_um2) ** 2
+        s_net = math.hypot(h * net.resolution_voxels / slope, net.noise_gain * noise_um / slope)
+        var += (net.rel * area_um2) ** 2 + (perimeter * s_net) ** 2 + (net.ambiguity * rim_ambiguity_um2) ** 2
     return float(math.sqrt(var))
 
 
@@ -326,6 +386,7 @@ def contact_surface(
     band_fraction: float = 0.05,
     noise_um: float = 0.0,
     touch_gap_um: float | None = None,
+    network_error: NetworkError | None = None,
 ) -> ContactEstimate:
     """Contact area (and its uncertainty) between one CAR-T and one target cell.
 
@@ -348,6 +409,8 @@ def contact_surface(
         Noise of the map (for the uncertainty).
     touch_gap_um : float, optional
         Largest contact gap counted as touching; default half the smallest voxel edge.
+    network_error : NetworkError, optional
+        The network's part of the uncertainty (default :data:`DEFAULT_NETWORK_ERROR`).
 
     Returns
     -------
@@ -403,6 +466,6 @@ def contact_surface(
     if area <= 0:
         return ContactEstimate(gap_um=g_ref)
     ambiguity = abs(math.pi * r_amb * r_amb - area)
-    err = area_uncertainty_um2(area, vs, noise_um, rim_slope, ambiguity)
+    err = area_uncertainty_um2(area, vs, noise_um, rim_slope, ambiguity, network_error)
     return ContactEstimate(area_um2=area, area_err_um2=err, gap_um=g_ref, rim_slope=rim_slope,
                            rim_ambiguity_um2=ambiguity, in_contact=True)

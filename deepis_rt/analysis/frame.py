@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from deepis_rt.analysis.contact import ContactEstimate, contact_surface
+from deepis_rt.analysis.contact import ContactEstimate, NetworkError, contact_surface
 from deepis_rt.analysis.masks import (
     cell_masks,
     default_threshold_um,
@@ -175,6 +175,7 @@ def analyze(
     threshold_um: float | None = None,
     is_dilation_voxels: int = 2,
     min_is_area_um2: float = DEFAULT_MIN_IS_AREA_UM2,
+    network_error: NetworkError | None = None,
 ) -> FrameAnalysis:
     """Segment cells and synapses in a signed distance map and measure them.
 
@@ -199,6 +200,10 @@ def analyze(
         Dilation of each mask for the paper's IS mask.
     min_is_area_um2 : float
         Contacts with a smaller contact area are not reported.
+    network_error : NetworkError, optional
+        The network's part of ``is_area_err_um2`` for the checkpoint that made the map (the
+        Segmenter passes the checkpoint's own); default the bundled checkpoint's
+        (:data:`~deepis_rt.analysis.contact.DEFAULT_NETWORK_ERROR`).
 
     Returns
     -------
@@ -250,7 +255,7 @@ def analyze(
 
     noise_um = background_noise_um(d, t)
     synapses, contacts = measure_pairs(cell_labels, d, r, boxes, n_t, n_b, vs, t, noise_um, medium_ri,
-                                       alpha_um3_per_pg, is_dilation_voxels, min_is_area_um2)
+                                       alpha_um3_per_pg, is_dilation_voxels, min_is_area_um2, network_error)
     log.debug("analyze: %d CAR-T, %d target, %d synapse(s)", n_t, n_b, len(synapses))
     return FrameAnalysis(
         labels=labels,
@@ -266,8 +271,8 @@ def analyze(
 
 def measure_pairs(cell_labels: Any, distance: Any, ri: Any, boxes: Sequence[tuple[slice, ...]], n_tcell: int,
                   n_target: int, voxel_size_um: Sequence[float], threshold_um: float, noise_um: float,
-                  medium_ri: float, alpha_um3_per_pg: float, is_dilation_voxels: int, min_is_area_um2: float
-                  ) -> tuple[list[Synapse], dict[int, ContactEstimate]]:
+                  medium_ri: float, alpha_um3_per_pg: float, is_dilation_voxels: int, min_is_area_um2: float,
+                  network_error: NetworkError | None = None) -> tuple[list[Synapse], dict[int, ContactEstimate]]:
     """One synapse per touching CAR-T / target pair, each measured on crops around its contact.
 
     ``cell_labels``, ``distance`` and ``ri`` (or None) are anything sliced by boxes into arrays (NumPy
@@ -305,7 +310,8 @@ def measure_pairs(cell_labels: Any, distance: Any, ri: Any, boxes: Sequence[tupl
             t_i, b_j = clab == i, clab == j
             # other cells in the crop must not be taken for this pair's zero band
             d_pair = np.where((clab == 0) | t_i | b_j, np.asarray(distance[ccrop]), np.float32(0))
-            contact = contact_surface(t_i, b_j, d_pair, vs, t, band_fraction=band_fraction, noise_um=noise_um)
+            contact = contact_surface(t_i, b_j, d_pair, vs, t, band_fraction=band_fraction, noise_um=noise_um,
+                                      network_error=network_error)
             area = contact.area_um2
             if not contact.in_contact or area < max(min_is_area_um2, 1e-9):
                 continue

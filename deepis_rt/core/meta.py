@@ -142,7 +142,7 @@ class DistanceOutput:
 #: The fields every checkpoint's meta holds (written even when a caller gives none of them).
 _ALWAYS = ("voxel_size_um", "ri_normalization", "medium_ri", "tile_zyx", "training", "metrics", "description")
 #: Fields written only when set (None means "not recorded").
-_WHEN_SET = ("distance_output", "assumed", "source", "converted_from")
+_WHEN_SET = ("distance_output", "assumed", "source", "converted_from", "uncertainty")
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,6 +176,9 @@ class ModelMeta(Mapping):
     source: dict[str, Any] | None = None
     #: The file this checkpoint was converted from (``deepis-rt convert``): name and sha256.
     converted_from: dict[str, Any] | None = None
+    #: Calibration of the IS-area uncertainty for this model (``{"network": {...}}``, read by
+    #: :class:`deepis_rt.analysis.contact.NetworkError`); None: not calibrated for it.
+    uncertainty: dict[str, Any] | None = None
     #: Fields of files from earlier versions that this version does not know, kept as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -215,7 +218,7 @@ class ModelMeta(Mapping):
             if isinstance(assumed, str) or not all(isinstance(a, str) for a in assumed):
                 raise ConfigError(f"{where}: assumed must be a list of field names, got {assumed!r}")
             kw["assumed"] = tuple(assumed)
-        for name in ("source", "converted_from"):
+        for name in ("source", "converted_from", "uncertainty"):
             if data.get(name) is not None:
                 kw[name] = _mapping(data[name], where, name)
         return cls(**kw, extra=extra)
@@ -239,6 +242,8 @@ class ModelMeta(Mapping):
             out["source"] = dict(self.source)
         if self.converted_from is not None:
             out["converted_from"] = dict(self.converted_from)
+        if self.uncertainty is not None:
+            out["uncertainty"] = dict(self.uncertainty)
         out.update(self.extra)
         return out
 

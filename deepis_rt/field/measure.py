@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from deepis_rt.analysis.contact import ContactEstimate
+from deepis_rt.analysis.contact import ContactEstimate, NetworkError
 from deepis_rt.analysis.frame import Cell, FrameAnalysis, Synapse, measure_pairs
 from deepis_rt.analysis.masks import LABEL_IS
 from deepis_rt.analysis.measure import surface_area_um2
@@ -86,13 +86,13 @@ def measure_cells(store: FieldStore, table: CellTable, ri: Any, voxel_size_um: S
 
 def measure_synapses(store: FieldStore, table: CellTable, ri: Any, voxel_size_um: Sequence[float],
                      threshold_um: float, medium_ri: float = 1.337, alpha_um3_per_pg: float = 0.185,
-                     is_dilation_voxels: int = 2, min_is_area_um2: float = 0.25
-                     ) -> tuple[list[Synapse], dict[int, ContactEstimate]]:
+                     is_dilation_voxels: int = 2, min_is_area_um2: float = 0.25,
+                     network_error: NetworkError | None = None) -> tuple[list[Synapse], dict[int, ContactEstimate]]:
     """One synapse per touching CAR-T / target pair, measured on crops around the contact."""
     n = table.n_tcell + table.n_target
     return measure_pairs(store.cell_labels, store.distance, ri, [table.slices(k) for k in range(1, n + 1)],
                          table.n_tcell, table.n_target, voxel_size_um, threshold_um, table.background_noise_um,
-                         medium_ri, alpha_um3_per_pg, is_dilation_voxels, min_is_area_um2)
+                         medium_ri, alpha_um3_per_pg, is_dilation_voxels, min_is_area_um2, network_error)
 
 
 def field_analysis(store: FieldStore, table: CellTable, ri: Any, voxel_size_um: Sequence[float], threshold_um: float,

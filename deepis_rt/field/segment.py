@@ -182,7 +182,8 @@ def segment_field(
     analysis = None
     if do_analyze:
         table = label_field(store, plan, vs, threshold, DEFAULT_MIN_CELL_VOLUME_UM3)
-        analysis = field_analysis(store, table, regions, vs, threshold, medium_ri=segmenter.medium_ri)
+        analysis = field_analysis(store, table, regions, vs, threshold, medium_ri=segmenter.medium_ri,
+                                  network_error=getattr(segmenter, "network_error", None))
         quality = assess_field(analysis, store, table, regions, plan, segmenter.training_range,
                                segmenter.model_voxel_size_um)
     else:

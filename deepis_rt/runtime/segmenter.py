@@ -151,6 +151,19 @@ class Segmenter:
         from deepis_rt.analysis.quality import TrainingRange
 
         self.training_range = TrainingRange.from_meta(self.meta)
+        # the network's part of is_area_err_um2: the checkpoint's own when it carries one
+        from deepis_rt.analysis.contact import DEFAULT_NETWORK_ERROR, NetworkError
+
+        try:
+            own = NetworkError.from_meta(self.meta)
+        except ValueError as exc:
+            raise InputError(f"model meta: {exc}") from exc
+        self.network_error = own or DEFAULT_NETWORK_ERROR
+        self.network_error_from_checkpoint = own is not None
+        if own is None and self.analyze:
+            log.warning("segment | this checkpoint carries no calibration of the network's part of is_area_err_um2 "
+                        "(meta['uncertainty']['network']); the bundled checkpoint's is used, so the stated sigmas "
+                        "may be too narrow or too wide for it (benchmarks/is_area_validation.py --checkpoint fits one)")
         plan_tiles(self.tile_zyx, self.tile_zyx, self.overlap, self.size_multiple)  # validates the settings
 
     # -- properties --------------------------------------------------------------------------------
@@ -175,7 +188,12 @@ class Segmenter:
             "tile_zyx": list(self.tile_zyx),
             "tta_flips": [list(a) for a in FLIP_AXES] if self.tta else None,
             "backend_report": [str(c) for c in self.backend_report],
+            "is_area_uncertainty": self.uncertainty_record(),
         }
+
+    def uncertainty_record(self) -> dict[str, Any]:
+        """Where the network's part of ``is_area_err_um2`` comes from (``summary.json``)."""
+        return {"network": self.network_error.to_dict(), "from_checkpoint": self.network_error_from_checkpoint}
 
     # -- stages (used by deepis_rt.stream; segment() chains them) -----------------------------------
     def _as_ri(self, volume: np.ndarray, where: str, ri_scale: float | None, ri_offset: float | None) -> np.ndarray:
@@ -325,7 +343,8 @@ class Segmenter:
             ri = None if volume is None else np.asarray(volume)
             try:
                 result.analysis = analyze_fn(result.distance, ri, result.voxel_size_um,
-                                             medium_ri=float(medium_ri or self.medium_ri))
+                                             medium_ri=float(medium_ri or self.medium_ri),
+                                             network_error=self.network_error)
                 result.labels = np.asarray(result.analysis.labels, dtype=np.uint8)
             except InputError:
                 raise
@@ -357,7 +376,8 @@ class Segmenter:
         flip_analyses = None
         if flip_maps and result.analysis is not None and result.analysis.synapses:
             medium = float(medium_ri or self.medium_ri)
-            flip_analyses = [analyze_fn(m, None, vs, medium_ri=medium) for m in flip_maps]
+            flip_analyses = [analyze_fn(m, None, vs, medium_ri=medium, network_error=self.network_error)
+                             for m in flip_maps]
         margin = [SEAM_MARGIN_VOXELS * m / v for m, v in zip(self.model_voxel_size_um, vs, strict=True)]
         result.quality = assess_frame(result.analysis, ri, vs, self.training_range, flip_maps, flip_analyses,
                                       self._seams(result.distance.shape, vs), margin)

@@ -578,6 +578,8 @@ class Stream:
             # frames per quality reason (deepis_rt.analysis.quality), over every run on this folder
             "quality": quality_summary([r.get("quality", "") for r in self.results.committed if r["status"] == "ok"]
                                        if self.results else w.qualities, getattr(seg, "tta", False)),
+            # where the network's part of is_area_err_um2 comes from (the checkpoint's own calibration or not)
+            "is_area_uncertainty": seg.uncertainty_record() if hasattr(seg, "uncertainty_record") else None,
             "events": [dataclasses.asdict(e) if dataclasses.is_dataclass(e) else repr(e) for e in self._events[-200:]],
             "reproducibility": run_record(seg, self.settings, self.command, self.source,
                                           [r["source"] for r in (self.results.committed if self.results else [])]),

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from deepis_rt.train.data import HELDOUT_SEED_BASE
 from deepis_rt.train.loop import predict_distance
 from deepis_rt.train.metrics import frame_metrics, summarize
 
-__all__ = ["evaluate_checkpoint", "draw_figure", "write_bundle", "HELDOUT_FRAMES"]
+__all__ = ["evaluate_checkpoint", "draw_figure", "write_bundle", "network_calibration", "HELDOUT_FRAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="imaging condition(s) of the held-out frames (one summary each)")
     p.add_argument("--bundle", help="write a copy of the checkpoint here with the held-out metrics in its meta, "
                                     "and <bundle>.json (sha256, metrics) next to it")
+    p.add_argument("--calibration", help="with --bundle: benchmarks/is_area_validation.py's JSON of this checkpoint; "
+                                         "its fit of the network's IS-area uncertainty goes into the bundle's meta")
     args = p.parse_args(argv)
     if args.bundle and len(args.imaging) > 1:
         p.error("--bundle takes one --imaging condition (the held-out metrics of the checkpoint's card)")
+    if args.calibration:
+        if not args.bundle:
+            p.error("--calibration goes with --bundle")
+        from deepis_rt.core.files import file_sha256
+
+        network_calibration(args.calibration, file_sha256(args.checkpoint))  # a wrong file: refused before the work
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         import torch
@@ -168,20 +177,54 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=2, default=float))
     if args.bundle:
-        write_bundle(args.checkpoint, args.bundle, res)
+        write_bundle(args.checkpoint, args.bundle, res, args.calibration)
 
 
-def write_bundle(checkpoint: str | Path, out: str | Path, result: dict[str, Any]) -> Path:
-    """Copy ``checkpoint`` to ``out`` with ``meta.metrics.heldout`` set, plus ``<out>.json``."""
+def network_calibration(calibration: str | Path, checkpoint_sha256: str) -> dict[str, Any]:
+    """``meta["uncertainty"]`` from the JSON of ``benchmarks/is_area_validation.py`` run on this checkpoint.
+
+    The JSON's network constants were fitted on the checkpoint's own maps; a JSON of another
+    checkpoint (its ``checkpoint_sha256`` differs) or without a network fit is refused."""
+    from deepis_rt.analysis.contact import DEFAULT_NETWORK_ERROR
+    from deepis_rt.errors import ConfigError
+
+    path = Path(calibration)
+    try:
+        rep = json.loads(path.read_text())
+        fit = rep["sigma_fit"]["network"]
+        consts = fit["constants"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"evaluate: {path} is not a benchmarks/is_area_validation.py result with a fit of the "
+                          f"network's uncertainty ({type(exc).__name__}: {exc})") from exc
+    if rep.get("checkpoint_sha256") != checkpoint_sha256:
+        raise ConfigError(f"evaluate: {path} was measured on checkpoint {rep.get('checkpoint')} (sha256 "
+                          f"{str(rep.get('checkpoint_sha256'))[:12]}...), not on this one ({checkpoint_sha256[:12]}...)")
+    net = replace(DEFAULT_NETWORK_ERROR, rel=float(consts["ERR_NET_REL"]),
+                  resolution_voxels=float(consts["ERR_NET_RESOLUTION_VOXELS"]),
+                  ambiguity=float(consts["ERR_NET_AMBIGUITY"]),
+                  fitted_on=(f"benchmarks/is_area_validation.py on this checkpoint's maps of the independent "
+                             f"validation generator's fit scenes: {fit['n']} detected synapses, "
+                             f"{100 * fit['cover_1sigma']:.0f} % within 1 sigma and {100 * fit['cover_2sigma']:.0f} % "
+                             f"within 2 sigma there"))
+    return {"network": net.to_dict()}
+
+
+def write_bundle(checkpoint: str | Path, out: str | Path, result: dict[str, Any],
+                 calibration: str | Path | None = None) -> Path:
+    """Copy ``checkpoint`` to ``out`` with ``meta.metrics.heldout`` set, plus ``<out>.json``.
+
+    ``calibration``: an ``is_area_validation.py`` JSON of this checkpoint, whose fit of the network's
+    uncertainty goes into ``meta["uncertainty"]`` (:func:`network_calibration`)."""
     from deepis_rt.checkpoint import load_checkpoint, save_checkpoint  # PyTorch: imported when used
 
     ck = load_checkpoint(checkpoint)
+    uncertainty = network_calibration(calibration, str(ck.sha256)) if calibration is not None else ck.meta.uncertainty
     heldout = {**json_safe(result["summary"]), "video_seeds": result["seeds"], "frames_per_video": result["frames"],
                "imaging": result["imaging"],
                "definition": "Dice per class (paper's masks at +-half pitch) and relative IS-area error "
                              "(IS area by deepis_rt.analysis.analyze, as in synapses.csv; deepis_rt.train.metrics) "
                              "on held-out synthetic videos made with this imaging condition (deepis_rt.synth)"}
-    meta = ck.meta.replace(metrics={**ck.meta.metrics, "heldout": heldout})
+    meta = ck.meta.replace(metrics={**ck.meta.metrics, "heldout": heldout}, uncertainty=uncertainty)
     out = Path(out)
     save_checkpoint(out, ck.state_dict, config=ck.config, meta=meta, preset=ck.preset)
     final = load_checkpoint(out)
@@ -195,6 +238,7 @@ def write_bundle(checkpoint: str | Path, out: str | Path, result: dict[str, Any]
         "tile_zyx": list(meta.tile_zyx),
         "training": {k: meta.training.get(k) for k in ("command", "steps", "wall_time_s", "data", "seeds")},
         "metrics": meta.metrics,
+        "uncertainty": meta.uncertainty,
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return out

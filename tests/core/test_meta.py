@@ -30,7 +30,9 @@ def test_defaults_are_the_stored_defaults():
 def test_round_trip_keeps_every_field():
     stored = {**DEFAULT_META, "voxel_size_um": [0.4, 0.2, 0.2], "assumed": [],
               "distance_output": {"unit": "voxel", "scale": 2.0, "folded_factor_um": 0.4, "folded_into": "head"},
-              "source": {"format": "x"}, "converted_from": {"file": "a.pth.tar", "sha256": "0" * 64}}
+              "source": {"format": "x"}, "converted_from": {"file": "a.pth.tar", "sha256": "0" * 64},
+              "uncertainty": {"network": {"rel": 0.1, "resolution_voxels": 0.0, "noise_gain": 1.0, "ambiguity": 2.0,
+                                          "fitted_on": "x"}}}
     assert ModelMeta.from_dict(stored).to_dict() == stored
 
 

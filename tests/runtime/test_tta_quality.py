@@ -241,3 +241,44 @@ def test_faint_cells_compares_each_cells_mean_ri_with_the_background():
     assert faint_cells(cells, MEDIUM) == {2, 3}
     assert faint_cells(cells, MEDIUM, min_contrast=0.001) == {3}
     assert faint_cells(cells, math.nan) == set()  # no background known: nothing judged
+
+
+class NoisyRunner(DistanceRunner):
+    """Adds a little noise everywhere, as a network's map has (so the network's part of sigma applies)."""
+
+    def infer_impl(self, batch):
+        out = super().infer_impl(batch)
+        return out + np.random.default_rng(0).normal(scale=0.02, size=out.shape).astype(np.float32)
+
+
+def _network_record(rel, resolution=0.0, ambiguity=0.0):
+    return {"uncertainty": {"network": {"rel": rel, "resolution_voxels": resolution, "ambiguity": ambiguity,
+                                        "fitted_on": "a test"}}}
+
+
+def test_the_checkpoints_own_network_uncertainty_sets_sigma(caplog):
+    from deepis_rt.analysis.contact import DEFAULT_NETWORK_ERROR
+
+    ri = _ri()
+    with caplog.at_level("WARNING"):
+        default = _segmenter(NoisyRunner())
+    assert "carries no calibration" in caplog.text
+    assert default.network_error == DEFAULT_NETWORK_ERROR and not default.uncertainty_record()["from_checkpoint"]
+    narrow = _segmenter(NoisyRunner(), meta=_network_record(0.0))
+    wide = _segmenter(NoisyRunner(), meta=_network_record(0.5))
+    assert wide.uncertainty_record() == {"network": {"rel": 0.5, "resolution_voxels": 0.0, "noise_gain": 1.0,
+                                                     "ambiguity": 0.0, "fitted_on": "a test"},
+                                         "from_checkpoint": True}
+    s_default, s_narrow, s_wide = (seg.segment(ri, VS).synapses[0] for seg in (default, narrow, wide))
+    assert s_narrow.is_area_um2 == s_wide.is_area_um2 == s_default.is_area_um2  # the area does not change
+    assert s_narrow.is_area_err_um2 < s_default.is_area_err_um2 < s_wide.is_area_err_um2
+    assert s_wide.is_area_err_um2 >= 0.5 * s_wide.is_area_um2
+
+
+def test_a_malformed_network_uncertainty_is_refused():
+    from deepis_rt.errors import InputError
+
+    with pytest.raises(InputError, match="uncertainty"):
+        _segmenter(DistanceRunner(), meta={"uncertainty": {"network": {"rel": 0.1}}})  # fields missing
+    with pytest.raises(InputError, match="rel"):
+        _segmenter(DistanceRunner(), meta=_network_record(-0.1))

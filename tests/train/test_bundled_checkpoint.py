@@ -67,3 +67,29 @@ def test_write_bundle_adds_heldout_metrics_and_card(tmp_path):
     assert ck.meta["metrics"]["validation"] == load_checkpoint(bundled_checkpoint_path()).meta["metrics"]["validation"]
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["sha256"] == ck.sha256 and card["metrics"]["heldout"] == held
+
+
+def test_write_bundle_records_the_network_uncertainty_fitted_on_that_checkpoint(tmp_path):
+    from deepis_rt.analysis.contact import NetworkError
+    from deepis_rt.core.files import file_sha256
+    from deepis_rt.errors import ConfigError
+    from deepis_rt.train.evaluate import write_bundle
+
+    source = bundled_checkpoint_path()
+    result = {"summary": {"dice_cart_mean": 0.5}, "seeds": [9_000_000], "frames": [5], "imaging": "tomocube"}
+    fit = {"constants": {"ERR_REL": 0.02, "ERR_NET_REL": 0.12, "ERR_NET_RESOLUTION_VOXELS": 0.5, "ERR_NET_AMBIGUITY": 1.0},
+           "n": 61, "cover_1sigma": 0.69, "cover_2sigma": 0.93}
+    calib = tmp_path / "is_area_validation-candidate.json"
+    calib.write_text(json.dumps({"sigma_fit": {"network": fit}, "checkpoint": source.name,
+                                 "checkpoint_sha256": file_sha256(source)}))
+    out = write_bundle(source, tmp_path / "b.pt", result, calib)
+    net = NetworkError.from_meta(load_checkpoint(out).meta)
+    assert (net.rel, net.resolution_voxels, net.ambiguity) == (0.12, 0.5, 1.0) and "61 detected" in net.fitted_on
+    assert json.loads(out.with_suffix(".json").read_text())["uncertainty"]["network"]["rel"] == 0.12
+    # a fit made on another checkpoint's maps is refused
+    calib.write_text(json.dumps({"sigma_fit": {"network": fit}, "checkpoint": "other.pt", "checkpoint_sha256": "0" * 64}))
+    with pytest.raises(ConfigError, match="not on this one"):
+        write_bundle(source, tmp_path / "c.pt", result, calib)
+    calib.write_text(json.dumps({"sigma_fit": {}, "checkpoint_sha256": file_sha256(source)}))
+    with pytest.raises(ConfigError, match="fit of the network"):
+        write_bundle(source, tmp_path / "d.pt", result, calib)
