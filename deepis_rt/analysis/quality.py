@@ -23,9 +23,10 @@
 ``faint_cell``
     A segmented cell whose mean RI lies less than :data:`FAINT_CELL_CONTRAST` above the input's
     background (frame: any cell; synapse: one of its two cells). Live lymphocytes and tumour cells
-    sit 0.015-0.05 above their medium (cell mean RI 1.35-1.39 in PBS or culture medium; Yoon et al.
-    2015, Lee et al. 2020); a "cell" barely brighter than the medium is most likely reconstruction
-    noise read as a cell, and a synapse with it is not one.
+    sit 0.015-0.05 above their medium (cell mean RI about 1.35-1.39 in ODT studies: Yoon J. et al.
+    2015, Biomed. Opt. Express 6:3865, white blood cells; Lee M. et al. 2020, eLife 9:e49023, CAR-T
+    and target cells); a "cell" barely brighter than the medium is most likely reconstruction noise
+    read as a cell, and a synapse with it is not one.
 
 Frame reasons about the input (RI, voxel size) apply to each of its synapses; a frame's quality
 also lists every reason of its synapses. An empty string means "not assessed" (a frame that failed,
