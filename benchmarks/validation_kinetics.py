@@ -107,12 +107,13 @@ def _true_pair_tracks(fa, labels: np.ndarray) -> tuple[int, int] | None:
     return int(best[1][1]), int(best[2][1])
 
 
-def follow(maps: list[np.ndarray], times: list[float], labels: list[np.ndarray]) -> dict:
+def follow(maps: list[np.ndarray], times: list[float], labels: list[np.ndarray], net_error=None) -> dict:
     """The product's chain over one video: per-frame areas of the synapse of the true pair, and its fit.
 
     The true pair's synapse is the tracked pair whose cells overlap the true CAR-T and target in most
     frames; a network that also reports a contact between other cells (a target split in two, a
-    piece of the medium read as a cell) is not scored on that contact.
+    piece of the medium read as a cell) is not scored on that contact. ``net_error``: the checkpoint's
+    network uncertainty (``Segmenter.network_error``), as the product uses it.
     """
     from collections import Counter
 
@@ -121,7 +122,7 @@ def follow(maps: list[np.ndarray], times: list[float], labels: list[np.ndarray])
     tracker = SynapseTracker()
     pairs: Counter = Counter()
     for d, t, lab in zip(maps, times, labels, strict=True):
-        fa = analyze(d, None, VOXEL_SIZE_UM)
+        fa = analyze(d, None, VOXEL_SIZE_UM, network_error=net_error)
         tracker.update(fa, t)
         pair = _true_pair_tracks(fa, lab)
         if pair is not None:
@@ -233,7 +234,7 @@ def main() -> None:
         paths = {"exact": [f["exact"] for f in frames]}
         paths.update({f"network {c}": [f["network"][c] for f in frames] for c in CONDITIONS})
         for name, maps in paths.items():
-            res = follow(maps, t, [f["labels"] for f in frames])
+            res = follow(maps, t, [f["labels"] for f in frames], segmenter.network_error)
             rows.append({"kind": kind, "seed": seed, "map": name, "times_s": t, "true_um2": true_areas,
                          "law_um2": [law(x) for x in t], **res, **_score(res["fit"], KINETICS)})
             log.info("%s %s: %s", kind, name, res["fit"])

@@ -177,6 +177,8 @@ class ContactEstimate:
     rim_ambiguity_um2 : float
         ``|A(g_ref + 0.5 voxel) - area_um2|``: how much a fixed small gap threshold would differ.
     in_contact : bool
+    normal_zyx : tuple of 3 floats or None
+        Unit normal of the contact (Z, Y, X; its sign says nothing), None when not in contact.
     """
 
     area_um2: float = 0.0
@@ -185,6 +187,15 @@ class ContactEstimate:
     rim_slope: float = math.nan
     rim_ambiguity_um2: float = 0.0
     in_contact: bool = False
+    normal_zyx: tuple[float, float, float] | None = None
+
+    @property
+    def tilt_from_optical_axis_deg(self) -> float:
+        """Angle between the contact's normal and the Z (optical) axis: 0 for a contact facing it
+        (one cell on top of the other), 90 for a contact seen edge-on; NaN without a normal."""
+        if self.normal_zyx is None:
+            return math.nan
+        return math.degrees(math.acos(min(1.0, abs(float(self.normal_zyx[0])))))
 
 
 def _direct_faces(triangles: np.ndarray, voxel_size_um: np.ndarray, t_ext: np.ndarray, g_ext: np.ndarray) -> np.ndarray:
@@ -447,6 +458,7 @@ def contact_surface(
     normal = faces_n[core].sum(axis=0)
     norm = float(np.linalg.norm(normal))
     h = float(np.linalg.norm(normal / norm * vs)) if norm > 0 else float(vs.mean())
+    unit = tuple(float(v) for v in normal / norm) if norm > 0 else None
     step = 0.005 * h / 0.25
     top = g_ref + (RIM_FIT_VOXELS[1] + 0.5) * h
     levels = g_ref + step * np.arange(0, int(math.ceil((top - g_ref) / step)) + 1)
@@ -468,4 +480,4 @@ def contact_surface(
     ambiguity = abs(math.pi * r_amb * r_amb - area)
     err = area_uncertainty_um2(area, vs, noise_um, rim_slope, ambiguity, network_error)
     return ContactEstimate(area_um2=area, area_err_um2=err, gap_um=g_ref, rim_slope=rim_slope,
-                           rim_ambiguity_um2=ambiguity, in_contact=True)
+                           rim_ambiguity_um2=ambiguity, in_contact=True, normal_zyx=unit)

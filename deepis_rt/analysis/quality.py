@@ -27,6 +27,13 @@
     2015, Biomed. Opt. Express 6:3865, white blood cells; Lee M. et al. 2020, eLife 9:e49023, CAR-T
     and target cells); a "cell" barely brighter than the medium is most likely reconstruction noise
     read as a cell, and a synapse with it is not one.
+``axial_contact``
+    Synapse (and its frame): the contact faces the optical axis, its normal within
+    :data:`AXIAL_CONTACT_DEG` of Z (one cell on top of the other). Holotomography resolves least
+    along Z (the axial cut-off and the missing cone blur surfaces that face it), so the interface
+    between the two cells is poorly defined there: on the independent validation generator the
+    bundled network reads such contacts far too large (a CAR-T spread on top of its target: +60 %
+    at the median), beyond their stated sigma.
 
 Frame reasons about the input (RI, voxel size) apply to each of its synapses; a frame's quality
 also lists every reason of its synapses. An empty string means "not assessed" (a frame that failed,
@@ -50,7 +57,7 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "QUALITY_OK", "REASONS", "RI_OUT_OF_RANGE", "VOXEL_SIZE_OUT_OF_RANGE", "FLIPS_DISAGREE", "CELL_AT_EDGE",
-    "NEAR_TILE_SEAM", "FAINT_CELL", "join_reasons", "split_reasons", "quality_summary", "TrainingRange", "describe_training_inputs",
+    "NEAR_TILE_SEAM", "FAINT_CELL", "AXIAL_CONTACT", "join_reasons", "split_reasons", "quality_summary", "TrainingRange", "describe_training_inputs",
     "input_reasons", "background_ri", "faint_cells", "assess_frame", "judge_synapses", "cells_at_edge", "flip_voxel_disagreement", "seam_planes", "synapse_box", "box_near_planes",
 ]
 
@@ -61,9 +68,10 @@ FLIPS_DISAGREE = "flips_disagree"
 CELL_AT_EDGE = "cell_at_edge"
 NEAR_TILE_SEAM = "near_tile_seam"
 FAINT_CELL = "faint_cell"
+AXIAL_CONTACT = "axial_contact"
 #: every reason code, in the order they are written
 REASONS: tuple[str, ...] = (RI_OUT_OF_RANGE, VOXEL_SIZE_OUT_OF_RANGE, FLIPS_DISAGREE, CELL_AT_EDGE, NEAR_TILE_SEAM,
-                            FAINT_CELL)
+                            FAINT_CELL, AXIAL_CONTACT)
 
 #: share of voxels outside the training RI range that an input may have (noise, a speck of dust)
 RI_OUTSIDE_FRACTION = 1e-3
@@ -79,6 +87,8 @@ SEAM_MARGIN_VOXELS = 4
 #: validation-generator frames through the networks: noise read as cell stays below 0.0045, real
 #: cells (the faintest, raw reconstructions of RI-1.350 cells) above 0.0057
 FAINT_CELL_CONTRAST = 0.005
+#: a contact whose normal lies within this angle of the optical (Z) axis faces it
+AXIAL_CONTACT_DEG = 45.0
 _HIST_BIN_RI = 5e-4
 
 
@@ -319,7 +329,7 @@ def assess_frame(analysis: Any, ri: np.ndarray | None, voxel_size_um: Sequence[f
     frame_reasons |= judge_synapses(
         analysis.synapses, frame_reasons - {FLIPS_DISAGREE}, edge,
         lambda syn: synapse_box(analysis.labels, analysis.cell_labels, syn.tcell_id, syn.target_id),
-        seams, seam_margin, areas, faint)
+        seams, seam_margin, areas, faint, getattr(analysis, "contacts", None))
     if edge:
         frame_reasons.add(CELL_AT_EDGE)
     if faint:
@@ -330,13 +340,16 @@ def assess_frame(analysis: Any, ri: np.ndarray | None, voxel_size_um: Sequence[f
 def judge_synapses(synapses: Sequence[Any], input_only: set[str], edge: set[int],
                    box_of: Callable[[Any], tuple[slice, ...] | None], seams: Sequence[Sequence[float]],
                    seam_margin: Sequence[float], flip_areas: Sequence[Sequence[float]] | None = None,
-                   faint: set[int] | frozenset[int] = frozenset()) -> set[str]:
+                   faint: set[int] | frozenset[int] = frozenset(),
+                   contacts: Mapping[int, Any] | None = None) -> set[str]:
     """Set each synapse's ``quality``: the input's reasons and its own, never a neighbour's.
 
     Its own: the flips disagree on its area (and its ``is_area_err_um2`` widens by their spread),
     one of its two cells is in ``edge`` (cut by the field of view) or in ``faint`` (barely above the
     background RI, :func:`faint_cells`), its IS box (``box_of(synapse)``) comes within
-    ``seam_margin`` of a tile seam. Returns every reason found (for the frame's quality).
+    ``seam_margin`` of a tile seam, its contact (``contacts[synapse_id]``, a
+    :class:`~deepis_rt.analysis.contact.ContactEstimate`) faces the optical axis. Returns every
+    reason found (for the frame's quality).
     """
     from deepis_rt.analysis.flips import area_sigma_with_flips_um2
 
@@ -352,6 +365,9 @@ def judge_synapses(synapses: Sequence[Any], input_only: set[str], edge: set[int]
             reasons.add(CELL_AT_EDGE)
         if syn.tcell_id in faint or syn.target_id in faint:
             reasons.add(FAINT_CELL)
+        contact = (contacts or {}).get(syn.synapse_id)
+        if contact is not None and contact.tilt_from_optical_axis_deg < AXIAL_CONTACT_DEG:
+            reasons.add(AXIAL_CONTACT)
         box = box_of(syn)
         if box is not None and box_near_planes(box, seams, seam_margin):
             reasons.add(NEAR_TILE_SEAM)

@@ -31,6 +31,7 @@ import numpy as np
 from deepis_rt.analysis.frame import Cell, FrameAnalysis, Synapse
 from deepis_rt.analysis.kinetics import MIN_POINTS, KineticFit, fit_saturation
 from deepis_rt.analysis.quality import (
+    AXIAL_CONTACT,
     CELL_AT_EDGE,
     FAINT_CELL,
     FLIPS_DISAGREE,
@@ -55,7 +56,8 @@ UNOBSERVED_ONSET_SPANS = 10.0
 JUST_FORMED_SIGMAS = 2.0
 #: reasons that take a point out of the kinetic fit (no number says how far off it is); a point whose
 #: flips disagree stays in, weighted by its widened ``is_area_err_um2``
-EXCLUDING_REASONS = frozenset({RI_OUT_OF_RANGE, VOXEL_SIZE_OUT_OF_RANGE, CELL_AT_EDGE, NEAR_TILE_SEAM, FAINT_CELL})
+EXCLUDING_REASONS = frozenset({RI_OUT_OF_RANGE, VOXEL_SIZE_OUT_OF_RANGE, CELL_AT_EDGE, NEAR_TILE_SEAM, FAINT_CELL,
+                               AXIAL_CONTACT})
 
 
 @dataclass(frozen=True)

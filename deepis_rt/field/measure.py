@@ -136,7 +136,7 @@ def assess_field(analysis: FrameAnalysis, store: FieldStore, table: CellTable, r
     faint = faint_cells(analysis.cells, background)
     frame_reasons |= judge_synapses(analysis.synapses, set(frame_reasons), edge,
                                     lambda syn: _synapse_box(store, table, syn.tcell_id, syn.target_id),
-                                    seams, margin, faint=faint)
+                                    seams, margin, faint=faint, contacts=analysis.contacts)
     if edge:
         frame_reasons.add(CELL_AT_EDGE)
     if faint:
