@@ -89,10 +89,11 @@ AMBIGUITY_GAP_VOXELS = 0.5
 ERR_REL = 0.02
 ERR_RIM_VOXELS = 0.5
 ERR_FLOOR_UM2 = 0.15
-#: the network's, added on its maps (fitted on the bundled checkpoint's maps): relative term, rim
-#: smear (voxels per unit opening rate), noise gain, weight of the rim's ambiguity
-ERR_NET_REL = 0.16
-ERR_NET_RESOLUTION_VOXELS = 0.0
+#: the network's, added on its maps: relative term, rim smear (voxels per unit opening rate), noise
+#: gain, weight of the rim's ambiguity. These are the bundled checkpoint's (which also carries them,
+#: :class:`NetworkError`); they stand in for a checkpoint that carries none
+ERR_NET_REL = 0.0
+ERR_NET_RESOLUTION_VOXELS = 0.75
 ERR_NET_NOISE_GAIN = 1.0
 ERR_NET_AMBIGUITY = 2.0
 

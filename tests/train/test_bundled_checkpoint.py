@@ -45,12 +45,12 @@ def test_bundled_checkpoint_quality_floor_on_a_heldout_frame():
     frame = generate_timelapse(60, HELDOUT_SEED_BASE + 1, ck.tile_zyx, ck.voxel_size_um, frames=[40])[0]
     assert frame.contact
     m = frame_metrics(predict_distance(ck.build(), frame.ri), frame.distance_um, ck.voxel_size_um)
-    # a floor below the model card's held-out figures, so that it only catches real breakage. This
-    # video is the hardest of the held-out ones for the bundled checkpoint: it reads part of the
-    # reconstruction noise around the cells as cell (CAR-T / target Dice 0.66-0.69 here, 0.90-0.98 on the
-    # other videos; docs/model_card.md)
+    # a floor below the model card's held-out figures, so that it only catches real breakage. On this
+    # video the previous checkpoint read the reconstruction noise around the cells as target (Dice
+    # 0.66); the bundled one, fine-tuned against that noise, reads the target at 0.96 on this frame and its
+    # CAR-T at 0.70, its weakest (docs/model_card.md: the `tomocube` CAR-T minimum)
     assert m["dice_cart"] >= 0.6
-    assert m["dice_target"] >= 0.6
+    assert m["dice_target"] >= 0.85
     assert m["is_area_pred_um2"] > 0
 
 
@@ -93,3 +93,11 @@ def test_write_bundle_records_the_network_uncertainty_fitted_on_that_checkpoint(
     calib.write_text(json.dumps({"sigma_fit": {}, "checkpoint_sha256": file_sha256(source)}))
     with pytest.raises(ConfigError, match="fit of the network"):
         write_bundle(source, tmp_path / "d.pt", result, calib)
+
+
+def test_bundled_checkpoint_carries_its_own_network_uncertainty():
+    from deepis_rt.analysis.contact import NetworkError
+
+    net = NetworkError.from_meta(load_checkpoint(bundled_checkpoint_path()).meta)
+    assert net is not None, "the bundled checkpoint must carry the calibration of its network uncertainty"
+    assert "validation generator" in net.fitted_on
