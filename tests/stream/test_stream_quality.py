@@ -5,19 +5,37 @@ from __future__ import annotations
 import csv
 import json
 
-from stream_support import RI0, RI_PER_UM, SHAPE, VOXEL, IdentityRunner, conjugate_tomogram
+import numpy as np
+from stream_support import RI0, RI_PER_UM, SHAPE, VOXEL, IdentityRunner, conjugate_distance
 
 from deepis_rt.runtime import Segmenter
 from deepis_rt.stream import Stream
 
+#: both cells sit CELL_UM x RI_PER_UM (0.078) above the medium, as real cells sit above theirs (a
+#: target written darker than the medium would be a faint cell: quality "faint_cell")
+CELL_UM = 5.0
+
+
+class CellContrastRunner(IdentityRunner):
+    """The distance map back from :func:`conjugate_tomogram`'s RI (normalised: CELL_UM + distance in a cell)."""
+
+    def infer_impl(self, batch):
+        x = super().infer_impl(batch)
+        return np.where(x > 0.25 * CELL_UM, x - CELL_UM, 0).astype(np.float32)
+
+
+def conjugate_tomogram(contact_radius_um, shift_um=0.0):
+    d = conjugate_distance(contact_radius_um, shift_um)
+    return (RI0 + RI_PER_UM * np.where(d != 0, d + CELL_UM, 0)).astype(np.float32)
+
 
 def _segmenter():
-    # the identity network's "training" inputs: RI0 +- 0.1 (distances of +-6 um), medium RI0
-    trained = {"ri": [RI0 - 0.1, RI0 + 0.1], "medium_ri": [RI0 - 0.001, RI0 + 0.001],
+    # the network's "training" inputs: the medium RI0 and the cells up to 0.2 above it
+    trained = {"ri": [RI0 - 0.1, RI0 + 0.2], "medium_ri": [RI0 - 0.001, RI0 + 0.001],
                "voxel_size_um_min": list(VOXEL), "voxel_size_um_max": list(VOXEL)}
     meta = {"voxel_size_um": list(VOXEL), "ri_normalization": {"offset": RI0, "scale": RI_PER_UM},
             "medium_ri": RI0, "tile_zyx": list(SHAPE), "training": {"input_range": trained}}
-    return Segmenter(IdentityRunner(), meta)
+    return Segmenter(CellContrastRunner(), meta)
 
 
 def _rows(path):
@@ -55,7 +73,6 @@ def test_a_frame_with_a_cell_cut_by_the_edge_is_flagged_everywhere_and_left_out_
 def test_stream_cli_tta_runs_the_flips_and_says_so(tmp_path, tiny_overrides):
     import torch
     from click.testing import CliRunner
-    from stream_support import conjugate_distance
 
     from deepis_rt.checkpoint import save_checkpoint
     from deepis_rt.cli import main
