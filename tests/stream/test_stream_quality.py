@@ -17,14 +17,15 @@ CELL_UM = 5.0
 
 
 class CellContrastRunner(IdentityRunner):
-    """The distance map back from :func:`conjugate_tomogram`'s RI (normalised: CELL_UM + distance in a cell)."""
+    """The distance map back from :func:`contrast_tomogram`'s RI (normalised: CELL_UM + distance in a cell)."""
 
     def infer_impl(self, batch):
         x = super().infer_impl(batch)
         return np.where(x > 0.25 * CELL_UM, x - CELL_UM, 0).astype(np.float32)
 
 
-def conjugate_tomogram(contact_radius_um, shift_um=0.0):
+def contrast_tomogram(contact_radius_um, shift_um=0.0):
+    """stream_support.conjugate_distance as RI with both cells above the medium (for CellContrastRunner)."""
     d = conjugate_distance(contact_radius_um, shift_um)
     return (RI0 + RI_PER_UM * np.where(d != 0, d + CELL_UM, 0)).astype(np.float32)
 
@@ -46,7 +47,7 @@ def _rows(path):
 def test_a_frame_with_a_cell_cut_by_the_edge_is_flagged_everywhere_and_left_out_of_the_fit(tmp_path):
     radii = [0.0, 2.0, 2.4, 2.6, 2.8, 3.0]
     cut = 3  # the pair moved right: the target cell reaches past the field's edge
-    volumes = [conjugate_tomogram(r, shift_um=2.6 if i == cut else 0.05 * i) for i, r in enumerate(radii)]
+    volumes = [contrast_tomogram(r, shift_um=2.6 if i == cut else 0.05 * i) for i, r in enumerate(radii)]
     out = tmp_path / "out"
     with Stream(None, out, _segmenter(), write_masks=False) as stream:
         for i, vol in enumerate(volumes):
